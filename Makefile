@@ -1,0 +1,27 @@
+# eniplane: `make demo` and `make test` are the two entry points; both run `make setup` first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test test-unit test-datapath test-e2e demo lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-datapath: setup
+	$(PY) -m pytest -q tests/datapath
+
+test-e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
+demo: setup
+	$(PY) -m eniplane.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info ctl/*.egg-info

@@ -1,0 +1,54 @@
+/* consts.h - numbers the datapath and the control plane agree on.
+ * Contract: limits here size the maps and bound every loop; the control plane reads the resulting
+ * map sizes back from the kernel, never from this file. Values may be overridden with -D at load.
+ */
+#ifndef ENIPLANE_CONSTS_H
+#define ENIPLANE_CONSTS_H
+
+#define VXLAN_PORT 4789
+#define GENEVE_PORT 6081
+
+#define ETH_P_IPV4 0x0800
+#define ETH_P_ARPH 0x0806
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define ETH_P_TEB 0x6558 /* GENEVE's protocol type for an Ethernet payload */
+
+#define MAX_VLAN_DEPTH 2
+
+/* AWS limits: 5 groups per ENI, 60 rules per direction per group. */
+#define MAX_SG_PER_ENI 5
+#define MAX_RULES_PER_SG 60
+
+/* Disjoint port ranges per compiled prefix: 5 groups x 60 rules merge into at most 300, and a
+ * power of two lets the binary search run a fixed SG_SEARCH_STEPS halvings. */
+#define SG_MAX_RANGES 512
+#define SG_SEARCH_STEPS 9
+#ifndef MAX_SG_PREFIXES
+#define MAX_SG_PREFIXES 65536
+#endif
+
+/* How many candidate ports a new flow tries before it is dropped as port exhaustion. Each try is
+ * one BPF_NOEXIST insert, so concurrent CPUs can never claim the same port. */
+#define PORT_TRIES 32
+
+#ifndef MAX_FLOWS
+#define MAX_FLOWS 262144
+#endif
+#ifndef MAX_ENIS
+#define MAX_ENIS 4096
+#endif
+#ifndef MAX_VPCS
+#define MAX_VPCS 256
+#endif
+#ifndef MAX_WORKERS
+#define MAX_WORKERS 4096
+#endif
+
+/* Headers that the return path pushes in front of the inner frame: outer Ethernet, IPv4, UDP and
+ * an 8-byte VXLAN or option-less GENEVE header. */
+#define ENCAP_LEN (14 + 20 + 8 + 8)
+#define OUTER_TTL 64
+#define TUNNEL_SPORT_BASE 49152 /* RFC 7348: source port from the dynamic range for entropy */
+
+#endif

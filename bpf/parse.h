@@ -1,0 +1,118 @@
+/* parse.h - cursor-based header parsing.
+ * Contract: every helper checks that the whole header lies before data_end before it reads a byte,
+ * advances the cursor past it and returns a pointer to it, or NULL when the packet is too short or
+ * the header is invalid. Callers decide what a NULL means for them (pass or a named drop).
+ */
+#ifndef ENIPLANE_PARSE_H
+#define ENIPLANE_PARSE_H
+
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/in.h>
+#include "consts.h"
+
+struct cursor {
+    void *pos;
+    void *end;
+};
+
+struct vlan_hdr_ {
+    __be16 tci;
+    __be16 proto;
+};
+
+struct vxlan_hdr_ {
+    __u8 flags;      /* 0x08: VNI valid (I flag) */
+    __u8 rsvd1[3];
+    __be32 vni_rsvd; /* VNI in the top 24 bits */
+};
+
+struct geneve_hdr_ {
+    __u8 ver_optlen; /* version in the top 2 bits, option length in 4-byte words below */
+    __u8 flags;      /* 0x80 O (control), 0x40 C (critical options present) */
+    __be16 proto;
+    __u8 vni[3];
+    __u8 rsvd;
+};
+
+struct arp_eth_ipv4 {
+    __be16 htype;
+    __be16 ptype;
+    __u8 hlen;
+    __u8 plen;
+    __be16 op;
+    mac_t sha;
+    ipv4_t spa;
+    mac_t tha;
+    ipv4_t tpa;
+} __attribute__((packed));
+
+#define CURSOR_TAKE(c, type)                                                                     \
+    ({                                                                                           \
+        type *__h = (c)->pos;                                                                    \
+        if ((void *)(__h + 1) > (c)->end)                                                        \
+            __h = NULL;                                                                          \
+        else                                                                                     \
+            (c)->pos = __h + 1;                                                                  \
+        __h;                                                                                     \
+    })
+
+/* Ethernet plus up to MAX_VLAN_DEPTH 802.1Q/802.1ad tags; *proto is the inner ethertype. */
+static __always_inline struct ethhdr *parse_eth(struct cursor *c, __be16 *proto)
+{
+    struct ethhdr *eth = CURSOR_TAKE(c, struct ethhdr);
+    if (!eth)
+        return NULL;
+    __be16 p = eth->h_proto;
+#pragma unroll
+    for (int i = 0; i < MAX_VLAN_DEPTH; i++) {
+        if (p != bpf_htons(ETH_P_8021Q_) && p != bpf_htons(ETH_P_8021AD_))
+            break;
+        struct vlan_hdr_ *v = CURSOR_TAKE(c, struct vlan_hdr_);
+        if (!v)
+            return NULL;
+        p = v->proto;
+    }
+    *proto = p;
+    return eth;
+}
+
+/* IPv4 with any valid IHL: options are skipped, never interpreted. */
+static __always_inline struct iphdr *parse_ipv4(struct cursor *c)
+{
+    struct iphdr *ip = c->pos;
+    if ((void *)(ip + 1) > c->end)
+        return NULL;
+    if (ip->version != 4 || ip->ihl < 5)
+        return NULL;
+    __u32 hlen = ip->ihl * 4;
+    if (c->pos + hlen > c->end)
+        return NULL;
+    if (bpf_ntohs(ip->tot_len) < hlen)
+        return NULL;
+    c->pos += hlen;
+    return ip;
+}
+
+static __always_inline int ipv4_is_fragment(struct iphdr *ip)
+{
+    return (ip->frag_off & bpf_htons(0x3FFF)) != 0; /* MF set or a non-zero offset */
+}
+
+/* GENEVE: the fixed header, then options skipped by their advertised length. */
+static __always_inline struct geneve_hdr_ *parse_geneve(struct cursor *c)
+{
+    struct geneve_hdr_ *g = CURSOR_TAKE(c, struct geneve_hdr_);
+    if (!g)
+        return NULL;
+    __u32 optlen = (g->ver_optlen & 0x3F) * 4;
+    if (c->pos + optlen > c->end)
+        return NULL;
+    c->pos += optlen;
+    return g;
+}
+
+#endif

@@ -1,0 +1,67 @@
+/* stats.h - named per-CPU counters: one for every verdict and every drop reason.
+ * Contract: ENIPLANE_STATS is the only list. It generates both the enum that C indexes with and the
+ * struct whose BTF gives the control plane every counter's name, so the two cannot drift. Each
+ * program ends in exactly one record() call, which counts the action and the reason for it.
+ * The first five entries are the XDP actions, in the kernel's order (XDP_ABORTED..XDP_REDIRECT).
+ */
+#ifndef ENIPLANE_STATS_H
+#define ENIPLANE_STATS_H
+
+#define ENIPLANE_STATS(X)                                                                        \
+    X(xdp_aborted) X(xdp_drop) X(xdp_pass) X(xdp_tx) X(xdp_redirect)                              \
+    /* from the workers (fabric side) */                                                         \
+    X(rx_fabric)                                                                                 \
+    X(pass_not_tunnel)       /* not tunnel traffic for this node: the kernel's business */       \
+    X(pass_malformed_outer)  /* outer headers too short or invalid to tell: the kernel drops */  \
+    X(pass_outer_fragment)   /* a fragmented outer packet: only the kernel can reassemble it */   \
+    X(drop_unknown_worker)   /* outer source is not a registered worker host */                  \
+    X(drop_tunnel_truncated) /* VXLAN/GENEVE header or options run past the packet */            \
+    X(drop_vxlan_no_i_flag)  /* RFC 7348: the I flag must be set for the VNI to be valid */      \
+    X(drop_geneve_version)   /* RFC 8926: only version 0 is defined */                           \
+    X(drop_geneve_not_ether) /* GENEVE payload other than Ethernet (0x6558) */                   \
+    X(drop_geneve_control)   /* O bit: control message, never forwarded */                       \
+    X(drop_geneve_critical)  /* C bit: critical options that we do not implement */              \
+    X(drop_unknown_vni)      /* no ENI for this VNI */                                           \
+    X(drop_inner_truncated)                                                                      \
+    X(drop_inner_not_ipv4)                                                                       \
+    X(drop_inner_bad_ip)     /* version, IHL or total length invalid */                          \
+    X(drop_inner_fragment)   /* fragments carry no ports to translate (not supported yet) */     \
+    X(drop_proto_unsupported) /* neither TCP, UDP nor ICMP */                                     \
+    X(drop_icmp_unsupported) /* ICMP other than echo request (fabric) or echo reply (VPC) */     \
+    X(drop_ttl_expired)                                                                          \
+    X(drop_sg_denied)        /* no rule of any of the ENI's groups allows the new flow */        \
+    X(drop_port_exhausted)   /* no free SNAT port towards this destination */                    \
+    X(drop_flow_insert)      /* the flow table refused the entry */                              \
+    X(drop_no_vpc)           /* the ENI's VPC interface is not configured */                     \
+    X(drop_no_gateway_mac)   /* the VPC gateway's MAC is not learned yet */                      \
+    X(drop_no_tx_port)       /* the egress interface is missing from tx_ports */                 \
+    X(drop_arp_ignored)      /* ARP in the tunnel that needs no answer (probe, gratuitous, reply) */ \
+    X(tx_arp_tunnel)         /* answered an environment's ARP as its gateway */                  \
+    X(fwd_new_flow)                                                                              \
+    X(fwd_established)                                                                           \
+    X(flow_repaired)         /* forward entry whose reverse half was evicted: re-inserted */     \
+    X(flow_stale)            /* forward entry whose reverse half belongs to another flow now */  \
+    X(flow_insert_race)      /* another CPU created the same flow first: its entry is used */    \
+    /* from the VPCs */                                                                          \
+    X(rx_vpc)                                                                                    \
+    X(pass_vpc_unknown_if)   /* interface not attached to a VPC */                               \
+    X(pass_vpc_not_eni)      /* not addressed to an ENI */                                       \
+    X(pass_vpc_arp)          /* ARP that is not a request for an ENI address */                  \
+    X(tx_arp_vpc)            /* answered ARP for an ENI address */                               \
+    X(gw_mac_learned)                                                                            \
+    X(drop_vpc_malformed)                                                                        \
+    X(drop_vpc_fragment)                                                                         \
+    X(drop_no_flow)          /* unsolicited: environments accept no inbound connections */       \
+    X(drop_fabric_mtu)       /* the encapsulated reply would exceed the fabric MTU */            \
+    X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */                        \
+    X(rev_established)
+
+#define ENIPLANE_STAT_ENUM(n) STAT_##n,
+enum stat_id { ENIPLANE_STATS(ENIPLANE_STAT_ENUM) STAT__MAX };
+
+#define ENIPLANE_STAT_FIELD(n) __u64 n;
+struct stats {
+    ENIPLANE_STATS(ENIPLANE_STAT_FIELD)
+};
+
+#endif

@@ -1,0 +1,175 @@
+"""The node's pinned maps, programmed in the datapath's own terms.
+
+Contract: this is the one place that writes configuration into the maps: `up` and the tests use it
+now, the control plane's reconcile uses it too. Layouts come from the maps' BTF (maps.py); field
+names here are the C field names of types.h. Writes that depend on a network namespace (tx_ports
+resolves ifindexes in the writer's namespace) take the node's namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Iterable
+
+from . import paths
+from .maps import PinnedMap, sum_percpu
+from .netlink import in_netns
+from .sgcompile import Rule, compile_rules
+
+MAP_NAMES = ("config", "workers", "enis", "eni_addrs", "vpcs", "sg_rules", "flows_fwd",
+             "flows_rev", "stats", "eni_stats", "tx_ports")
+TX_SLOT_FABRIC = 0
+
+
+class Datapath:
+    def __init__(self, node: str, netns: str | None = None):
+        self.node = node
+        self.netns = netns
+        self._maps: dict[str, PinnedMap] = {}
+
+    def __enter__(self) -> "Datapath":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def map(self, name: str) -> PinnedMap:
+        if name not in self._maps:
+            self._maps[name] = PinnedMap(str(paths.maps_dir(self.node) / name))
+        return self._maps[name]
+
+    # ---- node ------------------------------------------------------------------------------
+    def set_config(self, fabric_ip: str, fabric_ifindex: int, fabric_mac: str, gateway_mac: str,
+                   fabric_mtu: int) -> None:
+        self.map("config").update(0, {"fabric_ip": fabric_ip, "fabric_ifindex": fabric_ifindex,
+                                      "fabric_mac": fabric_mac, "gateway_mac": gateway_mac,
+                                      "fabric_mtu": fabric_mtu})
+        self.set_tx_port(TX_SLOT_FABRIC, fabric_ifindex)
+
+    def config(self) -> dict:
+        return self.map("config").lookup(0)
+
+    def set_tx_port(self, slot: int, ifindex: int) -> None:
+        with in_netns(self.netns):
+            self.map("tx_ports").update(slot, ifindex)
+
+    def del_tx_port(self, slot: int) -> None:
+        self.map("tx_ports").delete(slot)
+
+    # ---- workers ---------------------------------------------------------------------------
+    def add_worker(self, ip: str) -> None:
+        m = self.map("workers")
+        if m.lookup(ip) is None:  # keep a MAC already learned
+            m.update(ip, {"mac": "00:00:00:00:00:00"})
+
+    def del_worker(self, ip: str) -> bool:
+        return self.map("workers").delete(ip)
+
+    # ---- VPC attachments -------------------------------------------------------------------
+    def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
+                gateway_mac: str | None = None) -> None:
+        m = self.map("vpcs")
+        old = m.lookup(ifindex)
+        flags = 0
+        if gateway_mac is None and old and old["gateway_ip"] == gateway_ip and old["flags"] & 1:
+            gateway_mac, flags = old["gateway_mac"], 1  # keep what ARP taught us
+        elif gateway_mac is not None:
+            flags = 1
+        self.set_tx_port(tx_slot, ifindex)
+        m.update(ifindex, {"vpc_idx": vpc_idx, "gateway_ip": gateway_ip,
+                           "gateway_mac": gateway_mac or "00:00:00:00:00:00", "if_mac": if_mac,
+                           "flags": flags, "tx_slot": tx_slot})
+
+    def del_vpc(self, ifindex: int) -> None:
+        m = self.map("vpcs")
+        old = m.lookup(ifindex)
+        if old:
+            self.del_tx_port(old["tx_slot"])
+            m.delete(ifindex)
+
+    # ---- ENIs ------------------------------------------------------------------------------
+    def set_eni(self, vni: int, eni_idx: int, vpc_idx: int, vpc_ifindex: int, addr: str,
+                port_lo: int = 1024, port_hi: int = 65535) -> None:
+        old = self.map("enis").lookup(vni)
+        if old and (old["vpc_idx"], old["addr"]) != (vpc_idx, addr):
+            self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
+        self.map("enis").update(vni, {"eni_idx": eni_idx, "vpc_idx": vpc_idx,
+                                      "vpc_ifindex": vpc_ifindex, "addr": addr,
+                                      "port_lo": port_lo, "port_hi": port_hi})
+        self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr}, vni)
+
+    def set_sg_rules(self, vni: int, rules: Iterable[Rule]) -> int:
+        """Replace the ENI's compiled rules; returns how many prefixes it now has."""
+        m = self.map("sg_rules")
+        compiled = compile_rules(list(rules))
+        want = {}
+        for (proto, cidr), ranges in compiled.items():
+            key = {"prefixlen": 64 + cidr.prefixlen, "vni": vni, "proto": proto,
+                   "addr": str(cidr.network_address)}
+            want[m.key_codec.encode(key)] = {"n": len(ranges),
+                                             "ranges": [{"lo": a, "hi": b} for a, b in ranges]}
+        for k, v in want.items():
+            m.update(k, v)
+        for k in list(m.keys_raw()):  # entries of this VNI that the new rules no longer have
+            if k not in want and m.key_codec.decode(k)["vni"] == vni:
+                m.delete(k)
+        return len(want)
+
+    def del_eni(self, vni: int) -> None:
+        old = self.map("enis").lookup(vni)
+        if old:
+            self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
+            self.map("enis").delete(vni)
+        self.set_sg_rules(vni, [])
+        self.flush_flows(vni=vni)
+        self.map("eni_stats").delete(vni)
+
+    # ---- flows -----------------------------------------------------------------------------
+    def flows(self, vni: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Forward entries joined with their reverse halves (when present)."""
+        enis = {k: v for k, v in self.map("enis").items()}
+        rev = self.map("flows_rev")
+        out = []
+        for k, v in self.map("flows_fwd").items():
+            if vni is not None and k["vni"] != vni:
+                continue
+            eni = enis.get(k["vni"])
+            r = None
+            if eni:
+                r = rev.lookup({"vpc_idx": eni["vpc_idx"], "eni_addr": eni["addr"],
+                                "remote": k["dst"], "eni_port": v["nat_port"],
+                                "remote_port": k["dport"], "proto": k["proto"]})
+            out.append({"key": k, "fwd": v, "rev": r,
+                         "eni_addr": eni["addr"] if eni else None})
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def flush_flows(self, vni: int | None = None) -> int:
+        n = 0
+        fwd, rev = self.map("flows_fwd"), self.map("flows_rev")
+        for k in list(fwd.keys_raw()):
+            if vni is None or fwd.key_codec.decode(k)["vni"] == vni:
+                n += fwd.delete(k)
+        for k in list(rev.keys_raw()):
+            v = rev.lookup(k)
+            if v is not None and (vni is None or v["vni"] == vni):
+                rev.delete(k)
+        return n
+
+    # ---- counters --------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        return sum_percpu(self.map("stats").lookup(0))
+
+    def eni_stats(self, vni: int | None = None) -> dict[int, dict[str, int]]:
+        m = self.map("eni_stats")
+        return {k: sum_percpu(v) for k, v in m.items() if vni is None or k == vni}
+
+
+def ip_int(addr: str) -> int:
+    return int(ipaddress.IPv4Address(addr))

@@ -1,0 +1,190 @@
+"""A node's life cycle: up, down, status, and attaching VPC-side interfaces.
+
+Contract: `up` compiles and loads the datapath (the only path that compiles), pins it under the
+node's name, attaches xdp_fabric to the fabric interface in the node's namespace and records what
+it did in <state dir>/node.json. Any failure rolls back what this call did, so nothing is left
+half-attached or half-pinned. Every other function works from node.json and the pins alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import bpfsys, netlink, paths
+from .errors import AlreadyExists, EniplaneError, InvalidInput, NotFound
+
+DEFAULT_GATEWAY_MAC = "02:e1:1a:00:00:01"
+
+
+@dataclass
+class NodeRecord:
+    node: str
+    netns: str | None
+    fabric_if: str
+    fabric_ip: str
+    gateway_mac: str = DEFAULT_GATEWAY_MAC
+    # ifname -> {"program": ..., "mode": "native"|"generic", "slot": int}
+    interfaces: dict[str, dict] = field(default_factory=dict)
+
+    @staticmethod
+    def path(node: str) -> Path:
+        return paths.state_dir(node) / "node.json"
+
+    @classmethod
+    def load(cls, node: str) -> "NodeRecord":
+        p = cls.path(node)
+        if not p.exists() or not (paths.progs_dir(node) / "xdp_fabric").exists():
+            raise NotFound(f"node {node} is not up")
+        try:
+            return cls(**json.loads(p.read_text()))
+        except (ValueError, TypeError) as e:
+            raise EniplaneError(f"{p} is corrupt: {e}") from None
+
+    def save(self) -> None:
+        p = self.path(self.node)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, p)
+
+
+def is_up(node: str) -> bool:
+    try:
+        NodeRecord.load(node)
+        return True
+    except NotFound:
+        return False
+
+
+def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode: str = "auto",
+       gateway_mac: str = DEFAULT_GATEWAY_MAC, defines: dict[str, int] | None = None) -> NodeRecord:
+    from . import loader
+    from .datapath import Datapath
+
+    paths.check_node_name(node)
+    try:
+        ipaddress.IPv4Address(fabric_ip)
+    except ValueError:
+        raise InvalidInput(f"--fabric-ip {fabric_ip!r} is not an IPv4 address") from None
+    if is_up(node):
+        raise AlreadyExists(f"node {node} is already up (eniplane down --node {node} first)")
+    fab = netlink.link_get(netns, fabric_if)  # NotFound names the namespace or interface
+    loader.check_bpffs()
+
+    created_pins = not paths.pin_dir(node).exists()
+    attached = False
+    fds: dict[str, int] = {}
+    try:
+        fds = loader.compile_and_pin(node, defines)
+        rec = NodeRecord(node=node, netns=netns, fabric_if=fabric_if, fabric_ip=fabric_ip,
+                         gateway_mac=gateway_mac)
+        with Datapath(node, netns) as dp:
+            dp.set_config(fabric_ip, fab["ifindex"], fab["mac"], gateway_mac, fab["mtu"])
+        m = netlink.xdp_attach(netns, fabric_if, fds["xdp_fabric"], mode)
+        attached = True
+        rec.interfaces[fabric_if] = {"program": "xdp_fabric", "mode": m, "slot": 0}
+        rec.save()
+        return rec
+    except BaseException:
+        if attached:
+            netlink.xdp_detach(netns, fabric_if)
+        if created_pins:
+            shutil.rmtree(paths.pin_dir(node), ignore_errors=True)
+        else:
+            shutil.rmtree(paths.progs_dir(node), ignore_errors=True)
+        raise
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def down(node: str, keep_maps: bool = False) -> list[str]:
+    """Detach every program of the node and remove its pins; returns the interfaces detached."""
+    rec = NodeRecord.load(node)
+    detached = []
+    for ifname in rec.interfaces:
+        try:
+            if netlink.xdp_detach(rec.netns, ifname):
+                detached.append(ifname)
+        except NotFound:
+            pass  # the interface (or namespace) went away: nothing is attached to it any more
+    if keep_maps:
+        shutil.rmtree(paths.progs_dir(node), ignore_errors=True)
+    else:
+        shutil.rmtree(paths.pin_dir(node), ignore_errors=True)
+    NodeRecord.path(node).unlink(missing_ok=True)
+    return detached
+
+
+def attach_vpc_if(node: str, ifname: str, mode: str = "auto") -> dict:
+    """Attach xdp_vpc to a VPC-side interface; returns its link info plus mode and tx slot."""
+    from . import loader
+
+    rec = NodeRecord.load(node)
+    info = netlink.link_get(rec.netns, ifname)
+    if ifname in rec.interfaces:
+        entry = rec.interfaces[ifname]
+    else:
+        used = {v.get("slot", 0) for v in rec.interfaces.values()}
+        slot = next(i for i in range(1, 1 << 16) if i not in used)
+        fd = loader.pinned_prog_fd(node, "xdp_vpc")
+        try:
+            m = netlink.xdp_attach(rec.netns, ifname, fd, mode)
+        finally:
+            os.close(fd)
+        entry = {"program": "xdp_vpc", "mode": m, "slot": slot}
+        rec.interfaces[ifname] = entry
+        rec.save()
+    return {**info, **entry}
+
+
+def detach_vpc_if(node: str, ifname: str) -> None:
+    rec = NodeRecord.load(node)
+    if rec.interfaces.get(ifname, {}).get("program") != "xdp_vpc":
+        return
+    try:
+        netlink.xdp_detach(rec.netns, ifname)
+    except NotFound:
+        pass
+    del rec.interfaces[ifname]
+    rec.save()
+
+
+def status(node: str) -> dict:
+    from .datapath import MAP_NAMES
+    from .maps import PinnedMap
+
+    rec = NodeRecord.load(node)
+    pinned = {}
+    for name in ("xdp_fabric", "xdp_vpc"):
+        fd = bpfsys.obj_get(str(paths.progs_dir(node) / name))
+        try:
+            pinned[name] = bpfsys.prog_info(fd).id
+        finally:
+            os.close(fd)
+    ifaces = []
+    for ifname, entry in rec.interfaces.items():
+        row = {"ifname": ifname, "program": entry["program"], "hook": "xdp",
+               "mode": entry["mode"], "attached": False, "prog_id": 0}
+        try:
+            info = netlink.link_get(rec.netns, ifname)
+            row["prog_id"] = info["xdp_prog_id"]
+            row["mode"] = info["xdp_mode"] or entry["mode"]
+            row["attached"] = info["xdp_prog_id"] == pinned[entry["program"]]
+        except NotFound:
+            row["error"] = "interface not found"
+        ifaces.append(row)
+    maps = []
+    for name in MAP_NAMES:
+        with PinnedMap(str(paths.maps_dir(node) / name)) as m:
+            n = m.count()
+            maps.append({"name": name, "type": m.type_name, "id": m.id, "entries": n,
+                         "max_entries": m.max_entries,
+                         "fill": round(n / m.max_entries, 4) if m.max_entries else 0.0})
+    return {"node": node, "netns": rec.netns, "fabric_if": rec.fabric_if,
+            "fabric_ip": rec.fabric_ip, "programs": pinned, "interfaces": ifaces, "maps": maps}

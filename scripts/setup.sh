@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-time host set-up for eniplane: Debian packages, kernel headers for bcc, bpffs, and the venv.
+# Contract: idempotent; a second run only checks and returns in well under a second or two.
+# Refuses (exit 1, one clear line) when not root, the kernel is older than 5.15, or BPF cannot load.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$ROOT/.venv"
+STAMP="$VENV/.eniplane-installed"
+PKGS=(python3-bpfcc bpftool iproute2 python3-venv linux-headers-amd64 ethtool nftables iputils-ping)
+
+die() { echo "setup: $*" >&2; exit 1; }
+say() { echo "setup: $*" >&2; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (eniplane loads BPF programs and creates network namespaces)"
+
+kver=$(uname -r)
+kmaj=${kver%%.*}; rest=${kver#*.}; kmin=${rest%%.*}
+if [ "$kmaj" -lt 5 ] || { [ "$kmaj" -eq 5 ] && [ "$kmin" -lt 15 ]; }; then
+    die "kernel $kver is older than 5.15; eniplane needs BPF features from 5.15 on"
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    # Ubuntu names the headers meta-package differently; fall back to the generic one.
+    if ! grep -qi debian /etc/os-release; then
+        missing=("${missing[@]/linux-headers-amd64/linux-headers-generic}")
+    fi
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+fi
+
+# bcc compiles against /lib/modules/$(uname -r)/{build,source}. XDP/TC programs only need uapi
+# headers, so when this kernel has none we point bcc at the newest installed header tree.
+moddir="/lib/modules/$kver"
+if [ ! -e "$moddir/build/include" ] && [ ! -e "$moddir/source/include" ]; then
+    build=$(ls -d /usr/src/linux-headers-*/ 2>/dev/null | grep -v -- '-common/$' | sort -V | tail -n1)
+    build=${build%/}
+    [ -n "$build" ] || die "no kernel headers under /usr/src; install linux-headers for your kernel"
+    common="${build%-*}-common"
+    [ -d "$common" ] || common="$build"
+    mkdir -p "$moddir"
+    ln -sfn "$build" "$moddir/build"
+    ln -sfn "$common" "$moddir/source"
+    say "linked $moddir/build -> $build and source -> $common (no headers for $kver)"
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+    mount -t bpf bpf /sys/fs/bpf || die "cannot mount bpffs on /sys/fs/bpf"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    /usr/bin/python3 -m venv --system-site-packages "$VENV" || die "cannot create $VENV"
+fi
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    say "installing eniplane into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" >/dev/null \
+        || die "pip install of eniplane failed"
+    touch "$STAMP"
+fi
+
+# Prove that this kernel lets us load BPF: a two-instruction socket filter, no compiler needed.
+"$VENV/bin/python" -m eniplane.bpfsys --probe || die "this kernel refuses to load BPF programs (need root with CAP_BPF, CAP_NET_ADMIN)"

@@ -1,0 +1,90 @@
+"""Datapath tier: packets built with scapy, run through the pinned programs with
+BPF_PROG_TEST_RUN, compared byte for byte and counter by counter."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+from eniplane import bpfsys, netlink, paths
+from eniplane.datapath import Datapath
+from eniplane.sgcompile import Rule
+
+XDP = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
+FABRIC_IP = "100.64.0.1"
+WORKER = "100.64.0.11"
+WORKER_MAC = "02:00:00:00:00:11"
+FABRIC_MAC_SEEN = "02:00:00:00:00:01"  # what workers address frames to
+GW_A, GW_B = "02:0a:0a:0a:0a:01", "02:0b:0b:0b:0b:01"
+ENV_MAC = "02:ee:00:00:00:02"
+ENV_IP = "172.16.0.2"
+VNI_A, VNI_B, VNI_TINY = 100, 200, 300
+ENI_A = "10.0.1.4"
+ENI_B = "10.0.1.4"  # the same address in the other VPC, on purpose
+ENI_TINY = "10.0.2.4"
+SERVER = "10.0.0.10"
+GATEWAY_MAC = "02:e1:1a:00:00:01"
+
+
+@dataclass
+class Env:
+    dp: Datapath
+    netns: str
+    fabric: int
+    vpc_if: dict[str, dict] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+
+    def run(self, prog: str, pkt: bytes, ifname: str | None = None) -> tuple[str, bytes, dict]:
+        before = self.dp.stats()
+        ifindex = self.vpc_if[ifname]["ifindex"] if ifname else 0
+        with netlink.in_netns(self.netns):
+            rv, out, _ = bpfsys.prog_test_run(self.fds[prog], bytes(pkt), ingress_ifindex=ifindex)
+        after = self.dp.stats()
+        delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        return XDP.get(rv, str(rv)), out, delta
+
+
+def tunnel(inner, vni=VNI_A, worker=WORKER, dport=4789):
+    return (Ether(src=WORKER_MAC, dst=FABRIC_MAC_SEEN) / IP(src=worker, dst=FABRIC_IP) /
+            UDP(sport=40000, dport=dport) / VXLAN(vni=vni, flags=0x08) / inner)
+
+
+def env_frame(l4, src=ENV_IP, dst=SERVER, **ip):
+    return Ether(src=ENV_MAC, dst=GATEWAY_MAC) / IP(src=src, dst=dst, **ip) / l4
+
+
+@pytest.fixture(scope="session")
+def env(lab, dp_node):
+    dp = Datapath(dp_node, lab.node_ns)
+    fab = netlink.link_get(lab.node_ns, lab.fabric_if)
+    dp.set_config(FABRIC_IP, fab["ifindex"], fab["mac"], GATEWAY_MAC, fab["mtu"])
+    e = Env(dp, lab.node_ns, fab["ifindex"])
+    for slot, (v, idx, gw) in enumerate([("a", 1, GW_A), ("b", 2, GW_B)], start=1):
+        info = netlink.link_get(lab.node_ns, lab.vpc_if(v))
+        e.vpc_if[lab.vpc_if(v)] = info
+        dp.set_vpc(info["ifindex"], idx, "10.0.0.1", info["mac"], slot, gateway_mac=gw)
+    dp.add_worker(WORKER)
+    a, b = e.vpc_if["vpca"], e.vpc_if["vpcb"]
+    dp.set_eni(VNI_A, 1, 1, a["ifindex"], ENI_A)
+    dp.set_eni(VNI_B, 2, 2, b["ifindex"], ENI_B)
+    dp.set_eni(VNI_TINY, 3, 1, a["ifindex"], ENI_TINY, port_lo=2000, port_hi=2001)
+    # VNI_A: two groups whose union is the policy: tcp 80 and 443-445 to the VPC, udp 7 to
+    # the server only, icmp anywhere. VNI_B: everything. VNI_TINY: all to the VPC.
+    dp.set_sg_rules(VNI_A, [Rule.of("tcp", "10.0.0.0/16", (80, 80)),
+                            Rule.of("udp", f"{SERVER}/32", (7, 7)),
+                            Rule.of("tcp", "10.0.0.0/16", (443, 445)),
+                            Rule.of("icmp", "0.0.0.0/0")])
+    dp.set_sg_rules(VNI_B, [Rule.of("all", "0.0.0.0/0")])
+    dp.set_sg_rules(VNI_TINY, [Rule.of("all", "10.0.0.0/16")])
+    for prog in ("xdp_fabric", "xdp_vpc"):
+        e.fds[prog] = bpfsys.obj_get(str(paths.progs_dir(dp_node) / prog))
+    yield e
+    for fd in e.fds.values():
+        os.close(fd)
+    dp.close()
