@@ -61,7 +61,29 @@ def env_frame(l4, src=ENV_IP, dst=SERVER, **ip):
 
 @pytest.fixture(scope="session")
 def env(lab, dp_node):
-    dp = Datapath(dp_node, lab.node_ns)
+    e = make_env(lab, dp_node)
+    yield e
+    close_env(e)
+
+
+@pytest.fixture(scope="module")
+def small_env(lab):
+    """A second node whose flow tables hold only 64 entries per direction: map pressure."""
+    import shutil
+
+    from eniplane import loader
+
+    name = f"{lab.prefix}-small"
+    for fd in loader.compile_and_pin(name, {"MAX_FLOWS": 64}).values():
+        os.close(fd)
+    e = make_env(lab, name)
+    yield e
+    close_env(e)
+    shutil.rmtree(paths.pin_dir(name), ignore_errors=True)
+
+
+def make_env(lab, node_name: str) -> Env:
+    dp = Datapath(node_name, lab.node_ns)
     fab = netlink.link_get(lab.node_ns, lab.fabric_if)
     dp.set_config(FABRIC_IP, fab["ifindex"], fab["mac"], GATEWAY_MAC, fab["mtu"])
     e = Env(dp, lab.node_ns, fab["ifindex"])
@@ -83,8 +105,11 @@ def env(lab, dp_node):
     dp.set_sg_rules(VNI_B, [Rule.of("all", "0.0.0.0/0")])
     dp.set_sg_rules(VNI_TINY, [Rule.of("all", "10.0.0.0/16")])
     for prog in ("xdp_fabric", "xdp_vpc"):
-        e.fds[prog] = bpfsys.obj_get(str(paths.progs_dir(dp_node) / prog))
-    yield e
+        e.fds[prog] = bpfsys.obj_get(str(paths.progs_dir(node_name) / prog))
+    return e
+
+
+def close_env(e: Env) -> None:
     for fd in e.fds.values():
         os.close(fd)
-    dp.close()
+    e.dp.close()
