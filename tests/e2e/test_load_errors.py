@@ -1,0 +1,31 @@
+"""A program the verifier rejects: one clear error with the verifier's words, nothing left."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from eniplane import loader, node as nodemod, paths
+from eniplane.errors import LoadError
+
+
+def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypatch):
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bad)
+    src = (bad / "eniplane.c").read_text()
+    # an unchecked packet read: exactly what the verifier exists to refuse
+    src = src.replace("count(STAT_rx_vpc);",
+                      "count(STAT_rx_vpc);\n    if (*(volatile __u32 *)(data + 64)) return XDP_DROP;", 1)
+    (bad / "eniplane.c").write_text(src)
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
+    name = f"{lab.prefix}-bad"
+    with pytest.raises(LoadError) as e:
+        nodemod.up(name, "vpcb", lab.fabric_ip, lab.node_ns)
+    msg = str(e.value)
+    assert "xdp_vpc" in msg and "invalid access to packet" in msg
+    assert len(msg.splitlines()) <= 14
+    assert not paths.pin_dir(name).exists()
+    assert not nodemod.is_up(name)
+    from eniplane import netlink
+    assert netlink.link_get(lab.node_ns, "vpcb")["xdp_prog_id"] == 0
