@@ -43,6 +43,16 @@ static __always_inline void count(__u32 id)
         ((__u64 *)s)[id]++;
 }
 
+/* The counter for an L4 header that parse_l4 refused; `truncated` differs per side. */
+static __always_inline __u32 l4_reason(int rc, __u32 truncated)
+{
+    if (rc == PARSE_ICMP_OTHER)
+        return STAT_drop_icmp_unsupported;
+    if (rc == PARSE_PROTO_OTHER)
+        return STAT_drop_proto_unsupported;
+    return truncated;
+}
+
 static __always_inline struct eni_stats *eni_stats_of(__u32 vni)
 {
     struct eni_stats *s = eni_stats.lookup(&vni);
@@ -183,8 +193,8 @@ int xdp_fabric(struct xdp_md *ctx)
     }
     if (proto != bpf_htons(ETH_P_IPV4))
         goto out;
-    struct iphdr *oip = parse_ipv4(&c);
-    if (!oip) {
+    struct iphdr *oip;
+    if (parse_ipv4(&c, &oip) != PARSE_OK) {
         reason = STAT_pass_malformed_outer;
         goto out;
     }
@@ -274,20 +284,12 @@ int xdp_fabric(struct xdp_md *ctx)
         reason = STAT_drop_inner_not_ipv4;
         goto out;
     }
-    struct iphdr *iip = c.pos;
-    if ((void *)(iip + 1) > data_end) {
-        reason = STAT_drop_inner_truncated;
+    struct iphdr *iip;
+    int rc = parse_ipv4(&c, &iip);
+    if (rc != PARSE_OK) {
+        reason = rc == PARSE_TRUNCATED ? STAT_drop_inner_truncated : STAT_drop_inner_bad_ip;
         goto out;
     }
-    if (iip->version != 4 || iip->ihl < 5 || bpf_ntohs(iip->tot_len) < iip->ihl * 4) {
-        reason = STAT_drop_inner_bad_ip;
-        goto out;
-    }
-    if (c.pos + iip->ihl * 4 > data_end) {
-        reason = STAT_drop_inner_truncated;
-        goto out;
-    }
-    c.pos += iip->ihl * 4;
     if (ipv4_is_fragment(iip)) {
         reason = STAT_drop_inner_fragment;
         goto out;
@@ -296,47 +298,16 @@ int xdp_fabric(struct xdp_md *ctx)
         reason = STAT_drop_ttl_expired;
         goto out;
     }
-
     __u8 l4proto = iip->protocol;
-    __be16 *sport, *dport_p = NULL;
-    __u16 *l4check;
-    __u8 tcp_flags = 0;
-    if (l4proto == IPPROTO_TCP) {
-        struct tcphdr *th = CURSOR_TAKE(&c, struct tcphdr);
-        if (!th) {
-            reason = STAT_drop_inner_truncated;
-            goto out;
-        }
-        sport = &th->source;
-        dport_p = &th->dest;
-        l4check = &th->check;
-        tcp_flags = ((__u8 *)th)[13];
-    } else if (l4proto == IPPROTO_UDP) {
-        struct udphdr *uh = CURSOR_TAKE(&c, struct udphdr);
-        if (!uh) {
-            reason = STAT_drop_inner_truncated;
-            goto out;
-        }
-        sport = &uh->source;
-        dport_p = &uh->dest;
-        l4check = &uh->check;
-    } else if (l4proto == IPPROTO_ICMP) {
-        struct icmphdr *ih = CURSOR_TAKE(&c, struct icmphdr);
-        if (!ih) {
-            reason = STAT_drop_inner_truncated;
-            goto out;
-        }
-        if (ih->type != ICMP_ECHO || ih->code != 0) {
-            reason = STAT_drop_icmp_unsupported;
-            goto out;
-        }
-        sport = &ih->un.echo.id; /* the echo identifier plays the source port */
-        l4check = &ih->checksum;
-    } else {
-        reason = STAT_drop_proto_unsupported;
+    struct l4 l4;
+    rc = parse_l4(&c, l4proto, ICMP_ECHO, &l4);
+    if (rc != PARSE_OK || !l4.sport) {
+        reason = l4_reason(rc, STAT_drop_inner_truncated);
         goto out;
     }
-    __be16 dport = dport_p ? *dport_p : 0;
+    __be16 *sport = l4.sport;
+    __be16 dport = l4.dport ? *l4.dport : 0;
+    __u8 tcp_flags = l4.tcp_flags;
 
     struct flow_key key;
     __builtin_memset(&key, 0, sizeof(key));
@@ -458,7 +429,7 @@ int xdp_fabric(struct xdp_md *ctx)
     iip->saddr = eni->addr;
     iip->check = csum_replace4(iip->check, old_src, eni->addr);
     ipv4_dec_ttl(iip);
-    l4_csum_fix(l4proto, l4check, old_src, eni->addr, old_port, nat_port);
+    l4_csum_fix(l4proto, l4.check, old_src, eni->addr, old_port, nat_port);
     *sport = nat_port;
     mac_copy(ieth->h_dest, vpc->gateway_mac);
     mac_copy(ieth->h_source, vpc->if_mac);
@@ -550,12 +521,11 @@ int xdp_vpc(struct xdp_md *ctx)
 
     /* Addressed to an ENI: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
-    if (ip->version != 4 || ip->ihl < 5 || bpf_ntohs(ip->tot_len) < ip->ihl * 4 ||
-        c.pos + ip->ihl * 4 > data_end) {
+    int rc = parse_ipv4(&c, &ip);
+    if (rc != PARSE_OK) {
         reason = STAT_drop_vpc_malformed;
         goto out;
     }
-    c.pos += ip->ihl * 4;
     if (ipv4_is_fragment(ip)) {
         reason = STAT_drop_vpc_fragment;
         goto out;
@@ -564,46 +534,16 @@ int xdp_vpc(struct xdp_md *ctx)
         reason = STAT_drop_ttl_expired;
         goto out;
     }
-
     __u8 l4proto = ip->protocol;
-    __be16 *dport_p, sport = 0;
-    __u16 *l4check;
-    __u8 tcp_flags = 0;
-    if (l4proto == IPPROTO_TCP) {
-        struct tcphdr *th = CURSOR_TAKE(&c, struct tcphdr);
-        if (!th) {
-            reason = STAT_drop_vpc_malformed;
-            goto out;
-        }
-        sport = th->source;
-        dport_p = &th->dest;
-        l4check = &th->check;
-        tcp_flags = ((__u8 *)th)[13];
-    } else if (l4proto == IPPROTO_UDP) {
-        struct udphdr *uh = CURSOR_TAKE(&c, struct udphdr);
-        if (!uh) {
-            reason = STAT_drop_vpc_malformed;
-            goto out;
-        }
-        sport = uh->source;
-        dport_p = &uh->dest;
-        l4check = &uh->check;
-    } else if (l4proto == IPPROTO_ICMP) {
-        struct icmphdr *ih = CURSOR_TAKE(&c, struct icmphdr);
-        if (!ih) {
-            reason = STAT_drop_vpc_malformed;
-            goto out;
-        }
-        if (ih->type != ICMP_ECHOREPLY || ih->code != 0) {
-            reason = STAT_drop_icmp_unsupported;
-            goto out;
-        }
-        dport_p = &ih->un.echo.id;
-        l4check = &ih->checksum;
-    } else {
-        reason = STAT_drop_proto_unsupported;
+    struct l4 l4;
+    rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
+    if (rc != PARSE_OK || !l4.dport) {
+        reason = l4_reason(rc, STAT_drop_vpc_malformed);
         goto out;
     }
+    __be16 *dport_p = l4.dport;
+    __be16 sport = l4.sport ? *l4.sport : 0;
+    __u8 tcp_flags = l4.tcp_flags;
 
     struct rev_key rk;
     __builtin_memset(&rk, 0, sizeof(rk));
@@ -635,7 +575,7 @@ int xdp_vpc(struct xdp_md *ctx)
     ip->daddr = rev->env_addr;
     ip->check = csum_replace4(ip->check, old_dst, rev->env_addr);
     ipv4_dec_ttl(ip);
-    l4_csum_fix(l4proto, l4check, old_dst, rev->env_addr, old_port, rev->env_port);
+    l4_csum_fix(l4proto, l4.check, old_dst, rev->env_addr, old_port, rev->env_port);
     *dport_p = rev->env_port;
     mac_copy(eth->h_dest, rev->env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);

@@ -80,21 +80,77 @@ static __always_inline struct ethhdr *parse_eth(struct cursor *c, __be16 *proto)
     return eth;
 }
 
+enum parse_result {
+    PARSE_OK = 0,
+    PARSE_TRUNCATED,  /* the header runs past the end of the packet */
+    PARSE_INVALID,    /* present but impossible (IPv4 version, IHL, total length) */
+    PARSE_ICMP_OTHER, /* ICMP, but not the echo message this side translates */
+    PARSE_PROTO_OTHER /* neither TCP, UDP nor ICMP */
+};
+
 /* IPv4 with any valid IHL: options are skipped, never interpreted. */
-static __always_inline struct iphdr *parse_ipv4(struct cursor *c)
+static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **out)
 {
     struct iphdr *ip = c->pos;
     if ((void *)(ip + 1) > c->end)
-        return NULL;
+        return PARSE_TRUNCATED;
     if (ip->version != 4 || ip->ihl < 5)
-        return NULL;
+        return PARSE_INVALID;
     __u32 hlen = ip->ihl * 4;
-    if (c->pos + hlen > c->end)
-        return NULL;
     if (bpf_ntohs(ip->tot_len) < hlen)
-        return NULL;
+        return PARSE_INVALID;
+    if (c->pos + hlen > c->end)
+        return PARSE_TRUNCATED;
     c->pos += hlen;
-    return ip;
+    *out = ip;
+    return PARSE_OK;
+}
+
+/* Where the ports (or the ICMP echo identifier) and the checksum of an L4 header are. The echo
+ * identifier stands in for the port on the side that chose it: the source of an echo request
+ * going out, the destination of an echo reply coming back; the other pointer stays NULL. */
+struct l4 {
+    __be16 *sport;
+    __be16 *dport;
+    __u16 *check;
+    __u8 tcp_flags;
+};
+
+static __always_inline int parse_l4(struct cursor *c, __u8 proto, __u8 echo_type, struct l4 *l4)
+{
+    l4->sport = NULL;
+    l4->dport = NULL;
+    l4->tcp_flags = 0;
+    if (proto == IPPROTO_TCP) {
+        struct tcphdr *th = CURSOR_TAKE(c, struct tcphdr);
+        if (!th)
+            return PARSE_TRUNCATED;
+        l4->sport = &th->source;
+        l4->dport = &th->dest;
+        l4->check = &th->check;
+        l4->tcp_flags = ((__u8 *)th)[13];
+    } else if (proto == IPPROTO_UDP) {
+        struct udphdr *uh = CURSOR_TAKE(c, struct udphdr);
+        if (!uh)
+            return PARSE_TRUNCATED;
+        l4->sport = &uh->source;
+        l4->dport = &uh->dest;
+        l4->check = &uh->check;
+    } else if (proto == IPPROTO_ICMP) {
+        struct icmphdr *ih = CURSOR_TAKE(c, struct icmphdr);
+        if (!ih)
+            return PARSE_TRUNCATED;
+        if (ih->type != echo_type || ih->code != 0)
+            return PARSE_ICMP_OTHER;
+        if (echo_type == ICMP_ECHO)
+            l4->sport = &ih->un.echo.id;
+        else
+            l4->dport = &ih->un.echo.id;
+        l4->check = &ih->checksum;
+    } else {
+        return PARSE_PROTO_OTHER;
+    }
+    return PARSE_OK;
 }
 
 static __always_inline int ipv4_is_fragment(struct iphdr *ip)
