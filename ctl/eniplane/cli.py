@@ -40,8 +40,24 @@ app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False,
                   help="eniplane: shared-ENI network function (XDP datapath, Python control plane).")
 lab_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="The namespace lab.")
 maps_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Inspect the pinned maps.")
+vpc_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Customer VPCs attached to the node.")
+subnet_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Subnets of the VPCs.")
+sg_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Security groups.")
+rule_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Security-group rules.")
+worker_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Worker hosts allowed to tunnel.")
+function_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Functions and their ENIs.")
+eni_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Shared ENIs (derived).")
+flows_app = typer.Typer(cls=TyperGroup, invoke_without_command=True, help="Flows in the datapath.")
 app.add_typer(lab_app, name="lab")
 app.add_typer(maps_app, name="maps")
+app.add_typer(vpc_app, name="vpc")
+app.add_typer(subnet_app, name="subnet")
+app.add_typer(sg_app, name="sg")
+sg_app.add_typer(rule_app, name="rule")
+app.add_typer(worker_app, name="worker")
+app.add_typer(function_app, name="function")
+app.add_typer(eni_app, name="eni")
+app.add_typer(flows_app, name="flows")
 
 
 # ---- node life cycle ----------------------------------------------------------------------
@@ -58,8 +74,11 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
 
     if mode not in ("auto", "native", "generic"):
         raise typer.BadParameter("must be auto, native or generic", param_hint="--mode")
+    from .reconcile import sync
+
     rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows})
     mode_used = rec.interfaces[fabric_if]["mode"]
+    _report(sync(node))
     if mode_used == "generic":
         output.info(f"warning: {fabric_if} has no native XDP; running in generic (skb) mode")
     data = {"node": node, "netns": netns, "fabric_if": fabric_if, "fabric_ip": fabric_ip,
@@ -102,17 +121,29 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 
 @app.command()
 def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
+          eni: Optional[str] = typer.Option(None, "--eni", "-e", help="One ENI's counters."),
           nonzero: bool = typer.Option(False, "--nonzero", "-z", help="Hide counters at zero.")) -> None:
-    """Every datapath counter by name, summed over CPUs."""
+    """Every datapath counter by name, summed over CPUs (or one ENI's counters)."""
     from .datapath import Datapath
 
-    with Datapath(node) as dp:
-        counters = dp.stats()
-    data = {"node": node, "counters": counters}
+    if eni:
+        from .store import Store
+
+        with Store(node) as store:
+            e = store.load().eni(eni)
+        with Datapath(node) as dp:
+            counters = dp.eni_stats(e.vni).get(e.vni) or {
+                k: 0 for k in dp.map("eni_stats").value_fields}
+        data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
+    else:
+        with Datapath(node) as dp:
+            counters = dp.stats()
+        data = {"node": node, "counters": counters}
 
     def render(d: dict) -> None:
         rows = [(k, f"{v:,}") for k, v in d["counters"].items() if v or not nonzero]
-        output.table(f"node {node} counters", ["counter", "value"], rows)
+        output.table(f"node {node} counters" + (f", ENI {eni}" if eni else ""),
+                     ["counter", "value"], rows)
 
     output.emit(out, data, render)
 
@@ -195,6 +226,414 @@ def lab_list(out: Format = OUT_OPT) -> None:
     labs = [{"name": n, "namespaces": Lab.load(n).namespaces} for n in Lab.all()]
     output.emit(out, labs, lambda d: output.table(
         None, ["lab", "namespaces"], [(x["name"], " ".join(x["namespaces"].values())) for x in d]))
+
+
+# ---- control plane ------------------------------------------------------------------------
+def _report(rep) -> None:
+    for w in rep.warnings:
+        output.info(f"warning: {w}")
+
+
+def _change(node: str, mutate, done: str) -> object:
+    from .reconcile import change
+
+    result, rep = change(node, mutate)
+    _report(rep)
+    output.info(done if rep.node_up else
+                f"{done} (stored; node {node} is not up: `eniplane up` applies it)")
+    return result
+
+
+@vpc_app.command("add")
+def vpc_add(vpc_id: str = typer.Argument(..., metavar="ID"),
+            cidr: str = typer.Option(..., "--cidr", "-c", help="The VPC's CIDR."),
+            iface: str = typer.Option(..., "--iface", "-i", help="Node interface into the VPC."),
+            gateway: str = typer.Option(..., "--gateway", "-g", help="The VPC gateway's address."),
+            node: str = NODE_OPT) -> None:
+    """Attach a VPC through one of the node's interfaces."""
+    _change(node, lambda st: st.add_vpc(vpc_id, cidr, iface, gateway), f"VPC {vpc_id} added")
+
+
+@vpc_app.command("list")
+def vpc_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """VPCs with their interface and gateway."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    rows = [{"id": v.id, "cidr": v.cidr, "iface": v.iface, "gateway": v.gateway, "idx": v.idx,
+             "subnets": sorted(s.id for s in st.subnets.values() if s.vpc == v.id)}
+            for v in sorted(st.vpcs.values(), key=lambda v: v.id)]
+    output.emit(out, rows, lambda d: output.table(
+        None, ["vpc", "cidr", "interface", "gateway", "subnets"],
+        [(r["id"], r["cidr"], r["iface"], r["gateway"], " ".join(r["subnets"])) for r in d]))
+
+
+@vpc_app.command("del")
+def vpc_del(vpc_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OPT) -> None:
+    """Detach a VPC that no subnet or group uses any more."""
+    _change(node, lambda st: st.del_vpc(vpc_id), f"VPC {vpc_id} deleted")
+
+
+@subnet_app.command("add")
+def subnet_add(subnet_id: str = typer.Argument(..., metavar="ID"),
+               vpc: str = typer.Option(..., "--vpc", "-v"),
+               cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+    """Add a subnet inside a VPC."""
+    _change(node, lambda st: st.add_subnet(subnet_id, vpc, cidr), f"subnet {subnet_id} added")
+
+
+@subnet_app.command("list")
+def subnet_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Subnets with their VPC and ENIs."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    rows = [{"id": s.id, "vpc": s.vpc, "cidr": s.cidr,
+             "enis": sorted(e.id for e in st.enis.values() if e.subnet == s.id)}
+            for s in sorted(st.subnets.values(), key=lambda s: s.id)]
+    output.emit(out, rows, lambda d: output.table(
+        None, ["subnet", "vpc", "cidr", "ENIs"],
+        [(r["id"], r["vpc"], r["cidr"], len(r["enis"])) for r in d]))
+
+
+@subnet_app.command("del")
+def subnet_del(subnet_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OPT) -> None:
+    """Delete a subnet that no function uses."""
+    _change(node, lambda st: st.del_subnet(subnet_id), f"subnet {subnet_id} deleted")
+
+
+@sg_app.command("add")
+def sg_add(sg_id: str = typer.Argument(..., metavar="ID"),
+           vpc: str = typer.Option(..., "--vpc", "-v"), node: str = NODE_OPT) -> None:
+    """Create an empty security group (it allows nothing until rules are added)."""
+    _change(node, lambda st: st.add_sg(sg_id, vpc), f"security group {sg_id} added")
+
+
+def _rule_args(egress: bool, ingress: bool, proto: str, ports: Optional[str], cidr: str):
+    from .errors import UsageError
+    from .model import State
+
+    if egress == ingress:
+        raise UsageError("give exactly one of --egress or --ingress")
+    return State.make_rule("egress" if egress else "ingress", proto, ports, cidr)
+
+
+@rule_app.command("add")
+def rule_add(sg_id: str = typer.Argument(..., metavar="SG"),
+             egress: bool = typer.Option(False, "--egress", "-E"),
+             ingress: bool = typer.Option(False, "--ingress", "-I"),
+             proto: str = typer.Option(..., "--proto", "-p", help="tcp, udp, icmp or all."),
+             ports: Optional[str] = typer.Option(None, "--ports", "-P", help="P or P-Q."),
+             cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+    """Add a rule; egress rules apply to new flows at once."""
+    rule = _rule_args(egress, ingress, proto, ports, cidr)
+    _change(node, lambda st: st.add_rule(sg_id, rule), f"rule added to {sg_id}")
+
+
+@rule_app.command("del")
+def rule_del(sg_id: str = typer.Argument(..., metavar="SG"),
+             egress: bool = typer.Option(False, "--egress", "-E"),
+             ingress: bool = typer.Option(False, "--ingress", "-I"),
+             proto: str = typer.Option(..., "--proto", "-p"),
+             ports: Optional[str] = typer.Option(None, "--ports", "-P"),
+             cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+    """Delete a rule; flows it allowed keep working until they end or are flushed (as in AWS)."""
+    rule = _rule_args(egress, ingress, proto, ports, cidr)
+    _change(node, lambda st: st.del_rule(sg_id, rule), f"rule deleted from {sg_id}")
+
+
+def _sg_doc(st, g) -> dict:
+    return {"id": g.id, "vpc": g.vpc,
+            "egress": [{"proto": r.proto, "ports": r.ports, "cidr": r.cidr}
+                       for r in g.rules if r.direction == "egress"],
+            "ingress": [{"proto": r.proto, "ports": r.ports, "cidr": r.cidr}
+                        for r in g.rules if r.direction == "ingress"],
+            "functions": sorted(f.name for f in st.functions.values() if g.id in f.sgs)}
+
+
+@sg_app.command("list")
+def sg_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Security groups with their rule counts."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    rows = [_sg_doc(st, g) for g in sorted(st.sgs.values(), key=lambda g: g.id)]
+    output.emit(out, rows, lambda d: output.table(
+        None, ["group", "vpc", "egress", "ingress", "functions"],
+        [(r["id"], r["vpc"], len(r["egress"]), len(r["ingress"]), " ".join(r["functions"]))
+         for r in d]))
+
+
+@sg_app.command("show")
+def sg_show(sg_id: str = typer.Argument(..., metavar="SG"), node: str = NODE_OPT,
+            out: Format = OUT_OPT) -> None:
+    """One security group's rules."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    doc = _sg_doc(st, st.sg(sg_id))
+    output.emit(out, doc, lambda d: output.table(
+        f"security group {d['id']} (VPC {d['vpc']})", ["direction", "proto", "ports", "cidr"],
+        [(dr, r["proto"], r["ports"], r["cidr"]) for dr in ("egress", "ingress") for r in d[dr]]))
+
+
+@sg_app.command("del")
+def sg_del(sg_id: str = typer.Argument(..., metavar="SG"), node: str = NODE_OPT) -> None:
+    """Delete a security group that no function uses."""
+    _change(node, lambda st: st.del_sg(sg_id), f"security group {sg_id} deleted")
+
+
+@worker_app.command("add")
+def worker_add(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+    """Allow a worker host (its outer address) to send tunnel traffic."""
+    _change(node, lambda st: st.add_worker(ip), f"worker {ip} added")
+
+
+@worker_app.command("list")
+def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Registered worker hosts and the MACs the datapath learned for them."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    macs = {}
+    from . import node as nodemod
+    if nodemod.is_up(node):
+        from .datapath import Datapath
+        with Datapath(node) as dp:
+            macs = {k: v["mac"] for k, v in dp.map("workers").items()}
+    rows = [{"ip": w, "mac": macs.get(w)} for w in sorted(st.workers)]
+    output.emit(out, rows, lambda d: output.table(None, ["worker", "learned MAC"],
+                                                  [(r["ip"], r["mac"] or "-") for r in d]))
+
+
+@worker_app.command("del")
+def worker_del(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+    """Stop accepting tunnel traffic from a worker."""
+    _change(node, lambda st: st.del_worker(ip), f"worker {ip} deleted")
+
+
+def _eni_doc(e) -> dict:
+    return {"id": e.id, "subnet": e.subnet, "address": e.address, "vni": e.vni,
+            "security_groups": list(e.sgs), "port_range": [e.port_lo, e.port_hi]}
+
+
+@function_app.command("attach")
+def function_attach(name: str = typer.Argument(..., metavar="NAME"),
+                    subnet: list[str] = typer.Option(..., "--subnet", "-s", help="Repeatable."),
+                    sg: list[str] = typer.Option(..., "--sg", "-g", help="Repeatable, at most 5."),
+                    node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Attach a function: per subnet, the shared ENI of (subnet, groups), created if needed."""
+    enis = _change(node, lambda st: st.attach_function(name, subnet, sg),
+                   f"function {name} attached")
+    data = {"function": name, "enis": [_eni_doc(e) for e in enis]}
+    output.emit(out, data, lambda d: output.table(
+        f"function {name}", ["subnet", "ENI", "address", "VNI"],
+        [(e["subnet"], e["id"], e["address"], e["vni"]) for e in d["enis"]]))
+
+
+@function_app.command("detach")
+def function_detach(name: str = typer.Argument(..., metavar="NAME"), node: str = NODE_OPT) -> None:
+    """Detach a function; an ENI no function uses any more is deleted with its flows."""
+    _change(node, lambda st: st.detach_function(name), f"function {name} detached")
+
+
+@function_app.command("list")
+def function_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Functions with their subnets, groups and ENIs."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    rows = [{"name": f.name, "subnets": f.subnets, "security_groups": f.sgs,
+             "enis": [_eni_doc(e) for e in st.function_enis(f.name)]}
+            for f in sorted(st.functions.values(), key=lambda f: f.name)]
+    output.emit(out, rows, lambda d: output.table(
+        None, ["function", "subnets", "groups", "ENIs (address, VNI)"],
+        [(r["name"], " ".join(r["subnets"]), " ".join(r["security_groups"]),
+          " ".join(f"{e['id']} ({e['address']}, {e['vni']})" for e in r["enis"])) for r in d]))
+
+
+@eni_app.command("list")
+def eni_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Shared ENIs and the functions each one serves."""
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    rows = [{**_eni_doc(e), "functions": st.eni_functions(e.id)}
+            for e in sorted(st.enis.values(), key=lambda e: e.vni)]
+    output.emit(out, rows, lambda d: output.table(
+        f"{len(d)} ENIs serving {sum(len(r['functions']) for r in d)} function attachments",
+        ["ENI", "subnet", "address", "VNI", "groups", "functions"],
+        [(r["id"], r["subnet"], r["address"], r["vni"], " ".join(r["security_groups"]),
+          " ".join(r["functions"])) for r in d]))
+
+
+@eni_app.command("show")
+def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OPT,
+             out: Format = OUT_OPT) -> None:
+    """One ENI: its functions, groups, flows in use and counters."""
+    from . import node as nodemod
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    e = st.eni(eni_id)
+    doc = {**_eni_doc(e), "vpc": st.subnets[e.subnet].vpc, "functions": st.eni_functions(e.id),
+           "flows": None, "counters": None}
+    if nodemod.is_up(node):
+        from .datapath import Datapath
+        with Datapath(node) as dp:
+            doc["flows"] = len(dp.flows(vni=e.vni))
+            doc["counters"] = dp.eni_stats(e.vni).get(e.vni)
+
+    def render(d: dict) -> None:
+        output.table(f"ENI {d['id']}", ["field", "value"], [
+            ("VPC / subnet", f"{d['vpc']} / {d['subnet']}"), ("address", d["address"]),
+            ("VNI", d["vni"]), ("port range", "-".join(map(str, d["port_range"]))),
+            ("security groups", " ".join(d["security_groups"])),
+            ("functions", " ".join(d["functions"])),
+            ("flows in use", "node not up" if d["flows"] is None else d["flows"])]
+            + [(k, f"{v:,}") for k, v in (d["counters"] or {}).items()])
+
+    output.emit(out, doc, render)
+
+
+def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
+    k, fw, r = f["key"], f["fwd"], f["rev"]
+    proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(k["proto"], str(k["proto"]))
+    return {"eni": eni_ids.get(k["vni"]), "vni": k["vni"], "proto": proto, "worker": k["worker"],
+            "env": f"{k['src']}:{k['sport']}", "remote": f"{k['dst']}:{k['dport']}",
+            "nat": f"{f['eni_addr']}:{fw['nat_port']}", "packets_out": fw["packets"],
+            "bytes_out": fw["bytes"], "packets_in": r["packets"] if r else 0,
+            "bytes_in": r["bytes"] if r else 0, "tcp_flags": fw["tcp_flags"] | (r["tcp_flags"] if r else 0),
+            "last_seen_ns": max(fw["last_seen_ns"], r["last_seen_ns"] if r else 0),
+            "reverse": r is not None}
+
+
+@flows_app.callback()
+def flows(ctx: typer.Context,
+          eni: Optional[str] = typer.Option(None, "--eni", "-e", help="Only this ENI's flows."),
+          vpc: Optional[str] = typer.Option(None, "--vpc", "-v", help="Only this VPC's flows."),
+          limit: int = typer.Option(100, "--limit", "-l", help="At most this many flows."),
+          node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """List flows (forward and reverse halves joined); `flows flush` removes them."""
+    if ctx.invoked_subcommand:
+        return
+    from .datapath import Datapath
+    from .store import Store
+
+    with Store(node) as store:
+        st = store.load()
+    vnis = None
+    if eni:
+        vnis = {st.eni(eni).vni}
+    if vpc:
+        st.vpc(vpc)
+        in_vpc = {e.vni for e in st.enis.values() if st.subnets[e.subnet].vpc == vpc}
+        vnis = in_vpc if vnis is None else vnis & in_vpc
+    eni_ids = {e.vni: e.id for e in st.enis.values()}
+    with Datapath(node) as dp:
+        rows = []
+        for f in dp.flows():
+            if vnis is not None and f["key"]["vni"] not in vnis:
+                continue
+            rows.append(_flow_doc(f, eni_ids))
+            if len(rows) >= limit:
+                break
+    output.emit(out, rows, lambda d: output.table(
+        f"{len(d)} flows", ["ENI", "proto", "environment", "via", "remote", "pkts out/in"],
+        [(r["eni"] or r["vni"], r["proto"], f"{r['env']} ({r['worker']})", r["nat"], r["remote"],
+          f"{r['packets_out']}/{r['packets_in']}") for r in d]))
+
+
+@flows_app.command("flush")
+def flows_flush(eni: Optional[str] = typer.Option(None, "--eni", "-e"),
+                node: str = NODE_OPT) -> None:
+    """Remove flows (all, or one ENI's): their next packet is a new flow, checked again."""
+    from .datapath import Datapath
+
+    vni = None
+    if eni:
+        from .store import Store
+        with Store(node) as store:
+            vni = store.load().eni(eni).vni
+    with Datapath(node) as dp:
+        n = dp.flush_flows(vni=vni)
+    output.info(f"flushed {n} flows")
+
+
+@app.command("sync")
+def sync_cmd(node: str = NODE_OPT) -> None:
+    """Reprogram every map from the store (after a reboot, a reload or a crash)."""
+    from .reconcile import sync
+
+    rep = sync(node)
+    _report(rep)
+    output.info("in sync: " + (", ".join(f"{v} {k}" for k, v in rep.changed.items())
+                               or "nothing to change"))
+
+
+@app.command("export")
+def export_cmd(node: str = NODE_OPT,
+               file: Optional[str] = typer.Option(None, "--file", "-f", help="Write here.")) -> None:
+    """Write the declared state as YAML (what `apply -f` takes)."""
+    import yaml
+
+    from .config import export_doc
+    from .store import Store
+
+    with Store(node) as store:
+        text = yaml.safe_dump(export_doc(store.load()), sort_keys=False)
+    if file:
+        with open(file, "w") as fh:
+            fh.write(text)
+        output.info(f"wrote {file}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("apply")
+def apply_cmd(file: str = typer.Option(..., "--file", "-f", help="YAML desired state."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Show the difference only."),
+              node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Make the whole configuration what FILE says, and print the difference."""
+    import yaml
+
+    from .config import build_state, diff
+    from .errors import InvalidInput
+    from .store import Store
+
+    try:
+        with open(file) as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as e:
+        raise InvalidInput(f"cannot read {file}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidInput(f"{file}: malformed YAML{where}") from None
+    with Store(node) as store:
+        current = store.load()
+    try:
+        target = build_state(doc, current)
+    except EniplaneError as e:
+        raise type(e)(f"{file}: {e}") from None
+    changes = diff(current, target)
+    if not dry_run and changes:
+        def replace(st):
+            st.__dict__.update(target.copy().__dict__)
+        _change(node, replace, f"applied {len(changes)} changes")
+    data = {"dry_run": dry_run, "changes": changes}
+    output.emit(out, data, lambda d: output.table(
+        ("would change" if dry_run else "changed") + f" ({len(changes)})", ["op", "kind", "id"],
+        [(c["op"], c["kind"], c["id"]) for c in d["changes"]]) if changes
+        else output.info("no changes"))
 
 
 def main() -> None:

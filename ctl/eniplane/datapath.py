@@ -104,20 +104,28 @@ class Datapath:
         self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr}, vni)
 
     def set_sg_rules(self, vni: int, rules: Iterable[Rule]) -> int:
-        """Replace the ENI's compiled rules; returns how many prefixes it now has."""
+        """Replace one ENI's compiled rules; returns how many prefixes it now has."""
+        return self.sync_sg_rules({vni: list(rules)}, scope={vni})
+
+    def sync_sg_rules(self, rules_by_vni: dict[int, list[Rule]],
+                      scope: set[int] | None = None) -> int:
+        """Make sg_rules hold exactly the compiled rules given, for the VNIs in `scope` (every
+        VNI when None): one pass over the map however many ENIs there are."""
         m = self.map("sg_rules")
-        compiled = compile_rules(list(rules))
-        want = {}
-        for (proto, cidr), ranges in compiled.items():
-            key = {"prefixlen": 64 + cidr.prefixlen, "vni": vni, "proto": proto,
-                   "addr": str(cidr.network_address)}
-            want[m.key_codec.encode(key)] = {"n": len(ranges),
-                                             "ranges": [{"lo": a, "hi": b} for a, b in ranges]}
-        for k, v in want.items():
-            m.update(k, v)
-        for k in list(m.keys_raw()):  # entries of this VNI that the new rules no longer have
-            if k not in want and m.key_codec.decode(k)["vni"] == vni:
+        want: dict[bytes, dict] = {}
+        for vni, rules in rules_by_vni.items():
+            for (proto, cidr), ranges in compile_rules(list(rules)).items():
+                key = {"prefixlen": 64 + cidr.prefixlen, "vni": vni, "proto": proto,
+                       "addr": str(cidr.network_address)}
+                want[m.key_codec.encode(key)] = {
+                    "n": len(ranges), "ranges": [{"lo": a, "hi": b} for a, b in ranges]}
+        for k in list(m.keys_raw()):
+            if k not in want and (scope is None or m.key_codec.decode(k)["vni"] in scope):
                 m.delete(k)
+        for k, v in want.items():
+            raw = m.value_codec.encode(v)
+            if m.lookup_raw(k) != raw:
+                m.update(k, raw)
         return len(want)
 
     def del_eni(self, vni: int) -> None:

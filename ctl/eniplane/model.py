@@ -1,0 +1,363 @@
+"""The desired state in customers' terms: VPCs, subnets, security groups, workers, functions and
+the shared ENIs derived from them.
+
+Contract: a State is plain data plus the operations an operator performs on it. Every operation
+validates first and changes nothing when it raises (InvalidInput, NotFound, AlreadyExists), so a
+caller can run several and persist the result only if all succeed. Following AWS Lambda, every
+function with the same (subnet, security-group set) shares one ENI; an ENI that no function uses
+any more is deleted. Addresses skip the first four and the last address of a subnet, as AWS does.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import AlreadyExists, InvalidInput, NotFound
+from .sgcompile import PROTO_NUMBERS, Rule
+
+MAX_SG_PER_ENI = 5
+MAX_RULES_PER_DIRECTION = 60
+DEFAULT_PORT_RANGE = (1024, 65535)
+VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_IFNAME = re.compile(r"^[^\s/]{1,15}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    if not _ID.match(value or ""):
+        raise InvalidInput(f"invalid {kind} id {value!r}: use letters, digits, '.', '_', ':' or '-'")
+    return value
+
+
+def parse_cidr(value: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as e:
+        raise InvalidInput(f"{what}: invalid CIDR {value!r} ({e})") from None
+
+
+def parse_ip(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise InvalidInput(f"{what}: invalid IPv4 address {value!r}") from None
+
+
+def parse_ports(value: str | None, proto: str) -> tuple[int, int]:
+    """'P' or 'P-Q' -> (P, Q); None means every port. ICMP and 'all' take no ports."""
+    if value is None or value == "":
+        return (0, 65535)
+    if proto in ("icmp", "all"):
+        raise InvalidInput(f"--ports does not apply to protocol {proto}")
+    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", str(value).strip())
+    if not m:
+        raise InvalidInput(f"invalid port range {value!r}: use P or P-Q")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) else lo
+    if not (0 <= lo <= 65535 and 0 <= hi <= 65535):
+        raise InvalidInput(f"port range {value!r} is outside 0-65535")
+    if hi < lo:
+        raise InvalidInput(f"port range {value!r} is inverted")
+    return (lo, hi)
+
+
+@dataclass
+class Vpc:
+    id: str
+    cidr: str
+    iface: str
+    gateway: str
+    idx: int  # the datapath's handle (flow keys, eni_addrs)
+
+
+@dataclass
+class Subnet:
+    id: str
+    vpc: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class SgRule:
+    direction: str  # egress | ingress
+    proto: str      # tcp | udp | icmp | all
+    port_lo: int
+    port_hi: int
+    cidr: str
+
+    @property
+    def ports(self) -> str:
+        if self.proto in ("icmp", "all") or (self.port_lo, self.port_hi) == (0, 65535):
+            return "all"
+        return str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+
+    def datapath_rule(self) -> Rule:
+        return Rule.of(self.proto, self.cidr, (self.port_lo, self.port_hi))
+
+
+@dataclass
+class SecurityGroup:
+    id: str
+    vpc: str
+    rules: list[SgRule] = field(default_factory=list)
+
+    def count(self, direction: str) -> int:
+        return sum(1 for r in self.rules if r.direction == direction)
+
+
+@dataclass
+class Eni:
+    id: str
+    subnet: str
+    sgs: tuple[str, ...]  # sorted: the set is what identifies the ENI
+    address: str
+    vni: int
+    idx: int
+    port_lo: int = DEFAULT_PORT_RANGE[0]
+    port_hi: int = DEFAULT_PORT_RANGE[1]
+
+
+@dataclass
+class Function:
+    name: str
+    subnets: list[str]
+    sgs: list[str]
+
+
+@dataclass
+class State:
+    vpcs: dict[str, Vpc] = field(default_factory=dict)
+    subnets: dict[str, Subnet] = field(default_factory=dict)
+    sgs: dict[str, SecurityGroup] = field(default_factory=dict)
+    workers: set[str] = field(default_factory=set)
+    enis: dict[str, Eni] = field(default_factory=dict)
+    functions: dict[str, Function] = field(default_factory=dict)
+
+    def copy(self) -> "State":
+        return copy.deepcopy(self)
+
+    # ---- look-ups --------------------------------------------------------------------------
+    def vpc(self, vid: str) -> Vpc:
+        if vid not in self.vpcs:
+            raise NotFound(f"VPC {vid} does not exist")
+        return self.vpcs[vid]
+
+    def subnet(self, sid: str) -> Subnet:
+        if sid not in self.subnets:
+            raise NotFound(f"subnet {sid} does not exist")
+        return self.subnets[sid]
+
+    def sg(self, gid: str) -> SecurityGroup:
+        if gid not in self.sgs:
+            raise NotFound(f"security group {gid} does not exist")
+        return self.sgs[gid]
+
+    def eni(self, eid: str) -> Eni:
+        if eid not in self.enis:
+            raise NotFound(f"ENI {eid} does not exist")
+        return self.enis[eid]
+
+    def eni_functions(self, eid: str) -> list[str]:
+        e = self.enis[eid]
+        return sorted(f.name for f in self.functions.values()
+                      if e.subnet in f.subnets and tuple(sorted(set(f.sgs))) == e.sgs)
+
+    def eni_rules(self, e: Eni) -> list[Rule]:
+        return [r.datapath_rule() for g in e.sgs for r in self.sgs[g].rules
+                if r.direction == "egress"]
+
+    # ---- VPCs ------------------------------------------------------------------------------
+    def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str) -> Vpc:
+        check_id("VPC", vid)
+        if vid in self.vpcs:
+            raise AlreadyExists(f"VPC {vid} already exists")
+        net = parse_cidr(cidr, f"VPC {vid}")
+        gw = parse_ip(gateway, f"VPC {vid} --gateway")
+        if gw not in net:
+            raise InvalidInput(f"VPC {vid}: gateway {gw} is outside {net}")
+        if not _IFNAME.match(iface or ""):
+            raise InvalidInput(f"VPC {vid}: invalid interface name {iface!r}")
+        for other in self.vpcs.values():
+            if other.iface == iface:
+                raise InvalidInput(f"VPC {vid}: interface {iface} already leads into VPC {other.id}")
+        idx = max((v.idx for v in self.vpcs.values()), default=0) + 1
+        v = Vpc(vid, str(net), iface, str(gw), idx)
+        self.vpcs[vid] = v
+        return v
+
+    def del_vpc(self, vid: str) -> None:
+        self.vpc(vid)
+        users = [s.id for s in self.subnets.values() if s.vpc == vid] + \
+                [g.id for g in self.sgs.values() if g.vpc == vid]
+        if users:
+            raise InvalidInput(f"VPC {vid} is still in use by {', '.join(sorted(users))}")
+        del self.vpcs[vid]
+
+    # ---- subnets ---------------------------------------------------------------------------
+    def add_subnet(self, sid: str, vpc: str, cidr: str) -> Subnet:
+        check_id("subnet", sid)
+        if sid in self.subnets:
+            raise AlreadyExists(f"subnet {sid} already exists")
+        v = self.vpc(vpc)
+        net = parse_cidr(cidr, f"subnet {sid}")
+        if not net.subnet_of(ipaddress.IPv4Network(v.cidr)):
+            raise InvalidInput(f"subnet {sid}: {net} is outside VPC {vpc} ({v.cidr})")
+        if net.prefixlen > 28:
+            raise InvalidInput(f"subnet {sid}: {net} is smaller than a /28 (AWS's minimum)")
+        for o in self.subnets.values():
+            if o.vpc == vpc and net.overlaps(ipaddress.IPv4Network(o.cidr)):
+                raise InvalidInput(f"subnet {sid}: {net} overlaps subnet {o.id} ({o.cidr})")
+        s = Subnet(sid, vpc, str(net))
+        self.subnets[sid] = s
+        return s
+
+    def del_subnet(self, sid: str) -> None:
+        self.subnet(sid)
+        users = sorted(f.name for f in self.functions.values() if sid in f.subnets)
+        if users:
+            raise InvalidInput(f"subnet {sid} is still used by function {', '.join(users)}")
+        del self.subnets[sid]
+
+    # ---- security groups -------------------------------------------------------------------
+    def add_sg(self, gid: str, vpc: str) -> SecurityGroup:
+        check_id("security group", gid)
+        if gid in self.sgs:
+            raise AlreadyExists(f"security group {gid} already exists")
+        self.vpc(vpc)
+        g = SecurityGroup(gid, vpc)
+        self.sgs[gid] = g
+        return g
+
+    def del_sg(self, gid: str) -> None:
+        self.sg(gid)
+        users = sorted(f.name for f in self.functions.values() if gid in f.sgs)
+        if users:
+            raise InvalidInput(f"security group {gid} is still used by function {', '.join(users)}")
+        del self.sgs[gid]
+
+    @staticmethod
+    def make_rule(direction: str, proto: str, ports: str | None, cidr: str) -> SgRule:
+        if direction not in ("egress", "ingress"):
+            raise InvalidInput(f"direction must be egress or ingress, not {direction!r}")
+        if proto not in PROTO_NUMBERS:
+            raise InvalidInput(f"protocol must be tcp, udp, icmp or all, not {proto!r}")
+        lo, hi = parse_ports(ports, proto)
+        net = parse_cidr(cidr, "rule --cidr")
+        return SgRule(direction, proto, lo, hi, str(net))
+
+    def add_rule(self, gid: str, rule: SgRule) -> None:
+        g = self.sg(gid)
+        if rule in g.rules:
+            raise AlreadyExists(f"security group {gid} already has this {rule.direction} rule")
+        if g.count(rule.direction) >= MAX_RULES_PER_DIRECTION:
+            raise InvalidInput(f"security group {gid} already has {MAX_RULES_PER_DIRECTION} "
+                               f"{rule.direction} rules (the limit)")
+        g.rules.append(rule)
+
+    def del_rule(self, gid: str, rule: SgRule) -> None:
+        g = self.sg(gid)
+        if rule not in g.rules:
+            raise NotFound(f"security group {gid} has no such {rule.direction} rule")
+        g.rules.remove(rule)
+
+    # ---- workers ---------------------------------------------------------------------------
+    def add_worker(self, ip: str) -> None:
+        a = str(parse_ip(ip, "worker"))
+        if a in self.workers:
+            raise AlreadyExists(f"worker {a} already exists")
+        self.workers.add(a)
+
+    def del_worker(self, ip: str) -> None:
+        a = str(parse_ip(ip, "worker"))
+        if a not in self.workers:
+            raise NotFound(f"worker {a} does not exist")
+        self.workers.remove(a)
+
+    # ---- functions and ENIs ----------------------------------------------------------------
+    def attach_function(self, name: str, subnets: Iterable[str], sgs: Iterable[str],
+                        prune: bool = True) -> list[Eni]:
+        """Attach (or re-attach) a function; returns its ENI per subnet, in the given order.
+        prune=False keeps ENIs that no function uses yet (a declarative apply that attaches
+        functions one by one prunes once at the end)."""
+        check_id("function", name)
+        subnets = list(dict.fromkeys(subnets))
+        groups = tuple(sorted(set(sgs)))
+        if not subnets:
+            raise InvalidInput(f"function {name}: at least one --subnet is needed")
+        if not groups:
+            raise InvalidInput(f"function {name}: at least one --sg is needed")
+        if len(groups) > MAX_SG_PER_ENI:
+            raise InvalidInput(f"function {name}: {len(groups)} security groups; an ENI takes at "
+                               f"most {MAX_SG_PER_ENI}")
+        vpcs = {self.vpc(self.subnet(s).vpc).id for s in subnets}
+        if len(vpcs) > 1:
+            raise InvalidInput(f"function {name}: subnets span VPCs {', '.join(sorted(vpcs))}")
+        (vpc,) = vpcs
+        for g in groups:
+            if self.sg(g).vpc != vpc:
+                raise InvalidInput(f"function {name}: security group {g} belongs to VPC "
+                                   f"{self.sgs[g].vpc}, not {vpc}")
+        trial = self.copy()
+        trial.functions[name] = Function(name, subnets, list(groups))
+        out = [trial._eni_for(s, groups) for s in subnets]
+        if prune:
+            trial._prune_enis()
+        self.__dict__.update(trial.__dict__)
+        return out
+
+    def detach_function(self, name: str) -> None:
+        if name not in self.functions:
+            raise NotFound(f"function {name} does not exist")
+        del self.functions[name]
+        self._prune_enis()
+
+    def function_enis(self, name: str) -> list[Eni]:
+        f = self.functions[name]
+        key = tuple(sorted(set(f.sgs)))
+        return [e for s in f.subnets for e in self.enis.values() if e.subnet == s and e.sgs == key]
+
+    def _eni_for(self, subnet: str, groups: tuple[str, ...]) -> Eni:
+        for e in self.enis.values():
+            if e.subnet == subnet and e.sgs == groups:
+                return e
+        e = Eni(id=self._new_eni_id(), subnet=subnet, sgs=groups,
+                address=self._free_address(subnet), vni=self._free_vni(),
+                idx=max((x.idx for x in self.enis.values()), default=0) + 1)
+        self.enis[e.id] = e
+        return e
+
+    def _prune_enis(self) -> None:
+        used = {(s, tuple(sorted(set(f.sgs)))) for f in self.functions.values() for s in f.subnets}
+        for eid in [e.id for e in self.enis.values() if (e.subnet, e.sgs) not in used]:
+            del self.enis[eid]
+
+    def _new_eni_id(self) -> str:
+        while True:
+            eid = "eni-" + secrets.token_hex(9)[:17]
+            if eid not in self.enis:
+                return eid
+
+    def _free_address(self, subnet: str) -> str:
+        net = ipaddress.IPv4Network(self.subnets[subnet].cidr)
+        used = {e.address for e in self.enis.values() if e.subnet == subnet}
+        first, last = int(net.network_address) + 4, int(net.broadcast_address) - 1
+        for a in range(first, last + 1):
+            s = str(ipaddress.IPv4Address(a))
+            if s not in used:
+                return s
+        raise InvalidInput(f"subnet {subnet} ({net}) has no free address left")
+
+    def _free_vni(self) -> int:
+        used = {e.vni for e in self.enis.values()}
+        v = max(used, default=VNI_FIRST - 1) + 1
+        if v <= VNI_LAST:
+            return v
+        for v in range(VNI_FIRST, VNI_LAST + 1):
+            if v not in used:
+                return v
+        raise InvalidInput("no free VNI left")

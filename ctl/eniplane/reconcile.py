@@ -1,0 +1,113 @@
+"""Make the maps say what the store says.
+
+Contract: `reconcile(node, state)` programs every map of a running node from a State: workers,
+VPC attachments (xdp_vpc on their interfaces, gateway MACs resolved by ARP), ENIs and their
+compiled security groups; what the state no longer has is removed, an ENI's flows with it. It is
+idempotent, so `eniplane sync` after a reboot, a reload or a crash brings the datapath back to
+exactly the stored state. `change()` runs one mutation under a store transaction and reconciles
+before committing: when either fails, the store is rolled back and the maps re-synced to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+from . import node as nodemod
+from .errors import EniplaneError
+from .model import State
+from .store import Store
+
+T = TypeVar("T")
+
+
+@dataclass
+class Report:
+    node_up: bool = True
+    changed: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def bump(self, what: str, n: int = 1) -> None:
+        if n:
+            self.changed[what] = self.changed.get(what, 0) + n
+
+
+def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
+    from . import arp
+    from .datapath import Datapath
+
+    rep = Report()
+    rec = nodemod.NodeRecord.load(node)
+    with Datapath(node, rec.netns) as dp:
+        have = {k for k, _ in dp.map("workers").items()}
+        for w in sorted(st.workers - have):
+            dp.add_worker(w)
+            rep.bump("workers added")
+        for w in sorted(have - st.workers):
+            dp.del_worker(w)
+            rep.bump("workers removed")
+
+        ifindex_of: dict[str, int] = {}
+        vpcs_map = dict(dp.map("vpcs").items())
+        for v in st.vpcs.values():
+            info = nodemod.attach_vpc_if(node, v.iface)
+            ifindex_of[v.id] = info["ifindex"]
+            old = vpcs_map.get(info["ifindex"])
+            if (not old or old["vpc_idx"] != v.idx or old["gateway_ip"] != v.gateway
+                    or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]):
+                dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"])
+                rep.bump("VPCs programmed")
+            cur = dp.map("vpcs").lookup(info["ifindex"])
+            if not cur["flags"] & 1:
+                try:
+                    arp.resolve_gateway(dp, rec.netns, v.iface, info["ifindex"], info["mac"],
+                                        v.gateway, timeout=resolve_timeout)
+                except EniplaneError as e:
+                    rep.warnings.append(f"VPC {v.id}: {e}; packets wait for it "
+                                        f"(drop_no_gateway_mac)")
+        wanted_ifs = {v.iface for v in st.vpcs.values()}
+        for ifname, entry in list(rec.interfaces.items()):
+            if entry["program"] == "xdp_vpc" and ifname not in wanted_ifs:
+                nodemod.detach_vpc_if(node, ifname)
+                rep.bump("VPC interfaces detached")
+        for ifindex in set(vpcs_map) - set(ifindex_of.values()):
+            dp.del_vpc(ifindex)
+
+        enis_map = dict(dp.map("enis").items())
+        wanted_vnis = set()
+        for e in st.enis.values():
+            v = st.vpcs[st.subnets[e.subnet].vpc]
+            wanted_vnis.add(e.vni)
+            want = {"eni_idx": e.idx, "vpc_idx": v.idx, "vpc_ifindex": ifindex_of[v.id],
+                    "addr": e.address, "port_lo": e.port_lo, "port_hi": e.port_hi}
+            if enis_map.get(e.vni) != want:
+                dp.set_eni(e.vni, e.idx, v.idx, ifindex_of[v.id], e.address, e.port_lo, e.port_hi)
+                rep.bump("ENIs programmed")
+        for vni in set(enis_map) - wanted_vnis:
+            dp.del_eni(vni)
+            rep.bump("ENIs removed")
+        dp.sync_sg_rules({e.vni: st.eni_rules(e) for e in st.enis.values()})
+    return rep
+
+
+def change(node: str, mutate: Callable[[State], T]) -> tuple[T, Report]:
+    """Validate and apply one change to the store and, when the node is up, to the maps."""
+    up = nodemod.is_up(node)
+    with Store(node) as store:
+        try:
+            with store.transaction() as st:
+                result = mutate(st)
+                rep = reconcile(node, st) if up else Report(node_up=False)
+        except BaseException:
+            if up:
+                try:
+                    reconcile(node, store.load())
+                except EniplaneError:
+                    pass  # the original error is the one to report
+            raise
+    return result, rep
+
+
+def sync(node: str) -> Report:
+    with Store(node) as store:
+        return reconcile(node, store.load())

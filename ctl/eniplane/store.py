@@ -1,0 +1,118 @@
+"""The desired state, kept in SQLite under the node's state directory.
+
+Contract: `load()` returns the whole State; `transaction()` yields a State to change and writes it
+back in one SQLite transaction when the body returns, or leaves the database untouched when the
+body raises (the body is where the maps get reconciled, so a failure there undoes both). The
+schema is normalised and versioned; the file is state.db in paths.state_dir(node).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from . import paths
+from .errors import EniplaneError
+from .model import Eni, Function, SecurityGroup, SgRule, State, Subnet, Vpc
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vpcs (id TEXT PRIMARY KEY, idx INTEGER NOT NULL UNIQUE,
+    cidr TEXT NOT NULL, iface TEXT NOT NULL, gateway TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subnets (id TEXT PRIMARY KEY, vpc TEXT NOT NULL REFERENCES vpcs(id),
+    cidr TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sgs (id TEXT PRIMARY KEY, vpc TEXT NOT NULL REFERENCES vpcs(id));
+CREATE TABLE IF NOT EXISTS sg_rules (sg TEXT NOT NULL REFERENCES sgs(id), pos INTEGER NOT NULL,
+    direction TEXT NOT NULL, proto TEXT NOT NULL, port_lo INTEGER NOT NULL,
+    port_hi INTEGER NOT NULL, cidr TEXT NOT NULL, PRIMARY KEY (sg, pos));
+CREATE TABLE IF NOT EXISTS workers (ip TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS enis (id TEXT PRIMARY KEY, subnet TEXT NOT NULL REFERENCES subnets(id),
+    sgs TEXT NOT NULL, address TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
+    idx INTEGER NOT NULL UNIQUE, port_lo INTEGER NOT NULL, port_hi INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, subnets TEXT NOT NULL,
+    sgs TEXT NOT NULL);
+"""
+TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers")
+
+
+class Store:
+    def __init__(self, node: str, path: Path | None = None):
+        self.node = node
+        self.path = path or paths.state_dir(node) / "state.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise EniplaneError(f"cannot open the state store {self.path}: {e}") from None
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise EniplaneError(f"{self.path} has schema {row[0]}; this eniplane knows "
+                                f"{SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self) -> State:
+        st = State()
+        q = self.db.execute
+        for vid, idx, cidr, iface, gw in q("SELECT id, idx, cidr, iface, gateway FROM vpcs"):
+            st.vpcs[vid] = Vpc(vid, cidr, iface, gw, idx)
+        for sid, vpc, cidr in q("SELECT id, vpc, cidr FROM subnets"):
+            st.subnets[sid] = Subnet(sid, vpc, cidr)
+        for gid, vpc in q("SELECT id, vpc FROM sgs"):
+            st.sgs[gid] = SecurityGroup(gid, vpc)
+        for gid, d, p, lo, hi, cidr in q("SELECT sg, direction, proto, port_lo, port_hi, cidr "
+                                         "FROM sg_rules ORDER BY sg, pos"):
+            st.sgs[gid].rules.append(SgRule(d, p, lo, hi, cidr))
+        st.workers = {ip for (ip,) in q("SELECT ip FROM workers")}
+        for eid, sub, sgs, addr, vni, idx, lo, hi in q(
+                "SELECT id, subnet, sgs, address, vni, idx, port_lo, port_hi FROM enis"):
+            st.enis[eid] = Eni(eid, sub, tuple(sgs.split(",")), addr, vni, idx, lo, hi)
+        for name, subs, sgs in q("SELECT name, subnets, sgs FROM functions"):
+            st.functions[name] = Function(name, subs.split(","), sgs.split(","))
+        return st
+
+    def _write(self, st: State) -> None:
+        x = self.db.execute
+        for t in TABLES:
+            x(f"DELETE FROM {t}")
+        self.db.executemany("INSERT INTO vpcs VALUES (?,?,?,?,?)",
+                            [(v.id, v.idx, v.cidr, v.iface, v.gateway) for v in st.vpcs.values()])
+        self.db.executemany("INSERT INTO subnets VALUES (?,?,?)",
+                            [(s.id, s.vpc, s.cidr) for s in st.subnets.values()])
+        self.db.executemany("INSERT INTO sgs VALUES (?,?)", [(g.id, g.vpc) for g in st.sgs.values()])
+        self.db.executemany("INSERT INTO sg_rules VALUES (?,?,?,?,?,?,?)",
+                            [(g.id, i, r.direction, r.proto, r.port_lo, r.port_hi, r.cidr)
+                             for g in st.sgs.values() for i, r in enumerate(g.rules)])
+        self.db.executemany("INSERT INTO workers VALUES (?)", [(w,) for w in sorted(st.workers)])
+        self.db.executemany("INSERT INTO enis VALUES (?,?,?,?,?,?,?,?)",
+                            [(e.id, e.subnet, ",".join(e.sgs), e.address, e.vni, e.idx, e.port_lo,
+                              e.port_hi) for e in st.enis.values()])
+        self.db.executemany("INSERT INTO functions VALUES (?,?,?)",
+                            [(f.name, ",".join(f.subnets), ",".join(f.sgs))
+                             for f in st.functions.values()])
+
+    @contextmanager
+    def transaction(self) -> Iterator[State]:
+        """Yield the current State; what the body leaves in it is committed atomically."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            st = self.load()
+            yield st
+            self._write(st)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
