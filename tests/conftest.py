@@ -9,6 +9,14 @@ import shutil
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory):
+    """Each run keeps its stores in a directory of its own, never in /var/lib/eniplane."""
+    d = tmp_path_factory.mktemp("state")
+    os.environ["ENIPLANE_STATE_DIR"] = str(d)
+    yield d
+
+
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
         return

@@ -87,10 +87,17 @@ def test_keep_maps_survives_a_reload(lab, cli_node):
     args = ["up", "--netns", lab.node_ns, "--fabric-if", "vpcb", "--fabric-ip", lab.fabric_ip,
             "--node", cli_node]
     cli(*args)
-    from eniplane.datapath import Datapath
-    with Datapath(cli_node) as dp:
-        dp.add_worker("100.64.0.99")
+    cli("worker", "add", "100.64.0.99", "--node", cli_node)
+    # ARP for an unknown neighbour reaches vpcb, where this node runs xdp_fabric
+    lab.exec(lab.vpc_ns("b"), ["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.0.99"],
+             check=False)
+    before = json.loads(cli("stats", "--node", cli_node, "-o", "json").stdout)["counters"]
+    assert before["rx_fabric"] >= 2
     cli("down", "--keep-maps", "--node", cli_node)
+    assert (paths.maps_dir(cli_node) / "stats").exists()
     cli(*args)
-    with Datapath(cli_node) as dp:
+    after = json.loads(cli("stats", "--node", cli_node, "-o", "json").stdout)["counters"]
+    assert after["rx_fabric"] >= before["rx_fabric"]  # the datapath's own maps were kept
+    from eniplane.datapath import Datapath
+    with Datapath(cli_node) as dp:  # and `up` re-synced the stored configuration
         assert dp.map("workers").lookup("100.64.0.99") is not None

@@ -1,0 +1,110 @@
+"""Two tenants configured only through the CLI, real traffic per function, ENIs shared, and the
+configuration coming back after `down && up` with no command repeated."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eniplane.lab import VPC_SERVER, Lab
+
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def world():
+    with Lab.create() as lab:
+        node = f"{lab.prefix}-cp"
+
+        def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+            p = subprocess.run([PY, "-m", "eniplane", *args, "--node", node],
+                               capture_output=True, text=True, timeout=120)
+            if check:
+                assert p.returncode == 0, p.stderr
+            return p
+
+        cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
+            "--fabric-ip", lab.fabric_ip)
+        try:
+            for t, iface in (("acme", "vpca"), ("globex", "vpcb")):
+                cli("vpc", "add", f"vpc-{t}", "--cidr", "10.0.0.0/16", "--iface", iface,
+                    "--gateway", "10.0.0.1")
+                cli("subnet", "add", f"sub-{t}", "--vpc", f"vpc-{t}", "--cidr", "10.0.1.0/24")
+                cli("sg", "add", f"sg-{t}", "--vpc", f"vpc-{t}")
+                cli("sg", "rule", "add", f"sg-{t}", "--egress", "--proto", "tcp", "--ports", "80",
+                    "--cidr", "10.0.0.0/16")
+                cli("sg", "rule", "add", f"sg-{t}", "--egress", "--proto", "udp", "--ports", "7",
+                    "--cidr", "10.0.0.0/16")
+            for w in ("100.64.0.11", "100.64.0.12"):
+                cli("worker", "add", w)
+            vni = {}
+            for fn, t in (("acme-api", "acme"), ("acme-worker", "acme"), ("globex-report", "globex")):
+                out = cli("function", "attach", fn, "--subnet", f"sub-{t}", "--sg", f"sg-{t}",
+                          "-o", "json").stdout
+                vni[fn] = json.loads(out)["enis"][0]["vni"]
+            envs = {"acme-api": lab.add_env("api", "w1", vni["acme-api"], "172.16.0.2"),
+                    "acme-worker": lab.add_env("wrk", "w2", vni["acme-worker"], "172.16.0.3"),
+                    "globex-report": lab.add_env("rep", "w2", vni["globex-report"], "172.16.0.2")}
+            yield lab, cli, envs, vni
+        finally:
+            cli("down", check=False)
+
+
+def test_two_enis_serve_three_functions(world):
+    _, cli, _, vni = world
+    enis = json.loads(cli("eni", "list", "-o", "json").stdout)
+    assert len(enis) == 2
+    assert sorted(len(e["functions"]) for e in enis) == [1, 2]
+    assert vni["acme-api"] == vni["acme-worker"] != vni["globex-report"]
+
+
+def test_each_function_reaches_its_own_vpc(world):
+    lab, _, envs, _ = world
+    for fn, ns in envs.items():
+        body = lab.exec(ns, [PY, "-m", "eniplane.labserve", "http", VPC_SERVER, "80"])
+        want = "vpc-a" if fn.startswith("acme") else "vpc-b"
+        assert body.startswith(f"{want} saw 10.0.1.4:"), (fn, body)
+        echo = lab.exec(ns, [PY, "-m", "eniplane.labserve", "udp", VPC_SERVER, "7", fn])
+        assert echo.strip().endswith(fn)
+
+
+def test_flows_and_eni_show(world):
+    lab, cli, envs, _ = world
+    lab.exec(envs["acme-api"], [PY, "-m", "eniplane.labserve", "http", VPC_SERVER, "80"])
+    flows = json.loads(cli("flows", "-o", "json").stdout)
+    assert any(f["proto"] == "tcp" and f["remote"] == f"{VPC_SERVER}:80" and f["reverse"]
+               for f in flows)
+    eni = next(e for e in json.loads(cli("eni", "list", "-o", "json").stdout)
+               if "acme-api" in e["functions"])
+    shown = json.loads(cli("eni", "show", eni["id"], "-o", "json").stdout)
+    assert shown["flows"] >= 1 and shown["counters"]["flows_created"] >= 1
+    per_eni = json.loads(cli("stats", "--eni", eni["id"], "-o", "json").stdout)
+    assert per_eni["counters"]["tx_packets"] > 0
+    assert "flushed" in cli("flows", "flush", "--eni", eni["id"]).stderr
+    remaining = json.loads(cli("flows", "--eni", eni["id"], "-o", "json").stdout)
+    assert remaining == []
+
+
+def test_rule_removal_refuses_new_flows(world):
+    lab, cli, envs, _ = world
+    cli("sg", "rule", "del", "sg-globex", "--egress", "--proto", "udp", "--ports", "7",
+        "--cidr", "10.0.0.0/16")
+    p = lab.exec(envs["globex-report"], [PY, "-m", "eniplane.labserve", "udp", VPC_SERVER, "7",
+                                         "x", "--timeout", "1"], check=False)
+    assert "globex" not in p
+    cli("sg", "rule", "add", "sg-globex", "--egress", "--proto", "udp", "--ports", "7",
+        "--cidr", "10.0.0.0/16")
+
+
+def test_down_up_brings_the_configuration_back(world):
+    lab, cli, envs, _ = world
+    before = cli("export").stdout
+    cli("down")
+    cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if, "--fabric-ip", lab.fabric_ip)
+    assert cli("export").stdout == before
+    body = lab.exec(envs["globex-report"], [PY, "-m", "eniplane.labserve", "http", VPC_SERVER,
+                                            "80"])
+    assert body.startswith("vpc-b saw 10.0.1.4:")
