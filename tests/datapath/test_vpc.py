@@ -120,3 +120,22 @@ def test_reply_larger_than_the_fabric_mtu_is_counted(env):
     big = reply_to(fwd, GW_A, env.vpc_if["vpca"]["mac"], payload=b"x" * (mtu - 28 - 36 + 1))
     got, _, d = env.run("xdp_vpc", bytes(big), "vpca")
     assert (got, d.get("drop_fabric_mtu")) == ("DROP", 1), d
+
+
+def test_replies_go_to_the_worker_that_opened_the_flow(env):
+    w2, w2_mac = "100.64.0.12", "02:00:00:00:00:12"
+    env.dp.add_worker(w2)
+    outs = {}
+    for worker, mac, sport in ((WORKER, WORKER_MAC, 36001), (w2, w2_mac, 36001)):
+        p = tunnel(env_frame(UDP(sport=sport, dport=7) / Raw(b"w")), worker=worker)
+        p[Ether].src = mac
+        got, out, _ = env.run("xdp_fabric", bytes(p))
+        assert got == "REDIRECT"
+        outs[worker] = Ether(out)
+    # same environment address and port on both workers: two flows, two ports
+    assert outs[WORKER][UDP].sport != outs[w2][UDP].sport
+    for worker, mac in ((WORKER, WORKER_MAC), (w2, w2_mac)):
+        got, back, _ = env.run("xdp_vpc", bytes(reply_to(outs[worker], GW_A,
+                                                         env.vpc_if["vpca"]["mac"])), "vpca")
+        o = Ether(back)
+        assert (got, o[IP].dst, o[Ether].dst) == ("REDIRECT", worker, mac)
