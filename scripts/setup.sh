@@ -7,7 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.eniplane-installed"
-PKGS=(python3-bpfcc bpftool iproute2 python3-venv linux-headers-amd64 ethtool nftables iputils-ping)
+PKGS=(python3-bpfcc bpftool iproute2 python3-venv linux-headers-amd64 ethtool nftables iputils-ping ruby)
+# ruby only parses the Vagrantfile in the tests; the VM itself cannot boot on every host.
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*" >&2; }
