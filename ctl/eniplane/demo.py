@@ -100,7 +100,8 @@ def main() -> int:
                   f"  .venv/bin/eniplane status; .venv/bin/eniplane eni list\n"
                   f"  ip netns exec {lab.prefix}-env-acme-api ping {VPC_SERVER}\n"
                   f"Tear down with\n  .venv/bin/eniplane down --node {node} && "
-                  f".venv/bin/eniplane lab down {lab.prefix}")
+                  f".venv/bin/eniplane lab down {lab.prefix} && "
+                  f"rm -rf {os.environ['ENIPLANE_STATE_DIR']}")
         else:
             if up:
                 subprocess.run([PY, "-m", "eniplane", "down", "--node", node],
