@@ -636,6 +636,15 @@ def apply_cmd(file: str = typer.Option(..., "--file", "-f", help="YAML desired s
         else output.info("no changes"))
 
 
+@app.command("bench", context_settings={"allow_extra_args": True,
+                                        "ignore_unknown_options": True})
+def bench_cmd(ctx: typer.Context) -> None:
+    """Run the benchmarks (same as `python -m bench`; `eniplane bench --help` for options)."""
+    from bench.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 def main() -> None:
     app(prog_name="eniplane")
 

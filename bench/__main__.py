@@ -1,0 +1,66 @@
+"""python -m bench [throughput|cost|scale|control|all] [--smoke] [--json FILE] [--png FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("what", nargs="*", metavar="STEP",
+                    help="all (default), throughput, cost, scale or control")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few thousand packets per step: proves the harness works, not speed")
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of one measured run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--flows", default="1,1000,65536", help="flow counts, comma separated")
+    ap.add_argument("--fill", type=int, default=1_000_000, help="flows for the scale step")
+    ap.add_argument("--enis", type=int, default=10_000, help="ENIs for the apply step")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--png", type=Path, help="write the throughput chart here")
+    a = ap.parse_args(argv)
+    bad = set(a.what) - {"all", "throughput", "cost", "scale", "control"}
+    if bad:
+        ap.error(f"unknown step {sorted(bad)[0]!r}")
+    what = {"throughput", "cost", "scale", "control"} if not a.what or "all" in a.what \
+        else set(a.what)
+    if a.smoke:
+        a.seconds, a.repeats, a.flows, a.fill, a.enis = 0.05, 1, "1,16", 2000, 20
+    flows = [int(x) for x in a.flows.split(",")]
+    n = 300 if a.smoke else 20_000
+
+    def progress(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    doc: dict = {"machine": report.machine(), "smoke": a.smoke,
+                 "setup": "single core: generator, node and sink share CPU0"}
+    if "throughput" in what:
+        from . import throughput
+        res = throughput.run(flows, a.seconds, a.repeats, progress)
+        doc["throughput"] = {"results": res, "ratios": throughput.ratios(res),
+                             "seconds": a.seconds, "repeats": a.repeats}
+    if "cost" in what:
+        from . import cost
+        doc["cost"] = cost.run(n, progress=progress)
+    if "scale" in what:
+        from . import cost
+        doc["scale"] = cost.scale(a.fill, probe=n, progress=progress)
+    if "control" in what:
+        from . import control
+        doc["control"] = control.run(a.enis, repeats=1 if a.smoke else 5, progress=progress)
+    report.tables(doc)
+    if a.json:
+        report.write_json(doc, a.json)
+        progress(f"wrote {a.json}")
+    if a.png:
+        progress(f"wrote {a.png}" if report.chart(doc, a.png) else "no chart: matplotlib missing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Benchmark output: a table for people, JSON for machines, a PNG chart for the docs."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+    return {"kernel": platform.release(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def tables(doc: dict) -> None:
+    from eniplane.output import table
+
+    if "throughput" in doc:
+        rows = [(r["direction"], r["scenario"], f"{r['flows']:,}", f"{r['mpps']:.2f}",
+                 f"{r['min']:.2f}-{r['max']:.2f}") for r in doc["throughput"]["results"]]
+        table("throughput (Mpps, median of runs; spread min-max)",
+              ["direction", "path", "flows", "Mpps", "spread"], rows)
+        table("eniplane vs the ceiling and the Linux stack, same run",
+              ["direction", "flows", "eniplane Mpps", "/ ceiling", "/ Linux"],
+              [(r["direction"], f"{r['flows']:,}", f"{r['eniplane_mpps']:.2f}",
+                f"{r['vs_ceiling']:.0%}" if r["vs_ceiling"] else "-",
+                f"{r['vs_linux']:.1f}x" if r["vs_linux"] else "-")
+               for r in doc["throughput"]["ratios"]])
+    if "cost" in doc:
+        c = doc["cost"]
+        rows = [("empty XDP (floor)", f"{c['floor_ns']:.0f}", "1.0"),
+                ("established forward", f"{c['established_fwd_ns']:.0f}",
+                 f"{c['ratios_to_floor']['established_fwd']:.1f}"),
+                ("return", f"{c['return_ns']:.0f}", f"{c['ratios_to_floor']['return']:.1f}")]
+        rows += [(f"new flow, {k} rules", f"{v:.0f}",
+                  f"{c['ratios_to_floor'][f'new_flow_{k}_rules']:.1f}")
+                 for k, v in c["new_flow_ns"].items()]
+        table("per-packet cost in BPF_PROG_TEST_RUN (ns, median)", ["path", "ns", "x floor"],
+              rows)
+    if "scale" in doc:
+        s = doc["scale"]
+        table("scale", ["measure", "value"], [
+            ("flows filled", f"{s['created']:,} of {s['fill']:,}"),
+            ("setup rate (wall, incl. syscalls)", f"{s['setup_rate_wall_per_s']:,.0f}/s"),
+            ("established ns, empty / full", f"{s['established_ns_empty']:.0f} / "
+                                            f"{s['established_ns_full']:.0f}"),
+            ("bytes per flow, keys+values", s["bytes_per_flow_key_value"]),
+            ("bytes per flow, kernel accounting", f"{s['bytes_per_flow_kernel']:.0f}"),
+            ("over the limit: admitted / offered",
+             f"{s['over_limit']['admitted']:,} / {s['over_limit']['offered']:,}")])
+    if "control" in doc:
+        c = doc["control"]
+        table("control plane (s, wall clock)", ["operation", "s"], [
+            ("function attach, new ENI", f"{c['attach_new_eni_s']:.3f}"),
+            ("function attach, reused ENI", f"{c['attach_reused_eni_s']:.3f}"),
+            (f"apply {c['apply_enis']:,} ENIs", f"{c['apply_s']:.2f}"),
+            (f"apply again (no change)", f"{c['apply_noop_s']:.2f}"),
+            ("eniplane --help", f"{c['cli_help_s']:.3f}"),
+            ("eniplane stats", f"{c['cli_stats_s']:.3f}")])
+
+
+def write_json(doc: dict, path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def chart(doc: dict, path: Path) -> bool:
+    """Throughput bars per flow count and direction; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    res = doc.get("throughput", {}).get("results", [])
+    if not res:
+        return False
+    dirs = sorted({r["direction"] for r in res}, reverse=True)
+    flows = sorted({r["flows"] for r in res})
+    scen = ["ceiling", "eniplane", "linux"]
+    fig, axes = plt.subplots(1, len(dirs), figsize=(5 * len(dirs), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], dirs):
+        w = 0.8 / len(scen)
+        for i, s in enumerate(scen):
+            vals = [next((r["mpps"] for r in res if (r["direction"], r["scenario"], r["flows"])
+                          == (d, s, f)), 0) for f in flows]
+            ax.bar([x + i * w for x in range(len(flows))], vals, w, label=s)
+        ax.set_xticks([x + w for x in range(len(flows))], [f"{f:,} flows" for f in flows])
+        ax.set_ylabel("Mpps")
+        ax.set_title(f"{d} path")
+        ax.legend(fontsize=8)
+    m = doc.get("machine", {})
+    fig.suptitle(f"eniplane throughput, {m.get('cores')} cores, Linux {m.get('kernel')}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,184 @@
+"""The benchmark topology: generator -> node -> sink, in namespaces of this run only.
+
+Contract: three namespaces named after a per-run prefix. The generator's g0 faces the node's fab0
+(the fabric, MTU 3000); the node's vpca faces the sink's s0 (the VPC, 10.0.0.10). Nothing leaves
+them. `destroy()` removes them and the pins of any node brought up in them. Each scenario
+configures the node's namespace for one way of doing the job:
+  ceiling  - a minimal XDP program that rewrites MACs and redirects fab0 -> vpca (or back);
+  eniplane - the real datapath, configured through the control plane's Datapath API;
+  linux    - the kernel's VXLAN device, IP forwarding and nftables masquerade with conntrack.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+
+from eniplane import netlink, paths
+
+FABRIC_IP, GEN_IP = "100.64.0.1", "100.64.0.11"
+SERVER, ENI_IP, ENV_IP = "10.0.0.10", "10.0.1.4", "172.16.0.2"
+ENV_MAC = "02:ee:00:00:00:02"
+GATEWAY_MAC = "02:e1:1a:00:00:01"
+VNI = 4242
+
+
+def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> str:
+    p = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                       input=input, timeout=60)
+    if check and p.returncode:
+        raise RuntimeError(f"{' '.join(argv)} in {ns}: {p.stderr.strip()}")
+    return p.stdout
+
+
+class Topo:
+    def __init__(self) -> None:
+        from pyroute2 import netns as nsmod
+
+        self.prefix = f"epb{secrets.token_hex(3)}"
+        self.ns = {r: f"{self.prefix}-{r}" for r in ("gen", "node", "sink")}
+        self.node_name = f"{self.prefix}-node"
+        self.pass_fd = -1
+        try:
+            for n in self.ns.values():
+                nsmod.create(n)
+                with netlink.ipr(n) as ipr:
+                    ipr.link("set", index=netlink.link_index(ipr, "lo"), state="up")
+            self._veth(self.ns["gen"], "g0", self.ns["node"], "fab0", 3000)
+            self._veth(self.ns["node"], "vpca", self.ns["sink"], "s0", 1500)
+            self._addr(self.ns["gen"], "g0", GEN_IP, 24)
+            self._addr(self.ns["node"], "fab0", FABRIC_IP, 24)
+            self._addr(self.ns["sink"], "s0", SERVER, 16)
+            self.mac = {(r, i): netlink.link_get(self.ns[r], i)["mac"]
+                        for r, i in (("gen", "g0"), ("node", "fab0"), ("node", "vpca"),
+                                     ("sink", "s0"))}
+            self.ifindex = {(r, i): netlink.link_get(self.ns[r], i)["ifindex"]
+                            for r, i in (("gen", "g0"), ("node", "fab0"), ("node", "vpca"),
+                                         ("sink", "s0"))}
+            # static neighbours: XDP sinks never answer ARP
+            sh(self.ns["gen"], "ip", "neigh", "replace", FABRIC_IP, "lladdr",
+               self.mac[("node", "fab0")], "dev", "g0")
+            sh(self.ns["sink"], "ip", "neigh", "replace", ENI_IP, "lladdr",
+               self.mac[("node", "vpca")], "dev", "s0")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _veth(self, a: str, ia: str, b: str, ib: str, mtu: int) -> None:
+        with netlink.ipr(a) as ipr:
+            ipr.link("add", ifname=ia, kind="veth", peer={"ifname": ib, "net_ns_fd": b})
+            ipr.link("set", index=netlink.link_index(ipr, ia), mtu=mtu, state="up")
+        with netlink.ipr(b) as ipr:
+            ipr.link("set", index=netlink.link_index(ipr, ib), mtu=mtu, state="up")
+
+    def _addr(self, ns: str, ifname: str, ip: str, plen: int) -> None:
+        with netlink.ipr(ns) as ipr:
+            ipr.addr("add", index=netlink.link_index(ipr, ifname), address=ip, prefixlen=plen)
+
+    # ---- scenarios -------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Back to a bare node namespace: no XDP on the node, no VXLAN device, no nftables."""
+        from eniplane import node as nodemod
+
+        if nodemod.is_up(self.node_name):
+            nodemod.down(self.node_name)
+        shutil.rmtree(paths.pin_dir(self.node_name), ignore_errors=True)
+        for ifname in ("fab0", "vpca"):
+            netlink.xdp_detach(self.ns["node"], ifname)
+        sh(self.ns["node"], "ip", "link", "del", "vx0", check=False)
+        sh(self.ns["node"], "nft", "flush", "ruleset", check=False)
+        sh(self.ns["node"], "ip", "addr", "flush", "dev", "vpca", check=False)
+        sh(self.ns["node"], "sysctl", "-qw", "net.ipv4.ip_forward=0")
+
+    def ceiling(self, reverse: bool = False) -> int:
+        """Load the redirect-only program; returns the number of flows it needs (none)."""
+        from bcc import BPF
+
+        from .gen import GEN_C
+
+        self.clear()
+        b = BPF(src_file=str(GEN_C).encode(), cflags=["-DFRAME_LEN=64", "-DGEN_MAX_FLOWS=1",
+                                                     "-Wno-unused-function"])
+        fn = b.load_func(b"ceil_xdp", BPF.XDP)
+        src, dst = (("node", "vpca"), ("node", "fab0")) if reverse else \
+            (("node", "fab0"), ("node", "vpca"))
+        peer = ("gen", "g0") if reverse else ("sink", "s0")
+        import ctypes
+        macs = bytes.fromhex(self.mac[peer].replace(":", "")) + \
+            bytes.fromhex(self.mac[dst].replace(":", ""))
+        leaf = b["ceil_macs"].Leaf()
+        ctypes.memmove(ctypes.addressof(leaf), macs, 12)
+        b["ceil_macs"][ctypes.c_int(0)] = leaf
+        with netlink.in_netns(self.ns["node"]):
+            b["ceil_tx"][ctypes.c_int(0)] = ctypes.c_int(self.ifindex[dst])
+        netlink.xdp_attach(self.ns["node"], src[1], fn.fd, "native")
+        self._keep = b  # the attachment holds the program; the object holds the maps' fds
+        return 0
+
+    def eniplane(self) -> "object":
+        """Bring the real node up and configure one worker, one VPC and one ENI."""
+        from eniplane import node as nodemod
+        from eniplane.datapath import Datapath
+        from eniplane.sgcompile import Rule
+
+        self.clear()
+        nodemod.up(self.node_name, "fab0", FABRIC_IP, self.ns["node"],
+                   defines={"MAX_FLOWS": 1 << 20})
+        info = nodemod.attach_vpc_if(self.node_name, "vpca")
+        dp = Datapath(self.node_name, self.ns["node"])
+        dp.set_vpc(info["ifindex"], 1, SERVER, info["mac"], info["slot"],
+                   gateway_mac=self.mac[("sink", "s0")])
+        dp.add_worker(GEN_IP)
+        dp.set_eni(VNI, 1, 1, info["ifindex"], ENI_IP)
+        dp.set_sg_rules(VNI, [Rule.of("all", "10.0.0.0/16")])
+        return dp
+
+    def linux(self) -> None:
+        """The job done by the Linux stack: VXLAN device, forwarding, nftables masquerade."""
+        self.clear()
+        n = self.ns["node"]
+        sh(n, "ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", FABRIC_IP,
+           "dstport", "4789", "dev", "fab0", "nolearning")
+        sh(n, "ip", "link", "set", "vx0", "address", GATEWAY_MAC, "mtu", "1500", "up")
+        sh(n, "ip", "addr", "add", "172.16.0.1/24", "dev", "vx0")
+        sh(n, "ip", "addr", "add", f"{ENI_IP}/16", "dev", "vpca")
+        sh(n, "ip", "neigh", "replace", SERVER, "lladdr", self.mac[("sink", "s0")], "dev", "vpca")
+        sh(n, "ip", "neigh", "replace", ENV_IP, "lladdr", ENV_MAC, "dev", "vx0")
+        sh(n, "bridge", "fdb", "append", ENV_MAC, "dev", "vx0", "dst", GEN_IP)
+        sh(n, "ip", "neigh", "replace", GEN_IP, "lladdr", self.mac[("gen", "g0")], "dev", "fab0")
+        sh(n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh(n, "nft", "-f", "-", input=(
+            "table ip eniplane_bench {\n"
+            " chain post { type nat hook postrouting priority 100; oifname \"vpca\" masquerade; }\n"
+            "}\n"))
+        # the veth receiving XDP-generated frames needs NAPI: a pass program on each receiver
+        self._pass("node", "fab0")
+        self._pass("node", "vpca")
+
+    def _pass(self, role: str, ifname: str) -> None:
+        from eniplane import bpfsys
+        import os
+
+        fd = bpfsys.load_xdp_pass()
+        try:
+            netlink.xdp_attach(self.ns[role], ifname, fd, "native", replace=True)
+        finally:
+            os.close(fd)
+
+    def destroy(self) -> None:
+        from pyroute2 import netns as nsmod
+
+        try:
+            self.clear()
+        except Exception:
+            pass
+        for n in self.ns.values():
+            if netlink.netns_exists(n):
+                nsmod.remove(n)
+
+    def __enter__(self) -> "Topo":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

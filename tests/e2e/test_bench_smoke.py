@@ -1,0 +1,28 @@
+"""The benchmark harness in smoke mode (a few thousand packets): it must keep running and keep
+producing its table, JSON and chart. No figure is asserted: this is not a timing test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(out),
+                        "--png", str(png)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    scen = {(r["direction"], r["scenario"]) for r in doc["throughput"]["results"]}
+    assert scen == {(d, s) for d in ("forward", "return") for s in ("ceiling", "eniplane", "linux")}
+    # every scenario moved packets end to end (a broken path would count zero at the sink)
+    assert all(r["mpps"] > 0 for r in doc["throughput"]["results"]), doc["throughput"]
+    assert set(doc["cost"]["new_flow_ns"]) == {"1", "60", "300"}
+    assert doc["scale"]["created"] == doc["scale"]["fill"]
+    assert doc["control"]["apply_enis"] == 20
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "per-packet cost" in p.stdout
