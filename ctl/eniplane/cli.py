@@ -636,8 +636,8 @@ def apply_cmd(file: str = typer.Option(..., "--file", "-f", help="YAML desired s
         else output.info("no changes"))
 
 
-@app.command("bench", context_settings={"allow_extra_args": True,
-                                        "ignore_unknown_options": True})
+@app.command("bench", add_help_option=False, context_settings={"allow_extra_args": True,
+                                                              "ignore_unknown_options": True})
 def bench_cmd(ctx: typer.Context) -> None:
     """Run the benchmarks (same as `python -m bench`; `eniplane bench --help` for options)."""
     from bench.__main__ import main as bench_main
