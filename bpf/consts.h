@@ -36,7 +36,7 @@
 #define MAX_FLOWS 262144
 #endif
 #ifndef MAX_ENIS
-#define MAX_ENIS 4096
+#define MAX_ENIS 16384
 #endif
 #ifndef MAX_VPCS
 #define MAX_VPCS 256

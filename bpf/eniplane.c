@@ -21,10 +21,8 @@
 #include "parse.h"
 #include "csum.h"
 
-static __always_inline int record(__u32 reason, int action)
+static __always_inline int record(struct stats *s, __u32 reason, int action)
 {
-    __u32 k = 0;
-    struct stats *s = stats.lookup(&k);
     if (s) {
         __u64 *c = (__u64 *)s;
         if (reason < STAT__MAX)
@@ -35,10 +33,8 @@ static __always_inline int record(__u32 reason, int action)
     return action;
 }
 
-static __always_inline void count(__u32 id)
+static __always_inline void count(struct stats *s, __u32 id)
 {
-    __u32 k = 0;
-    struct stats *s = stats.lookup(&k);
     if (s && id < STAT__MAX)
         ((__u64 *)s)[id]++;
 }
@@ -53,21 +49,26 @@ static __always_inline __u32 l4_reason(int rc, __u32 truncated)
     return truncated;
 }
 
-static __always_inline struct eni_stats *eni_stats_of(__u32 vni)
+static __always_inline struct eni_stats *eni_stats_of(__u32 eni_idx)
 {
-    struct eni_stats *s = eni_stats.lookup(&vni);
-    if (!s) {
-        struct eni_stats zero = {};
-        eni_stats.insert(&vni, &zero);
-        s = eni_stats.lookup(&vni);
-    }
-    return s;
+    return eni_stats.lookup(&eni_idx);
 }
 
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 {
     return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) |
             (a[5] ^ b[5])) == 0;
+}
+
+/* Is the outer source a registered worker? Learns its MAC, the outer destination of replies. */
+static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
+{
+    struct worker *w = workers.lookup(&addr);
+    if (!w)
+        return 0;
+    if (!mac_equal(w->mac, src_mac))
+        mac_copy(w->mac, src_mac);
+    return 1;
 }
 
 /* AWS semantics: allowed when any rule of any of the ENI's groups allows it. The control plane
@@ -180,7 +181,8 @@ int xdp_fabric(struct xdp_md *ctx)
     __u32 k0 = 0;
     __be16 proto;
 
-    count(STAT_rx_fabric);
+    struct stats *st = stats.lookup(&k0);
+    count(st, STAT_rx_fabric);
     struct node_cfg *cfg = config.lookup(&k0);
     if (!cfg || !cfg->fabric_ip)
         goto out;
@@ -213,15 +215,10 @@ int xdp_fabric(struct xdp_md *ctx)
     if (tport != VXLAN_PORT && tport != GENEVE_PORT)
         goto out;
 
-    /* Tunnel traffic for this node: from here on every failure is a named drop. */
+    /* Tunnel traffic for this node: from here on every failure is a named drop. The worker is
+     * checked (and its MAC learned) when it opens a flow or asks ARP; an established flow's key
+     * already carries the worker it was opened by, and removing a worker flushes its flows. */
     action = XDP_DROP;
-    struct worker *w = workers.lookup(&oip->saddr);
-    if (!w) {
-        reason = STAT_drop_unknown_worker;
-        goto out;
-    }
-    if (!mac_equal(w->mac, oeth->h_source))
-        mac_copy(w->mac, oeth->h_source);
 
     __u32 vni;
     __u8 tunnel;
@@ -263,12 +260,6 @@ int xdp_fabric(struct xdp_md *ctx)
         tunnel = TUNNEL_GENEVE;
     }
 
-    struct eni *eni = enis.lookup(&vni);
-    if (!eni) {
-        reason = STAT_drop_unknown_vni;
-        goto out;
-    }
-
     /* Inner frame. */
     void *inner = c.pos;
     struct ethhdr *ieth = CURSOR_TAKE(&c, struct ethhdr);
@@ -277,6 +268,14 @@ int xdp_fabric(struct xdp_md *ctx)
         goto out;
     }
     if (ieth->h_proto == bpf_htons(ETH_P_ARPH)) {
+        if (!enis.lookup(&vni)) {
+            reason = STAT_drop_unknown_vni;
+            goto out;
+        }
+        if (!worker_known(oip->saddr, oeth->h_source)) {
+            reason = STAT_drop_unknown_worker;
+            goto out;
+        }
         reason = tunnel_arp(&c, cfg, oeth, oip, oudp, ieth, &action);
         goto out;
     }
@@ -321,8 +320,6 @@ int xdp_fabric(struct xdp_md *ctx)
 
     struct rev_key rk;
     __builtin_memset(&rk, 0, sizeof(rk));
-    rk.vpc_idx = eni->vpc_idx;
-    rk.eni_addr = eni->addr;
     rk.remote = iip->daddr;
     rk.remote_port = dport;
     rk.proto = l4proto;
@@ -336,55 +333,88 @@ int xdp_fabric(struct xdp_md *ctx)
     rv.tunnel = tunnel;
     mac_copy(rv.env_mac, ieth->h_source);
 
-    __u64 now = bpf_ktime_get_ns();
-    struct eni_stats *es = eni_stats_of(vni);
+    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 bytes = data_end - inner;
+    ipv4_t eni_addr;
+    __u32 vpc_idx, eni_idx;
+    __be16 nat_port;
     struct flow_fwd *fwd = flows_fwd.lookup(&key);
     if (fwd) {
         /* The reverse entry decides delivery; use this forward entry only if it still points
          * back at this flow. */
+        rk.vpc_idx = fwd->vpc_idx;
+        rk.eni_addr = fwd->eni_addr;
         rk.eni_port = fwd->nat_port;
         struct flow_rev *rev = flows_rev.lookup(&rk);
         if (!rev) {
             rv.last_seen_ns = now;
             if (flows_rev.insert(&rk, &rv) == 0) {
-                count(STAT_flow_repaired);
+                count(st, STAT_flow_repaired);
             } else {
                 flows_fwd.delete(&key);
                 fwd = NULL;
-                count(STAT_flow_stale);
+                count(st, STAT_flow_stale);
             }
         } else if (rev->worker != key.worker || rev->vni != vni || rev->env_addr != key.src ||
                    rev->env_port != key.sport) {
             flows_fwd.delete(&key);
             fwd = NULL;
-            count(STAT_flow_stale);
+            count(st, STAT_flow_stale);
         } else if (!mac_equal(rev->env_mac, ieth->h_source)) {
             mac_copy(rev->env_mac, ieth->h_source);
         }
     }
-    __be16 nat_port;
     if (fwd) {
+        eni_addr = fwd->eni_addr;
+        vpc_idx = fwd->vpc_idx;
+        eni_idx = fwd->eni_idx;
         nat_port = fwd->nat_port;
+        fwd->last_seen_ns = now;
+        __sync_fetch_and_add(&fwd->packets, 1);
+        __sync_fetch_and_add(&fwd->bytes, bytes);
+        fwd->tcp_flags |= tcp_flags;
         reason = STAT_fwd_established;
     } else {
+        struct eni *eni = enis.lookup(&vni);
+        if (!eni) {
+            reason = STAT_drop_unknown_vni;
+            goto out;
+        }
+        if (!worker_known(oip->saddr, oeth->h_source)) {
+            reason = STAT_drop_unknown_worker;
+            goto out;
+        }
+        struct eni_stats *nes = eni_stats_of(eni->eni_idx);
         if (!sg_allows(vni, l4proto, key.dst, bpf_ntohs(dport))) {
-            if (es)
-                es->sg_denied++;
+            if (nes)
+                nes->sg_denied++;
             reason = STAT_drop_sg_denied;
             goto out;
         }
+        eni_addr = eni->addr;
+        vpc_idx = eni->vpc_idx;
+        eni_idx = eni->eni_idx;
+        rk.vpc_idx = vpc_idx;
+        rk.eni_addr = eni_addr;
         rv.last_seen_ns = now;
         if (alloc_port(eni, &rk, &rv) < 0) {
-            if (es)
-                es->port_alloc_failed++;
+            if (nes)
+                nes->port_alloc_failed++;
             reason = STAT_drop_port_exhausted;
             goto out;
         }
         struct flow_fwd fv;
         __builtin_memset(&fv, 0, sizeof(fv));
+        fv.last_seen_ns = now;
+        fv.packets = 1;
+        fv.bytes = bytes;
+        fv.eni_addr = eni_addr;
+        fv.eni_idx = eni_idx;
+        fv.vpc_idx = vpc_idx;
         fv.nat_port = rk.eni_port;
         fv.tunnel = tunnel;
-        fv.last_seen_ns = now;
+        fv.tcp_flags = tcp_flags;
+        nat_port = fv.nat_port;
         if (flows_fwd.insert(&key, &fv) != 0) {
             /* Another CPU created this flow first (or the table refused): give our port back
              * and follow the winner, so both CPUs translate the flow the same way. */
@@ -394,27 +424,18 @@ int xdp_fabric(struct xdp_md *ctx)
                 reason = STAT_drop_flow_insert;
                 goto out;
             }
-            count(STAT_flow_insert_race);
+            count(st, STAT_flow_insert_race);
             nat_port = fwd->nat_port;
-        } else {
-            nat_port = fv.nat_port;
-            if (es)
-                es->flows_created++;
+            __sync_fetch_and_add(&fwd->packets, 1);
+            __sync_fetch_and_add(&fwd->bytes, bytes);
+        } else if (nes) {
+            nes->flows_created++;
         }
-        fwd = flows_fwd.lookup(&key);
         reason = STAT_fwd_new_flow;
     }
 
-    __u64 bytes = data_end - inner;
-    if (fwd) {
-        fwd->last_seen_ns = now;
-        __sync_fetch_and_add(&fwd->packets, 1);
-        __sync_fetch_and_add(&fwd->bytes, bytes);
-        fwd->tcp_flags |= tcp_flags;
-    }
-
-    struct vpc *vpc = vpcs.lookup(&eni->vpc_ifindex);
-    if (!vpc) {
+    struct vpc *vpc = vpcs.lookup(&vpc_idx);
+    if (!vpc || !(vpc->flags & VPC_F_ACTIVE)) {
         reason = STAT_drop_no_vpc;
         goto out;
     }
@@ -426,14 +447,15 @@ int xdp_fabric(struct xdp_md *ctx)
     /* SNAT onto the ENI: inner source address and port, checksums, TTL, MACs. */
     ipv4_t old_src = iip->saddr;
     __u16 old_port = *sport;
-    iip->saddr = eni->addr;
-    iip->check = csum_replace4(iip->check, old_src, eni->addr);
+    iip->saddr = eni_addr;
+    iip->check = csum_replace4(iip->check, old_src, eni_addr);
     ipv4_dec_ttl(iip);
-    l4_csum_fix(l4proto, l4.check, old_src, eni->addr, old_port, nat_port);
+    l4_csum_fix(l4proto, l4.check, old_src, eni_addr, old_port, nat_port);
     *sport = nat_port;
     mac_copy(ieth->h_dest, vpc->gateway_mac);
     mac_copy(ieth->h_source, vpc->if_mac);
 
+    struct eni_stats *es = eni_stats_of(eni_idx);
     if (es) {
         es->tx_packets++;
         es->tx_bytes += bytes;
@@ -447,13 +469,13 @@ int xdp_fabric(struct xdp_md *ctx)
     if (action != XDP_REDIRECT)
         reason = STAT_drop_no_tx_port;
 out:
-    return record(reason, action);
+    return record(st, reason, action);
 }
 
 /* ARP on a VPC-side interface: learn the gateway's MAC from anything it says, answer requests for
  * ENI addresses, leave the rest to the kernel. */
-static __always_inline __u32 vpc_arp(struct cursor *c, struct vpc *vpc, struct ethhdr *eth,
-                                     int *action)
+static __always_inline __u32 vpc_arp(struct cursor *c, struct stats *st, struct vpc *vpc,
+                                     __u32 vpc_idx, struct ethhdr *eth, int *action)
 {
     struct arp_eth_ipv4 *arp = CURSOR_TAKE(c, struct arp_eth_ipv4);
     *action = XDP_PASS;
@@ -464,11 +486,11 @@ static __always_inline __u32 vpc_arp(struct cursor *c, struct vpc *vpc, struct e
         (!(vpc->flags & VPC_F_GW_MAC) || !mac_equal(vpc->gateway_mac, arp->sha))) {
         mac_copy(vpc->gateway_mac, arp->sha);
         vpc->flags |= VPC_F_GW_MAC;
-        count(STAT_gw_mac_learned);
+        count(st, STAT_gw_mac_learned);
     }
     if (arp->op != bpf_htons(1))
         return STAT_pass_vpc_arp;
-    struct eni_addr_key ak = {.vpc_idx = vpc->vpc_idx, .addr = arp->tpa};
+    struct eni_addr_key ak = {.vpc_idx = vpc_idx, .addr = arp->tpa};
     if (!eni_addrs.lookup(&ak))
         return STAT_pass_vpc_arp;
 
@@ -493,10 +515,17 @@ int xdp_vpc(struct xdp_md *ctx)
     int action = XDP_PASS;
     __u32 k0 = 0;
 
-    count(STAT_rx_vpc);
+    struct stats *st = stats.lookup(&k0);
+    count(st, STAT_rx_vpc);
     __u32 ifindex = ctx->ingress_ifindex;
-    struct vpc *vpc = vpcs.lookup(&ifindex);
-    if (!vpc) {
+    __u32 *vpc_idx_p = vpc_ifs.lookup(&ifindex);
+    if (!vpc_idx_p) {
+        reason = STAT_pass_vpc_unknown_if;
+        goto out;
+    }
+    __u32 vpc_idx = *vpc_idx_p;
+    struct vpc *vpc = vpcs.lookup(&vpc_idx);
+    if (!vpc || !(vpc->flags & VPC_F_ACTIVE)) {
         reason = STAT_pass_vpc_unknown_if;
         goto out;
     }
@@ -507,7 +536,7 @@ int xdp_vpc(struct xdp_md *ctx)
     if (!eth)
         goto out;
     if (eth->h_proto == bpf_htons(ETH_P_ARPH)) {
-        reason = vpc_arp(&c, vpc, eth, &action);
+        reason = vpc_arp(&c, st, vpc, vpc_idx, eth, &action);
         goto out;
     }
     if (eth->h_proto != bpf_htons(ETH_P_IPV4))
@@ -515,8 +544,9 @@ int xdp_vpc(struct xdp_md *ctx)
     struct iphdr *ip = c.pos;
     if ((void *)(ip + 1) > data_end)
         goto out;
-    struct eni_addr_key ak = {.vpc_idx = vpc->vpc_idx, .addr = ip->daddr};
-    if (!eni_addrs.lookup(&ak))
+    struct eni_addr_key ak = {.vpc_idx = vpc_idx, .addr = ip->daddr};
+    struct eni_ref *ref = eni_addrs.lookup(&ak);
+    if (!ref)
         goto out;
 
     /* Addressed to an ENI: ours to deliver or to drop with a reason. */
@@ -547,7 +577,7 @@ int xdp_vpc(struct xdp_md *ctx)
 
     struct rev_key rk;
     __builtin_memset(&rk, 0, sizeof(rk));
-    rk.vpc_idx = vpc->vpc_idx;
+    rk.vpc_idx = vpc_idx;
     rk.eni_addr = ip->daddr;
     rk.remote = ip->saddr;
     rk.eni_port = *dport_p;
@@ -580,12 +610,12 @@ int xdp_vpc(struct xdp_md *ctx)
     mac_copy(eth->h_dest, rev->env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);
 
-    rev->last_seen_ns = bpf_ktime_get_ns();
+    rev->last_seen_ns = bpf_ktime_get_coarse_ns();
     __sync_fetch_and_add(&rev->packets, 1);
     __sync_fetch_and_add(&rev->bytes, frame_len);
     rev->tcp_flags |= tcp_flags;
     __u32 vni = rev->vni;
-    struct eni_stats *es = eni_stats_of(vni);
+    struct eni_stats *es = eni_stats_of(ref->eni_idx);
     if (es) {
         es->rx_packets++;
         es->rx_bytes += frame_len;
@@ -652,5 +682,5 @@ int xdp_vpc(struct xdp_md *ctx)
     if (action != XDP_REDIRECT)
         reason = STAT_drop_no_tx_port;
 out:
-    return record(reason, action);
+    return record(st, reason, action);
 }

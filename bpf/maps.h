@@ -1,6 +1,7 @@
 /* maps.h - every map of the datapath, pinned under PIN_DIR (/sys/fs/bpf/eniplane/<node>/maps).
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
- * Writers: the control plane writes config, workers, enis, eni_addrs, vpcs, sg_rules and tx_ports; the
+ * Writers: the control plane writes config, workers, enis, eni_addrs, vpcs, vpc_ifs, sg_rules and
+ * tx_ports; the
  * datapath writes the flow tables, the counters, worker MACs and learned gateway MACs.
  */
 #ifndef ENIPLANE_MAPS_H
@@ -16,8 +17,10 @@
 BPF_TABLE_PINNED("array", __u32, struct node_cfg, config, 1, PIN_DIR "/config");
 BPF_TABLE_PINNED("hash", ipv4_t, struct worker, workers, MAX_WORKERS, PIN_DIR "/workers");
 BPF_TABLE_PINNED("hash", __u32, struct eni, enis, MAX_ENIS, PIN_DIR "/enis");
-BPF_TABLE_PINNED("hash", struct eni_addr_key, __u32, eni_addrs, MAX_ENIS, PIN_DIR "/eni_addrs");
-BPF_TABLE_PINNED("hash", __u32, struct vpc, vpcs, MAX_VPCS, PIN_DIR "/vpcs");
+BPF_TABLE_PINNED("hash", struct eni_addr_key, struct eni_ref, eni_addrs, MAX_ENIS,
+                 PIN_DIR "/eni_addrs");
+BPF_TABLE_PINNED("array", __u32, struct vpc, vpcs, MAX_VPCS, PIN_DIR "/vpcs");
+BPF_TABLE_PINNED("hash", __u32, __u32, vpc_ifs, MAX_VPCS, PIN_DIR "/vpc_ifs");
 BPF_TABLE_PINNED("lpm_trie", struct sg_key, struct sg_ports, sg_rules, MAX_SG_PREFIXES,
                  PIN_DIR "/sg_rules", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_fwd, flows_fwd, MAX_FLOWS,
@@ -25,7 +28,7 @@ BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_fwd, flows_fwd, MAX_FL
 BPF_TABLE_PINNED("lru_hash", struct rev_key, struct flow_rev, flows_rev, MAX_FLOWS,
                  PIN_DIR "/flows_rev");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
-BPF_TABLE_PINNED("percpu_hash", __u32, struct eni_stats, eni_stats, MAX_ENIS,
+BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,
                  PIN_DIR "/eni_stats");
 /* Egress interfaces: slot 0 is the fabric interface, each VPC-side interface has the slot its
  * vpcs entry names. Declared by hand because bcc's BPF_DEVMAP has no pinned variant; the section

@@ -37,7 +37,7 @@ struct worker {
 
 /* enis[VNI]: one shared ENI. Every function with the same (subnet, group set) uses it. */
 struct eni {
-    __u32 eni_idx;     /* control-plane handle, shown in flows and stats */
+    __u32 eni_idx;     /* control-plane handle below MAX_ENIS: indexes eni_stats */
     __u32 vpc_idx;
     __u32 vpc_ifindex; /* node interface that leads into the ENI's VPC */
     ipv4_t addr;
@@ -45,15 +45,21 @@ struct eni {
     __u16 port_hi;
 };
 
-/* eni_addrs[(VPC, address)] = VNI: VPCs overlap, so an address alone names nothing. */
+/* eni_addrs[(VPC, address)] -> the ENI: VPCs overlap, so an address alone names nothing. */
 struct eni_addr_key {
     __u32 vpc_idx;
     ipv4_t addr;
 };
 
-/* vpcs[ifindex of the node's VPC-side interface]. */
+struct eni_ref {
+    __u32 vni;
+    __u32 eni_idx;
+};
+
+/* vpcs[vpc_idx]: an array, so the forward path finds its VPC without hashing. The return path
+ * gets the index from vpc_ifs[ingress ifindex]. */
 struct vpc {
-    __u32 vpc_idx;
+    __u32 ifindex;     /* the node's interface into the VPC */
     ipv4_t gateway_ip;
     mac_t gateway_mac; /* learned by ARP on the interface; valid when VPC_F_GW_MAC is set */
     mac_t if_mac;      /* the node's own MAC on that interface */
@@ -61,6 +67,7 @@ struct vpc {
     __u32 tx_slot;     /* this interface's slot in tx_ports */
 };
 #define VPC_F_GW_MAC 1
+#define VPC_F_ACTIVE 2 /* the slot is configured (array slots always exist) */
 
 /* sg_rules: the union of the egress rules of all of an ENI's security groups, compiled by the
  * control plane so that a new flow costs one LPM lookup and a fixed binary search, never a loop
@@ -102,6 +109,11 @@ struct flow_fwd {
     __u64 last_seen_ns;
     __u64 packets;
     __u64 bytes;
+    /* The ENI's address, VPC and handle, copied when the flow opens so that the established path
+     * needs no ENI lookup. ENIs never change address or VPC; deleting one flushes its flows. */
+    ipv4_t eni_addr;
+    __u16 eni_idx;
+    __u16 vpc_idx;
     __be16 nat_port;
     __u8 tunnel;     /* enum tunnel_type the flow arrived with */
     __u8 tcp_flags;  /* union of flags seen, for expiry */
@@ -135,7 +147,7 @@ struct flow_rev {
     __u16 pad;
 };
 
-/* eni_stats[VNI], per CPU. "tx" is towards the VPC, "rx" back towards the worker. */
+/* eni_stats[eni_idx], a per-CPU array. "tx" is towards the VPC, "rx" back towards the worker. */
 struct eni_stats {
     __u64 tx_packets;
     __u64 tx_bytes;

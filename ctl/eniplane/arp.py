@@ -27,7 +27,7 @@ def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
     return (eth + arp).ljust(60, b"\0")
 
 
-def resolve_gateway(dp: "object", netns: str | None, ifname: str, ifindex: int, if_mac: str,
+def resolve_gateway(dp: "object", netns: str | None, ifname: str, vpc_idx: int, if_mac: str,
                     gateway_ip: str, src_ip: str = "0.0.0.0", timeout: float = 3.0,
                     tries: int = 6) -> str:
     vpcs = dp.map("vpcs")  # type: ignore[attr-defined]
@@ -41,7 +41,7 @@ def resolve_gateway(dp: "object", netns: str | None, ifname: str, ifindex: int, 
             s.send(frame)
             step = time.monotonic() + timeout / tries
             while time.monotonic() < min(step, deadline):
-                v = vpcs.lookup(ifindex)
+                v = vpcs.lookup(vpc_idx)
                 if v and v["flags"] & 1 and v["gateway_ip"] == gateway_ip:
                     return v["gateway_mac"]
                 time.sleep(0.01)

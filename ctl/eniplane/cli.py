@@ -133,7 +133,7 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
             e = store.load().eni(eni)
         with Datapath(node) as dp:
             counters = dp.eni_stats(e.vni).get(e.vni) or {
-                k: 0 for k in dp.map("eni_stats").value_fields}
+                k: 0 for k in dp.map("eni_stats").value_fields}  # not programmed yet
         data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
     else:
         with Datapath(node) as dp:

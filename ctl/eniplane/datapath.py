@@ -13,11 +13,13 @@ from typing import Any, Iterable
 
 from . import paths
 from .maps import PinnedMap, sum_percpu
+from .errors import InvalidInput
 from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
-MAP_NAMES = ("config", "workers", "enis", "eni_addrs", "vpcs", "sg_rules", "flows_fwd",
-             "flows_rev", "stats", "eni_stats", "tx_ports")
+MAP_NAMES = ("config", "workers", "enis", "eni_addrs", "vpcs", "vpc_ifs", "sg_rules",
+             "flows_fwd", "flows_rev", "stats", "eni_stats", "tx_ports")
+VPC_F_GW_MAC, VPC_F_ACTIVE = 1, 2
 TX_SLOT_FABRIC = 0
 
 
@@ -68,29 +70,45 @@ class Datapath:
             m.update(ip, {"mac": "00:00:00:00:00:00"})
 
     def del_worker(self, ip: str) -> bool:
-        return self.map("workers").delete(ip)
+        """Established flows do not look the worker up again: its flows go with it."""
+        gone = self.map("workers").delete(ip)
+        self.flush_flows(worker=ip)
+        return gone
 
     # ---- VPC attachments -------------------------------------------------------------------
     def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
                 gateway_mac: str | None = None) -> None:
+        """vpcs[vpc_idx] and vpc_ifs[ifindex]; a gateway MAC already learned for the same
+        gateway is kept unless one is given."""
         m = self.map("vpcs")
-        old = m.lookup(ifindex)
-        flags = 0
-        if gateway_mac is None and old and old["gateway_ip"] == gateway_ip and old["flags"] & 1:
-            gateway_mac, flags = old["gateway_mac"], 1  # keep what ARP taught us
-        elif gateway_mac is not None:
-            flags = 1
+        old = m.lookup(vpc_idx)
+        flags = VPC_F_ACTIVE
+        if gateway_mac is not None:
+            flags |= VPC_F_GW_MAC
+        elif old and old["flags"] & VPC_F_GW_MAC and old["gateway_ip"] == gateway_ip and \
+                old["ifindex"] == ifindex:
+            gateway_mac, flags = old["gateway_mac"], flags | VPC_F_GW_MAC
+        if old and old["flags"] & VPC_F_ACTIVE and old["ifindex"] != ifindex:
+            self.map("vpc_ifs").delete(old["ifindex"])
         self.set_tx_port(tx_slot, ifindex)
-        m.update(ifindex, {"vpc_idx": vpc_idx, "gateway_ip": gateway_ip,
+        m.update(vpc_idx, {"ifindex": ifindex, "gateway_ip": gateway_ip,
                            "gateway_mac": gateway_mac or "00:00:00:00:00:00", "if_mac": if_mac,
                            "flags": flags, "tx_slot": tx_slot})
+        self.map("vpc_ifs").update(ifindex, vpc_idx)
 
-    def del_vpc(self, ifindex: int) -> None:
-        m = self.map("vpcs")
-        old = m.lookup(ifindex)
+    def vpc(self, vpc_idx: int) -> dict | None:
+        v = self.map("vpcs").lookup(vpc_idx)
+        return v if v and v["flags"] & VPC_F_ACTIVE else None
+
+    def vpcs(self) -> dict[int, dict]:
+        return {k: v for k, v in self.map("vpcs").items() if v["flags"] & VPC_F_ACTIVE}
+
+    def del_vpc(self, vpc_idx: int) -> None:
+        old = self.vpc(vpc_idx)
         if old:
             self.del_tx_port(old["tx_slot"])
-            m.delete(ifindex)
+            self.map("vpc_ifs").delete(old["ifindex"])
+            self.map("vpcs").update(vpc_idx, b"")  # array slots cannot go: zero = inactive
 
     # ---- ENIs ------------------------------------------------------------------------------
     def set_eni(self, vni: int, eni_idx: int, vpc_idx: int, vpc_ifindex: int, addr: str,
@@ -98,10 +116,16 @@ class Datapath:
         old = self.map("enis").lookup(vni)
         if old and (old["vpc_idx"], old["addr"]) != (vpc_idx, addr):
             self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
+        if not 0 < eni_idx < self.map("eni_stats").max_entries:
+            raise InvalidInput(f"ENI handle {eni_idx} is outside 1-"
+                               f"{self.map('eni_stats').max_entries - 1} (MAX_ENIS)")
+        if old and old["eni_idx"] != eni_idx:
+            self.map("eni_stats").update(old["eni_idx"], b"")
         self.map("enis").update(vni, {"eni_idx": eni_idx, "vpc_idx": vpc_idx,
                                       "vpc_ifindex": vpc_ifindex, "addr": addr,
                                       "port_lo": port_lo, "port_hi": port_hi})
-        self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr}, vni)
+        self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr},
+                                     {"vni": vni, "eni_idx": eni_idx})
 
     def set_sg_rules(self, vni: int, rules: Iterable[Rule]) -> int:
         """Replace one ENI's compiled rules; returns how many prefixes it now has."""
@@ -133,40 +157,39 @@ class Datapath:
         if old:
             self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
             self.map("enis").delete(vni)
+            self.map("eni_stats").update(old["eni_idx"], b"")
         self.set_sg_rules(vni, [])
         self.flush_flows(vni=vni)
-        self.map("eni_stats").delete(vni)
 
     # ---- flows -----------------------------------------------------------------------------
     def flows(self, vni: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Forward entries joined with their reverse halves (when present)."""
-        enis = {k: v for k, v in self.map("enis").items()}
         rev = self.map("flows_rev")
         out = []
         for k, v in self.map("flows_fwd").items():
             if vni is not None and k["vni"] != vni:
                 continue
-            eni = enis.get(k["vni"])
-            r = None
-            if eni:
-                r = rev.lookup({"vpc_idx": eni["vpc_idx"], "eni_addr": eni["addr"],
-                                "remote": k["dst"], "eni_port": v["nat_port"],
-                                "remote_port": k["dport"], "proto": k["proto"]})
-            out.append({"key": k, "fwd": v, "rev": r,
-                         "eni_addr": eni["addr"] if eni else None})
+            r = rev.lookup({"vpc_idx": v["vpc_idx"], "eni_addr": v["eni_addr"],
+                            "remote": k["dst"], "eni_port": v["nat_port"],
+                            "remote_port": k["dport"], "proto": k["proto"]})
+            out.append({"key": k, "fwd": v, "rev": r, "eni_addr": v["eni_addr"]})
             if limit is not None and len(out) >= limit:
                 break
         return out
 
-    def flush_flows(self, vni: int | None = None) -> int:
+    def flush_flows(self, vni: int | None = None, worker: str | None = None) -> int:
+        """Remove flows (both halves): all, one ENI's (by VNI) or one worker's."""
+        def match(d: dict) -> bool:
+            return (vni is None or d["vni"] == vni) and (worker is None or d["worker"] == worker)
+
         n = 0
         fwd, rev = self.map("flows_fwd"), self.map("flows_rev")
         for k in list(fwd.keys_raw()):
-            if vni is None or fwd.key_codec.decode(k)["vni"] == vni:
+            if match(fwd.key_codec.decode(k)):
                 n += fwd.delete(k)
         for k in list(rev.keys_raw()):
             v = rev.lookup(k)
-            if v is not None and (vni is None or v["vni"] == vni):
+            if v is not None and match(v):
                 rev.delete(k)
         return n
 
@@ -175,8 +198,13 @@ class Datapath:
         return sum_percpu(self.map("stats").lookup(0))
 
     def eni_stats(self, vni: int | None = None) -> dict[int, dict[str, int]]:
+        """Per-ENI counters keyed by VNI (the map itself is indexed by the ENI's handle)."""
         m = self.map("eni_stats")
-        return {k: sum_percpu(v) for k, v in m.items() if vni is None or k == vni}
+        out = {}
+        for v, e in self.map("enis").items():
+            if vni is None or v == vni:
+                out[v] = sum_percpu(m.lookup(e["eni_idx"]))
+        return out
 
 
 def ip_int(addr: str) -> int:

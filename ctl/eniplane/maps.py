@@ -94,7 +94,12 @@ class PinnedMap:
         return bytes(key) if isinstance(key, (bytes, bytearray)) else self.key_codec.encode(key)
 
     def _value(self, value: Any) -> bytes:
+        """Encode a value; raw bytes shorter than the value (b"" to zero a slot) are padded."""
         raw = bytes(value) if isinstance(value, (bytes, bytearray)) else self.value_codec.encode(value)
+        if len(raw) > self.value_size:
+            raise ValueError(f"{len(raw)}-byte value for {self.name}, whose values are "
+                             f"{self.value_size} bytes")
+        raw = raw.ljust(self.value_size, b"\0")
         if self.percpu:
             slot = _round8(self.value_size)
             raw = raw.ljust(slot, b"\0") * self.ncpus

@@ -326,8 +326,7 @@ class State:
             if e.subnet == subnet and e.sgs == groups:
                 return e
         e = Eni(id=self._new_eni_id(), subnet=subnet, sgs=groups,
-                address=self._free_address(subnet), vni=self._free_vni(),
-                idx=max((x.idx for x in self.enis.values()), default=0) + 1)
+                address=self._free_address(subnet), vni=self._free_vni(), idx=self._free_idx())
         self.enis[e.id] = e
         return e
 
@@ -351,6 +350,11 @@ class State:
             if s not in used:
                 return s
         raise InvalidInput(f"subnet {subnet} ({net}) has no free address left")
+
+    def _free_idx(self) -> int:
+        """The lowest free handle: the datapath indexes per-ENI counters by it (below MAX_ENIS)."""
+        used = {e.idx for e in self.enis.values()}
+        return next(i for i in range(1, len(used) + 2) if i not in used)
 
     def _free_vni(self) -> int:
         used = {e.vni for e in self.enis.values()}

@@ -202,6 +202,6 @@ def attach_vpc(node: str, ifname: str, vpc_idx: int, gateway_ip: str,
     with Datapath(node, rec.netns) as dp:
         dp.set_vpc(info["ifindex"], vpc_idx, gateway_ip, info["mac"], info["slot"])
         if resolve:
-            info["gateway_mac"] = arp.resolve_gateway(dp, rec.netns, ifname, info["ifindex"],
+            info["gateway_mac"] = arp.resolve_gateway(dp, rec.netns, ifname, vpc_idx,
                                                       info["mac"], gateway_ip)
     return info

@@ -48,20 +48,19 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             rep.bump("workers removed")
 
         ifindex_of: dict[str, int] = {}
-        vpcs_map = dict(dp.map("vpcs").items())
+        vpcs_map = dp.vpcs()
         for v in st.vpcs.values():
             info = nodemod.attach_vpc_if(node, v.iface)
             ifindex_of[v.id] = info["ifindex"]
-            old = vpcs_map.get(info["ifindex"])
-            if (not old or old["vpc_idx"] != v.idx or old["gateway_ip"] != v.gateway
+            old = vpcs_map.get(v.idx)
+            if (not old or old["ifindex"] != info["ifindex"] or old["gateway_ip"] != v.gateway
                     or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]):
                 dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"])
                 rep.bump("VPCs programmed")
-            cur = dp.map("vpcs").lookup(info["ifindex"])
-            if not cur["flags"] & 1:
+            if not dp.vpc(v.idx)["flags"] & 1:
                 try:
-                    arp.resolve_gateway(dp, rec.netns, v.iface, info["ifindex"], info["mac"],
-                                        v.gateway, timeout=resolve_timeout)
+                    arp.resolve_gateway(dp, rec.netns, v.iface, v.idx, info["mac"], v.gateway,
+                                        timeout=resolve_timeout)
                 except EniplaneError as e:
                     rep.warnings.append(f"VPC {v.id}: {e}; packets wait for it "
                                         f"(drop_no_gateway_mac)")
@@ -70,8 +69,8 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             if entry["program"] == "xdp_vpc" and ifname not in wanted_ifs:
                 nodemod.detach_vpc_if(node, ifname)
                 rep.bump("VPC interfaces detached")
-        for ifindex in set(vpcs_map) - set(ifindex_of.values()):
-            dp.del_vpc(ifindex)
+        for idx in set(vpcs_map) - {v.idx for v in st.vpcs.values()}:
+            dp.del_vpc(idx)
 
         enis_map = dict(dp.map("enis").items())
         wanted_vnis = set()

@@ -14,9 +14,10 @@ def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypat
     bad = tmp_path / "bpf"
     shutil.copytree(loader.bpf_dir(), bad)
     src = (bad / "eniplane.c").read_text()
-    # an unchecked packet read: exactly what the verifier exists to refuse
-    src = src.replace("count(STAT_rx_vpc);",
-                      "count(STAT_rx_vpc);\n    if (*(volatile __u32 *)(data + 64)) return XDP_DROP;", 1)
+    # an unchecked packet read in xdp_vpc: exactly what the verifier exists to refuse
+    anchor = "void *data_end = (void *)(long)ctx->data_end;"
+    at = src.index(anchor, src.index("int xdp_vpc(struct xdp_md *ctx)")) + len(anchor)
+    src = src[:at] + "\n    if (*(volatile __u32 *)(data + 64)) return XDP_DROP;" + src[at:]
     (bad / "eniplane.c").write_text(src)
     monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
     name = f"{lab.prefix}-bad"
