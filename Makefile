@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-unit test-datapath test-e2e demo lint clean
+.PHONY: setup test test-unit test-datapath test-e2e demo fuzz bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,11 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info ctl/*.egg-info
+
+# Long differential fuzzing of the datapath against the reference model (not part of `make test`).
+fuzz: setup
+	$(PY) tests/model/fuzz.py --packets $${PACKETS:-1000000}
+
+# The full benchmark run that docs/performance.md reports (minutes; not part of `make test`).
+bench: setup
+	$(PY) -m bench --json bench-results.json --png docs/performance.png

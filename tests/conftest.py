@@ -57,3 +57,23 @@ def dp_node(lab):
         os.close(fd)
     yield name
     shutil.rmtree(paths.pin_dir(name), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def harness(lab):
+    """Kernel and reference model side by side (tests/model/harness.py), on a node of its own."""
+    import sys
+    from pathlib import Path
+
+    from eniplane import loader, paths
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "model"))
+    from harness import Harness
+
+    name = f"{lab.prefix}-model"
+    for fd in loader.compile_and_pin(name).values():
+        os.close(fd)
+    h = Harness(lab, name)
+    yield h
+    h.close()
+    shutil.rmtree(paths.pin_dir(name), ignore_errors=True)

@@ -1,0 +1,183 @@
+"""Runs the same packets through the real programs (BPF_PROG_TEST_RUN) and the reference model
+and reports the first disagreement: verdict, output bytes, counters, or a broken invariant.
+
+Contract: `Harness(lab, node)` configures a loaded node and an equally configured model;
+`reset()` empties flows and learned state on both sides; `step()` runs one packet and raises
+Disagreement with a description and the frame (hex) that caused it; `check_invariants()` reads the
+kernel's flow tables and checks them against each other and against the model's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from eniplane import bpfsys, netlink, paths
+from eniplane.datapath import Datapath
+from eniplane.maps import sum_percpu
+from eniplane.sgcompile import Rule
+
+import packets as P
+from reference import Config, Eni, Model, Vpc
+
+XDP = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
+GATEWAY_MAC = "02:e1:1a:00:00:01"
+GW_MACS = {1: "02:0a:00:00:00:01", 2: "02:0b:00:00:00:01"}
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "all": 0}
+
+
+class Disagreement(AssertionError):
+    pass
+
+
+ENIS = [  # vni, vpc, address, eni_idx, ports, rules (proto, cidr, lo, hi)
+    (100, 1, "10.0.1.4", 1, (1024, 65535), [("tcp", "10.0.0.0/16", 80, 90),
+                                             ("udp", "10.0.0.0/24", 53, 53),
+                                             ("icmp", "10.0.0.0/16", 0, 65535)]),
+    (200, 2, "10.0.1.4", 2, (1024, 65535), [("all", "0.0.0.0/0", 0, 65535)]),
+    (300, 1, "10.0.1.5", 3, (2000, 2002), [("all", "10.0.0.0/16", 0, 65535)]),
+]
+
+
+class Harness:
+    def __init__(self, lab, node: str):
+        self.lab, self.node = lab, node
+        self.dp = Datapath(node, lab.node_ns)
+        fab = netlink.link_get(lab.node_ns, lab.fabric_if)
+        self.fabric_mtu = fab["mtu"]
+        self.dp.set_config(P.FABRIC_IP, fab["ifindex"], P.FABRIC_MAC, GATEWAY_MAC, fab["mtu"])
+        self.vpc_ifs = {}
+        for idx, ifname in ((1, "vpca"), (2, "vpcb")):
+            info = netlink.link_get(lab.node_ns, ifname)
+            self.vpc_ifs[idx] = {"ifindex": info["ifindex"], "mac": info["mac"],
+                                 "gw_mac": GW_MACS[idx], "slot": idx}
+        for vni, vpc, addr, idx, (lo, hi), rules in ENIS:
+            self.dp.set_eni(vni, idx, vpc, self.vpc_ifs[vpc]["ifindex"], addr, lo, hi)
+            self.dp.set_sg_rules(vni, [Rule.of(p, c, (a, b)) for p, c, a, b in rules])
+        self.fds = {p: bpfsys.obj_get(str(paths.progs_dir(node) / p))
+                    for p in ("xdp_fabric", "xdp_vpc")}
+        self.packets = 0
+        self.reset()
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.dp.close()
+
+    def reset(self) -> None:
+        for w in P.WORKERS:  # forget learned MACs (and with them the workers' flows)
+            self.dp.del_worker(w)
+            self.dp.add_worker(w)
+        self.dp.flush_flows()
+        for idx, v in self.vpc_ifs.items():
+            self.dp.set_vpc(v["ifindex"], idx, P.GATEWAY_IP, v["mac"], v["slot"],
+                            gateway_mac=v["gw_mac"])
+        cfg = Config(
+            fabric_ip=P.FABRIC_IP, fabric_mac=P.FABRIC_MAC, gateway_mac=GATEWAY_MAC,
+            fabric_mtu=self.fabric_mtu, workers=set(P.WORKERS),
+            enis={vni: Eni(vni, addr, vpc, idx, lo, hi,
+                           [(PROTO[p], c, a, b) for p, c, a, b in rules])
+                  for vni, vpc, addr, idx, (lo, hi), rules in ENIS},
+            vpcs={idx: Vpc(idx, v["ifindex"], P.GATEWAY_IP, v["gw_mac"], v["mac"])
+                  for idx, v in self.vpc_ifs.items()})
+        self.model = Model(cfg)
+        self.sports: dict[tuple, int] = {}
+
+    def _counters(self) -> dict:
+        c = self.dp.stats()
+        es = self.dp.map("eni_stats")
+        for vni, _, _, idx, _, _ in ENIS:
+            for k, v in sum_percpu(es.lookup(idx)).items():
+                c[f"eni{vni}:{k}"] = v
+        return c
+
+    def step(self, direction: str, frame: bytes, ifindex: int = 0) -> str:
+        self.packets += 1
+        before = self._counters()
+        prog = "xdp_fabric" if direction == "fabric" else "xdp_vpc"
+        with netlink.in_netns(self.lab.node_ns):
+            rv, out, _ = bpfsys.prog_test_run(self.fds[prog], frame, out_size=len(frame) + 256,
+                                              ingress_ifindex=ifindex)
+        after = self._counters()
+        delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        verdict = XDP.get(rv, str(rv))
+
+        def kernel_port(eni, key, base):
+            w, vni, src, dst, sport, dport, proto = key
+            f = self.dp.map("flows_fwd").lookup({"worker": w, "vni": vni, "src": src, "dst": dst,
+                                                 "sport": sport, "dport": dport, "proto": proto})
+            if f is None:
+                raise Disagreement(f"model opened flow {key}; the kernel has no such flow")
+            return f["nat_port"]
+
+        def kernel_sport(flow):
+            sp = int.from_bytes(out[34:36], "big") if len(out) >= 36 else -1
+            if self.sports.setdefault(flow.key, sp) != sp:
+                raise Disagreement(f"tunnel source port of {flow.key} changed: "
+                                   f"{self.sports[flow.key]} -> {sp}")
+            return sp
+
+        try:
+            if direction == "fabric":
+                res = self.model.fabric(frame, kernel_port)
+            else:
+                res = self.model.vpc(frame, ifindex, kernel_sport)
+        except AssertionError as e:
+            raise Disagreement(f"{e}\n  frame {frame.hex()}") from None
+        rx = "rx_fabric" if direction == "fabric" else "rx_vpc"
+        want = {rx: 1, res.reason: 1, f"xdp_{res.verdict.lower()}": 1}
+        eni_vni = None
+        if res.flow is not None:
+            eni_vni = res.flow[1]
+        elif direction == "fabric" and res.extra:
+            eni_vni = self._vni_of(frame)
+        for k, v in res.extra.items():
+            if k.startswith("eni:"):
+                want[f"eni{eni_vni}:{k[4:]}"] = v
+            else:
+                want[k] = want.get(k, 0) + v
+        problems = []
+        if verdict != res.verdict:
+            problems.append(f"verdict: kernel {verdict}, model {res.verdict} ({res.reason})")
+        if delta != want:
+            problems.append(f"counters: kernel {sorted(delta.items())}, model {sorted(want.items())}")
+        if res.verdict == "PASS" and verdict == "PASS" and out != frame:
+            problems.append("PASS changed the frame")
+        if res.out is not None and verdict == res.verdict and out != res.out:
+            problems.append(f"output:\n  kernel {out.hex()}\n  model  {res.out.hex()}")
+        if problems:
+            raise Disagreement(f"{direction} packet #{self.packets}: " + "; ".join(problems) +
+                               f"\n  frame {frame.hex()}")
+        return res.reason
+
+    @staticmethod
+    def _vni_of(frame: bytes) -> int | None:
+        """The VNI of a tunnel frame the model counted against an ENI (SG denial, exhaustion)."""
+        from reference import Model as M
+
+        e = M._eth(frame, 0, 2)
+        ip, off = M._ipv4(frame, e[1])
+        return int.from_bytes(frame[off + 8 + 4: off + 8 + 7], "big")
+
+    def check_invariants(self) -> None:
+        fwd, rev = self.dp.map("flows_fwd"), self.dp.map("flows_rev")
+        rev_entries = dict((tuple(k.values()), v) for k, v in rev.items())
+        pointed: dict[tuple, int] = {}
+        kernel_flows = {}
+        for k, v in fwd.items():
+            rk = (v["vpc_idx"], v["eni_addr"], k["dst"], v["nat_port"], k["dport"], k["proto"])
+            r = rev_entries.get(rk)
+            if r is None:
+                raise Disagreement(f"forward entry {k} has no reverse entry")
+            if (r["worker"], r["vni"], r["env_addr"], r["env_port"]) != \
+                    (k["worker"], k["vni"], k["src"], k["sport"]):
+                raise Disagreement(f"reverse entry of {k} points at another flow: {r}")
+            pointed[rk] = pointed.get(rk, 0) + 1
+            kernel_flows[(k["worker"], k["vni"], k["src"], k["dst"], k["sport"], k["dport"],
+                          k["proto"])] = rk
+        if any(n > 1 for n in pointed.values()):
+            raise Disagreement("two forward entries share one reverse entry")
+        if len(rev_entries) != len(kernel_flows):
+            raise Disagreement(f"{len(rev_entries)} reverse entries for {len(kernel_flows)} flows")
+        model_flows = {k: f.rkey for k, f in self.model.fwd.items()}
+        if model_flows != kernel_flows:
+            raise Disagreement(f"flow tables differ: kernel {kernel_flows}, model {model_flows}")

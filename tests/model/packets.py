@@ -1,0 +1,181 @@
+"""Fast packet builders and a seeded generator of packet sequences for the differential tests.
+
+Contract: frames are built with struct (scapy is far too slow for millions of packets), with
+correct checksums unless a mutation breaks them on purpose. `Generator(rng, model)` produces a mix
+of valid, slightly wrong and random frames in both directions, using the model's flows so that
+replies, repeats and collisions actually happen.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+from reference import ETH_ARP, ETH_IPV4, ICMP, TCP, UDP, Model, checksum, ip2b, mac2b, ones_sum
+
+FABRIC_IP, FABRIC_MAC = "100.64.0.1", "02:00:00:00:00:01"
+WORKERS = ["100.64.0.11", "100.64.0.12"]
+STRANGER = "100.64.0.13"
+WORKER_MACS = {"100.64.0.11": "02:00:00:00:00:11", "100.64.0.12": "02:00:00:00:00:12",
+               "100.64.0.13": "02:00:00:00:00:13"}
+ENV_IPS = ["172.16.0.2", "172.16.0.3"]
+ENV_MACS = ["02:ee:00:00:00:02", "02:ee:00:00:00:03"]
+REMOTES = ["10.0.0.10", "10.0.0.20", "10.0.5.5", "192.168.1.1"]
+VNIS = [100, 200, 300, 999]
+DPORTS = [80, 85, 53, 22, 443, 7]
+GATEWAY_IP = "10.0.0.1"
+
+
+def eth(dst: str, src: str, et: int) -> bytes:
+    return mac2b(dst) + mac2b(src) + struct.pack("!H", et)
+
+
+def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64, frag: int = 0,
+         options: bytes = b"") -> bytes:
+    ihl = 5 + len(options) // 4
+    h = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(payload), 1, frag,
+                              ttl, proto, 0, ip2b(src), ip2b(dst)) + options)
+    struct.pack_into("!H", h, 10, checksum(bytes(h)))
+    return bytes(h) + payload
+
+
+def l4(proto: int, src: str, dst: str, sport: int, dport: int, data: bytes = b"x",
+       icmp_type: int = 8, udp_csum: bool = True) -> bytes:
+    if proto == ICMP:
+        h = bytearray(struct.pack("!BBHHH", icmp_type, 0, 0, sport, 1) + data)
+        struct.pack_into("!H", h, 2, checksum(bytes(h)))
+        return bytes(h)
+    if proto == TCP:
+        h = bytearray(struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 512, 0, 0) + data)
+    elif proto == UDP:
+        h = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
+    else:
+        return data
+    pseudo = ip2b(src) + ip2b(dst) + struct.pack("!BBH", 0, proto, len(h))
+    c = ~ones_sum(pseudo + bytes(h)) & 0xFFFF
+    if proto == UDP and not udp_csum:
+        c = 0
+    elif proto == UDP and c == 0:
+        c = 0xFFFF
+    struct.pack_into("!H", h, 16 if proto == TCP else 6, c)
+    return bytes(h)
+
+
+def tunnel(worker: str, vni: int, inner: bytes, kind: str = "vxlan", vlans: int = 0,
+           geneve_opts: bytes = b"", vxlan_flags: int = 0x08, geneve_first: int | None = None,
+           geneve_flags: int = 0, geneve_proto: int = 0x6558) -> bytes:
+    if kind == "vxlan":
+        th = bytes([vxlan_flags, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0"
+        port = 4789
+    else:
+        first = geneve_first if geneve_first is not None else len(geneve_opts) // 4
+        th = bytes([first, geneve_flags]) + struct.pack("!H", geneve_proto) + \
+            vni.to_bytes(3, "big") + b"\0" + geneve_opts
+        port = 6081
+    udp = struct.pack("!HHHH", 50000, port, 8 + len(th) + len(inner), 0) + th + inner
+    e = mac2b(FABRIC_MAC) + mac2b(WORKER_MACS[worker])
+    for i in range(vlans):
+        e += struct.pack("!HH", 0x8100, 10 + i)
+    return e + struct.pack("!H", ETH_IPV4) + ipv4(worker, FABRIC_IP, UDP, udp)
+
+
+def arp(op: int, sha: str, spa: str, tha: str, tpa: str, dst: str = "ff:ff:ff:ff:ff:ff") -> bytes:
+    return eth(dst, sha, ETH_ARP) + struct.pack("!HHBBH", 1, ETH_IPV4, 6, 4, op) + \
+        mac2b(sha) + ip2b(spa) + mac2b(tha) + ip2b(tpa)
+
+
+class Generator:
+    def __init__(self, rng: random.Random, model: Model, vpc_ifs: dict[int, dict]):
+        self.r = rng
+        self.m = model
+        self.vpc_ifs = vpc_ifs  # vpc_idx -> {"ifindex", "mac", "gw_mac"}
+
+    def forward(self) -> bytes:
+        r = self.r
+        proto = r.choices([TCP, UDP, ICMP, 47], [5, 4, 2, 0.3])[0]
+        i = r.randrange(len(ENV_IPS))
+        src, dst = ENV_IPS[i], r.choice(REMOTES)
+        sport = r.choice([1000, 1001, 2000, 3000])
+        dport = r.choice(DPORTS)
+        icmp_type = 8 if r.random() < 0.9 else r.choice([0, 3, 13])
+        payload = l4(proto, src, dst, sport, dport, b"d" * r.randrange(1, 40), icmp_type,
+                     udp_csum=r.random() < 0.8)
+        opts = b"\x01\x01\x01\x00" if r.random() < 0.05 else b""
+        ttl = 1 if r.random() < 0.03 else 64
+        frag = 0x2000 if r.random() < 0.03 else 0
+        inner = eth("02:e1:1a:00:00:01", ENV_MACS[i], ETH_IPV4) + \
+            ipv4(src, dst, proto, payload, ttl, frag, opts)
+        worker = r.choice(WORKERS + [STRANGER] * (r.random() < 0.1))
+        vni = r.choice(VNIS) if r.random() < 0.2 else r.choice(VNIS[:3])
+        kind = "geneve" if r.random() < 0.3 else "vxlan"
+        g_opts = bytes(r.randrange(256) for _ in range(4 * r.randrange(0, 3))) if kind == "geneve" else b""
+        return tunnel(worker, vni, inner, kind, vlans=r.choice([0, 0, 0, 1, 2]), geneve_opts=g_opts)
+
+    def tunnel_arp(self) -> bytes:
+        r = self.r
+        i = r.randrange(len(ENV_IPS))
+        op = 1 if r.random() < 0.8 else 2
+        tpa = ENV_IPS[i] if r.random() < 0.1 else r.choice(REMOTES)
+        inner = arp(op, ENV_MACS[i], ENV_IPS[i], "00:00:00:00:00:00", tpa)
+        return tunnel(r.choice(WORKERS), r.choice(VNIS[:3]), inner)
+
+    def reply(self) -> tuple[bytes, int]:
+        r = self.r
+        flows = list(self.m.rev.items())
+        vpc_idx = r.choice(list(self.vpc_ifs))
+        if flows and r.random() < 0.85:
+            rkey, flow = r.choice(flows)
+            if r.random() < 0.85:
+                vpc_idx = rkey[0]
+            v, eni_addr, remote, eport, rport, proto = rkey
+        else:
+            proto = r.choice([TCP, UDP, ICMP])
+            eni_addr, remote = r.choice(["10.0.1.4", "10.0.1.5", "10.0.9.9"]), r.choice(REMOTES)
+            eport, rport = r.randrange(1024, 65536), r.choice(DPORTS)
+        if r.random() < 0.1:
+            eport = r.randrange(1024, 65536)
+        vi = self.vpc_ifs[vpc_idx]
+        icmp_type = 0 if r.random() < 0.9 else 8
+        pl = l4(proto, remote, eni_addr, rport, eport, b"r" * r.randrange(1, 40), icmp_type)
+        ttl = 1 if r.random() < 0.03 else 64
+        frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + ipv4(remote, eni_addr, proto, pl, ttl)
+        return frame, vi["ifindex"]
+
+    def vpc_arp(self) -> tuple[bytes, int]:
+        r = self.r
+        vpc_idx = r.choice(list(self.vpc_ifs))
+        vi = self.vpc_ifs[vpc_idx]
+        spa = GATEWAY_IP if r.random() < 0.7 else "10.0.0.10"
+        tpa = r.choice(["10.0.1.4", "10.0.1.5", "10.0.0.99"])
+        op = 1 if r.random() < 0.8 else 2
+        return arp(op, vi["gw_mac"], spa, "00:00:00:00:00:00", tpa), vi["ifindex"]
+
+    def mutate(self, frame: bytes) -> bytes:
+        r = self.r
+        b = bytearray(frame)
+        for _ in range(r.randrange(1, 3)):
+            b[r.randrange(len(b))] = r.randrange(256)
+        return bytes(b)
+
+    def packet(self) -> tuple[str, bytes, int]:
+        """('fabric'|'vpc', frame, ingress ifindex for the VPC side)."""
+        r = self.r
+        k = r.random()
+        if k < 0.45:
+            d, f, i = "fabric", self.forward(), 0
+        elif k < 0.5:
+            d, f, i = "fabric", self.tunnel_arp(), 0
+        elif k < 0.8:
+            f, i = self.reply()
+            d = "vpc"
+        else:
+            f, i = self.vpc_arp()
+            d = "vpc"
+        k = r.random()
+        if k < 0.08:
+            f = self.mutate(f)
+        elif k < 0.14:
+            f = f[:r.randrange(14, len(f) + 1)]
+        elif k < 0.17:
+            f = bytes(r.randrange(256) for _ in range(r.randrange(14, 120)))
+        return d, f, i

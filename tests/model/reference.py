@@ -1,0 +1,462 @@
+"""A reference model of the eniplane datapath, in pure Python, written from the specification:
+RFC 7348 (VXLAN), RFC 8926 (GENEVE), RFC 791/793/768/792 (IPv4, TCP, UDP, ICMP), RFC 1624
+(incremental checksum update), AWS security-group semantics and the datapath issue's text.
+
+Contract: given the configuration and the flows so far, `fabric(frame)` and `vpc(frame, ifindex)`
+say what must happen to one packet: the verdict, the output frame, the counters that move and the
+flow-table change. Where the kernel may choose (the SNAT port, the tunnel's UDP source port), the
+caller passes the choice in and the model checks it against the rule instead of predicting it.
+The model keeps its own flow tables; it never reads the kernel's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+VXLAN_PORT, GENEVE_PORT = 4789, 6081
+TCP, UDP, ICMP = 6, 17, 1
+ETH_IPV4, ETH_ARP, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x0806, 0x8100, 0x88A8, 0x6558
+PASS, DROP, TX, REDIRECT = "PASS", "DROP", "TX", "REDIRECT"
+
+
+def ip2b(a: str) -> bytes:
+    return ipaddress.IPv4Address(a).packed
+
+
+def mac2b(m: str) -> bytes:
+    return bytes.fromhex(m.replace(":", ""))
+
+
+# ---- checksums (RFC 1071, RFC 1624) -------------------------------------------------------------
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def checksum(data: bytes) -> int:
+    return ~ones_sum(data) & 0xFFFF
+
+
+def incremental(check: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), over 16-bit words."""
+    s = ~check & 0xFFFF
+    for i in range(0, len(old), 2):
+        s += ~struct.unpack("!H", old[i:i + 2])[0] & 0xFFFF
+        s += struct.unpack("!H", new[i:i + 2])[0]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+# ---- configuration ------------------------------------------------------------------------------
+@dataclass
+class Eni:
+    vni: int
+    addr: str
+    vpc_idx: int
+    eni_idx: int
+    port_lo: int = 1024
+    port_hi: int = 65535
+    rules: list = field(default_factory=list)  # [(proto or 0, cidr, lo, hi)]
+
+
+@dataclass
+class Vpc:
+    idx: int
+    ifindex: int
+    gateway_ip: str
+    gateway_mac: str | None
+    if_mac: str
+
+
+@dataclass
+class Config:
+    fabric_ip: str
+    fabric_mac: str
+    gateway_mac: str
+    fabric_mtu: int
+    workers: set[str]
+    enis: dict[int, Eni]
+    vpcs: dict[int, Vpc]
+
+    def vpc_by_ifindex(self, ifindex: int) -> Vpc | None:
+        return next((v for v in self.vpcs.values() if v.ifindex == ifindex), None)
+
+    def eni_at(self, vpc_idx: int, addr: str) -> Eni | None:
+        return next((e for e in self.enis.values() if e.vpc_idx == vpc_idx and e.addr == addr),
+                    None)
+
+
+def sg_allows(eni: Eni, proto: int, dst: str, port: int) -> bool:
+    """AWS: allowed if any rule of any group allows it; ports only for TCP and UDP rules."""
+    a = ipaddress.IPv4Address(dst)
+    for rp, cidr, lo, hi in eni.rules:
+        if rp not in (0, proto) or a not in ipaddress.IPv4Network(cidr):
+            continue
+        if rp in (TCP, UDP) and not lo <= port <= hi:
+            continue
+        return True
+    return False
+
+
+@dataclass
+class Result:
+    verdict: str
+    reason: str
+    out: bytes | None = None
+    extra: dict[str, int] = field(default_factory=dict)  # informational counters
+    flow: tuple | None = None          # the forward key the packet belongs to
+    new_flow: bool = False
+
+
+@dataclass
+class Flow:
+    key: tuple      # (worker, vni, src, dst, sport, dport, proto)
+    rkey: tuple     # (vpc_idx, eni_addr, remote, eni_port, remote_port, proto)
+    tunnel: str
+    env_mac: bytes
+    eni: Eni
+
+
+class Model:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.fwd: dict[tuple, Flow] = {}
+        self.rev: dict[tuple, Flow] = {}
+        self.worker_mac: dict[str, bytes] = {}
+
+    # ---- parsing helpers -------------------------------------------------------------------
+    @staticmethod
+    def _eth(p: bytes, off: int, vlans: int) -> tuple[int, int] | None:
+        """(ethertype, offset after the Ethernet header and up to `vlans` tags) or None."""
+        if len(p) < off + 14:
+            return None
+        et = struct.unpack_from("!H", p, off + 12)[0]
+        off += 14
+        for _ in range(vlans):
+            if et not in (ETH_VLAN, ETH_QINQ):
+                break
+            if len(p) < off + 4:
+                return None
+            et = struct.unpack_from("!H", p, off + 2)[0]
+            off += 4
+        return et, off
+
+    @staticmethod
+    def _ipv4(p: bytes, off: int) -> tuple[str, int] | tuple[dict, int]:
+        """('truncated'|'invalid', _) or (header fields, offset after the header)."""
+        if len(p) < off + 20:
+            return "truncated", 0
+        vihl = p[off]
+        ihl = (vihl & 0xF) * 4
+        total = struct.unpack_from("!H", p, off + 2)[0]
+        if vihl >> 4 != 4 or ihl < 20 or total < ihl:
+            return "invalid", 0
+        if len(p) < off + ihl:
+            return "truncated", 0
+        frag = struct.unpack_from("!H", p, off + 6)[0]
+        return {"off": off, "ihl": ihl, "ttl": p[off + 8], "proto": p[off + 9],
+                "frag": bool(frag & 0x3FFF), "src": str(ipaddress.IPv4Address(p[off + 12:off + 16])),
+                "dst": str(ipaddress.IPv4Address(p[off + 16:off + 20]))}, off + ihl
+
+    @staticmethod
+    def _l4(p: bytes, off: int, proto: int, echo_type: int):
+        """('truncated'|'icmp'|'proto', None) or ('ok', dict of port offsets and values)."""
+        need = {TCP: 20, UDP: 8, ICMP: 8}.get(proto)
+        if need is None:
+            return "proto", None
+        if len(p) < off + need:
+            return "truncated", None
+        if proto == ICMP:
+            if p[off] != echo_type or p[off + 1] != 0:
+                return "icmp", None
+            ident = struct.unpack_from("!H", p, off + 4)[0]
+            return "ok", {"csum_off": off + 2, "id_off": off + 4, "id": ident, "flags": 0}
+        sport, dport = struct.unpack_from("!HH", p, off)
+        return "ok", {"csum_off": off + (16 if proto == TCP else 6), "sport_off": off,
+                      "dport_off": off + 2, "sport": sport, "dport": dport,
+                      "flags": p[off + 13] if proto == TCP else 0}
+
+    # ---- worker -> VPC ---------------------------------------------------------------------
+    def fabric(self, p: bytes, choose_port: Callable[[Eni, tuple, tuple], int]) -> Result:
+        cfg = self.cfg
+        e = self._eth(p, 0, 2)
+        if e is None:
+            return Result(PASS, "pass_malformed_outer")
+        et, off = e
+        if et != ETH_IPV4:
+            return Result(PASS, "pass_not_tunnel")
+        oip, off = self._ipv4(p, off)
+        if isinstance(oip, str):
+            return Result(PASS, "pass_malformed_outer")
+        if oip["dst"] != cfg.fabric_ip or oip["proto"] != UDP:
+            return Result(PASS, "pass_not_tunnel")
+        if oip["frag"]:
+            return Result(PASS, "pass_outer_fragment")
+        if len(p) < off + 8:
+            return Result(PASS, "pass_malformed_outer")
+        udp_off = off
+        tport = struct.unpack_from("!H", p, off + 2)[0]
+        off += 8
+        if tport not in (VXLAN_PORT, GENEVE_PORT):
+            return Result(PASS, "pass_not_tunnel")
+        worker = oip["src"]
+        outer_smac = p[6:12]
+        if tport == VXLAN_PORT:
+            if len(p) < off + 8:
+                return Result(DROP, "drop_tunnel_truncated")
+            if not p[off] & 0x08:
+                return Result(DROP, "drop_vxlan_no_i_flag")
+            vni = int.from_bytes(p[off + 4:off + 7], "big")
+            off += 8
+            tunnel = "vxlan"
+        else:
+            if len(p) < off + 8:
+                return Result(DROP, "drop_tunnel_truncated")
+            optlen = (p[off] & 0x3F) * 4
+            if len(p) < off + 8 + optlen:
+                return Result(DROP, "drop_tunnel_truncated")
+            if p[off] >> 6:
+                return Result(DROP, "drop_geneve_version")
+            if p[off + 1] & 0x80:
+                return Result(DROP, "drop_geneve_control")
+            if p[off + 1] & 0x40:
+                return Result(DROP, "drop_geneve_critical")
+            if struct.unpack_from("!H", p, off + 2)[0] != ETH_TEB:
+                return Result(DROP, "drop_geneve_not_ether")
+            vni = int.from_bytes(p[off + 4:off + 7], "big")
+            off += 8 + optlen
+            tunnel = "geneve"
+        inner = off
+        if len(p) < off + 14:
+            return Result(DROP, "drop_inner_truncated")
+        iet = struct.unpack_from("!H", p, off + 12)[0]
+        env_mac = p[off + 6:off + 12]
+        off += 14
+        if iet == ETH_ARP:
+            if vni not in cfg.enis:
+                return Result(DROP, "drop_unknown_vni")
+            if worker not in cfg.workers:
+                return Result(DROP, "drop_unknown_worker")
+            self.worker_mac[worker] = outer_smac
+            return self._tunnel_arp(p, inner, off, udp_off)
+        if iet != ETH_IPV4:
+            return Result(DROP, "drop_inner_not_ipv4")
+        iip, off = self._ipv4(p, off)
+        if iip == "truncated":
+            return Result(DROP, "drop_inner_truncated")
+        if iip == "invalid":
+            return Result(DROP, "drop_inner_bad_ip")
+        if iip["frag"]:
+            return Result(DROP, "drop_inner_fragment")
+        if iip["ttl"] <= 1:
+            return Result(DROP, "drop_ttl_expired")
+        st, l4 = self._l4(p, off, iip["proto"], 8)
+        if st != "ok":
+            return Result(DROP, {"truncated": "drop_inner_truncated", "icmp": "drop_icmp_unsupported",
+                                 "proto": "drop_proto_unsupported"}[st])
+        proto = iip["proto"]
+        sport = l4["id"] if proto == ICMP else l4["sport"]
+        dport = 0 if proto == ICMP else l4["dport"]
+        key = (worker, vni, iip["src"], iip["dst"], sport, dport, proto)
+        extra: dict[str, int] = {}
+        flow = self.fwd.get(key)
+        new = False
+        if flow is None:
+            eni = cfg.enis.get(vni)
+            if eni is None:
+                return Result(DROP, "drop_unknown_vni")
+            if worker not in cfg.workers:
+                return Result(DROP, "drop_unknown_worker")
+            self.worker_mac[worker] = outer_smac
+            if not sg_allows(eni, proto, iip["dst"], dport):
+                return Result(DROP, "drop_sg_denied", extra={"eni:sg_denied": 1})
+            base = (eni.vpc_idx, eni.addr, iip["dst"], None, dport, proto)
+            used = {k[3] for k in self.rev if k[:3] == base[:3] and k[4:] == base[4:]}
+            if len(used) >= eni.port_hi - eni.port_lo + 1:
+                return Result(DROP, "drop_port_exhausted", extra={"eni:port_alloc_failed": 1})
+            port = choose_port(eni, key, base)
+            assert eni.port_lo <= port <= eni.port_hi, f"SNAT port {port} outside the ENI's range"
+            assert port not in used, f"SNAT port {port} already serves {iip['dst']}:{dport}"
+            rkey = base[:3] + (port,) + base[4:]
+            flow = Flow(key, rkey, tunnel, env_mac, eni)
+            self.fwd[key] = flow
+            self.rev[rkey] = flow
+            new = True
+            extra["eni:flows_created"] = 1
+        else:
+            flow.env_mac = env_mac
+        eni = flow.eni
+        vpc = cfg.vpcs.get(eni.vpc_idx)
+        reason = "fwd_new_flow" if new else "fwd_established"
+        if vpc is None:
+            return Result(DROP, "drop_no_vpc", extra=extra, flow=key, new_flow=new)
+        if vpc.gateway_mac is None:
+            return Result(DROP, "drop_no_gateway_mac", extra=extra, flow=key, new_flow=new)
+        # SNAT: source address and port, RFC 1624 updates, TTL, MACs; outer headers removed
+        q = bytearray(p[inner:])
+        io = iip["off"] - inner
+        eni_b = ip2b(eni.addr)
+        old_src = bytes(q[io + 12:io + 16])
+        ck = struct.unpack_from("!H", q, io + 10)[0]
+        ck = incremental(ck, old_src, eni_b)
+        q[io + 12:io + 16] = eni_b
+        old_word = bytes(q[io + 8:io + 10])
+        q[io + 8] -= 1
+        ck = incremental(ck, old_word, bytes(q[io + 8:io + 10]))
+        struct.pack_into("!H", q, io + 10, ck)
+        nat = flow.rkey[3]
+        self._l4_rewrite(q, l4, inner, proto, old_src, eni_b, "sport" if proto != ICMP else "id",
+                         nat)
+        q[0:6] = mac2b(vpc.gateway_mac)
+        q[6:12] = mac2b(vpc.if_mac)
+        extra.update({"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner})
+        return Result(REDIRECT, reason, bytes(q), extra, key, new)
+
+    @staticmethod
+    def _l4_rewrite(q: bytearray, l4: dict, base: int, proto: int, old_addr: bytes,
+                    new_addr: bytes, field_: str, new_port: int) -> None:
+        off = (l4["id_off"] if field_ == "id" else l4[f"{field_}_off"]) - base
+        c_off = l4["csum_off"] - base
+        ck = struct.unpack_from("!H", q, c_off)[0]
+        old_port = bytes(q[off:off + 2])
+        new_port_b = struct.pack("!H", new_port)
+        if not (proto == UDP and ck == 0):
+            if proto != ICMP:
+                ck = incremental(ck, old_addr, new_addr)
+            ck = incremental(ck, old_port, new_port_b)
+            if proto == UDP and ck == 0:
+                ck = 0xFFFF
+            struct.pack_into("!H", q, c_off, ck)
+        q[off:off + 2] = new_port_b
+
+    def _tunnel_arp(self, p: bytes, inner: int, off: int, udp_off: int) -> Result:
+        if len(p) < off + 28:
+            return Result(DROP, "drop_inner_truncated")
+        htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", p, off)
+        spa, tpa = p[off + 14:off + 18], p[off + 24:off + 28]
+        if (htype, ptype, hlen, plen, op) != (1, ETH_IPV4, 6, 4, 1) or spa == bytes(4) or spa == tpa:
+            return Result(DROP, "drop_arp_ignored")
+        q = bytearray(p)
+        gw = mac2b(self.cfg.gateway_mac)
+        sha = bytes(q[off + 8:off + 14])
+        q[off + 18:off + 24] = sha
+        q[off + 24:off + 28] = spa
+        q[off + 8:off + 14] = gw
+        q[off + 14:off + 18] = tpa
+        struct.pack_into("!H", q, off + 6, 2)
+        q[inner:inner + 6] = q[inner + 6:inner + 12]
+        q[inner + 6:inner + 12] = gw
+        q[0:6], q[6:12] = p[6:12], p[0:6]
+        # outer IPv4: swap addresses (checksum unchanged by a swap); outer UDP checksum zeroed
+        o = self._eth(p, 0, 2)[1]
+        q[o + 12:o + 16], q[o + 16:o + 20] = p[o + 16:o + 20], p[o + 12:o + 16]
+        struct.pack_into("!H", q, udp_off + 6, 0)
+        return Result(TX, "tx_arp_tunnel", bytes(q))
+
+    # ---- VPC -> worker ---------------------------------------------------------------------
+    def vpc(self, p: bytes, ifindex: int, udp_sport: Callable[[Flow], int]) -> Result:
+        cfg = self.cfg
+        vpc = cfg.vpc_by_ifindex(ifindex)
+        if vpc is None:
+            return Result(PASS, "pass_vpc_unknown_if")
+        if len(p) < 14:
+            return Result(PASS, "pass_vpc_not_eni")
+        et = struct.unpack_from("!H", p, 12)[0]
+        extra: dict[str, int] = {}
+        if et == ETH_ARP:
+            return self._vpc_arp(p, vpc)
+        if et != ETH_IPV4 or len(p) < 34:
+            return Result(PASS, "pass_vpc_not_eni")
+        dst = str(ipaddress.IPv4Address(p[30:34]))
+        eni = cfg.eni_at(vpc.idx, dst)
+        if eni is None:
+            return Result(PASS, "pass_vpc_not_eni")
+        ip, off = self._ipv4(p, 14)
+        if isinstance(ip, str):
+            return Result(DROP, "drop_vpc_malformed")
+        if ip["frag"]:
+            return Result(DROP, "drop_vpc_fragment")
+        if ip["ttl"] <= 1:
+            return Result(DROP, "drop_ttl_expired")
+        st, l4 = self._l4(p, off, ip["proto"], 0)
+        if st != "ok":
+            return Result(DROP, {"truncated": "drop_vpc_malformed", "icmp": "drop_icmp_unsupported",
+                                 "proto": "drop_proto_unsupported"}[st])
+        proto = ip["proto"]
+        eport = l4["id"] if proto == ICMP else l4["dport"]
+        rport = 0 if proto == ICMP else l4["sport"]
+        rkey = (vpc.idx, dst, ip["src"], eport, rport, proto)
+        flow = self.rev.get(rkey)
+        if flow is None:
+            return Result(DROP, "drop_no_flow")
+        worker = flow.key[0]
+        if worker not in cfg.workers:
+            return Result(DROP, "drop_unknown_worker")
+        if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
+            return Result(DROP, "drop_fabric_mtu")
+        q = bytearray(p)
+        env_b = ip2b(flow.key[2])
+        old_dst = bytes(q[30:34])
+        ck = incremental(struct.unpack_from("!H", q, 24)[0], old_dst, env_b)
+        q[30:34] = env_b
+        old_word = bytes(q[22:24])
+        q[22] -= 1
+        ck = incremental(ck, old_word, bytes(q[22:24]))
+        struct.pack_into("!H", q, 24, ck)
+        self._l4_rewrite(q, l4, 0, proto, old_dst, env_b, "dport" if proto != ICMP else "id",
+                         flow.key[4])
+        q[0:6] = flow.env_mac
+        q[6:12] = mac2b(cfg.gateway_mac)
+        sp = udp_sport(flow)
+        assert 49152 <= sp <= 65535, f"tunnel source port {sp} outside 49152-65535"
+        total = 20 + 8 + 8 + len(q)
+        outer_ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, UDP, 0,
+                                         ip2b(cfg.fabric_ip), ip2b(worker)))
+        struct.pack_into("!H", outer_ip, 10, checksum(bytes(outer_ip)))
+        if flow.tunnel == "geneve":
+            th = bytes([0, 0]) + struct.pack("!H", ETH_TEB) + flow.key[1].to_bytes(3, "big") + b"\0"
+            dport = GENEVE_PORT
+        else:
+            th = bytes([0x08, 0, 0, 0]) + flow.key[1].to_bytes(3, "big") + b"\0"
+            dport = VXLAN_PORT
+        outer = (self.worker_mac.get(worker, bytes(6)) + mac2b(cfg.fabric_mac) +
+                 struct.pack("!H", ETH_IPV4) + bytes(outer_ip) +
+                 struct.pack("!HHHH", sp, dport, total - 20, 0) + th)
+        extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
+        return Result(REDIRECT, "rev_established", outer + bytes(q), extra, flow.key)
+
+    def _vpc_arp(self, p: bytes, vpc: Vpc) -> Result:
+        if len(p) < 14 + 28:
+            return Result(PASS, "pass_vpc_arp")
+        htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", p, 14)
+        if (htype, ptype, hlen, plen) != (1, ETH_IPV4, 6, 4):
+            return Result(PASS, "pass_vpc_arp")
+        sha, spa, tpa = p[22:28], p[28:32], p[38:42]
+        extra = {}
+        if spa == ip2b(vpc.gateway_ip) and spa != bytes(4):
+            if vpc.gateway_mac is None or mac2b(vpc.gateway_mac) != sha:
+                vpc.gateway_mac = ":".join(f"{b:02x}" for b in sha)
+                extra["gw_mac_learned"] = 1
+        if op != 1:
+            return Result(PASS, "pass_vpc_arp", extra=extra)
+        target = str(ipaddress.IPv4Address(tpa))
+        if self.cfg.eni_at(vpc.idx, target) is None:
+            return Result(PASS, "pass_vpc_arp", extra=extra)
+        q = bytearray(p)
+        me = mac2b(vpc.if_mac)
+        q[32:38] = sha
+        q[38:42] = spa
+        q[22:28] = me
+        q[28:32] = tpa
+        struct.pack_into("!H", q, 20, 2)
+        q[0:6] = p[6:12]
+        q[6:12] = me
+        return Result(TX, "tx_arp_vpc", bytes(q), extra)
