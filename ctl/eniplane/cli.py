@@ -465,7 +465,8 @@ def eni_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 
     with Store(node) as store:
         st = store.load()
-    rows = [{**_eni_doc(e), "functions": st.eni_functions(e.id)}
+    users = st.eni_users()
+    rows = [{**_eni_doc(e), "functions": users[e.id]}
             for e in sorted(st.enis.values(), key=lambda e: e.vni)]
     output.emit(out, rows, lambda d: output.table(
         f"{len(d)} ENIs serving {sum(len(r['functions']) for r in d)} function attachments",

@@ -99,13 +99,20 @@ def build_state(doc: Any, current: State) -> State:
     # ENIs that still fit are offered first, so their addresses and VNIs survive
     st.enis = {e.id: e for e in current.enis.values()
                if e.subnet in st.subnets and all(g in st.sgs for g in e.sgs)}
+    batch = []
     for i, fn in enumerate(_items(doc, "functions")):
         subs = _field(fn, "functions", i, "subnets")
         sgs = _field(fn, "functions", i, "security_groups")
         if not isinstance(subs, list) or not isinstance(sgs, list):
             raise InvalidInput(f"functions[{i}]: subnets and security_groups must be lists")
-        st.attach_function(str(_field(fn, "functions", i, "name")), [str(x) for x in subs],
-                           [str(x) for x in sgs], prune=False)
+        batch.append((str(_field(fn, "functions", i, "name")), [str(x) for x in subs],
+                      [str(x) for x in sgs]))
+    seen: set[str] = set()
+    for name, _, _ in batch:
+        if name in seen:
+            raise InvalidInput(f"function {name} is declared twice")
+        seen.add(name)
+    st.attach_many(batch, prune=False)
     st._prune_enis()
     return st
 

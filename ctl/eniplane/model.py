@@ -281,9 +281,42 @@ class State:
     # ---- functions and ENIs ----------------------------------------------------------------
     def attach_function(self, name: str, subnets: Iterable[str], sgs: Iterable[str],
                         prune: bool = True) -> list[Eni]:
-        """Attach (or re-attach) a function; returns its ENI per subnet, in the given order.
-        prune=False keeps ENIs that no function uses yet (a declarative apply that attaches
-        functions one by one prunes once at the end)."""
+        """Attach (or re-attach) a function; returns its ENI per subnet, in the given order."""
+        return self.attach_many([(name, list(subnets), list(sgs))], prune)[0]
+
+    def attach_many(self, functions: list[tuple[str, list[str], list[str]]],
+                    prune: bool = True) -> list[list[Eni]]:
+        """Attach several functions at once, all or none. The ENI of each (subnet, group set)
+        is found or created through indexes built once, so a declarative apply of thousands of
+        functions stays linear. prune=False keeps ENIs that no function uses yet (an apply
+        offers the current ENIs first, then prunes once at the end)."""
+        checked = [self._check_function(n, s, g) for n, s, g in functions]
+        alloc = _Allocator(self)
+        saved_functions = dict(self.functions)
+        created: list[str] = []
+        out = []
+        try:
+            for name, subnets, groups in checked:
+                self.functions[name] = Function(name, subnets, list(groups))
+                enis = []
+                for s in subnets:
+                    e = alloc.by_pair.get((s, groups))
+                    if e is None:
+                        e = alloc.new_eni(s, groups)
+                        created.append(e.id)
+                    enis.append(e)
+                out.append(enis)
+        except BaseException:
+            for eid in created:
+                del self.enis[eid]
+            self.functions = saved_functions
+            raise
+        if prune:
+            self._prune_enis()
+        return out
+
+    def _check_function(self, name: str, subnets: list[str],
+                        sgs: list[str]) -> tuple[str, list[str], tuple[str, ...]]:
         check_id("function", name)
         subnets = list(dict.fromkeys(subnets))
         groups = tuple(sorted(set(sgs)))
@@ -302,13 +335,7 @@ class State:
             if self.sg(g).vpc != vpc:
                 raise InvalidInput(f"function {name}: security group {g} belongs to VPC "
                                    f"{self.sgs[g].vpc}, not {vpc}")
-        trial = self.copy()
-        trial.functions[name] = Function(name, subnets, list(groups))
-        out = [trial._eni_for(s, groups) for s in subnets]
-        if prune:
-            trial._prune_enis()
-        self.__dict__.update(trial.__dict__)
-        return out
+        return name, subnets, groups
 
     def detach_function(self, name: str) -> None:
         if name not in self.functions:
@@ -321,47 +348,78 @@ class State:
         key = tuple(sorted(set(f.sgs)))
         return [e for s in f.subnets for e in self.enis.values() if e.subnet == s and e.sgs == key]
 
-    def _eni_for(self, subnet: str, groups: tuple[str, ...]) -> Eni:
-        for e in self.enis.values():
-            if e.subnet == subnet and e.sgs == groups:
-                return e
-        e = Eni(id=self._new_eni_id(), subnet=subnet, sgs=groups,
-                address=self._free_address(subnet), vni=self._free_vni(), idx=self._free_idx())
-        self.enis[e.id] = e
-        return e
-
     def _prune_enis(self) -> None:
         used = {(s, tuple(sorted(set(f.sgs)))) for f in self.functions.values() for s in f.subnets}
         for eid in [e.id for e in self.enis.values() if (e.subnet, e.sgs) not in used]:
             del self.enis[eid]
 
-    def _new_eni_id(self) -> str:
+    def eni_users(self) -> dict[str, list[str]]:
+        """ENI id -> the functions it serves, for every ENI at once."""
+        by_pair = {(e.subnet, e.sgs): e.id for e in self.enis.values()}
+        out: dict[str, list[str]] = {e: [] for e in self.enis}
+        for f in sorted(self.functions.values(), key=lambda f: f.name):
+            key = tuple(sorted(set(f.sgs)))
+            for s in f.subnets:
+                if (s, key) in by_pair:
+                    out[by_pair[(s, key)]].append(f.name)
+        return out
+
+
+class _Allocator:
+    """Indexes over a State's ENIs for one batch of attachments: which ENI serves a (subnet,
+    group set), and the next free address, VNI and handle, each found without rescanning."""
+
+    def __init__(self, st: State):
+        self.st = st
+        self.by_pair = {(e.subnet, e.sgs): e for e in st.enis.values()}
+        self.used_addr: dict[str, set[str]] = {}
+        for e in st.enis.values():
+            self.used_addr.setdefault(e.subnet, set()).add(e.address)
+        self.next_addr: dict[str, int] = {}
+        self.used_vni = {e.vni for e in st.enis.values()}
+        self.next_vni = max(self.used_vni, default=VNI_FIRST - 1) + 1
+        self.used_idx = {e.idx for e in st.enis.values()}
+        self.next_idx = 1
+
+    def new_eni(self, subnet: str, groups: tuple[str, ...]) -> Eni:
+        e = Eni(id=self._id(), subnet=subnet, sgs=groups, address=self._address(subnet),
+                vni=self._vni(), idx=self._idx())
+        self.st.enis[e.id] = e
+        self.by_pair[(subnet, groups)] = e
+        return e
+
+    def _id(self) -> str:
         while True:
             eid = "eni-" + secrets.token_hex(9)[:17]
-            if eid not in self.enis:
+            if eid not in self.st.enis:
                 return eid
 
-    def _free_address(self, subnet: str) -> str:
-        net = ipaddress.IPv4Network(self.subnets[subnet].cidr)
-        used = {e.address for e in self.enis.values() if e.subnet == subnet}
+    def _address(self, subnet: str) -> str:
+        net = ipaddress.IPv4Network(self.st.subnets[subnet].cidr)
+        used = self.used_addr.setdefault(subnet, set())
         first, last = int(net.network_address) + 4, int(net.broadcast_address) - 1
-        for a in range(first, last + 1):
-            s = str(ipaddress.IPv4Address(a))
-            if s not in used:
-                return s
-        raise InvalidInput(f"subnet {subnet} ({net}) has no free address left")
+        a = self.next_addr.get(subnet, first)
+        while a <= last and str(ipaddress.IPv4Address(a)) in used:
+            a += 1
+        if a > last:
+            raise InvalidInput(f"subnet {subnet} ({net}) has no free address left")
+        addr = str(ipaddress.IPv4Address(a))
+        used.add(addr)
+        self.next_addr[subnet] = a + 1
+        return addr
 
-    def _free_idx(self) -> int:
-        """The lowest free handle: the datapath indexes per-ENI counters by it (below MAX_ENIS)."""
-        used = {e.idx for e in self.enis.values()}
-        return next(i for i in range(1, len(used) + 2) if i not in used)
+    def _vni(self) -> int:
+        v = self.next_vni
+        if v > VNI_LAST:
+            v = next((x for x in range(VNI_FIRST, VNI_LAST + 1) if x not in self.used_vni), None)
+            if v is None:
+                raise InvalidInput("no free VNI left")
+        self.used_vni.add(v)
+        self.next_vni = v + 1
+        return v
 
-    def _free_vni(self) -> int:
-        used = {e.vni for e in self.enis.values()}
-        v = max(used, default=VNI_FIRST - 1) + 1
-        if v <= VNI_LAST:
-            return v
-        for v in range(VNI_FIRST, VNI_LAST + 1):
-            if v not in used:
-                return v
-        raise InvalidInput("no free VNI left")
+    def _idx(self) -> int:
+        while self.next_idx in self.used_idx:
+            self.next_idx += 1
+        self.used_idx.add(self.next_idx)
+        return self.next_idx
