@@ -121,3 +121,33 @@ def test_bad_ports(ports, proto, msg):
         return
     with pytest.raises(InvalidInput, match=msg):
         parse_ports(ports, proto)
+
+
+def test_batch_attach_is_all_or_nothing(st):
+    st.add_subnet("tiny", "vpc-a", "10.0.3.0/28")  # 11 usable addresses
+    st.attach_many([("f1", ["tiny"], ["sg-1"]), ("f2", ["tiny"], ["sg-2"]),
+                    ("f3", ["tiny"], ["sg-1", "sg-2"]), ("f4", ["tiny"], ["sg-2", "sg-1"])])
+    assert len(st.enis) == 3  # f3 and f4 share
+    groups = [f"g{i}" for i in range(12)]
+    for g in groups:
+        st.add_sg(g, "vpc-a")
+    snapshot = st.copy()
+    with pytest.raises(InvalidInput, match="no free address"):
+        st.attach_many([(f"x{i}", ["tiny"], [g]) for i, g in enumerate(groups)])
+    assert st == snapshot  # nothing of the failed batch stayed
+
+
+def test_ten_thousand_enis_get_distinct_addresses_vnis_and_handles():
+    from eniplane.config import build_state
+
+    doc = {"vpcs": [{"id": "v", "cidr": "10.0.0.0/8", "iface": "i", "gateway": "10.0.0.1"}],
+           "subnets": [{"id": f"s{i}", "vpc": "v", "cidr": f"10.1.{i}.0/24"} for i in range(40)],
+           "security_groups": [{"id": f"g{j}", "vpc": "v", "egress": [], "ingress": []}
+                               for j in range(250)],
+           "functions": [{"name": f"f{k}", "subnets": [f"s{k // 250}"],
+                          "security_groups": [f"g{k % 250}"]} for k in range(10_000)]}
+    st = build_state(doc, State())
+    assert len(st.enis) == 10_000
+    assert len({e.vni for e in st.enis.values()}) == 10_000
+    assert len({(e.subnet, e.address) for e in st.enis.values()}) == 10_000
+    assert sorted(e.idx for e in st.enis.values()) == list(range(1, 10_001))
