@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flows", default="1,1000,65536", help="flow counts, comma separated")
     ap.add_argument("--fill", type=int, default=1_000_000, help="flows for the scale step")
     ap.add_argument("--enis", type=int, default=10_000, help="ENIs for the apply step")
+    ap.add_argument("--generator", choices=["auto", "xdp", "pktgen"], default="auto",
+                    help="auto: pktgen where the kernel has it, XDP live frames otherwise")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--png", type=Path, help="write the throughput chart here")
     a = ap.parse_args(argv)
@@ -41,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                  "setup": "single core: generator, node and sink share CPU0"}
     if "throughput" in what:
         from . import throughput
-        res = throughput.run(flows, a.seconds, a.repeats, progress)
+        from .gen import have_pktgen
+        backend = a.generator if a.generator != "auto" else ("pktgen" if have_pktgen() else "xdp")
+        if backend == "pktgen" and not have_pktgen():
+            ap.error("--generator pktgen: this kernel has no pktgen (/proc/net/pktgen)")
+        progress(f"generator: {backend}")
+        res = throughput.run(flows, a.seconds, a.repeats, progress, backend)
         doc["throughput"] = {"results": res, "ratios": throughput.ratios(res),
                              "seconds": a.seconds, "repeats": a.repeats}
     if "cost" in what:

@@ -118,7 +118,7 @@ class PktgenGenerator:
     PROC = Path("/proc/net/pktgen")
 
     def __init__(self, ns: str, ifname: str, dst_ip: str, dst_mac: str,
-                 ports: list[tuple[int, int]], size: int = 64):
+                 ports: list[tuple[int, int]], size: int = 64, src_ip: str | None = None):
         if not self.PROC.exists():
             raise RuntimeError("pktgen is not available (no /proc/net/pktgen; modprobe pktgen)")
         self.ns, self.ifname = ns, ifname
@@ -128,6 +128,8 @@ class PktgenGenerator:
                      f"udp_src_min {lo}", f"udp_src_max {hi}", f"udp_dst_min {ports[0][1]}",
                      f"udp_dst_max {ports[0][1]}", "flag UDPSRC_RND", f"flows {len(ports)}",
                      "flowlen 1", "count 0", "burst 32"]
+        if src_ip:
+            self.cmds[:0] = [f"src_min {src_ip}", f"src_max {src_ip}"]
 
     def _pg(self, path: str, cmd: str) -> None:
         from eniplane.lab import _run

@@ -30,8 +30,8 @@ def tables(doc: dict) -> None:
         table("throughput (Mpps, median of runs; spread min-max)",
               ["direction", "path", "flows", "Mpps", "spread"], rows)
         table("eniplane vs the ceiling and the Linux stack, same run",
-              ["direction", "flows", "eniplane Mpps", "/ ceiling", "/ Linux"],
-              [(r["direction"], f"{r['flows']:,}", f"{r['eniplane_mpps']:.2f}",
+              ["direction", "path", "flows", "eniplane Mpps", "/ ceiling", "/ Linux"],
+              [(r["direction"], r["scenario"], f"{r['flows']:,}", f"{r['eniplane_mpps']:.2f}",
                 f"{r['vs_ceiling']:.0%}" if r["vs_ceiling"] else "-",
                 f"{r['vs_linux']:.1f}x" if r["vs_linux"] else "-")
                for r in doc["throughput"]["ratios"]])
@@ -86,7 +86,8 @@ def chart(doc: dict, path: Path) -> bool:
         return False
     dirs = [d for d in ("forward", "return") if any(r["direction"] == d for r in res)]
     flows = sorted({r["flows"] for r in res})
-    scen = ["ceiling", "eniplane", "linux"]
+    scen = [s for s in ("ceiling", "eniplane", "eniplane-geneve", "linux")
+            if any(r["scenario"] == s for r in res)]
     fig, axes = plt.subplots(1, len(dirs), figsize=(5 * len(dirs), 3.6), squeeze=False)
     for ax, d in zip(axes[0], dirs):
         w = 0.8 / len(scen)

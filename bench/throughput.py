@@ -23,6 +23,8 @@ from .gen import Sink, XdpGenerator, rfc4814_ports
 FWD_LEN = 110  # the VXLAN frame size of the shared notes' reference figures
 RET_LEN = 64
 FWD_SPORT_OFF, FWD_DPORT_OFF = 84, 86  # inner UDP ports in a VXLAN frame
+GENEVE_OPT = bytes([0x01, 0x02, 0x03, 0x01, 0xAA, 0xBB, 0xCC, 0xDD])  # one 8-byte option
+GENEVE_SPORT_OFF, GENEVE_DPORT_OFF = 84 + len(GENEVE_OPT), 86 + len(GENEVE_OPT)
 RET_SPORT_OFF, RET_DPORT_OFF = 34, 36
 
 
@@ -34,6 +36,19 @@ def fwd_template(t: T.Topo) -> bytes:
         VXLAN(vni=T.VNI, flags=0x08) / inner
     raw = bytes(f)
     pad = FWD_LEN - len(raw)
+    return bytes(Ether(raw) / Raw(b"\0" * pad)) if pad > 0 else raw
+
+
+def geneve_template(t: T.Topo) -> bytes:
+    """The VXLAN template's inner frame in GENEVE, with one option (RFC 8926)."""
+    inner = Ether(src=T.ENV_MAC, dst=T.GATEWAY_MAC) / IP(src=T.ENV_IP, dst=T.SERVER) / \
+        UDP(sport=1, dport=1, chksum=0)
+    gen = bytes([len(GENEVE_OPT) // 4, 0, 0x65, 0x58]) + T.VNI.to_bytes(3, "big") + b"\0" + GENEVE_OPT
+    f = Ether(src=t.mac[("gen", "g0")], dst=t.mac[("node", "fab0")]) / \
+        IP(src=T.GEN_IP, dst=T.FABRIC_IP) / UDP(sport=49152, dport=6081, chksum=0) / \
+        Raw(gen) / inner
+    raw = bytes(f)
+    pad = FWD_LEN + len(GENEVE_OPT) - len(raw)
     return bytes(Ether(raw) / Raw(b"\0" * pad)) if pad > 0 else raw
 
 
@@ -76,17 +91,54 @@ def reply_ports(t: T.Topo, scenario: str, ports: list[tuple[int, int]], dp=None)
     return [(d, s) for s, d in ports]
 
 
+def _generator(backend: str, t: T.Topo, direction: str, ports: list[tuple[int, int]],
+               tunnel: str = "vxlan"):
+    """The generator for one direction: XDP live frames, or pktgen where the kernel has it
+    (forward through a VXLAN or GENEVE device of the generator's namespace, which pktgen feeds
+    inner frames; return straight out of the VPC host's interface)."""
+    if backend == "pktgen":
+        from .gen import PktgenGenerator
+
+        if direction == "forward":
+            dev = t.tunnel_device(tunnel)
+            return PktgenGenerator(t.ns["gen"], dev, T.SERVER, T.GATEWAY_MAC, ports, size=64,
+                                   src_ip=T.ENV_IP)
+        return PktgenGenerator(t.ns["sink"], "s0", T.ENI_IP, t.mac[("node", "vpca")], ports,
+                               size=RET_LEN, src_ip=T.SERVER)
+    if direction == "forward" and tunnel == "geneve":
+        return XdpGenerator(t.ns["gen"], "g0", _fix_lengths(geneve_template(t)), ports,
+                            GENEVE_SPORT_OFF, GENEVE_DPORT_OFF)
+    if direction == "forward":
+        return XdpGenerator(t.ns["gen"], "g0", _fix_lengths(fwd_template(t)), ports,
+                            FWD_SPORT_OFF, FWD_DPORT_OFF)
+    return XdpGenerator(t.ns["sink"], "s0", _fix_lengths(ret_template(t)), ports or [(1, 1)],
+                        RET_SPORT_OFF, RET_DPORT_OFF)
+
+
 def run(flow_counts: list[int], seconds: float, repeats: int,
-        progress: Callable[[str], None] = print) -> list[dict]:
+        progress: Callable[[str], None] = print, backend: str = "xdp") -> list[dict]:
     from .gen import pin_cpu0
 
     pin_cpu0()
     results = []
+
+    def measured(direction, scenario, n, gen, sink, warm=0):
+        try:
+            if warm:
+                gen.run(0, max_packets=warm)  # warm-up: every flow opened
+            r = measure(gen, sink, seconds, repeats)
+        finally:
+            gen.close()
+        results.append({"direction": direction, "scenario": scenario, "flows": n,
+                        "generator": backend, **r})
+        progress(f"  {r['mpps']:.2f} Mpps")
+
     with T.Topo() as t:
         fwd_sink = Sink(t.ns["sink"], "s0")
         try:
             for n in flow_counts:
                 ports = rfc4814_ports(n)
+                warm = max(2 * n, 1000)
                 for scenario in ("ceiling", "eniplane", "linux"):
                     progress(f"forward {scenario}, {n} flows")
                     dp = None
@@ -96,33 +148,25 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
                         dp = t.eniplane()
                     else:
                         t.linux()
-                    gen = XdpGenerator(t.ns["gen"], "g0", _fix_lengths(fwd_template(t)), ports,
-                                       FWD_SPORT_OFF, FWD_DPORT_OFF)
-                    try:
-                        gen.run(0, max_packets=max(2 * n, 1000))  # warm-up: every flow opened
-                        r = measure(gen, fwd_sink, seconds, repeats)
-                    finally:
-                        gen.close()
-                    results.append({"direction": "forward", "scenario": scenario, "flows": n, **r})
-                    progress(f"  {r['mpps']:.2f} Mpps")
+                    measured("forward", scenario, n, _generator(backend, t, "forward", ports),
+                             fwd_sink, warm)
+                    if scenario == "eniplane" and (backend == "xdp" or t.has_geneve()):
+                        progress(f"forward eniplane over GENEVE (one option), {n} flows")
+                        measured("forward", "eniplane-geneve", n,
+                                 _generator(backend, t, "forward", ports, "geneve"), fwd_sink)
                     # the return path, while the flows exist
                     progress(f"return {scenario}, {n} flows")
                     if scenario == "ceiling":
                         t.ceiling(reverse=True)
                     rports = reply_ports(t, scenario, ports, dp)
                     ret_sink = Sink(t.ns["gen"], "g0")
-                    gen = XdpGenerator(t.ns["sink"], "s0", _fix_lengths(ret_template(t)),
-                                       rports or [(1, 1)], RET_SPORT_OFF, RET_DPORT_OFF)
                     try:
-                        r = measure(gen, ret_sink, seconds, repeats)
+                        measured("return", scenario, n,
+                                 _generator(backend, t, "return", rports), ret_sink)
                     finally:
-                        gen.close()
                         ret_sink.close()
                     if dp is not None:
                         dp.close()
-                    results.append({"direction": "return", "scenario": scenario, "flows": n,
-                                    **r})
-                    progress(f"  {r['mpps']:.2f} Mpps")
         finally:
             fwd_sink.close()
     return results
@@ -132,9 +176,9 @@ def ratios(results: list[dict]) -> list[dict]:
     out = []
     by = {(r["direction"], r["scenario"], r["flows"]): r["mpps"] for r in results}
     for (d, s, n), v in by.items():
-        if s != "eniplane":
+        if not s.startswith("eniplane"):
             continue
         c, lx = by.get((d, "ceiling", n)), by.get((d, "linux", n))
-        out.append({"direction": d, "flows": n, "eniplane_mpps": v,
+        out.append({"direction": d, "scenario": s, "flows": n, "eniplane_mpps": v,
                     "vs_ceiling": v / c if c else None, "vs_linux": v / lx if lx else None})
     return out

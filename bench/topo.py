@@ -156,6 +156,29 @@ class Topo:
         self._pass("node", "fab0")
         self._pass("node", "vpca")
 
+    def tunnel_device(self, kind: str) -> str:
+        """A VXLAN or GENEVE device in the generator's namespace, towards the node: pktgen feeds
+        it inner frames and the kernel encapsulates them (the Vagrant VM has both devices)."""
+        name = "vxg" if kind == "vxlan" else "gng"
+        if not netlink.netns_exists(self.ns["gen"]):
+            raise RuntimeError("no generator namespace")
+        if kind == "vxlan":
+            sh(self.ns["gen"], "ip", "link", "add", name, "type", "vxlan", "id", str(VNI),
+               "remote", FABRIC_IP, "local", GEN_IP, "dstport", "4789", "dev", "g0", check=False)
+        else:
+            sh(self.ns["gen"], "ip", "link", "add", name, "type", "geneve", "id", str(VNI),
+               "remote", FABRIC_IP)
+        sh(self.ns["gen"], "ip", "link", "set", name, "address", ENV_MAC, "up")
+        return name
+
+    def has_geneve(self) -> bool:
+        p = subprocess.run(["ip", "netns", "exec", self.ns["gen"], "ip", "link", "add", "gnprobe",
+                            "type", "geneve", "id", "1", "remote", FABRIC_IP],
+                           capture_output=True)
+        if p.returncode == 0:
+            sh(self.ns["gen"], "ip", "link", "del", "gnprobe")
+        return p.returncode == 0
+
     def _pass(self, role: str, ifname: str) -> None:
         from eniplane import bpfsys
         import os

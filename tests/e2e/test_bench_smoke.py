@@ -18,7 +18,8 @@ def test_bench_smoke(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(out.read_text())
     scen = {(r["direction"], r["scenario"]) for r in doc["throughput"]["results"]}
-    assert scen == {(d, s) for d in ("forward", "return") for s in ("ceiling", "eniplane", "linux")}
+    assert scen == {(d, s) for d in ("forward", "return") for s in ("ceiling", "eniplane", "linux")} \
+        | {("forward", "eniplane-geneve")}
     # every scenario moved packets end to end (a broken path would count zero at the sink)
     assert all(r["mpps"] > 0 for r in doc["throughput"]["results"]), doc["throughput"]
     assert set(doc["cost"]["new_flow_ns"]) == {"1", "60", "300"}
