@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--png", type=Path, help="write the throughput chart here")
     a = ap.parse_args(argv)
+    from eniplane.signals import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed run still removes its namespaces and pins
     bad = set(a.what) - {"all", "throughput", "cost", "scale", "control"}
     if bad:
         ap.error(f"unknown step {sorted(bad)[0]!r}")

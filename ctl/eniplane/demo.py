@@ -42,6 +42,9 @@ def main() -> int:
     from .lab import VPC_SERVER, Lab
 
     keep = os.environ.get("KEEP") == "1"
+    from eniplane.signals import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed run still removes its namespaces and pins
     t0 = time.monotonic()
     step("building the lab: a node, a fabric, two workers, two VPCs that both use 10.0.0.0/16")
     lab = Lab.create()

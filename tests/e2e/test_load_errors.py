@@ -21,8 +21,12 @@ def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypat
     (bad / "eniplane.c").write_text(src)
     monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
     name = f"{lab.prefix}-bad"
-    with pytest.raises(LoadError) as e:
-        nodemod.up(name, "vpcb", lab.fabric_ip, lab.node_ns)
+    try:
+        with pytest.raises(LoadError) as e:
+            nodemod.up(name, "vpcb", lab.fabric_ip, lab.node_ns)
+    finally:  # had the load wrongly succeeded, leave nothing behind for the next test
+        if nodemod.is_up(name):
+            nodemod.down(name)
     msg = str(e.value)
     assert "xdp_vpc" in msg and "invalid access to packet" in msg
     assert len(msg.splitlines()) <= 14

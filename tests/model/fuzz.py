@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--max-seq", type=int, default=200)
     a = ap.parse_args(argv)
+    from eniplane.signals import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed run still removes its namespaces and pins
 
     from eniplane import loader, paths
     from eniplane.lab import Lab
