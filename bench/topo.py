@@ -34,15 +34,14 @@ def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> str
 
 class Topo:
     def __init__(self) -> None:
-        from pyroute2 import netns as nsmod
-
         self.prefix = f"epb{secrets.token_hex(3)}"
         self.ns = {r: f"{self.prefix}-{r}" for r in ("gen", "node", "sink")}
         self.node_name = f"{self.prefix}-node"
-        self.pass_fd = -1
+        self.created: list[str] = []  # destroy() removes only what this run made
         try:
             for n in self.ns.values():
-                nsmod.create(n)
+                netlink.netns_add(n)
+                self.created.append(n)
                 with netlink.ipr(n) as ipr:
                     ipr.link("set", index=netlink.link_index(ipr, "lo"), state="up")
             self._veth(self.ns["gen"], "g0", self.ns["node"], "fab0", 3000)
@@ -190,15 +189,12 @@ class Topo:
             os.close(fd)
 
     def destroy(self) -> None:
-        from pyroute2 import netns as nsmod
-
         try:
             self.clear()
         except Exception:
             pass
-        for n in self.ns.values():
-            if netlink.netns_exists(n):
-                nsmod.remove(n)
+        for n in self.created:
+            netlink.netns_del(n)
 
     def __enter__(self) -> "Topo":
         return self

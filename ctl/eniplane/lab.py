@@ -76,11 +76,9 @@ class Lab:
         return lab
 
     def _build(self, servers: bool) -> None:
-        from pyroute2 import netns as nsmod
-
         for role in ("node", "fabric", "w1", "w2", "vpca", "vpcb"):
             name = f"{self.prefix}-{role}"
-            nsmod.create(name)
+            netlink.netns_add(name)  # recorded only once it is ours: destroy() removes by name
             self.namespaces[role] = name
         node, fab = self.namespaces["node"], self.namespaces["fabric"]
         for role in self.namespaces.values():
@@ -168,10 +166,8 @@ class Lab:
         Linux VXLAN device whose socket stays in the worker's namespace (a real kernel peer)."""
         if tunnel != "vxlan":
             raise EniplaneError("the lab's kernel peers speak VXLAN only (no GENEVE device here)")
-        from pyroute2 import netns as nsmod
-
         ns = f"{self.prefix}-env-{name}"
-        nsmod.create(ns)
+        netlink.netns_add(ns)
         self.namespaces[f"env-{name}"] = ns
         wns = self.namespaces[worker]
         dev = f"vx{len(self.envs)}"
@@ -209,8 +205,6 @@ class Lab:
         return sorted(p.stem for p in LAB_DIR.glob("*.json")) if LAB_DIR.exists() else []
 
     def destroy(self) -> None:
-        from pyroute2 import netns as nsmod
-
         for pid in self.pids:
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -219,11 +213,7 @@ class Lab:
         for pid in self.pids:
             _reap(pid)
         for ns in list(self.namespaces.values())[::-1]:
-            if netlink.netns_exists(ns):
-                try:
-                    nsmod.remove(ns)
-                except OSError:
-                    pass
+            netlink.netns_del(ns)
         (LAB_DIR / f"{self.prefix}.json").unlink(missing_ok=True)
 
     def __enter__(self) -> "Lab":

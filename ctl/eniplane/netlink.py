@@ -33,12 +33,14 @@ def _where(ns: str | None) -> str:
 
 @contextmanager
 def ipr(ns: str | None = None) -> Iterator["object"]:
+    """A netlink socket bound to `ns`. It is opened from inside the namespace by this very
+    thread (setns there and back), not through pyroute2's forked helper, whose time-out under
+    load could leave a socket in the wrong namespace."""
     from pyroute2 import IPRoute  # deferred: pyroute2 costs ~100 ms to import
 
-    if ns and not netns_exists(ns):
-        raise NotFound(f"network namespace {ns} does not exist")
     try:
-        sock = IPRoute(netns=ns) if ns else IPRoute()
+        with in_netns(ns):
+            sock = IPRoute()
     except OSError as e:
         raise NetlinkError(f"cannot open netlink in {_where(ns)}", e.errno) from None
     try:
@@ -131,8 +133,27 @@ def in_netns(ns: str | None) -> Iterator[None]:
         raise NotFound(f"network namespace {ns} does not exist")
     from pyroute2 import netns as _netns
 
-    _netns.pushns(ns)
+    _netns.pushns(ns)  # setns(2) in this thread; never creates the namespace
     try:
         yield
     finally:
         _netns.popns()
+
+
+def netns_add(name: str) -> None:
+    """Create a named namespace with iproute2, synchronously (the bind mount is in place when
+    this returns; pyroute2's create() runs in a child process with a time-out)."""
+    import subprocess
+
+    p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if p.returncode != 0:
+        if netns_exists(name):
+            raise AlreadyExists(f"network namespace {name} already exists")
+        raise NetlinkError(f"cannot create network namespace {name}: {p.stderr.strip()}")
+
+
+def netns_del(name: str) -> None:
+    import subprocess
+
+    if netns_exists(name):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
