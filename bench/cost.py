@@ -142,7 +142,7 @@ def _memlock(fd: int) -> int:
 def scale(fill: int = 1_000_000, probe: int = 20_000, progress=print) -> dict:
     """Fill the flow tables with `fill` flows; the established path at that size; memory."""
     with T.Topo() as t:
-        dp = t.eniplane()
+        dp = t.eniplane(max_flows=max(1 << 20, 1 << (fill - 1).bit_length()))
         r = Runner(t)
         try:
             pkt = _fwd_packet(t, 40000)

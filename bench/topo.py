@@ -115,15 +115,16 @@ class Topo:
         self._keep = b  # the attachment holds the program; the object holds the maps' fds
         return 0
 
-    def eniplane(self) -> "object":
-        """Bring the real node up and configure one worker, one VPC and one ENI."""
+    def eniplane(self, max_flows: int = 262144) -> "object":
+        """Bring the real node up (flow tables of `max_flows` per direction, the default of
+        `eniplane up`) and configure one worker, one VPC and one ENI."""
         from eniplane import node as nodemod
         from eniplane.datapath import Datapath
         from eniplane.sgcompile import Rule
 
         self.clear()
         nodemod.up(self.node_name, "fab0", FABRIC_IP, self.ns["node"],
-                   defines={"MAX_FLOWS": 1 << 20})
+                   defines={"MAX_FLOWS": max_flows})
         info = nodemod.attach_vpc_if(self.node_name, "vpca")
         dp = Datapath(self.node_name, self.ns["node"])
         dp.set_vpc(info["ifindex"], 1, SERVER, info["mac"], info["slot"],
