@@ -73,6 +73,10 @@ def write_json(doc: dict, path: Path) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+COLORS = {"ceiling": "#4c72b0", "eniplane": "#dd8452", "eniplane-geneve": "#c44e52",
+          "linux": "#55a868"}
+
+
 def chart(doc: dict, path: Path) -> bool:
     """Throughput bars per flow count and direction; False when matplotlib is missing."""
     try:
@@ -86,19 +90,21 @@ def chart(doc: dict, path: Path) -> bool:
         return False
     dirs = [d for d in ("forward", "return") if any(r["direction"] == d for r in res)]
     flows = sorted({r["flows"] for r in res})
-    scen = [s for s in ("ceiling", "eniplane", "eniplane-geneve", "linux")
-            if any(r["scenario"] == s for r in res)]
-    fig, axes = plt.subplots(1, len(dirs), figsize=(5 * len(dirs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(dirs), figsize=(5 * len(dirs), 4.0), squeeze=False)
     for ax, d in zip(axes[0], dirs):
+        scen = [s for s in ("ceiling", "eniplane", "eniplane-geneve", "linux")
+                if any((r["scenario"], r["direction"]) == (s, d) for r in res)]
         w = 0.8 / len(scen)
         for i, s in enumerate(scen):
             vals = [next((r["mpps"] for r in res if (r["direction"], r["scenario"], r["flows"])
                           == (d, s, f)), 0) for f in flows]
-            ax.bar([x + i * w for x in range(len(flows))], vals, w, label=s)
-        ax.set_xticks([x + w for x in range(len(flows))], [f"{f:,} flows" for f in flows])
+            ax.bar([x + i * w for x in range(len(flows))], vals, w, label=s, color=COLORS[s])
+        ax.set_xticks([x + w * (len(scen) - 1) / 2 for x in range(len(flows))],
+                      [f"{f:,} flows" for f in flows])
         ax.set_ylabel("Mpps")
         ax.set_title(f"{d} path")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(scen),
+                  frameon=False)
     m = doc.get("machine", {})
     fig.suptitle(f"eniplane throughput, {m.get('cores')} cores, Linux {m.get('kernel')}",
                  fontsize=10)
