@@ -127,10 +127,7 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
     from .datapath import Datapath
 
     if eni:
-        from .store import Store
-
-        with Store(node) as store:
-            e = store.load().eni(eni)
+        e = _state(node).eni(eni)
         with Datapath(node) as dp:
             counters = dp.eni_stats(e.vni).get(e.vni) or {
                 k: 0 for k in dp.map("eni_stats").value_fields}  # not programmed yet
@@ -229,6 +226,14 @@ def lab_list(out: Format = OUT_OPT) -> None:
 
 
 # ---- control plane ------------------------------------------------------------------------
+def _state(node: str):
+    """The stored desired state, for commands that only read it."""
+    from .store import Store
+
+    with Store(node) as store:
+        return store.load()
+
+
 def _report(rep) -> None:
     for w in rep.warnings:
         output.info(f"warning: {w}")
@@ -257,10 +262,7 @@ def vpc_add(vpc_id: str = typer.Argument(..., metavar="ID"),
 @vpc_app.command("list")
 def vpc_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """VPCs with their interface and gateway."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     rows = [{"id": v.id, "cidr": v.cidr, "iface": v.iface, "gateway": v.gateway, "idx": v.idx,
              "subnets": sorted(s.id for s in st.subnets.values() if s.vpc == v.id)}
             for v in sorted(st.vpcs.values(), key=lambda v: v.id)]
@@ -286,10 +288,7 @@ def subnet_add(subnet_id: str = typer.Argument(..., metavar="ID"),
 @subnet_app.command("list")
 def subnet_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Subnets with their VPC and ENIs."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     rows = [{"id": s.id, "vpc": s.vpc, "cidr": s.cidr,
              "enis": sorted(e.id for e in st.enis.values() if e.subnet == s.id)}
             for s in sorted(st.subnets.values(), key=lambda s: s.id)]
@@ -356,10 +355,7 @@ def _sg_doc(st, g) -> dict:
 @sg_app.command("list")
 def sg_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Security groups with their rule counts."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     rows = [_sg_doc(st, g) for g in sorted(st.sgs.values(), key=lambda g: g.id)]
     output.emit(out, rows, lambda d: output.table(
         None, ["group", "vpc", "egress", "ingress", "functions"],
@@ -371,10 +367,7 @@ def sg_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 def sg_show(sg_id: str = typer.Argument(..., metavar="SG"), node: str = NODE_OPT,
             out: Format = OUT_OPT) -> None:
     """One security group's rules."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     doc = _sg_doc(st, st.sg(sg_id))
     output.emit(out, doc, lambda d: output.table(
         f"security group {d['id']} (VPC {d['vpc']})", ["direction", "proto", "ports", "cidr"],
@@ -396,10 +389,7 @@ def worker_add(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT
 @worker_app.command("list")
 def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Registered worker hosts and the MACs the datapath learned for them."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     macs = {}
     from . import node as nodemod
     if nodemod.is_up(node):
@@ -445,10 +435,7 @@ def function_detach(name: str = typer.Argument(..., metavar="NAME"), node: str =
 @function_app.command("list")
 def function_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Functions with their subnets, groups and ENIs."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     rows = [{"name": f.name, "subnets": f.subnets, "security_groups": f.sgs,
              "enis": [_eni_doc(e) for e in st.function_enis(f.name)]}
             for f in sorted(st.functions.values(), key=lambda f: f.name)]
@@ -461,10 +448,7 @@ def function_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 @eni_app.command("list")
 def eni_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Shared ENIs and the functions each one serves."""
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     users = st.eni_users()
     rows = [{**_eni_doc(e), "functions": users[e.id]}
             for e in sorted(st.enis.values(), key=lambda e: e.vni)]
@@ -480,10 +464,7 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
              out: Format = OUT_OPT) -> None:
     """One ENI: its functions, groups, flows in use and counters."""
     from . import node as nodemod
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     e = st.eni(eni_id)
     doc = {**_eni_doc(e), "vpc": st.subnets[e.subnet].vpc, "functions": st.eni_functions(e.id),
            "flows": None, "counters": None}
@@ -527,10 +508,7 @@ def flows(ctx: typer.Context,
     if ctx.invoked_subcommand:
         return
     from .datapath import Datapath
-    from .store import Store
-
-    with Store(node) as store:
-        st = store.load()
+    st = _state(node)
     vnis = None
     if eni:
         vnis = {st.eni(eni).vni}
@@ -559,11 +537,7 @@ def flows_flush(eni: Optional[str] = typer.Option(None, "--eni", "-e"),
     """Remove flows (all, or one ENI's): their next packet is a new flow, checked again."""
     from .datapath import Datapath
 
-    vni = None
-    if eni:
-        from .store import Store
-        with Store(node) as store:
-            vni = store.load().eni(eni).vni
+    vni = _state(node).eni(eni).vni if eni else None
     with Datapath(node) as dp:
         n = dp.flush_flows(vni=vni)
     output.info(f"flushed {n} flows")

@@ -184,6 +184,22 @@ class Model:
                       "dport_off": off + 2, "sport": sport, "dport": dport,
                       "flags": p[off + 13] if proto == TCP else 0}
 
+    def _ip_l4(self, p: bytes, off: int, echo_type: int, names: dict[str, str]):
+        """The IPv4 and L4 checks both directions share (RFC 791: fragments carry no ports,
+        TTL 1 cannot be forwarded); `names` are the side's counters. (ip, l4) or (Result, None)."""
+        ip, off = self._ipv4(p, off)
+        if isinstance(ip, str):
+            return Result(DROP, names[ip]), None
+        if ip["frag"]:
+            return Result(DROP, names["fragment"]), None
+        if ip["ttl"] <= 1:
+            return Result(DROP, "drop_ttl_expired"), None
+        st, l4 = self._l4(p, off, ip["proto"], echo_type)
+        if st != "ok":
+            return Result(DROP, {"truncated": names["truncated"], "icmp": "drop_icmp_unsupported",
+                                 "proto": "drop_proto_unsupported"}[st]), None
+        return ip, l4
+
     # ---- worker -> VPC ---------------------------------------------------------------------
     def fabric(self, p: bytes, choose_port: Callable[[Eni, tuple, tuple], int]) -> Result:
         cfg = self.cfg
@@ -249,19 +265,11 @@ class Model:
             return self._tunnel_arp(p, inner, off, udp_off)
         if iet != ETH_IPV4:
             return Result(DROP, "drop_inner_not_ipv4")
-        iip, off = self._ipv4(p, off)
-        if iip == "truncated":
-            return Result(DROP, "drop_inner_truncated")
-        if iip == "invalid":
-            return Result(DROP, "drop_inner_bad_ip")
-        if iip["frag"]:
-            return Result(DROP, "drop_inner_fragment")
-        if iip["ttl"] <= 1:
-            return Result(DROP, "drop_ttl_expired")
-        st, l4 = self._l4(p, off, iip["proto"], 8)
-        if st != "ok":
-            return Result(DROP, {"truncated": "drop_inner_truncated", "icmp": "drop_icmp_unsupported",
-                                 "proto": "drop_proto_unsupported"}[st])
+        iip, l4 = self._ip_l4(p, off, 8, {"truncated": "drop_inner_truncated",
+                                          "invalid": "drop_inner_bad_ip",
+                                          "fragment": "drop_inner_fragment"})
+        if isinstance(iip, Result):
+            return iip
         proto = iip["proto"]
         sport = l4["id"] if proto == ICMP else l4["sport"]
         dport = 0 if proto == ICMP else l4["dport"]
@@ -379,17 +387,11 @@ class Model:
         eni = cfg.eni_at(vpc.idx, dst)
         if eni is None:
             return Result(PASS, "pass_vpc_not_eni")
-        ip, off = self._ipv4(p, 14)
-        if isinstance(ip, str):
-            return Result(DROP, "drop_vpc_malformed")
-        if ip["frag"]:
-            return Result(DROP, "drop_vpc_fragment")
-        if ip["ttl"] <= 1:
-            return Result(DROP, "drop_ttl_expired")
-        st, l4 = self._l4(p, off, ip["proto"], 0)
-        if st != "ok":
-            return Result(DROP, {"truncated": "drop_vpc_malformed", "icmp": "drop_icmp_unsupported",
-                                 "proto": "drop_proto_unsupported"}[st])
+        ip, l4 = self._ip_l4(p, 14, 0, {"truncated": "drop_vpc_malformed",
+                                        "invalid": "drop_vpc_malformed",
+                                        "fragment": "drop_vpc_fragment"})
+        if isinstance(ip, Result):
+            return ip
         proto = ip["proto"]
         eport = l4["id"] if proto == ICMP else l4["dport"]
         rport = 0 if proto == ICMP else l4["sport"]
