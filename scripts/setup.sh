@@ -7,8 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.eniplane-installed"
-PKGS=(python3-bpfcc bpftool iproute2 python3-venv linux-headers-amd64 ethtool nftables iputils-ping ruby)
 # ruby only parses the Vagrantfile in the tests; the VM itself cannot boot on every host.
+PKGS=(python3-bpfcc iproute2 python3-venv ethtool nftables iputils-ping ruby)
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*" >&2; }
@@ -21,20 +21,45 @@ if [ "$kmaj" -lt 5 ] || { [ "$kmaj" -eq 5 ] && [ "$kmin" -lt 15 ]; }; then
     die "kernel $kver is older than 5.15; eniplane needs BPF features from 5.15 on"
 fi
 
+. /etc/os-release
+arch=$(dpkg --print-architecture)
+export DEBIAN_FRONTEND=noninteractive
+updated=0
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+apt_install() {  # apt_install PKG...: 0 when all installed
+    if [ "$updated" = 0 ]; then apt-get update -qq >/dev/null; updated=1; fi
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+first_of() {  # first_of WHAT ALTERNATIVE...: install the first alternative the archive has
+    local what=$1; shift
+    for alt in "$@"; do
+        say "installing $alt ($what)"
+        apt_install $alt && return 0
+    done
+    die "could not install $what (tried: $*)"
+}
+
 missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
-    # Ubuntu names the headers meta-package differently; fall back to the generic one.
-    if ! grep -qi debian /etc/os-release; then
-        missing=("${missing[@]/linux-headers-amd64/linux-headers-generic}")
-    fi
     say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed"
+    apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+fi
+# Kernel headers for bcc, unless this kernel's tree is already there (or linked, below).
+if [ ! -e "/lib/modules/$kver/build/include" ] && ! ls -d /usr/src/linux-headers-* >/dev/null 2>&1; then
+    if [ "${ID:-}" = ubuntu ]; then
+        first_of "kernel headers" "linux-headers-$kver" linux-headers-generic
+    else
+        first_of "kernel headers" "linux-headers-$kver" "linux-headers-$arch"
+    fi
+fi
+# bpftool: a package of its own on Debian, part of linux-tools on Ubuntu.
+if ! command -v bpftool >/dev/null 2>&1; then
+    if [ "${ID:-}" = ubuntu ]; then
+        first_of bpftool "linux-tools-common linux-tools-$kver" "linux-tools-common linux-tools-generic"
+    else
+        first_of bpftool bpftool
+    fi
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/{build,source}. XDP/TC programs only need uapi
