@@ -50,8 +50,10 @@ def parse_ip(value: str, what: str) -> ipaddress.IPv4Address:
 
 def parse_ports(value: str | None, proto: str) -> tuple[int, int]:
     """'P' or 'P-Q' -> (P, Q); None means every port. ICMP and 'all' take no ports."""
-    if value is None or value == "":
+    if value is None:
         return (0, 65535)
+    if not str(value).strip():
+        raise InvalidInput("empty port range: give P or P-Q, or leave --ports out for all ports")
     if proto in ("icmp", "all"):
         raise InvalidInput(f"--ports does not apply to protocol {proto}")
     m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", str(value).strip())
