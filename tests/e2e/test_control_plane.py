@@ -108,3 +108,33 @@ def test_down_up_brings_the_configuration_back(world):
     body = lab.exec(envs["globex-report"], [PY, "-m", "eniplane.labserve", "http", VPC_SERVER,
                                             "80"])
     assert body.startswith("vpc-b saw 10.0.1.4:")
+
+
+def test_vpc_add_and_del_with_the_node_up(world):
+    lab, cli, _, _ = world
+    lab.exec(lab.node_ns, ["ip", "link", "add", "vx-extra", "type", "veth", "peer", "name",
+                           "vx-extra-p"])
+    lab.exec(lab.node_ns, ["ip", "link", "set", "vx-extra", "up"])
+    lab.exec(lab.node_ns, ["ip", "link", "set", "vx-extra-p", "up"])
+    try:
+        p = cli("vpc", "add", "vpc-extra", "--cidr", "10.9.0.0/16", "--iface", "vx-extra",
+                "--gateway", "10.9.0.1")
+        assert "did not answer ARP" in p.stderr  # nobody there: a warning, not a failure
+        st = json.loads(cli("status", "-o", "json").stdout)
+        extra = next(i for i in st["interfaces"] if i["ifname"] == "vx-extra")
+        assert extra["program"] == "xdp_vpc" and extra["attached"]
+        vpcs = json.loads(cli("maps", "dump", "vpcs", "-o", "json").stdout)
+        assert any(e["value"]["flags"] & 2 and e["value"]["gateway_ip"] == "10.9.0.1"
+                   for e in vpcs)
+        cli("vpc", "del", "vpc-extra")
+        st = json.loads(cli("status", "-o", "json").stdout)
+        assert "vx-extra" not in {i["ifname"] for i in st["interfaces"]}
+        from eniplane import netlink
+        assert netlink.link_get(lab.node_ns, "vx-extra")["xdp_prog_id"] == 0
+        vpcs = json.loads(cli("maps", "dump", "vpcs", "-o", "json").stdout)
+        assert not any(e["value"]["gateway_ip"] == "10.9.0.1" and e["value"]["flags"] & 2
+                       for e in vpcs)
+        ifs = json.loads(cli("maps", "dump", "vpc_ifs", "-o", "json").stdout)
+        assert len(ifs) == 2  # the two tenants' interfaces only
+    finally:
+        lab.exec(lab.node_ns, ["ip", "link", "del", "vx-extra"], check=False)
