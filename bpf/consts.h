@@ -35,6 +35,10 @@
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif
+/* Below this many reverse entries the LRU cannot have evicted one (see rev_guard in types.h):
+ * the margin covers 128 parked nodes for each of up to ~280 CPUs at the default table size. */
+#define REV_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)
+
 #ifndef MAX_ENIS
 #define MAX_ENIS 16384
 #endif

@@ -60,6 +60,35 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
             (a[5] ^ b[5])) == 0;
 }
 
+/* rev_guard (types.h): raise `danger` before a claim that could let the LRU evict. */
+static __always_inline void guard_before_claim(struct rev_guard *g)
+{
+    if (g && !g->danger && (__s64)g->rev_count + PORT_TRIES >= REV_SAFE_ENTRIES) {
+        g->danger = 1;
+        __sync_fetch_and_add(&g->epoch, 1);
+    }
+}
+
+static __always_inline void guard_count(struct rev_guard *g, __s64 delta)
+{
+    if (g)
+        __sync_fetch_and_add(&g->rev_count, delta);
+}
+
+/* The reverse half of a flow as the forward packet describes it. */
+static __always_inline void rev_init(struct flow_rev *rv, struct flow_key *key, __u8 tunnel,
+                                     const __u8 *env_mac, __u64 now)
+{
+    __builtin_memset(rv, 0, sizeof(*rv));
+    rv->last_seen_ns = now;
+    rv->worker = key->worker;
+    rv->vni = key->vni;
+    rv->env_addr = key->src;
+    rv->env_port = key->sport;
+    rv->tunnel = tunnel;
+    mac_copy(rv->env_mac, env_mac);
+}
+
 /* Is the outer source a registered worker? Learns its MAC, the outer destination of replies. */
 static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
 {
@@ -324,31 +353,27 @@ int xdp_fabric(struct xdp_md *ctx)
     rk.remote_port = dport;
     rk.proto = l4proto;
 
-    struct flow_rev rv;
-    __builtin_memset(&rv, 0, sizeof(rv));
-    rv.worker = key.worker;
-    rv.vni = vni;
-    rv.env_addr = key.src;
-    rv.env_port = key.sport;
-    rv.tunnel = tunnel;
-    mac_copy(rv.env_mac, ieth->h_source);
-
+    struct flow_rev rv; /* filled only when a reverse entry is written (new flow, repair) */
     __u64 now = bpf_ktime_get_coarse_ns();
     __u64 bytes = data_end - inner;
     ipv4_t eni_addr;
     __u32 vpc_idx, eni_idx;
     __be16 nat_port;
+    struct rev_guard *g = rev_guard.lookup(&k0);
     struct flow_fwd *fwd = flows_fwd.lookup(&key);
-    if (fwd) {
+    if (fwd && (!g || g->danger || fwd->verified_epoch != g->epoch)) {
         /* The reverse entry decides delivery; use this forward entry only if it still points
-         * back at this flow. */
+         * back at this flow. Skipped while rev_guard proves no reverse entry can have gone. */
+        count(st, STAT_flow_rev_checked);
         rk.vpc_idx = fwd->vpc_idx;
         rk.eni_addr = fwd->eni_addr;
         rk.eni_port = fwd->nat_port;
         struct flow_rev *rev = flows_rev.lookup(&rk);
         if (!rev) {
-            rv.last_seen_ns = now;
+            rev_init(&rv, &key, tunnel, ieth->h_source, now);
+            guard_before_claim(g);
             if (flows_rev.insert(&rk, &rv) == 0) {
+                guard_count(g, 1);
                 count(st, STAT_flow_repaired);
             } else {
                 flows_fwd.delete(&key);
@@ -363,15 +388,19 @@ int xdp_fabric(struct xdp_md *ctx)
         } else if (!mac_equal(rev->env_mac, ieth->h_source)) {
             mac_copy(rev->env_mac, ieth->h_source);
         }
+        if (fwd && g && !g->danger)
+            fwd->verified_epoch = g->epoch;
     }
     if (fwd) {
         eni_addr = fwd->eni_addr;
         vpc_idx = fwd->vpc_idx;
         eni_idx = fwd->eni_idx;
         nat_port = fwd->nat_port;
+        /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow), and these
+         * counters serve expiry and inspection, where a rare lost increment does no harm. */
         fwd->last_seen_ns = now;
-        __sync_fetch_and_add(&fwd->packets, 1);
-        __sync_fetch_and_add(&fwd->bytes, bytes);
+        fwd->packets++;
+        fwd->bytes += bytes;
         fwd->tcp_flags |= tcp_flags;
         reason = STAT_fwd_established;
     } else {
@@ -396,7 +425,8 @@ int xdp_fabric(struct xdp_md *ctx)
         eni_idx = eni->eni_idx;
         rk.vpc_idx = vpc_idx;
         rk.eni_addr = eni_addr;
-        rv.last_seen_ns = now;
+        rev_init(&rv, &key, tunnel, ieth->h_source, now);
+        guard_before_claim(g);
         if (alloc_port(eni, &rk, &rv) < 0) {
             if (nes)
                 nes->port_alloc_failed++;
@@ -414,11 +444,14 @@ int xdp_fabric(struct xdp_md *ctx)
         fv.nat_port = rk.eni_port;
         fv.tunnel = tunnel;
         fv.tcp_flags = tcp_flags;
+        fv.verified_epoch = g ? g->epoch : 0;
         nat_port = fv.nat_port;
+        guard_count(g, 1);
         if (flows_fwd.insert(&key, &fv) != 0) {
             /* Another CPU created this flow first (or the table refused): give our port back
              * and follow the winner, so both CPUs translate the flow the same way. */
             flows_rev.delete(&rk);
+            guard_count(g, -1);
             fwd = flows_fwd.lookup(&key);
             if (!fwd) {
                 reason = STAT_drop_flow_insert;
@@ -611,8 +644,8 @@ int xdp_vpc(struct xdp_md *ctx)
     mac_copy(eth->h_source, cfg->gateway_mac);
 
     rev->last_seen_ns = bpf_ktime_get_coarse_ns();
-    __sync_fetch_and_add(&rev->packets, 1);
-    __sync_fetch_and_add(&rev->bytes, frame_len);
+    rev->packets++; /* plain adds, as on the forward path */
+    rev->bytes += frame_len;
     rev->tcp_flags |= tcp_flags;
     __u32 vni = rev->vni;
     struct eni_stats *es = eni_stats_of(ref->eni_idx);

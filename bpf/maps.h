@@ -27,6 +27,7 @@ BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_fwd, flows_fwd, MAX_FL
                  PIN_DIR "/flows_fwd");
 BPF_TABLE_PINNED("lru_hash", struct rev_key, struct flow_rev, flows_rev, MAX_FLOWS,
                  PIN_DIR "/flows_rev");
+BPF_TABLE_PINNED("array", __u32, struct rev_guard, rev_guard, 1, PIN_DIR "/rev_guard");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,
                  PIN_DIR "/eni_stats");

@@ -42,6 +42,7 @@
     X(flow_repaired)         /* forward entry whose reverse half was evicted: re-inserted */     \
     X(flow_stale)            /* forward entry whose reverse half belongs to another flow now */  \
     X(flow_insert_race)      /* another CPU created the same flow first: its entry is used */    \
+    X(flow_rev_checked)      /* established packet that had to read its reverse half (rev_guard) */ \
     /* from the VPCs */                                                                          \
     X(rx_vpc)                                                                                    \
     X(pass_vpc_unknown_if)   /* interface not attached to a VPC */                               \

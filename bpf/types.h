@@ -117,7 +117,20 @@ struct flow_fwd {
     __be16 nat_port;
     __u8 tunnel;     /* enum tunnel_type the flow arrived with */
     __u8 tcp_flags;  /* union of flags seen, for expiry */
-    __u32 pad;
+    __u32 verified_epoch; /* rev_guard epoch in which the reverse half was last seen owned */
+};
+
+/* rev_guard[0]: when may the established path trust a forward entry without reading its reverse
+ * half? The LRU can only evict a reverse entry when the table is nearly full: each CPU parks at
+ * most LOCAL_FREE_TARGET (128) free or pending nodes, and the kernel evicts only when fewer than
+ * that remain free globally. rev_count (claims minus deletes, never below the live count) stays
+ * under REV_SAFE_ENTRIES as long as no eviction is possible. At the first claim that could reach
+ * it, `danger` is raised and the epoch bumped: from then on every forward entry is checked again.
+ * User space, after deleting reverse entries, recounts, clears `danger` and bumps the epoch. */
+struct rev_guard {
+    __u64 rev_count;
+    __u32 epoch;
+    __u32 danger;
 };
 
 /* flows_rev: the VPC's view of the same flow, after SNAT. It is the authority for delivery: a

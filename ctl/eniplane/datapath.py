@@ -18,7 +18,7 @@ from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
 MAP_NAMES = ("config", "workers", "enis", "eni_addrs", "vpcs", "vpc_ifs", "sg_rules",
-             "flows_fwd", "flows_rev", "stats", "eni_stats", "tx_ports")
+             "flows_fwd", "flows_rev", "rev_guard", "stats", "eni_stats", "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE = 1, 2
 TX_SLOT_FABRIC = 0
 
@@ -191,7 +191,19 @@ class Datapath:
             v = rev.lookup(k)
             if v is not None and match(v):
                 rev.delete(k)
+        self.guard_resync()
         return n
+
+    def guard_resync(self) -> dict:
+        """After reverse entries were deleted from here: recount them, clear `danger` and start
+        a new epoch, so that every forward entry checks its reverse half once more (rev_guard in
+        types.h says why the datapath may otherwise skip that check)."""
+        g = self.map("rev_guard")
+        old = g.lookup(0)
+        new = {"rev_count": sum(1 for _ in self.map("flows_rev").keys_raw()),
+               "epoch": (old["epoch"] + 1) & 0xFFFFFFFF, "danger": 0}
+        g.update(0, new)
+        return new
 
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
