@@ -361,9 +361,11 @@ int xdp_fabric(struct xdp_md *ctx)
     __be16 nat_port;
     struct rev_guard *g = rev_guard.lookup(&k0);
     struct flow_fwd *fwd = flows_fwd.lookup(&key);
-    if (fwd && (!g || g->danger || fwd->verified_epoch != g->epoch)) {
+    if (fwd && (!g || g->danger || fwd->verified_epoch != g->epoch ||
+                !mac_equal(fwd->env_mac, ieth->h_source))) {
         /* The reverse entry decides delivery; use this forward entry only if it still points
-         * back at this flow. Skipped while rev_guard proves no reverse entry can have gone. */
+         * back at this flow. Skipped while rev_guard proves no reverse entry can have gone and
+         * the environment's MAC (which replies are addressed to) has not changed. */
         count(st, STAT_flow_rev_checked);
         rk.vpc_idx = fwd->vpc_idx;
         rk.eni_addr = fwd->eni_addr;
@@ -388,8 +390,11 @@ int xdp_fabric(struct xdp_md *ctx)
         } else if (!mac_equal(rev->env_mac, ieth->h_source)) {
             mac_copy(rev->env_mac, ieth->h_source);
         }
-        if (fwd && g && !g->danger)
-            fwd->verified_epoch = g->epoch;
+        if (fwd) {
+            mac_copy(fwd->env_mac, ieth->h_source);
+            if (g && !g->danger)
+                fwd->verified_epoch = g->epoch;
+        }
     }
     if (fwd) {
         eni_addr = fwd->eni_addr;
@@ -447,6 +452,7 @@ int xdp_fabric(struct xdp_md *ctx)
         fv.tunnel = tunnel;
         fv.tcp_flags = tcp_flags;
         fv.verified_epoch = g ? g->epoch : 0;
+        mac_copy(fv.env_mac, ieth->h_source);
         nat_port = fv.nat_port;
         guard_count(g, 1);
         if (flows_fwd.insert(&key, &fv) != 0) {

@@ -118,6 +118,8 @@ struct flow_fwd {
     __u8 tunnel;     /* enum tunnel_type the flow arrived with */
     __u8 tcp_flags;  /* union of flags seen, for expiry */
     __u32 verified_epoch; /* rev_guard epoch in which the reverse half was last seen owned */
+    mac_t env_mac;  /* the environment's MAC as the reverse half has it: a change is copied there */
+    __u16 pad;
 };
 
 /* rev_guard[0]: when may the established path trust a forward entry without reading its reverse

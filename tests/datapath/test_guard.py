@@ -62,3 +62,21 @@ def test_a_nearly_full_table_makes_every_flow_check(env):
     assert d.get("flow_rev_checked") == 1  # once more in the new epoch ...
     _, _, d = env.run("xdp_fabric", pkt(37003))
     assert "flow_rev_checked" not in d  # ... then trusted again
+
+
+def test_a_new_environment_mac_reaches_the_reverse_half(env):
+    """Replies are addressed to the MAC of the flow's latest forward packet, also when the
+    reverse-half read is otherwise skipped (found by make fuzz, kept as a regression case)."""
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    env.dp.guard_resync()
+    p1 = tunnel(env_frame(UDP(sport=37010, dport=7) / Raw(b"m")), vni=VNI_B)
+    env.run("xdp_fabric", bytes(p1))
+    p2 = p1.copy()
+    p2[VXLAN].payload[Ether].src = "02:ee:00:00:99:99"
+    got, _, d = env.run("xdp_fabric", bytes(p2))
+    assert got == "REDIRECT" and d.get("flow_rev_checked") == 1, d
+    assert env.dp.map("flows_rev").lookup(rev_key_of(env, 37010))["env_mac"] == "02:ee:00:00:99:99"
+    _, _, d = env.run("xdp_fabric", bytes(p2))
+    assert "flow_rev_checked" not in d, d

@@ -300,6 +300,11 @@ class Model:
             new = True
             extra["eni:flows_created"] = 1
         else:
+            # The reverse half carries the MAC replies go to: a change is copied into it, which
+            # costs a read of the reverse half (rev_guard otherwise spares that read while the
+            # table is far from full, as the harness's tables always are).
+            if flow.env_mac != env_mac:
+                extra["flow_rev_checked"] = 1
             flow.env_mac = env_mac
         eni = flow.eni
         vpc = cfg.vpcs.get(eni.vpc_idx)
