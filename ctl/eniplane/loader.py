@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -64,6 +65,16 @@ class _CaptureStderr:
 def compile_and_pin(node: str, defines: dict[str, int] | None = None) -> dict[str, int]:
     """Load every program; returns {program name: fd}. Maps and programs end up pinned."""
     check_bpffs()
+    created = not paths.pin_dir(node).exists()
+    try:
+        return _compile_and_pin(node, defines)
+    except BaseException:
+        if created:  # leave nothing half-pinned behind a failed load
+            shutil.rmtree(paths.pin_dir(node), ignore_errors=True)
+        raise
+
+
+def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int]:
     maps_dir = paths.maps_dir(node)
     progs_dir = paths.progs_dir(node)
     maps_dir.mkdir(parents=True, exist_ok=True)

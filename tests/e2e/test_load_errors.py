@@ -34,3 +34,15 @@ def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypat
     assert not nodemod.is_up(name)
     from eniplane import netlink
     assert netlink.link_get(lab.node_ns, "vpcb")["xdp_prog_id"] == 0
+
+
+def test_a_failed_load_leaves_no_pins(lab, tmp_path, monkeypatch):
+    """The loader alone (as the datapath tests use it) cleans up after a compile error."""
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bad)
+    (bad / "types.h").write_text((bad / "types.h").read_text() + "\nthis is not C;\n")
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
+    name = f"{lab.prefix}-badc"
+    with pytest.raises(LoadError, match="cannot compile"):
+        loader.compile_and_pin(name)
+    assert not paths.pin_dir(name).exists()
