@@ -389,13 +389,16 @@ def worker_add(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT
 @worker_app.command("list")
 def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Registered worker hosts and the MACs the datapath learned for them."""
+    from . import node as nodemod
+
     st = _state(node)
     macs = {}
-    from . import node as nodemod
     if nodemod.is_up(node):
         from .datapath import Datapath
+
         with Datapath(node) as dp:
-            macs = {k: v["mac"] for k, v in dp.map("workers").items()}
+            macs = {k: v["mac"] for k, v in dp.map("workers").items()
+                    if v["mac"] != "00:00:00:00:00:00"}  # not learned until the worker sends
     rows = [{"ip": w, "mac": macs.get(w)} for w in sorted(st.workers)]
     output.emit(out, rows, lambda d: output.table(None, ["worker", "learned MAC"],
                                                   [(r["ip"], r["mac"] or "-") for r in d]))
