@@ -64,7 +64,7 @@ def tables(doc: dict) -> None:
             ("function attach, new ENI", f"{c['attach_new_eni_s']:.3f}"),
             ("function attach, reused ENI", f"{c['attach_reused_eni_s']:.3f}"),
             (f"apply {c['apply_enis']:,} ENIs", f"{c['apply_s']:.2f}"),
-            (f"apply again (no change)", f"{c['apply_noop_s']:.2f}"),
+            ("apply again (no change)", f"{c['apply_noop_s']:.2f}"),
             ("eniplane --help", f"{c['cli_help_s']:.3f}"),
             ("eniplane stats", f"{c['cli_stats_s']:.3f}")])
 

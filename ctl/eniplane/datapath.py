@@ -8,7 +8,6 @@ resolves ifindexes in the writer's namespace) take the node's namespace.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Iterable
 
 from . import paths
@@ -218,6 +217,3 @@ class Datapath:
                 out[v] = sum_percpu(m.lookup(e["eni_idx"]))
         return out
 
-
-def ip_int(addr: str) -> int:
-    return int(ipaddress.IPv4Address(addr))

@@ -4,7 +4,7 @@ make every flow check (and repair) its reverse half again."""
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import UDP
 from scapy.packet import Raw
 
 from conftest import SERVER, VNI_B, env_frame, tunnel

@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from eniplane.config import build_state, diff, export_doc
-from eniplane.errors import InvalidInput
 from eniplane.model import State
 from eniplane.store import Store
 
