@@ -77,9 +77,10 @@ static __always_inline void guard_count(struct rev_guard *g, __s64 delta)
 
 /* The reverse half of a flow as the forward packet describes it. */
 static __always_inline void rev_init(struct flow_rev *rv, struct flow_key *key, __u8 tunnel,
-                                     const __u8 *env_mac, __u64 now)
+                                     const __u8 *env_mac, __u64 now, __u16 eni_idx)
 {
     __builtin_memset(rv, 0, sizeof(*rv));
+    rv->eni_idx = eni_idx;
     rv->last_seen_ns = now;
     rv->worker = key->worker;
     rv->vni = key->vni;
@@ -372,7 +373,7 @@ int xdp_fabric(struct xdp_md *ctx)
         rk.eni_port = fwd->nat_port;
         struct flow_rev *rev = flows_rev.lookup(&rk);
         if (!rev) {
-            rev_init(&rv, &key, tunnel, ieth->h_source, now);
+            rev_init(&rv, &key, tunnel, ieth->h_source, now, fwd->eni_idx);
             guard_before_claim(g);
             if (flows_rev.insert(&rk, &rv) == 0) {
                 guard_count(g, 1);
@@ -432,7 +433,7 @@ int xdp_fabric(struct xdp_md *ctx)
         eni_idx = eni->eni_idx;
         rk.vpc_idx = vpc_idx;
         rk.eni_addr = eni_addr;
-        rev_init(&rv, &key, tunnel, ieth->h_source, now);
+        rev_init(&rv, &key, tunnel, ieth->h_source, now, eni_idx);
         guard_before_claim(g);
         if (alloc_port(eni, &rk, &rv) < 0) {
             if (nes)
@@ -585,36 +586,37 @@ int xdp_vpc(struct xdp_md *ctx)
     struct iphdr *ip = c.pos;
     if ((void *)(ip + 1) > data_end)
         goto out;
+    /* Whether the destination is an ENI address (ours: deliver or drop with a reason) or not
+     * (the kernel's) is asked only when no flow answers: a reverse entry exists only for an
+     * ENI address, so an established reply needs no ENI lookup. */
     struct eni_addr_key ak = {.vpc_idx = vpc_idx, .addr = ip->daddr};
-    struct eni_ref *ref = eni_addrs.lookup(&ak);
-    if (!ref)
-        goto out;
-
-    /* Addressed to an ENI: ours to deliver or to drop with a reason. */
-    action = XDP_DROP;
+    __u32 bad = 0;
+    __u8 l4proto = 0, tcp_flags = 0;
+    __be16 *dport_p = NULL, sport = 0;
+    struct l4 l4;
     int rc = parse_ipv4(&c, &ip);
     if (rc != PARSE_OK) {
-        reason = STAT_drop_vpc_malformed;
+        bad = STAT_drop_vpc_malformed;
+    } else if (ipv4_is_fragment(ip)) {
+        bad = STAT_drop_vpc_fragment;
+    } else if (ip->ttl <= 1) {
+        bad = STAT_drop_ttl_expired;
+    } else {
+        l4proto = ip->protocol;
+        rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
+        if (rc != PARSE_OK || !l4.dport)
+            bad = l4_reason(rc, STAT_drop_vpc_malformed);
+    }
+    if (bad) {
+        if (eni_addrs.lookup(&ak)) {
+            action = XDP_DROP;
+            reason = bad;
+        }
         goto out;
     }
-    if (ipv4_is_fragment(ip)) {
-        reason = STAT_drop_vpc_fragment;
-        goto out;
-    }
-    if (ip->ttl <= 1) {
-        reason = STAT_drop_ttl_expired;
-        goto out;
-    }
-    __u8 l4proto = ip->protocol;
-    struct l4 l4;
-    rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
-    if (rc != PARSE_OK || !l4.dport) {
-        reason = l4_reason(rc, STAT_drop_vpc_malformed);
-        goto out;
-    }
-    __be16 *dport_p = l4.dport;
-    __be16 sport = l4.sport ? *l4.sport : 0;
-    __u8 tcp_flags = l4.tcp_flags;
+    dport_p = l4.dport;
+    sport = l4.sport ? *l4.sport : 0;
+    tcp_flags = l4.tcp_flags;
 
     struct rev_key rk;
     __builtin_memset(&rk, 0, sizeof(rk));
@@ -626,9 +628,14 @@ int xdp_vpc(struct xdp_md *ctx)
     rk.proto = l4proto;
     struct flow_rev *rev = flows_rev.lookup(&rk);
     if (!rev) {
-        reason = STAT_drop_no_flow;
+        if (eni_addrs.lookup(&ak)) {
+            action = XDP_DROP;
+            reason = STAT_drop_no_flow; /* unsolicited: environments accept no inbound */
+        }
         goto out;
     }
+    /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
+    action = XDP_DROP;
     struct worker *w = workers.lookup(&rev->worker);
     if (!w) {
         reason = STAT_drop_unknown_worker;
@@ -659,7 +666,7 @@ int xdp_vpc(struct xdp_md *ctx)
     if (tcp_flags & ~rev->tcp_flags)
         rev->tcp_flags |= tcp_flags;
     __u32 vni = rev->vni;
-    struct eni_stats *es = eni_stats_of(ref->eni_idx);
+    struct eni_stats *es = eni_stats_of(rev->eni_idx);
     if (es) {
         es->rx_packets++;
         es->rx_bytes += frame_len;

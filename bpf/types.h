@@ -159,7 +159,7 @@ struct flow_rev {
     __u8 tunnel;
     __u8 tcp_flags;
     mac_t env_mac;
-    __u16 pad;
+    __u16 eni_idx; /* the ENI's per-ENI counters, so a reply needs no ENI lookup */
 };
 
 /* eni_stats[eni_idx], a per-CPU array. "tx" is towards the VPC, "rx" back towards the worker. */
