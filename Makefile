@@ -32,4 +32,4 @@ fuzz: setup
 
 # The full benchmark run that docs/performance.md reports (minutes; not part of `make test`).
 bench: setup
-	$(PY) -m bench --json bench-results.json --png docs/performance.png
+	$(PY) -m bench --json docs/performance.json --png docs/performance.png --update-doc docs/performance.md

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: pktgen where the kernel has it, XDP live frames otherwise")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--png", type=Path, help="write the throughput chart here")
+    ap.add_argument("--update-doc", type=Path, metavar="MD",
+                    help="rewrite the <!-- bench:... --> tables of this Markdown file")
     a = ap.parse_args(argv)
     from eniplane.signals import exit_on_sigterm
 
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"wrote {a.json}")
     if a.png:
         progress(f"wrote {a.png}" if report.chart(doc, a.png) else "no chart: matplotlib missing")
+    if a.update_doc:
+        progress(f"updated {', '.join(report.update_doc(a.update_doc, doc))} in {a.update_doc}")
     return 0
 
 

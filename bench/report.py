@@ -112,3 +112,96 @@ def chart(doc: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+# ---- docs/performance.md ------------------------------------------------------------------------
+def _md(columns: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown_tables(doc: dict) -> dict[str, str]:
+    """The figures of one run as the Markdown tables docs/performance.md shows."""
+    out: dict[str, str] = {}
+    if "throughput" in doc:
+        res = doc["throughput"]["results"]
+        by = {(r["direction"], r["scenario"], r["flows"]): r["mpps"] for r in res}
+        rows = []
+        for d in ("forward", "return"):
+            for s, label in (("eniplane", "VXLAN" if d == "forward" else ""),
+                             ("eniplane-geneve", "GENEVE, one option")):
+                for n in sorted({r["flows"] for r in res}):
+                    v = by.get((d, s, n))
+                    if v is None:
+                        continue
+                    c, lx = by.get((d, "ceiling", n)), by.get((d, "linux", n))
+                    rows.append([f"{d} ({label})" if label else d, f"{n:,}", f"{c:.2f}",
+                                 f"{v:.2f}", f"{lx:.2f}", f"{v / c:.0%}", f"{v / lx:.1f}x"])
+        rows.sort(key=lambda r: (r[0].split()[0] != "forward", int(r[1].replace(",", "")),
+                                 "GENEVE" in r[0]))
+        out["throughput"] = _md(["direction", "flows", "ceiling Mpps", "eniplane Mpps",
+                                 "Linux Mpps", "eniplane / ceiling", "eniplane / Linux"], rows)
+    if "cost" in doc:
+        c = doc["cost"]
+        f = c["floor_ns"]
+        rows = [["empty XDP program (floor)", f"{f:.0f}", "1.0"],
+                ["established forward (decap, flow lookup, SNAT, redirect)",
+                 f"{c['established_fwd_ns']:.0f}", f"{c['established_fwd_ns'] / f:.1f}"],
+                ["return (reverse lookup, translation, encapsulation, redirect)",
+                 f"{c['return_ns']:.0f}", f"{c['return_ns'] / f:.1f}"]]
+        for k, v in c["new_flow_ns"].items():
+            rows.append([f"new flow, {k} rules", f"{v:.0f}", f"{v / f:.1f}"])
+        rates = ", ".join(f"{v / 1e6:.2f} M ({k} rules)"
+                          for k, v in c["new_flows_per_s_per_core"].items())
+        out["cost"] = _md(["path", "ns", "x floor"], rows) + \
+            f"\n\nNew flows per second per core in BPF_PROG_TEST_RUN: {rates}."
+    if "scale" in doc:
+        s = doc["scale"]
+        out["scale"] = _md(["measure", "value"], [
+            ["flows filled", f"{s['created']:,} of {s['fill']:,}"],
+            ["setup rate from user space (one syscall per flow, wall clock)",
+             f"{s['setup_rate_wall_per_s']:,.0f} flows/s"],
+            ["established path, one hot flow, empty / full table",
+             f"{s['established_ns_empty']:.0f} / {s['established_ns_full_hot']:.0f} ns"],
+            ["established path, random flows of the full table (cold caches; a full table "
+             "re-checks every reverse half, see rev_guard)", f"{s['established_ns_full']:,.0f} ns"],
+            ["memory per flow, keys + values, both directions", f"{s['bytes_per_flow_key_value']} B"],
+            ["memory per flow, what the kernel charges (memlock / max_entries, both maps)",
+             f"{s['bytes_per_flow_kernel']:.0f} B"],
+            ["past the limit (LRU evicts the least recently used)",
+             f"{s['over_limit']['admitted']:,} of {s['over_limit']['offered']:,} new flows "
+             f"admitted, {s['over_limit']['dropped']:,} dropped"]])
+    if "control" in doc:
+        c = doc["control"]
+        out["control"] = _md(["operation", "s"], [
+            ["`function attach`, new ENI (store, reconcile, maps)", f"{c['attach_new_eni_s']:.2f}"],
+            ["`function attach`, reused ENI", f"{c['attach_reused_eni_s']:.2f}"],
+            [f"`apply` of {c['apply_enis']:,} ENIs (node up)", f"{c['apply_s']:.2f}"],
+            ["the same `apply` again (no change)", f"{c['apply_noop_s']:.2f}"],
+            ["`eniplane --help` cold start", f"{c['cli_help_s']:.2f}"],
+            ["`eniplane stats` cold start (no compiler)", f"{c['cli_stats_s']:.2f}"]])
+    return out
+
+
+def update_doc(path: Path, doc: dict) -> list[str]:
+    """Replace every `<!-- bench:NAME -->...<!-- /bench:NAME -->` block with this run's table."""
+    import re
+
+    text = path.read_text()
+    done = []
+    for name, table_md in markdown_tables(doc).items():
+        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        text, n = pat.subn(lambda m: m.group(1) + table_md + m.group(2), text)
+        if n:
+            done.append(name)
+    path.write_text(text)
+    return done
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m bench.report RESULTS.json docs/performance.md")
+    print("updated:", ", ".join(update_doc(Path(sys.argv[2]), json.loads(Path(sys.argv[1]).read_text()))))
