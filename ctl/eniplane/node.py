@@ -188,20 +188,3 @@ def status(node: str) -> dict:
                          "fill": round(n / m.max_entries, 4) if m.max_entries else 0.0})
     return {"node": node, "netns": rec.netns, "fabric_if": rec.fabric_if,
             "fabric_ip": rec.fabric_ip, "programs": pinned, "interfaces": ifaces, "maps": maps}
-
-
-def attach_vpc(node: str, ifname: str, vpc_idx: int, gateway_ip: str,
-               resolve: bool = True) -> dict:
-    """Attach a VPC: xdp_vpc on its interface, its vpcs entry and tx slot, and (by default) the
-    gateway's MAC resolved by ARP so that the first packet can already be forwarded."""
-    from . import arp
-    from .datapath import Datapath
-
-    info = attach_vpc_if(node, ifname)
-    rec = NodeRecord.load(node)
-    with Datapath(node, rec.netns) as dp:
-        dp.set_vpc(info["ifindex"], vpc_idx, gateway_ip, info["mac"], info["slot"])
-        if resolve:
-            info["gateway_mac"] = arp.resolve_gateway(dp, rec.netns, ifname, vpc_idx,
-                                                      info["mac"], gateway_ip)
-    return info

@@ -7,32 +7,33 @@ import sys
 
 import pytest
 
-from eniplane import node as nodemod
 from eniplane.datapath import Datapath
 from eniplane.lab import VPC_SERVER
-from eniplane.sgcompile import Rule
+from eniplane.reconcile import change
 
 PY = sys.executable
-VNI_A, VNI_B = 1001, 1002
 ENI_A, ENI_B = "10.0.1.4", "10.0.1.4"  # the same address in both VPCs
 
 
 @pytest.fixture(scope="module")
 def tenants(lab, node):
-    a = nodemod.attach_vpc(node, "vpca", 1, "10.0.0.1")
-    b = nodemod.attach_vpc(node, "vpcb", 2, "10.0.0.1")
-    with Datapath(node, lab.node_ns) as dp:
-        dp.add_worker("100.64.0.11")
-        dp.add_worker("100.64.0.12")
-        dp.set_eni(VNI_A, 1, 1, a["ifindex"], ENI_A)
-        dp.set_eni(VNI_B, 2, 2, b["ifindex"], ENI_B)
-        allow = [Rule.of("tcp", "10.0.0.0/16", (80, 80)), Rule.of("udp", "10.0.0.0/16", (7, 7)),
-                 Rule.of("icmp", "10.0.0.0/16")]
-        dp.set_sg_rules(VNI_A, allow)
-        dp.set_sg_rules(VNI_B, allow)
-    env_a = lab.add_env("fa", "w1", VNI_A, "172.16.0.2")
-    env_b = lab.add_env("fb", "w2", VNI_B, "172.16.0.2")  # same inner address, other tenant
-    return {"a": env_a, "b": env_b}
+    """Two tenants programmed by the control plane's own operations and reconcile."""
+    def configure(st):
+        for t, iface in (("a", "vpca"), ("b", "vpcb")):
+            st.add_vpc(f"vpc-{t}", "10.0.0.0/16", iface, "10.0.0.1")
+            st.add_subnet(f"sub-{t}", f"vpc-{t}", "10.0.1.0/24")
+            st.add_sg(f"sg-{t}", f"vpc-{t}")
+            for proto, ports in (("tcp", "80"), ("udp", "7"), ("icmp", None)):
+                st.add_rule(f"sg-{t}", st.make_rule("egress", proto, ports, "10.0.0.0/16"))
+        st.add_worker("100.64.0.11")
+        st.add_worker("100.64.0.12")
+        return {t: st.attach_function(f"fn-{t}", [f"sub-{t}"], [f"sg-{t}"])[0].vni
+                for t in ("a", "b")}
+
+    vni, _ = change(node, configure)
+    env_a = lab.add_env("fa", "w1", vni["a"], "172.16.0.2")
+    env_b = lab.add_env("fb", "w2", vni["b"], "172.16.0.2")  # same inner address, other tenant
+    return {"a": env_a, "b": env_b, "vni": vni}
 
 
 def stats(node):
@@ -70,10 +71,10 @@ def test_tenants_are_isolated(lab, node, tenants):
     # each VPC's server saw only its own tenant (the HTTP bodies name the VPC), and a reply
     # injected in VPC B for a port that VPC A's flow owns finds no flow there
     with Datapath(node) as dp:
-        flows_a = dp.flows(vni=VNI_A)
+        flows_a = dp.flows(vni=tenants["vni"]["a"])
         assert flows_a
         eni_stats = dp.eni_stats()
-    assert eni_stats[VNI_A]["rx_packets"] > 0 and eni_stats[VNI_B]["rx_packets"] > 0
+    assert all(eni_stats[v]["rx_packets"] > 0 for v in tenants["vni"].values())
     before = stats(node)["drop_no_flow"]
     port = next(f["fwd"]["nat_port"] for f in flows_a if f["key"]["proto"] == 17)
     lab.exec(lab.vpc_ns("b"), [PY, "-c", (
