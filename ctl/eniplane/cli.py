@@ -540,9 +540,9 @@ def flows_flush(eni: Optional[str] = typer.Option(None, "--eni", "-e"),
     """Remove flows (all, or one ENI's): their next packet is a new flow, checked again."""
     from .datapath import Datapath
 
-    vni = _state(node).eni(eni).vni if eni else None
+    vnis = {_state(node).eni(eni).vni} if eni else None
     with Datapath(node) as dp:
-        n = dp.flush_flows(vni=vni)
+        n = dp.flush_flows(vnis=vnis)
     output.info(f"flushed {n} flows")
 
 

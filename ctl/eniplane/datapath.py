@@ -8,7 +8,7 @@ resolves ifindexes in the writer's namespace) take the node's namespace.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from . import paths
 from .maps import PinnedMap, sum_percpu
@@ -68,11 +68,13 @@ class Datapath:
         if m.lookup(ip) is None:  # keep a MAC already learned
             m.update(ip, {"mac": "00:00:00:00:00:00"})
 
-    def del_worker(self, ip: str) -> bool:
-        """Established flows do not look the worker up again: its flows go with it."""
-        gone = self.map("workers").delete(ip)
-        self.flush_flows(worker=ip)
-        return gone
+    def del_workers(self, ips: Collection[str]) -> None:
+        """Established flows do not look the worker up again: its flows go with it (one pass
+        over the flow tables for all the workers)."""
+        for ip in ips:
+            self.map("workers").delete(ip)
+        if ips:
+            self.flush_flows(workers=ips)
 
     # ---- VPC attachments -------------------------------------------------------------------
     def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
@@ -151,14 +153,17 @@ class Datapath:
                 m.update(k, raw)
         return len(want)
 
-    def del_eni(self, vni: int) -> None:
-        old = self.map("enis").lookup(vni)
-        if old:
-            self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
-            self.map("enis").delete(vni)
-            self.map("eni_stats").update(old["eni_idx"], b"")
-        self.set_sg_rules(vni, [])
-        self.flush_flows(vni=vni)
+    def del_enis(self, vnis: Collection[int]) -> None:
+        """Remove ENIs with their compiled groups and their flows, in one pass over each map."""
+        for vni in vnis:
+            old = self.map("enis").lookup(vni)
+            if old:
+                self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
+                self.map("enis").delete(vni)
+                self.map("eni_stats").update(old["eni_idx"], b"")
+        if vnis:
+            self.sync_sg_rules({}, scope=set(vnis))
+            self.flush_flows(vnis=vnis)
 
     # ---- flows -----------------------------------------------------------------------------
     def flows(self, vni: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -176,10 +181,11 @@ class Datapath:
                 break
         return out
 
-    def flush_flows(self, vni: int | None = None, worker: str | None = None) -> int:
-        """Remove flows (both halves): all, one ENI's (by VNI) or one worker's."""
+    def flush_flows(self, vnis: Collection[int] | None = None,
+                    workers: Collection[str] | None = None) -> int:
+        """Remove flows (both halves): all, or those of some ENIs (by VNI) or workers."""
         def match(d: dict) -> bool:
-            return (vni is None or d["vni"] == vni) and (worker is None or d["worker"] == worker)
+            return (vnis is None or d["vni"] in vnis) and (workers is None or d["worker"] in workers)
 
         n = 0
         fwd, rev = self.map("flows_fwd"), self.map("flows_rev")

@@ -43,9 +43,8 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         for w in sorted(st.workers - have):
             dp.add_worker(w)
             rep.bump("workers added")
-        for w in sorted(have - st.workers):
-            dp.del_worker(w)
-            rep.bump("workers removed")
+        dp.del_workers(have - st.workers)
+        rep.bump("workers removed", len(have - st.workers))
 
         ifindex_of: dict[str, int] = {}
         vpcs_map = dp.vpcs()
@@ -82,9 +81,8 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             if enis_map.get(e.vni) != want:
                 dp.set_eni(e.vni, e.idx, v.idx, ifindex_of[v.id], e.address, e.port_lo, e.port_hi)
                 rep.bump("ENIs programmed")
-        for vni in set(enis_map) - wanted_vnis:
-            dp.del_eni(vni)
-            rep.bump("ENIs removed")
+        dp.del_enis(set(enis_map) - wanted_vnis)
+        rep.bump("ENIs removed", len(set(enis_map) - wanted_vnis))
         dp.sync_sg_rules({e.vni: st.eni_rules(e) for e in st.enis.values()})
     return rep
 

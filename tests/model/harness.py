@@ -64,8 +64,8 @@ class Harness:
         self.dp.close()
 
     def reset(self) -> None:
-        for w in P.WORKERS:  # forget learned MACs (and with them the workers' flows)
-            self.dp.del_worker(w)
+        self.dp.del_workers(P.WORKERS)  # forget learned MACs (and the workers' flows)
+        for w in P.WORKERS:
             self.dp.add_worker(w)
         self.dp.flush_flows()
         for idx, v in self.vpc_ifs.items():
