@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import statistics
 import struct
 import time
@@ -160,8 +161,7 @@ def scale(fill: int = 1_000_000, probe: int = 20_000, progress=print) -> dict:
             after = dp.stats()
             created = after["fwd_new_flow"] - before["fwd_new_flow"]
             # the established path on flows spread over the whole table: cold caches, as at scale
-            import random as _r
-            sample = _r.Random(1).sample(range(fill), min(probe, fill))
+            sample = random.Random(1).sample(range(fill), min(probe, fill))
             full_ns = statistics.median(r.durations(r.fds["xdp_fabric"],
                                                     [_variant(base, i) for i in sample]))
             hot_ns = statistics.median(r.durations(r.fds["xdp_fabric"], [pkt] * probe))
