@@ -68,6 +68,11 @@ def parse_ports(value: str | None, proto: str) -> tuple[int, int]:
     return (lo, hi)
 
 
+def group_set(sgs: Iterable[str]) -> tuple[str, ...]:
+    """A security-group set in the one order that identifies an ENI (with its subnet)."""
+    return tuple(sorted(set(sgs)))
+
+
 @dataclass
 class Vpc:
     id: str
@@ -165,9 +170,7 @@ class State:
         return self.enis[eid]
 
     def eni_functions(self, eid: str) -> list[str]:
-        e = self.enis[eid]
-        return sorted(f.name for f in self.functions.values()
-                      if e.subnet in f.subnets and tuple(sorted(set(f.sgs))) == e.sgs)
+        return self.eni_users()[eid]
 
     def eni_rules(self, e: Eni) -> list[Rule]:
         return [r.datapath_rule() for g in e.sgs for r in self.sgs[g].rules
@@ -321,7 +324,7 @@ class State:
                         sgs: list[str]) -> tuple[str, list[str], tuple[str, ...]]:
         check_id("function", name)
         subnets = list(dict.fromkeys(subnets))
-        groups = tuple(sorted(set(sgs)))
+        groups = group_set(sgs)
         if not subnets:
             raise InvalidInput(f"function {name}: at least one --subnet is needed")
         if not groups:
@@ -347,11 +350,11 @@ class State:
 
     def function_enis(self, name: str) -> list[Eni]:
         f = self.functions[name]
-        key = tuple(sorted(set(f.sgs)))
+        key = group_set(f.sgs)
         return [e for s in f.subnets for e in self.enis.values() if e.subnet == s and e.sgs == key]
 
     def _prune_enis(self) -> None:
-        used = {(s, tuple(sorted(set(f.sgs)))) for f in self.functions.values() for s in f.subnets}
+        used = {(s, group_set(f.sgs)) for f in self.functions.values() for s in f.subnets}
         for eid in [e.id for e in self.enis.values() if (e.subnet, e.sgs) not in used]:
             del self.enis[eid]
 
@@ -360,7 +363,7 @@ class State:
         by_pair = {(e.subnet, e.sgs): e.id for e in self.enis.values()}
         out: dict[str, list[str]] = {e: [] for e in self.enis}
         for f in sorted(self.functions.values(), key=lambda f: f.name):
-            key = tuple(sorted(set(f.sgs)))
+            key = group_set(f.sgs)
             for s in f.subnets:
                 if (s, key) in by_pair:
                     out[by_pair[(s, key)]].append(f.name)
