@@ -5,7 +5,7 @@ Contract: every figure is the median of the kernel-reported duration of many sin
 would measure a different packet). The floor is an empty XDP program measured the same way;
 ratios are to it. The new-flow path opens a distinct flow on every run. `scale()` fills the flow
 tables to a given size, measures the established path at that size and reports the memory per
-flow that the kernel accounts for the two flow maps.
+flow that the kernel accounts for the flow map (one entry per flow, both directions).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def run(n: int = 20_000, rule_counts: tuple[int, ...] = (1, 60, 300),
             flow = dp.flows()[0]
             reply = bytes(Ether(src=t.mac[("sink", "s0")], dst=t.mac[("node", "vpca")]) /
                           IP(src=T.SERVER, dst=T.ENI_IP) /
-                          UDP(sport=7, dport=flow["fwd"]["nat_port"]) / Raw(b"y" * 18))
+                          UDP(sport=7, dport=flow["nat_port"]) / Raw(b"y" * 18))
             res["return_ns"] = statistics.median(
                 r.durations(r.fds["xdp_vpc"], [reply] * n, t.ifindex[("node", "vpca")]))
             progress(f"return: {res['return_ns']:.0f} ns")
@@ -165,25 +165,28 @@ def scale(fill: int = 1_000_000, probe: int = 20_000, progress=print) -> dict:
             full_ns = statistics.median(r.durations(r.fds["xdp_fabric"],
                                                     [_variant(base, i) for i in sample]))
             hot_ns = statistics.median(r.durations(r.fds["xdp_fabric"], [pkt] * probe))
-            fwd, rev = dp.map("flows_fwd"), dp.map("flows_rev")
-            n_fwd = sum(1 for _ in fwd.keys_raw())
-            # past the limit: LRU evicts the least recently used; new flows keep being admitted
+            flows = dp.map("flows")
+            n_flows = sum(1 for _ in flows.keys_raw())
+            holes = dp.map("flow_guard").lookup(0)["holes"]
+            # past the limit: LRU evicts the least recently used; new flows keep being admitted,
+            # each walking its whole probe (flow_guard: evictions may have left holes)
             over = [_variant(base, i) for i in range(fill, fill + probe)]
             s0 = dp.stats()
-            r.durations(r.fds["xdp_fabric"], over)
+            over_ns = statistics.median(r.durations(r.fds["xdp_fabric"], over))
             s1 = dp.stats()
-            mem = _memlock(fwd.fd) + _memlock(rev.fd)
-            per_flow_kv = fwd.key_size + fwd.value_size + rev.key_size + rev.value_size
+            mem = _memlock(flows.fd)
+            per_flow_kv = flows.key_size + flows.value_size
             res = {
-                "fill": fill, "created": created, "entries_fwd": n_fwd,
-                "max_entries": fwd.max_entries, "fill_wall_s": wall,
+                "fill": fill, "created": created, "entries": n_flows,
+                "max_entries": flows.max_entries, "fill_wall_s": wall,
                 "setup_rate_wall_per_s": created / wall if wall else 0,
                 "established_ns_empty": empty_ns, "established_ns_full": full_ns,
                 "established_ns_full_hot": hot_ns,
                 "lookup_cost_ratio": full_ns / empty_ns if empty_ns else None,
                 "bytes_per_flow_key_value": per_flow_kv,
-                "bytes_per_flow_kernel": mem / fwd.max_entries if fwd.max_entries else None,
-                "over_limit": {"offered": probe,
+                "bytes_per_flow_kernel": mem / flows.max_entries if flows.max_entries else None,
+                "holes_after_fill": holes,
+                "over_limit": {"offered": probe, "new_flow_ns": over_ns,
                                "admitted": s1["fwd_new_flow"] - s0["fwd_new_flow"],
                                "dropped": s1["xdp_drop"] - s0["xdp_drop"]},
             }

@@ -85,7 +85,7 @@ def measure(gen, sink: Sink, seconds: float, repeats: int) -> dict:
 def reply_ports(t: T.Topo, scenario: str, ports: list[tuple[int, int]], dp=None) -> list:
     """The (source, destination) ports of the replies to the flows that the warm-up opened."""
     if scenario == "eniplane":
-        nat = {(f["key"]["sport"], f["key"]["dport"]): f["fwd"]["nat_port"] for f in dp.flows()}
+        nat = {(f["env_port"], f["remote_port"]): f["nat_port"] for f in dp.flows()}
         return [(d, nat[(s, d)]) for s, d in ports if (s, d) in nat]
     # ceiling: no translation; linux: masquerade keeps a free source port as it is
     return [(d, s) for s, d in ports]

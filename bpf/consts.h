@@ -28,20 +28,24 @@
 #define MAX_SG_PREFIXES 65536
 #endif
 
-/* How many candidate ports a new flow tries before it is dropped as port exhaustion. Each try is
- * one BPF_NOEXIST insert, so concurrent CPUs can never claim the same port. */
-#define PORT_TRIES 32
+/* How many consecutive ports, from where the flow's probe starts, a flow may sit at. A new flow
+ * takes the first free one with a BPF_NOEXIST insert, so concurrent CPUs never claim the same
+ * port; when all are taken towards its destination it is dropped as port exhaustion. */
+#define PORT_TRIES 16
+#define E_EXIST 17 /* EEXIST: what a BPF_NOEXIST insert of a taken key returns, negated */
 
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif
-/* Below this many reverse entries the LRU cannot have evicted one (see rev_guard in types.h):
- * the margin covers 128 parked nodes for each of up to ~280 CPUs at the default table size. */
-#define REV_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)
+/* Below this many flows the LRU cannot have evicted one (see flow_guard in types.h): the
+ * margin covers 128 parked nodes for each of up to ~280 CPUs at the default table size. */
+#define FLOW_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)
 
 #ifndef MAX_ENIS
 #define MAX_ENIS 16384
 #endif
+#define ENI_CACHE_SLOTS 256 /* per CPU, direct-mapped by VNI */
+
 #ifndef MAX_VPCS
 #define MAX_VPCS 256
 #endif

@@ -6,8 +6,8 @@
  *   tunnel is answered as the environments' gateway. Anything that is not tunnel traffic for this
  *   node goes to the kernel untouched.
  * xdp_vpc (on each VPC-side interface): replies to an ENI address are translated back with the
- *   reverse flow entry, encapsulated in the tunnel type and VNI the flow came with, and redirected
- *   to the worker that opened the flow. ARP for ENI addresses is answered. Unsolicited packets to an
+ *   flow's entry (one per flow, keyed by the VPC's view of it), encapsulated in the tunnel type
+ *   and VNI the flow came with, and redirected to the worker that opened the flow. ARP for ENI addresses is answered. Unsolicited packets to an
  *   ENI are dropped; packets for other addresses go to the kernel.
  *
  * Nothing here consults the kernel's routing table: VPCs overlap, so the VPC is always known from
@@ -60,34 +60,88 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
             (a[5] ^ b[5])) == 0;
 }
 
-/* rev_guard (types.h): raise `danger` before a claim that could let the LRU evict. */
-static __always_inline void guard_before_claim(struct rev_guard *g)
+/* flow_guard (types.h): an insert that could let the LRU evict makes holes possible for good. */
+static __always_inline void guard_before_insert(struct flow_guard *g)
 {
-    if (g && !g->danger && (__s64)g->rev_count + PORT_TRIES >= REV_SAFE_ENTRIES) {
-        g->danger = 1;
-        __sync_fetch_and_add(&g->epoch, 1);
+    if (g && !g->holes && (__s64)g->count + 1 >= FLOW_SAFE_ENTRIES)
+        g->holes = 1;
+}
+
+static __always_inline void guard_count(struct flow_guard *g, __u32 depth)
+{
+    if (g) {
+        __sync_fetch_and_add(&g->count, 1);
+        __u64 bit = 1ull << (depth & 31);
+        if (!(g->depths & bit)) /* set once: an atomic on every insert would bounce the line */
+            __sync_fetch_and_or(&g->depths, bit);
     }
 }
 
-static __always_inline void guard_count(struct rev_guard *g, __s64 delta)
+static __always_inline __u32 rotl32(__u32 x, int r)
 {
-    if (g)
-        __sync_fetch_and_add(&g->rev_count, delta);
+    return (x << r) | (x >> (32 - r));
 }
 
-/* The reverse half of a flow as the forward packet describes it. */
-static __always_inline void rev_init(struct flow_rev *rv, struct flow_key *key, __u8 tunnel,
-                                     const __u8 *env_mac, __u64 now, __u16 eni_idx)
+/* One word scrambled on its own (murmur3's per-block step): the five words of a flow go
+ * through it side by side, so the CPU overlaps them instead of chaining one round on the next. */
+static __always_inline __u32 scramble(__u32 k)
 {
-    __builtin_memset(rv, 0, sizeof(*rv));
-    rv->eni_idx = eni_idx;
-    rv->last_seen_ns = now;
-    rv->worker = key->worker;
-    rv->vni = key->vni;
-    rv->env_addr = key->src;
-    rv->env_port = key->sport;
-    rv->tunnel = tunnel;
-    mac_copy(rv->env_mac, env_mac);
+    k *= 0xCC9E2D51u;
+    k = rotl32(k, 15);
+    return k * 0x1B873593u;
+}
+
+/* Where a flow's port probe starts (RFC 6056, algorithm 3): a keyed hash of everything that
+ * names the flow on the environment's side and its destination, so that flows spread over the
+ * ENI's range, the port is not guessable from outside, and the forward path finds an established
+ * flow's entry again without a second table. Words are taken as loaded, in network order; user
+ * space computes the same function (datapath.port_hash, proved equal by tests/datapath). */
+static __always_inline __u32 port_hash(__u32 secret, ipv4_t worker, __u32 vni, ipv4_t env,
+                                       __be16 env_port, ipv4_t remote, __be16 remote_port,
+                                       __u8 proto)
+{
+    __u32 h = secret ^ scramble(worker) ^ rotl32(scramble(vni | (__u32)proto << 24), 7) ^
+              rotl32(scramble(env), 13) ^ rotl32(scramble(remote), 19) ^
+              rotl32(scramble(((__u32)env_port << 16) | remote_port), 26);
+    h ^= h >> 16; /* murmur3's finaliser: every input bit reaches every output bit */
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/* The i-th port of a probe that starts at `start` within the ENI's range, wrapping around. */
+static __always_inline __be16 probe_port(__u32 lo, __u32 range, __u32 start, __u32 i)
+{
+    /* Wrap without a branch (one would split the verifier's walk of every probe step in two)
+     * and without a division: start < range and i < PORT_TRIES, so one subtraction will do. */
+    __u32 off = start + i;
+    off -= range & (__u32)((__s32)(range - 1 - off) >> 31);
+    return bpf_htons((__u16)(lo + off));
+}
+
+static __always_inline int flow_owned_by(struct flow *f, ipv4_t worker, __u32 vni, ipv4_t env,
+                                         __be16 env_port)
+{
+    return f->worker == worker && f->vni == vni && f->env_addr == env && f->env_port == env_port;
+}
+
+/* The ENI of a VNI, from this CPU's eni_cache when the slot is current, else from `enis`
+ * (copied into the slot for the next packet). */
+static __always_inline struct eni *eni_of(struct node_cfg *cfg, __u32 vni)
+{
+    __u32 slot = vni % ENI_CACHE_SLOTS;
+    struct eni_cache_slot *cs = eni_cache.lookup(&slot);
+    if (cs && cs->gen && cs->gen == cfg->eni_gen && cs->vni == vni)
+        return &cs->eni;
+    struct eni *eni = enis.lookup(&vni);
+    if (eni && cs && cfg->eni_gen) {
+        cs->vni = vni;
+        cs->gen = cfg->eni_gen;
+        __builtin_memcpy(&cs->eni, eni, sizeof(*eni));
+    }
+    return eni;
 }
 
 /* Is the outer source a registered worker? Learns its MAC, the outer destination of replies. */
@@ -118,46 +172,30 @@ static __always_inline int sg_allows(__u32 vni, __u8 proto, ipv4_t dst, __u16 po
     __u32 lo = 0, hi = sp->n; /* the answer is the last range starting at or below port */
     if (hi == 0 || hi > SG_MAX_RANGES)
         return 0;
+    /* Branch-free halvings: the verifier walks this once per path that reaches it, and the
+     * flow walk before it hands it many paths; branches here would multiply them by 2^9. */
 #pragma unroll
     for (int i = 0; i < SG_SEARCH_STEPS; i++) {
-        if (hi - lo > 1) {
-            __u32 mid = (lo + hi) / 2;
-            /* Keep the mask: clang drops it as redundant, the verifier needs it. */
-            asm volatile("" : "+r"(mid));
-            mid &= SG_MAX_RANGES - 1;
-            if (sp->ranges[mid].lo <= port)
-                lo = mid;
-            else
-                hi = mid;
-        }
+        __u32 mid = (lo + hi) / 2;
+        /* Keep the mask: clang drops it as redundant, the verifier needs it. */
+        asm volatile("" : "+r"(mid));
+        mid &= SG_MAX_RANGES - 1;
+        /* All ones when the range at mid starts at or below the port (both fit 16 bits). */
+        __u32 le = (__u32)((__s32)((__u32)sp->ranges[mid].lo - port - 1) >> 31);
+        asm volatile("" : "+r"(le)); /* hidden from clang, which would make a branch of it */
+        lo = (mid & le) | (lo & ~le);
+        hi = (hi & le) | (mid & ~le);
     }
     asm volatile("" : "+r"(lo));
     struct port_range *r = &sp->ranges[lo & (SG_MAX_RANGES - 1)];
     return r->lo <= port && port <= r->hi;
 }
 
-/* Claim a SNAT port: each try inserts the reverse entry with BPF_NOEXIST, so two CPUs racing for
- * the same (ENI address, port, remote, remote port, protocol) can never both win. */
-static __always_inline int alloc_port(struct eni *eni, struct rev_key *rk, struct flow_rev *rv)
+static __always_inline __u32 tunnel_hash(struct flow_key *fk)
 {
-    __u32 lo = eni->port_lo, hi = eni->port_hi;
-    if (hi < lo || lo == 0)
-        return -1;
-    __u32 range = hi - lo + 1;
-    for (int i = 0; i < PORT_TRIES; i++) {
-        __u32 p = lo + bpf_get_prandom_u32() % range;
-        rk->eni_port = bpf_htons((__u16)p);
-        if (flows_rev.insert(rk, rv) == 0)
-            return 0;
-    }
-    return -1;
-}
-
-static __always_inline __u32 flow_hash(struct rev_key *rk)
-{
-    __u32 h = rk->remote * 0x9E3779B1u;
-    h ^= ((__u32)rk->eni_port << 16 | rk->remote_port) * 0x85EBCA6Bu;
-    h ^= rk->eni_addr ^ rk->proto;
+    __u32 h = fk->remote * 0x9E3779B1u;
+    h ^= ((__u32)fk->eni_port << 16 | fk->remote_port) * 0x85EBCA6Bu;
+    h ^= fk->eni_addr ^ fk->proto;
     h ^= h >> 15;
     h *= 0xC2B2AE35u;
     h ^= h >> 13;
@@ -338,143 +376,139 @@ int xdp_fabric(struct xdp_md *ctx)
     __be16 dport = l4.dport ? *l4.dport : 0;
     __u8 tcp_flags = l4.tcp_flags;
 
-    struct flow_key key;
-    __builtin_memset(&key, 0, sizeof(key));
-    key.worker = oip->saddr;
-    key.vni = vni;
-    key.src = iip->saddr;
-    key.dst = iip->daddr;
-    key.sport = *sport;
-    key.dport = dport;
-    key.proto = l4proto;
+    /* The flow's entry is keyed by what the VPC will see: the ENI's VPC and address, the
+     * destination, and the SNAT port, found by walking the ENI's range from where the flow's
+     * probe starts. The first slot holds the flow unless another flow to the same destination
+     * had it first; walking stops at an empty slot unless flow_guard says holes may exist. */
+    struct eni *eni = eni_of(cfg, vni);
+    if (!eni) {
+        reason = STAT_drop_unknown_vni;
+        goto out;
+    }
+    ipv4_t worker = oip->saddr;
+    ipv4_t env = iip->saddr;
+    __be16 env_port = *sport;
+    struct flow_key fk;
+    __builtin_memset(&fk, 0, sizeof(fk));
+    fk.vpc_idx = eni->vpc_idx;
+    fk.proto = l4proto;
+    fk.eni_addr = eni->addr;
+    fk.remote = iip->daddr;
+    fk.remote_port = dport;
 
-    struct rev_key rk;
-    __builtin_memset(&rk, 0, sizeof(rk));
-    rk.remote = iip->daddr;
-    rk.remote_port = dport;
-    rk.proto = l4proto;
-
-    struct flow_rev rv; /* filled only when a reverse entry is written (new flow, repair) */
+    __u32 lo = eni->port_lo, hi = eni->port_hi;
+    __u32 range = (lo && hi >= lo) ? hi - lo + 1 : 0;
+    __u32 tries = range < PORT_TRIES ? range : PORT_TRIES;
+    /* Lemire's multiply-shift maps the hash onto the range without a division. */
+    __u32 start = ((__u64)port_hash(cfg->port_secret, worker, vni, env, env_port, fk.remote,
+                                    dport, l4proto) * range) >> 32;
+    struct flow_guard *g = flow_guard.lookup(&k0);
+    int holes = !g || g->holes;
+    __u64 depths = g ? g->depths : ~0ull;
     __u64 now = bpf_ktime_get_coarse_ns();
     __u64 bytes = data_end - inner;
-    ipv4_t eni_addr;
-    __u32 vpc_idx, eni_idx;
-    __be16 nat_port;
-    struct rev_guard *g = rev_guard.lookup(&k0);
-    struct flow_fwd *fwd = flows_fwd.lookup(&key);
-    if (fwd && (!g || g->danger || fwd->verified_epoch != g->epoch ||
-                !mac_equal(fwd->env_mac, ieth->h_source))) {
-        /* The reverse entry decides delivery; use this forward entry only if it still points
-         * back at this flow. Skipped while rev_guard proves no reverse entry can have gone and
-         * the environment's MAC (which replies are addressed to) has not changed. */
-        count(st, STAT_flow_rev_checked);
-        rk.vpc_idx = fwd->vpc_idx;
-        rk.eni_addr = fwd->eni_addr;
-        rk.eni_port = fwd->nat_port;
-        struct flow_rev *rev = flows_rev.lookup(&rk);
-        if (!rev) {
-            rev_init(&rv, &key, tunnel, ieth->h_source, now, fwd->eni_idx);
-            guard_before_claim(g);
-            if (flows_rev.insert(&rk, &rv) == 0) {
-                guard_count(g, 1);
-                count(st, STAT_flow_repaired);
-            } else {
-                flows_fwd.delete(&key);
-                fwd = NULL;
-                count(st, STAT_flow_stale);
+    __u32 eni_idx = eni->eni_idx;
+    __u32 vpc_idx = eni->vpc_idx;
+    ipv4_t eni_addr = eni->addr;
+    /* Loop state is kept to values the verifier can merge across iterations (a port, a flag),
+     * never the iteration it came from: that would multiply the paths it has to walk. */
+    struct flow *f = NULL;
+    __be16 free_port = 0; /* the first empty slot; ports in range are never 0 */
+    __u32 free_depth = 0;
+    int probed = 0;
+    for (__u32 i = 0; i < PORT_TRIES; i++) {
+        /* Hide i from clang: folded into `tries`, the loop would lose the bound that the
+         * verifier proves termination by. */
+        asm volatile("" : "+r"(i));
+        if (i >= tries)
+            break;
+        __be16 p = probe_port(lo, range, start, i);
+        fk.eni_port = p;
+        f = flows.lookup(&fk);
+        if (f) {
+            if (flow_owned_by(f, worker, vni, env, env_port)) {
+                probed = i != 0;
+                break;
             }
-        } else if (rev->worker != key.worker || rev->vni != vni || rev->env_addr != key.src ||
-                   rev->env_port != key.sport) {
-            flows_fwd.delete(&key);
-            fwd = NULL;
-            count(st, STAT_flow_stale);
-        } else if (!mac_equal(rev->env_mac, ieth->h_source)) {
-            mac_copy(rev->env_mac, ieth->h_source);
-        }
-        if (fwd) {
-            mac_copy(fwd->env_mac, ieth->h_source);
-            if (g && !g->danger)
-                fwd->verified_epoch = g->epoch;
+            f = NULL;
+        } else {
+            if (!free_port) {
+                free_port = p;
+                free_depth = i;
+            }
+            if (!holes || !(depths >> i >> 1)) /* no flow sits further along any probe */
+                break;
         }
     }
-    if (fwd) {
-        eni_addr = fwd->eni_addr;
-        vpc_idx = fwd->vpc_idx;
-        eni_idx = fwd->eni_idx;
-        nat_port = fwd->nat_port;
+    if (f) {
+        if (probed)
+            count(st, STAT_flow_probed);
         /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow), and these
          * counters serve expiry and inspection, where a rare lost increment does no harm. */
-        if (now != fwd->last_seen_ns) /* store only what changed: fewer dirty lines to write */
-            fwd->last_seen_ns = now;
-        fwd->packets++;
-        fwd->bytes += bytes;
-        if (tcp_flags & ~fwd->tcp_flags)
-            fwd->tcp_flags |= tcp_flags;
+        if (now != f->last_seen_ns) /* store only what changed: fewer dirty lines to write */
+            f->last_seen_ns = now;
+        f->tx_packets++;
+        f->tx_bytes += bytes;
+        if (tcp_flags & ~f->tcp_flags)
+            f->tcp_flags |= tcp_flags;
+        if (!mac_equal(f->env_mac, ieth->h_source)) /* replies follow the environment's MAC */
+            mac_copy(f->env_mac, ieth->h_source);
         reason = STAT_fwd_established;
     } else {
-        struct eni *eni = enis.lookup(&vni);
-        if (!eni) {
-            reason = STAT_drop_unknown_vni;
-            goto out;
-        }
-        if (!worker_known(oip->saddr, oeth->h_source)) {
+        if (!worker_known(worker, oeth->h_source)) {
             reason = STAT_drop_unknown_worker;
             goto out;
         }
-        struct eni_stats *nes = eni_stats_of(eni->eni_idx);
-        if (!sg_allows(vni, l4proto, key.dst, bpf_ntohs(dport))) {
+        struct eni_stats *nes = eni_stats_of(eni_idx);
+        if (!sg_allows(vni, l4proto, fk.remote, bpf_ntohs(dport))) {
             if (nes)
                 nes->sg_denied++;
             reason = STAT_drop_sg_denied;
             goto out;
         }
-        eni_addr = eni->addr;
-        vpc_idx = eni->vpc_idx;
-        eni_idx = eni->eni_idx;
-        rk.vpc_idx = vpc_idx;
-        rk.eni_addr = eni_addr;
-        rev_init(&rv, &key, tunnel, ieth->h_source, now, eni_idx);
-        guard_before_claim(g);
-        if (alloc_port(eni, &rk, &rv) < 0) {
+        struct flow nf;
+        __builtin_memset(&nf, 0, sizeof(nf));
+        nf.last_seen_ns = now;
+        nf.tx_packets = 1;
+        nf.tx_bytes = bytes;
+        nf.worker = worker;
+        nf.vni = vni;
+        nf.env_addr = env;
+        nf.env_port = env_port;
+        nf.eni_idx = eni_idx;
+        mac_copy(nf.env_mac, ieth->h_source);
+        nf.tunnel = tunnel;
+        nf.tcp_flags = tcp_flags;
+        /* Claim the first free slot with a BPF_NOEXIST insert. Losing it to another CPU that
+         * opened this very flow means following that entry; losing it to another flow drops
+         * this one packet (the next one walks again): rare, and it keeps the walk a single
+         * loop, which is what keeps the program verifiable. */
+        if (!free_port) {
             if (nes)
                 nes->port_alloc_failed++;
             reason = STAT_drop_port_exhausted;
             goto out;
         }
-        struct flow_fwd fv;
-        __builtin_memset(&fv, 0, sizeof(fv));
-        fv.last_seen_ns = now;
-        fv.packets = 1;
-        fv.bytes = bytes;
-        fv.eni_addr = eni_addr;
-        fv.eni_idx = eni_idx;
-        fv.vpc_idx = vpc_idx;
-        fv.nat_port = rk.eni_port;
-        fv.tunnel = tunnel;
-        fv.tcp_flags = tcp_flags;
-        fv.verified_epoch = g ? g->epoch : 0;
-        mac_copy(fv.env_mac, ieth->h_source);
-        nat_port = fv.nat_port;
-        guard_count(g, 1);
-        if (flows_fwd.insert(&key, &fv) != 0) {
-            /* Another CPU created this flow first (or the table refused): give our port back
-             * and follow the winner, so both CPUs translate the flow the same way. */
-            flows_rev.delete(&rk);
-            guard_count(g, -1);
-            fwd = flows_fwd.lookup(&key);
-            if (!fwd) {
-                reason = STAT_drop_flow_insert;
+        fk.eni_port = free_port;
+        guard_before_insert(g);
+        long err = flows.insert(&fk, &nf);
+        if (err == 0) {
+            guard_count(g, free_depth);
+            if (nes)
+                nes->flows_created++;
+        } else {
+            struct flow *w = flows.lookup(&fk);
+            if (!w || !flow_owned_by(w, worker, vni, env, env_port)) {
+                reason = err == -E_EXIST ? STAT_drop_port_race : STAT_drop_flow_insert;
                 goto out;
             }
             count(st, STAT_flow_insert_race);
-            nat_port = fwd->nat_port;
-            __sync_fetch_and_add(&fwd->packets, 1);
-            __sync_fetch_and_add(&fwd->bytes, bytes);
-        } else if (nes) {
-            nes->flows_created++;
+            __sync_fetch_and_add(&w->tx_packets, 1);
+            __sync_fetch_and_add(&w->tx_bytes, bytes);
         }
         reason = STAT_fwd_new_flow;
     }
+    __be16 nat_port = fk.eni_port;
 
     struct vpc *vpc = vpcs.lookup(&vpc_idx);
     if (!vpc || !(vpc->flags & VPC_F_ACTIVE)) {
@@ -587,8 +621,8 @@ int xdp_vpc(struct xdp_md *ctx)
     if ((void *)(ip + 1) > data_end)
         goto out;
     /* Whether the destination is an ENI address (ours: deliver or drop with a reason) or not
-     * (the kernel's) is asked only when no flow answers: a reverse entry exists only for an
-     * ENI address, so an established reply needs no ENI lookup. */
+     * (the kernel's) is asked only when no flow answers: a flow exists only for an ENI
+     * address, so an established reply needs no ENI lookup. */
     struct eni_addr_key ak = {.vpc_idx = vpc_idx, .addr = ip->daddr};
     __u32 bad = 0;
     __u8 l4proto = 0, tcp_flags = 0;
@@ -618,15 +652,15 @@ int xdp_vpc(struct xdp_md *ctx)
     sport = l4.sport ? *l4.sport : 0;
     tcp_flags = l4.tcp_flags;
 
-    struct rev_key rk;
-    __builtin_memset(&rk, 0, sizeof(rk));
-    rk.vpc_idx = vpc_idx;
-    rk.eni_addr = ip->daddr;
-    rk.remote = ip->saddr;
-    rk.eni_port = *dport_p;
-    rk.remote_port = sport;
-    rk.proto = l4proto;
-    struct flow_rev *rev = flows_rev.lookup(&rk);
+    struct flow_key fk;
+    __builtin_memset(&fk, 0, sizeof(fk));
+    fk.vpc_idx = vpc_idx;
+    fk.proto = l4proto;
+    fk.eni_addr = ip->daddr;
+    fk.remote = ip->saddr;
+    fk.eni_port = *dport_p;
+    fk.remote_port = sport;
+    struct flow *rev = flows.lookup(&fk);
     if (!rev) {
         if (eni_addrs.lookup(&ak)) {
             action = XDP_DROP;
@@ -661,8 +695,8 @@ int xdp_vpc(struct xdp_md *ctx)
     __u64 now = bpf_ktime_get_coarse_ns();
     if (now != rev->last_seen_ns) /* stores only where something changed, as forward */
         rev->last_seen_ns = now;
-    rev->packets++; /* plain adds, as on the forward path */
-    rev->bytes += frame_len;
+    rev->rx_packets++; /* plain adds, as on the forward path */
+    rev->rx_bytes += frame_len;
     if (tcp_flags & ~rev->tcp_flags)
         rev->tcp_flags |= tcp_flags;
     __u32 vni = rev->vni;
@@ -674,7 +708,7 @@ int xdp_vpc(struct xdp_md *ctx)
 
     __u8 tunnel = rev->tunnel;
     ipv4_t worker = rev->worker;
-    __u16 usport = TUNNEL_SPORT_BASE + (flow_hash(&rk) & 0x3FFF);
+    __u16 usport = TUNNEL_SPORT_BASE + (tunnel_hash(&fk) & 0x3FFF);
     if (bpf_xdp_adjust_head(ctx, -ENCAP_LEN)) {
         reason = STAT_drop_adjust_failed;
         goto out;

@@ -19,15 +19,14 @@ BPF_TABLE_PINNED("hash", ipv4_t, struct worker, workers, MAX_WORKERS, PIN_DIR "/
 BPF_TABLE_PINNED("hash", __u32, struct eni, enis, MAX_ENIS, PIN_DIR "/enis");
 BPF_TABLE_PINNED("hash", struct eni_addr_key, struct eni_ref, eni_addrs, MAX_ENIS,
                  PIN_DIR "/eni_addrs");
+BPF_TABLE_PINNED("percpu_array", __u32, struct eni_cache_slot, eni_cache, ENI_CACHE_SLOTS,
+                 PIN_DIR "/eni_cache");
 BPF_TABLE_PINNED("array", __u32, struct vpc, vpcs, MAX_VPCS, PIN_DIR "/vpcs");
 BPF_TABLE_PINNED("hash", __u32, __u32, vpc_ifs, MAX_VPCS, PIN_DIR "/vpc_ifs");
 BPF_TABLE_PINNED("lpm_trie", struct sg_key, struct sg_ports, sg_rules, MAX_SG_PREFIXES,
                  PIN_DIR "/sg_rules", BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_fwd, flows_fwd, MAX_FLOWS,
-                 PIN_DIR "/flows_fwd");
-BPF_TABLE_PINNED("lru_hash", struct rev_key, struct flow_rev, flows_rev, MAX_FLOWS,
-                 PIN_DIR "/flows_rev");
-BPF_TABLE_PINNED("array", __u32, struct rev_guard, rev_guard, 1, PIN_DIR "/rev_guard");
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS, PIN_DIR "/flows");
+BPF_TABLE_PINNED("array", __u32, struct flow_guard, flow_guard, 1, PIN_DIR "/flow_guard");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,
                  PIN_DIR "/eni_stats");

@@ -32,6 +32,7 @@
     X(drop_sg_denied)        /* no rule of any of the ENI's groups allows the new flow */        \
     X(drop_port_exhausted)   /* no free SNAT port towards this destination */                    \
     X(drop_flow_insert)      /* the flow table refused the entry */                              \
+    X(drop_port_race)        /* another CPU took the free port first: the next packet walks again */ \
     X(drop_no_vpc)           /* the ENI's VPC interface is not configured */                     \
     X(drop_no_gateway_mac)   /* the VPC gateway's MAC is not learned yet */                      \
     X(drop_no_tx_port)       /* the egress interface is missing from tx_ports */                 \
@@ -39,10 +40,8 @@
     X(tx_arp_tunnel)         /* answered an environment's ARP as its gateway */                  \
     X(fwd_new_flow)                                                                              \
     X(fwd_established)                                                                           \
-    X(flow_repaired)         /* forward entry whose reverse half was evicted: re-inserted */     \
-    X(flow_stale)            /* forward entry whose reverse half belongs to another flow now */  \
+    X(flow_probed)           /* established packet whose flow sits past the first port it probes */ \
     X(flow_insert_race)      /* another CPU created the same flow first: its entry is used */    \
-    X(flow_rev_checked)      /* established packet that had to read its reverse half (rev_guard) */ \
     /* from the VPCs */                                                                          \
     X(rx_vpc)                                                                                    \
     X(pass_vpc_unknown_if)   /* interface not attached to a VPC */                               \

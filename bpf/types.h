@@ -26,6 +26,8 @@ struct node_cfg {
     mac_t gateway_mac; /* the MAC the environments see as their gateway inside the tunnel */
     __u16 fabric_mtu;
     __u16 pad;
+    __u32 port_secret; /* keys port_hash: chosen once per node, kept across reloads */
+    __u32 eni_gen;     /* bumped by the control plane on every change to `enis` (eni_cache) */
 };
 
 /* workers[outer source address]: hosts allowed to send tunnel traffic. The MAC is learned from
@@ -43,6 +45,15 @@ struct eni {
     ipv4_t addr;
     __u16 port_lo;     /* SNAT port range, host order, inclusive */
     __u16 port_hi;
+};
+
+/* eni_cache[VNI % ENI_CACHE_SLOTS], per CPU: the ENIs this CPU used last, so that an
+ * established packet costs no hash lookup of its ENI. A slot counts only while its generation is
+ * the control plane's current one (node_cfg.eni_gen), so a change to `enis` is seen at once. */
+struct eni_cache_slot {
+    __u32 vni;
+    __u32 gen;
+    struct eni eni;
 };
 
 /* eni_addrs[(VPC, address)] -> the ENI: VPCs overlap, so an address alone names nothing. */
@@ -92,74 +103,52 @@ struct sg_ports {
     struct port_range ranges[SG_MAX_RANGES];
 };
 
-/* flows_fwd: the environment's view of a flow, as it arrives from the worker. The worker and VNI are
- * part of the key because environments of different functions may use the same inner address. */
+/* flows: one entry per flow, keyed by the VPC's view of it (after SNAT), so that a reply finds
+ * it with one lookup. The forward direction finds the same entry by computing where its port
+ * probe starts (port_hash in eniplane.c, RFC 6056 algorithm 3) and walking the ENI's port range
+ * from there; the value names the environment that owns the port. One element per flow keeps
+ * both directions of a flow in 16 + 64 bytes plus the kernel's 48-byte element header, and lets
+ * the LRU evict a flow only as a whole. */
 struct flow_key {
-    ipv4_t worker;
-    __u32 vni;
-    ipv4_t src;
-    ipv4_t dst;
-    __be16 sport;
-    __be16 dport;
-    __u8 proto;
-    __u8 pad[3];
-};
-
-struct flow_fwd {
-    __u64 last_seen_ns;
-    __u64 packets;
-    __u64 bytes;
-    /* The ENI's address, VPC and handle, copied when the flow opens so that the established path
-     * needs no ENI lookup. ENIs never change address or VPC; deleting one flushes its flows. */
-    ipv4_t eni_addr;
-    __u16 eni_idx;
     __u16 vpc_idx;
-    __be16 nat_port;
-    __u8 tunnel;     /* enum tunnel_type the flow arrived with */
-    __u8 tcp_flags;  /* union of flags seen, for expiry */
-    __u32 verified_epoch; /* rev_guard epoch in which the reverse half was last seen owned */
-    mac_t env_mac;  /* the environment's MAC as the reverse half has it: a change is copied there */
-    __u16 pad;
-};
-
-/* rev_guard[0]: when may the established path trust a forward entry without reading its reverse
- * half? The LRU can only evict a reverse entry when the table is nearly full: each CPU parks at
- * most LOCAL_FREE_TARGET (128) free or pending nodes, and the kernel evicts only when fewer than
- * that remain free globally. rev_count (claims minus deletes, never below the live count) stays
- * under REV_SAFE_ENTRIES as long as no eviction is possible. At the first claim that could reach
- * it, `danger` is raised and the epoch bumped: from then on every forward entry is checked again.
- * User space, after deleting reverse entries, recounts, clears `danger` and bumps the epoch. */
-struct rev_guard {
-    __u64 rev_count;
-    __u32 epoch;
-    __u32 danger;
-};
-
-/* flows_rev: the VPC's view of the same flow, after SNAT. It is the authority for delivery: a
- * reply goes exactly where this entry says, and a forward entry is only used while its reverse
- * entry points back at it. */
-struct rev_key {
-    __u32 vpc_idx;
+    __u8 proto;
+    __u8 pad;
     ipv4_t eni_addr;
     ipv4_t remote;
-    __be16 eni_port;
+    __be16 eni_port; /* the SNAT port */
     __be16 remote_port;
-    __u8 proto;
-    __u8 pad[3];
 };
 
-struct flow_rev {
+struct flow {
     __u64 last_seen_ns;
-    __u64 packets;
-    __u64 bytes;
-    ipv4_t worker;
+    __u64 tx_packets; /* towards the VPC */
+    __u64 tx_bytes;
+    __u64 rx_packets; /* back towards the worker */
+    __u64 rx_bytes;
+    ipv4_t worker;    /* the worker, VNI, address and port that own the flow */
     __u32 vni;
     ipv4_t env_addr;
     __be16 env_port;
-    __u8 tunnel;
-    __u8 tcp_flags;
-    mac_t env_mac;
-    __u16 eni_idx; /* the ENI's per-ENI counters, so a reply needs no ENI lookup */
+    __u16 eni_idx;    /* the ENI's per-ENI counters, so a reply needs no ENI lookup */
+    mac_t env_mac;    /* where replies go inside the tunnel; follows the environment's frames */
+    __u8 tunnel;      /* enum tunnel_type the flow arrived with */
+    __u8 tcp_flags;   /* union of the flags seen in both directions, for expiry */
+};
+
+/* flow_guard[0]: may a walk along a port probe stop at the first empty slot? Only while no entry
+ * that a later flow probed past can have gone. Entries go in two ways: user space deletes them
+ * (it recounts and checks every remaining flow's probe, see Datapath.flush_flows), or the LRU
+ * evicts one, which it can only do when the table is nearly full: each CPU parks at most
+ * LOCAL_FREE_TARGET (128) free nodes, and the kernel evicts only when fewer than that remain
+ * free globally. `count` (inserts minus deletes) below FLOW_SAFE_ENTRIES rules that out; an
+ * insert that could reach it sets `holes`. With holes, a walk goes on past empty slots, but
+ * never deeper than any flow sits: bit i of `depths` is set once a flow takes the i-th port of
+ * its probe, so walks stay one or two slots long however full the table is. */
+struct flow_guard {
+    __u64 count;
+    __u64 depths; /* 64 bits: the atomic OR that sets a bit exists only in that width */
+    __u32 holes;
+    __u32 pad;
 };
 
 /* eni_stats[eni_idx], a per-CPU array. "tx" is towards the VPC, "rx" back towards the worker. */

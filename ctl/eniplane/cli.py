@@ -490,15 +490,13 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
 
 
 def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
-    k, fw, r = f["key"], f["fwd"], f["rev"]
-    proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(k["proto"], str(k["proto"]))
-    return {"eni": eni_ids.get(k["vni"]), "vni": k["vni"], "proto": proto, "worker": k["worker"],
-            "env": f"{k['src']}:{k['sport']}", "remote": f"{k['dst']}:{k['dport']}",
-            "nat": f"{f['eni_addr']}:{fw['nat_port']}", "packets_out": fw["packets"],
-            "bytes_out": fw["bytes"], "packets_in": r["packets"] if r else 0,
-            "bytes_in": r["bytes"] if r else 0, "tcp_flags": fw["tcp_flags"] | (r["tcp_flags"] if r else 0),
-            "last_seen_ns": max(fw["last_seen_ns"], r["last_seen_ns"] if r else 0),
-            "reverse": r is not None}
+    proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(f["proto"], str(f["proto"]))
+    return {"eni": eni_ids.get(f["vni"]), "vni": f["vni"], "proto": proto, "worker": f["worker"],
+            "env": f"{f['env_addr']}:{f['env_port']}",
+            "remote": f"{f['remote']}:{f['remote_port']}",
+            "nat": f"{f['eni_addr']}:{f['nat_port']}", "packets_out": f["tx_packets"],
+            "bytes_out": f["tx_bytes"], "packets_in": f["rx_packets"], "bytes_in": f["rx_bytes"],
+            "tcp_flags": f["tcp_flags"], "last_seen_ns": f["last_seen_ns"]}
 
 
 @flows_app.callback()
@@ -507,7 +505,7 @@ def flows(ctx: typer.Context,
           vpc: Optional[str] = typer.Option(None, "--vpc", "-v", help="Only this VPC's flows."),
           limit: int = typer.Option(100, "--limit", "-l", help="At most this many flows."),
           node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """List flows (forward and reverse halves joined); `flows flush` removes them."""
+    """List flows (one entry each, both directions); `flows flush` removes them."""
     if ctx.invoked_subcommand:
         return
     from .datapath import Datapath
@@ -523,7 +521,7 @@ def flows(ctx: typer.Context,
     with Datapath(node) as dp:
         rows = []
         for f in dp.flows():
-            if vnis is not None and f["key"]["vni"] not in vnis:
+            if vnis is not None and f["vni"] not in vnis:
                 continue
             rows.append(_flow_doc(f, eni_ids))
             if len(rows) >= limit:

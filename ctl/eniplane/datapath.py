@@ -8,6 +8,9 @@ resolves ifindexes in the writer's namespace) take the node's namespace.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import sys
 from typing import Any, Collection, Iterable
 
 from . import paths
@@ -17,7 +20,7 @@ from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
 MAP_NAMES = ("config", "workers", "enis", "eni_addrs", "vpcs", "vpc_ifs", "sg_rules",
-             "flows_fwd", "flows_rev", "rev_guard", "stats", "eni_stats", "tx_ports")
+             "flows", "flow_guard", "stats", "eni_stats", "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE = 1, 2
 TX_SLOT_FABRIC = 0
 
@@ -47,9 +50,15 @@ class Datapath:
     # ---- node ------------------------------------------------------------------------------
     def set_config(self, fabric_ip: str, fabric_ifindex: int, fabric_mac: str, gateway_mac: str,
                    fabric_mtu: int) -> None:
+        """The node's identity. The port secret is chosen once and kept: established flows are
+        found again by a probe that starts where port_hash with that secret says."""
+        old = self.map("config").lookup(0)
+        secret = old["port_secret"] if old and old["port_secret"] else \
+            int.from_bytes(os.urandom(4), "little") or 1
         self.map("config").update(0, {"fabric_ip": fabric_ip, "fabric_ifindex": fabric_ifindex,
                                       "fabric_mac": fabric_mac, "gateway_mac": gateway_mac,
-                                      "fabric_mtu": fabric_mtu})
+                                      "fabric_mtu": fabric_mtu, "port_secret": secret,
+                                      "eni_gen": _next_gen(old["eni_gen"] if old else 0)})
         self.set_tx_port(TX_SLOT_FABRIC, fabric_ifindex)
 
     def config(self) -> dict:
@@ -117,6 +126,10 @@ class Datapath:
         old = self.map("enis").lookup(vni)
         if old and (old["vpc_idx"], old["addr"]) != (vpc_idx, addr):
             self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
+        # A flow's key and probe come from the ENI's VPC, address and range: change any of them
+        # and its flows could not be found again, so they go first.
+        moved = old is not None and (old["vpc_idx"], old["addr"], old["port_lo"],
+                                     old["port_hi"]) != (vpc_idx, addr, port_lo, port_hi)
         if not 0 < eni_idx < self.map("eni_stats").max_entries:
             raise InvalidInput(f"ENI handle {eni_idx} is outside 1-"
                                f"{self.map('eni_stats').max_entries - 1} (MAX_ENIS)")
@@ -127,6 +140,17 @@ class Datapath:
                                       "port_lo": port_lo, "port_hi": port_hi})
         self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr},
                                      {"vni": vni, "eni_idx": eni_idx})
+        self._eni_changed()
+        if moved:
+            self.flush_flows(vnis={vni})
+
+    def _eni_changed(self) -> None:
+        """A new generation makes every CPU's eni_cache slot stale (types.h)."""
+        m = self.map("config")
+        cfg = m.lookup(0)
+        if cfg and cfg["fabric_ip"] != "0.0.0.0":
+            cfg["eni_gen"] = _next_gen(cfg["eni_gen"])
+            m.update(0, cfg)
 
     def set_sg_rules(self, vni: int, rules: Iterable[Rule]) -> int:
         """Replace one ENI's compiled rules; returns how many prefixes it now has."""
@@ -161,54 +185,103 @@ class Datapath:
                 self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
                 self.map("enis").delete(vni)
                 self.map("eni_stats").update(old["eni_idx"], b"")
+        self._eni_changed()
         if vnis:
             self.sync_sg_rules({}, scope=set(vnis))
             self.flush_flows(vnis=vnis)
 
     # ---- flows -----------------------------------------------------------------------------
     def flows(self, vni: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Forward entries joined with their reverse halves (when present)."""
-        rev = self.map("flows_rev")
+        """Every flow as one record: the environment's side, the VPC's side, both directions'
+        counters (`tx` towards the VPC, `rx` back)."""
         out = []
-        for k, v in self.map("flows_fwd").items():
-            if vni is not None and k["vni"] != vni:
+        for k, v in self.map("flows").items():
+            if vni is not None and v["vni"] != vni:
                 continue
-            r = rev.lookup({"vpc_idx": v["vpc_idx"], "eni_addr": v["eni_addr"],
-                            "remote": k["dst"], "eni_port": v["nat_port"],
-                            "remote_port": k["dport"], "proto": k["proto"]})
-            out.append({"key": k, "fwd": v, "rev": r, "eni_addr": v["eni_addr"]})
+            out.append(flow_record(k, v))
             if limit is not None and len(out) >= limit:
                 break
         return out
 
+    def find_flow(self, worker: str, vni: int, env_addr: str, env_port: int, remote: str,
+                  remote_port: int, proto: int) -> dict[str, Any] | None:
+        """The flow an environment's packet belongs to, found the way the datapath finds it:
+        along the probe of its ENI's port range."""
+        eni = self.map("enis").lookup(vni)
+        if eni is None:
+            return None
+        m = self.map("flows")
+        secret = self.config()["port_secret"]
+        rng = eni["port_hi"] - eni["port_lo"] + 1
+        start = probe_start(port_hash(secret, worker, vni, env_addr, env_port, remote,
+                                      remote_port, proto), rng)
+        for i in range(min(rng, PORT_TRIES)):
+            k = {"vpc_idx": eni["vpc_idx"], "proto": proto, "eni_addr": eni["addr"],
+                 "remote": remote, "eni_port": eni["port_lo"] + (start + i) % rng,
+                 "remote_port": remote_port}
+            v = m.lookup(k)
+            if v and (v["worker"], v["vni"], v["env_addr"], v["env_port"]) == \
+                    (worker, vni, env_addr, env_port):
+                return flow_record(m.key_codec.decode(m._key(k)), v)
+        return None
+
     def flush_flows(self, vnis: Collection[int] | None = None,
                     workers: Collection[str] | None = None) -> int:
-        """Remove flows (both halves): all, or those of some ENIs (by VNI) or workers."""
-        def match(d: dict) -> bool:
-            return (vnis is None or d["vni"] in vnis) and (workers is None or d["worker"] in workers)
-
+        """Remove flows: all, or those of some ENIs (by VNI) or workers. Returns how many."""
+        m = self.map("flows")
         n = 0
-        fwd, rev = self.map("flows_fwd"), self.map("flows_rev")
-        for k in list(fwd.keys_raw()):
-            if match(fwd.key_codec.decode(k)):
-                n += fwd.delete(k)
-        for k in list(rev.keys_raw()):
-            v = rev.lookup(k)
-            if v is not None and match(v):
-                rev.delete(k)
+        for k in list(m.keys_raw()):
+            v = m.lookup(k)
+            if v is not None and (vnis is None or v["vni"] in vnis) and \
+                    (workers is None or v["worker"] in workers):
+                n += m.delete(k)
         self.guard_resync()
         return n
 
     def guard_resync(self) -> dict:
-        """After reverse entries were deleted from here: recount them, clear `danger` and start
-        a new epoch, so that every forward entry checks its reverse half once more (rev_guard in
-        types.h says why the datapath may otherwise skip that check)."""
-        g = self.map("rev_guard")
-        old = g.lookup(0)
-        new = {"rev_count": sum(1 for _ in self.map("flows_rev").keys_raw()),
-               "epoch": (old["epoch"] + 1) & 0xFFFFFFFF, "danger": 0}
-        g.update(0, new)
+        """After flows were deleted from here: recount them, record how deep along its probe
+        each one sits, and decide whether a walk along a probe may still stop at the first empty
+        slot (flow_guard in types.h). It may unless some remaining flow sits behind a slot that
+        is empty now, or the table is so full that the LRU may evict."""
+        flows = self.flows()
+        depths = self.probe_depths(flows)
+        taken = {self._slot(f, f["nat_port"]) for f in flows}
+        behind = any(self._slot(f, p) not in taken
+                     for f, d in zip(flows, depths) for p in self._probe(f)[:d])
+        full = len(flows) >= flow_safe_entries(self.map("flows").max_entries)
+        new = {"count": len(flows), "holes": int(bool(flows) and (full or behind)),
+               "depths": 0}
+        for d in depths:
+            new["depths"] |= 1 << min(d, PORT_TRIES - 1)
+        self.map("flow_guard").update(0, new)
         return new
+
+    @staticmethod
+    def _slot(f: dict[str, Any], port: int) -> tuple:
+        return (f["vpc_idx"], f["proto"], f["eni_addr"], f["remote"], f["remote_port"], port)
+
+    def _probe(self, f: dict[str, Any]) -> list[int]:
+        """The ports a flow's probe visits, in order, as the datapath walks them."""
+        eni = self._enis.get(f["vni"])
+        if eni is None:
+            return []
+        lo, rng = eni["port_lo"], eni["port_hi"] - eni["port_lo"] + 1
+        start = probe_start(port_hash(self._secret, f["worker"], f["vni"], f["env_addr"],
+                                      f["env_port"], f["remote"], f["remote_port"], f["proto"]),
+                            rng)
+        return [lo + (start + i) % rng for i in range(min(rng, PORT_TRIES))]
+
+    def probe_depths(self, flows: list[dict[str, Any]]) -> list[int]:
+        """For each flow, how many ports of its probe come before its own (0: the first)."""
+        self._enis = dict(self.map("enis").items())
+        self._secret = self.config()["port_secret"]
+        out = []
+        for f in flows:
+            probe = self._probe(f)
+            # A flow outside its probe (its ENI gone or changed) is unreachable: count it as
+            # deep as walks go, so that nothing is assumed about it.
+            out.append(probe.index(f["nat_port"]) if f["nat_port"] in probe else PORT_TRIES - 1)
+        return out
 
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -223,3 +296,63 @@ class Datapath:
                 out[v] = sum_percpu(m.lookup(e["eni_idx"]))
         return out
 
+
+
+# ---- flows: user space's view of the datapath's single flow entry ----------------------------
+PORT_TRIES = 16  # consts.h (tests/unit/test_consts.py holds the two equal)
+
+
+def _next_gen(gen: int) -> int:
+    """The next ENI generation; 0 never counts (an empty cache slot has it)."""
+    return gen % 0xFFFFFFFF + 1
+
+
+def flow_safe_entries(max_flows: int) -> int:
+    """FLOW_SAFE_ENTRIES of consts.h for a table of this size."""
+    return max_flows - max_flows // 8 - 4096
+
+
+def flow_record(k: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
+    return {"worker": v["worker"], "vni": v["vni"], "env_addr": v["env_addr"],
+            "env_port": v["env_port"], "remote": k["remote"], "remote_port": k["remote_port"],
+            "proto": k["proto"], "vpc_idx": k["vpc_idx"], "eni_addr": k["eni_addr"],
+            "nat_port": k["eni_port"], "eni_idx": v["eni_idx"], "env_mac": v["env_mac"],
+            "tunnel": v["tunnel"], "tcp_flags": v["tcp_flags"], "tx_packets": v["tx_packets"],
+            "tx_bytes": v["tx_bytes"], "rx_packets": v["rx_packets"], "rx_bytes": v["rx_bytes"],
+            "last_seen_ns": v["last_seen_ns"]}
+
+
+def _word(raw: bytes) -> int:
+    """A field as the datapath loads it: its bytes in memory order, read in host order."""
+    return int.from_bytes(raw, sys.byteorder)
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+
+def _scramble(k: int) -> int:
+    k = _rotl((k * 0xCC9E2D51) & 0xFFFFFFFF, 15)
+    return (k * 0x1B873593) & 0xFFFFFFFF
+
+
+def port_hash(secret: int, worker: str, vni: int, env_addr: str, env_port: int, remote: str,
+              remote_port: int, proto: int) -> int:
+    """port_hash of eniplane.c (before it is mapped onto a range by probe_start)."""
+    words = (_word(ipaddress.IPv4Address(worker).packed), vni | proto << 24,
+             _word(ipaddress.IPv4Address(env_addr).packed),
+             _word(ipaddress.IPv4Address(remote).packed),
+             (_word(env_port.to_bytes(2, "big")) << 16) | _word(remote_port.to_bytes(2, "big")))
+    h = secret
+    for w, r in zip(words, (0, 7, 13, 19, 26)):
+        h ^= _rotl(_scramble(w), r) if r else _scramble(w)
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def probe_start(h: int, rng: int) -> int:
+    """Where in a range of `rng` ports a probe with hash `h` starts (multiply-shift)."""
+    return (h * rng) >> 32

@@ -125,11 +125,10 @@ def _flow(env, inner, vni=VNI_A):
     l4 = inner[IP].payload
     sport = l4.id if isinstance(l4, ICMP) else l4.sport
     for f in env.dp.flows(vni=vni):
-        k = f["key"]
-        if (k["src"], k["dst"], k["sport"], k["proto"]) == (inner[IP].src, inner[IP].dst, sport,
-                                                            inner[IP].proto):
+        if (f["env_addr"], f["remote"], f["env_port"], f["proto"]) == \
+                (inner[IP].src, inner[IP].dst, sport, inner[IP].proto):
             return f
-    raise AssertionError("flow not in flows_fwd")
+    raise AssertionError("flow not in the flow table")
 
 
 FORWARD = [
@@ -158,9 +157,9 @@ def test_forward_snat(env, desc, wrap, inner):
     assert got == "REDIRECT", delta
     assert delta.get("fwd_new_flow") == 1, delta
     f = _flow(env, inner)
-    port = f["fwd"]["nat_port"]
+    port = f["nat_port"]
     assert 1024 <= port <= 65535
-    assert f["rev"] is not None and f["rev"]["env_addr"] == ENV_IP
+    assert (f["worker"], f["vni"], f["eni_addr"]) == (WORKER, VNI_A, ENI_A)
     assert out == expected_forward(inner, port, env.vpc_if["vpca"]["mac"])
     # the same packet again is an established flow with the same translation
     got2, out2, delta2 = env.run("xdp_fabric", bytes(wrap(inner)))
@@ -197,5 +196,5 @@ def test_port_exhaustion_is_per_destination(env):
     got, _, d = env.run("xdp_fabric", bytes(tunnel(tcp(sport=41002, dst="10.0.0.11"),
                                                    vni=VNI_TINY)))
     assert (got, d.get("fwd_new_flow")) == ("REDIRECT", 1), d
-    ports = sorted(f["fwd"]["nat_port"] for f in env.dp.flows(vni=VNI_TINY))
+    ports = sorted(f["nat_port"] for f in env.dp.flows(vni=VNI_TINY))
     assert set(ports) <= {2000, 2001}

@@ -36,7 +36,7 @@ def test_up_status_stats_down(lab, cli_node):
     assert (fab["ifname"], fab["program"], fab["hook"], fab["mode"], fab["attached"]) == \
         ("fab0", "xdp_fabric", "xdp", "native", True)
     assert fab["prog_id"] == st["programs"]["xdp_fabric"]
-    assert {m["name"] for m in st["maps"]} >= {"flows_fwd", "flows_rev", "stats", "tx_ports"}
+    assert {m["name"] for m in st["maps"]} >= {"flows", "flow_guard", "stats", "tx_ports"}
 
     before = json.loads(cli("stats", "--node", cli_node, "-o", "json").stdout)["counters"]
     # a worker pings the node: plain traffic goes through xdp_fabric to the kernel
@@ -47,7 +47,7 @@ def test_up_status_stats_down(lab, cli_node):
     assert after["xdp_pass"] - before["xdp_pass"] >= 3
 
     # bpftool decodes every pinned map too
-    for m in ("flows_fwd", "stats", "config"):
+    for m in ("flows", "stats", "config"):
         subprocess.run(["bpftool", "map", "dump", "pinned", str(paths.maps_dir(cli_node) / m)],
                        check=True, capture_output=True)
 

@@ -76,7 +76,7 @@ def test_tenants_are_isolated(lab, node, tenants):
         eni_stats = dp.eni_stats()
     assert all(eni_stats[v]["rx_packets"] > 0 for v in tenants["vni"].values())
     before = stats(node)["drop_no_flow"]
-    port = next(f["fwd"]["nat_port"] for f in flows_a if f["key"]["proto"] == 17)
+    port = next(f["nat_port"] for f in flows_a if f["proto"] == 17)
     lab.exec(lab.vpc_ns("b"), [PY, "-c", (
         "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
         f"s.bind(('{VPC_SERVER}', 7777)); s.sendto(b'leak', ('{ENI_B}', {port}))")])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from eniplane import bpfsys, netlink, paths
-from eniplane.datapath import Datapath
+from eniplane.datapath import PORT_TRIES, Datapath, port_hash, probe_start
 from eniplane.maps import sum_percpu
 from eniplane.sgcompile import Rule
 
@@ -45,6 +45,7 @@ class Harness:
         fab = netlink.link_get(lab.node_ns, lab.fabric_if)
         self.fabric_mtu = fab["mtu"]
         self.dp.set_config(P.FABRIC_IP, fab["ifindex"], P.FABRIC_MAC, GATEWAY_MAC, fab["mtu"])
+        self.secret = self.dp.config()["port_secret"]
         self.vpc_ifs = {}
         for idx, ifname in ((1, "vpca"), (2, "vpcb")):
             info = netlink.link_get(lab.node_ns, ifname)
@@ -102,11 +103,16 @@ class Harness:
         verdict = XDP.get(rv, str(rv))
 
         def kernel_port(eni, key, base):
+            """The kernel's port, which must be the first one free for this destination along
+            the probe that port_hash starts (the datapath's rule, computed here in Python)."""
             w, vni, src, dst, sport, dport, proto = key
-            f = self.dp.map("flows_fwd").lookup({"worker": w, "vni": vni, "src": src, "dst": dst,
-                                                 "sport": sport, "dport": dport, "proto": proto})
+            f = self.dp.find_flow(w, vni, src, sport, dst, dport, proto)
             if f is None:
                 raise Disagreement(f"model opened flow {key}; the kernel has no such flow")
+            used = {k[3] for k in self.model.rev if k[:3] == base[:3] and k[4:] == base[4:]}
+            want = next(p for p in self._probe(eni, key) if p not in used)
+            if f["nat_port"] != want:
+                raise Disagreement(f"flow {key} got port {f['nat_port']}, its probe says {want}")
             return f["nat_port"]
 
         def kernel_sport(flow):
@@ -130,6 +136,11 @@ class Harness:
             eni_vni = res.flow[1]
         elif direction == "fabric" and res.extra:
             eni_vni = self._vni_of(frame)
+        if direction == "fabric" and res.flow is not None and not res.new_flow:
+            # an established flow that sits past its probe's first port
+            flow = self.model.fwd[res.flow]
+            if flow.rkey[3] != next(self._probe(flow.eni, flow.key)):
+                want["flow_probed"] = 1
         for k, v in res.extra.items():
             if k.startswith("eni:"):
                 want[f"eni{eni_vni}:{k[4:]}"] = v
@@ -149,6 +160,13 @@ class Harness:
                                f"\n  frame {frame.hex()}")
         return res.reason
 
+    def _probe(self, eni, key):
+        """The ports a flow's probe visits, in order (port_hash of eniplane.c)."""
+        w, vni, src, dst, sport, dport, proto = key
+        rng = eni.port_hi - eni.port_lo + 1
+        start = probe_start(port_hash(self.secret, w, vni, src, sport, dst, dport, proto), rng)
+        return (eni.port_lo + (start + i) % rng for i in range(min(rng, PORT_TRIES)))
+
     @staticmethod
     def _vni_of(frame: bytes) -> int | None:
         """The VNI of a tunnel frame the model counted against an ENI (SG denial, exhaustion)."""
@@ -159,25 +177,14 @@ class Harness:
         return int.from_bytes(frame[off + 8 + 4: off + 8 + 7], "big")
 
     def check_invariants(self) -> None:
-        fwd, rev = self.dp.map("flows_fwd"), self.dp.map("flows_rev")
-        rev_entries = dict((tuple(k.values()), v) for k, v in rev.items())
-        pointed: dict[tuple, int] = {}
         kernel_flows = {}
-        for k, v in fwd.items():
-            rk = (v["vpc_idx"], v["eni_addr"], k["dst"], v["nat_port"], k["dport"], k["proto"])
-            r = rev_entries.get(rk)
-            if r is None:
-                raise Disagreement(f"forward entry {k} has no reverse entry")
-            if (r["worker"], r["vni"], r["env_addr"], r["env_port"]) != \
-                    (k["worker"], k["vni"], k["src"], k["sport"]):
-                raise Disagreement(f"reverse entry of {k} points at another flow: {r}")
-            pointed[rk] = pointed.get(rk, 0) + 1
-            kernel_flows[(k["worker"], k["vni"], k["src"], k["dst"], k["sport"], k["dport"],
-                          k["proto"])] = rk
-        if any(n > 1 for n in pointed.values()):
-            raise Disagreement("two forward entries share one reverse entry")
-        if len(rev_entries) != len(kernel_flows):
-            raise Disagreement(f"{len(rev_entries)} reverse entries for {len(kernel_flows)} flows")
+        for f in self.dp.flows():
+            owner = (f["worker"], f["vni"], f["env_addr"], f["remote"], f["env_port"],
+                     f["remote_port"], f["proto"])
+            if owner in kernel_flows:
+                raise Disagreement(f"flow {owner} has two entries")
+            kernel_flows[owner] = (f["vpc_idx"], f["eni_addr"], f["remote"], f["nat_port"],
+                                   f["remote_port"], f["proto"])
         model_flows = {k: f.rkey for k, f in self.model.fwd.items()}
         if model_flows != kernel_flows:
             raise Disagreement(f"flow tables differ: kernel {kernel_flows}, model {model_flows}")

@@ -300,12 +300,7 @@ class Model:
             new = True
             extra["eni:flows_created"] = 1
         else:
-            # The reverse half carries the MAC replies go to: a change is copied into it, which
-            # costs a read of the reverse half (rev_guard otherwise spares that read while the
-            # table is far from full, as the harness's tables always are).
-            if flow.env_mac != env_mac:
-                extra["flow_rev_checked"] = 1
-            flow.env_mac = env_mac
+            flow.env_mac = env_mac  # replies go to the MAC of the latest forward packet
         eni = flow.eni
         vpc = cfg.vpcs.get(eni.vpc_idx)
         reason = "fwd_new_flow" if new else "fwd_established"
