@@ -45,6 +45,8 @@
 #define MAX_ENIS 16384
 #endif
 #define ENI_CACHE_SLOTS 256 /* per CPU, direct-mapped by VNI */
+#define VPC_IF_SLOTS 1024   /* direct-mapped by ifindex */
+#define WORKER_SLOTS 4096   /* direct-mapped by the worker's address */
 
 #ifndef MAX_VPCS
 #define MAX_VPCS 256

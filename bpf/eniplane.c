@@ -144,6 +144,16 @@ static __always_inline struct eni *eni_of(struct node_cfg *cfg, __u32 vni)
     return eni;
 }
 
+/* The VPC behind an ingress interface: its own slot when it owns one, else vpc_ifs. */
+static __always_inline __u32 *vpc_of_if(__u32 ifindex)
+{
+    __u32 slot = ifindex % VPC_IF_SLOTS;
+    struct vpc_if_slot *s = vpc_if_slots.lookup(&slot);
+    if (s && ifindex && s->ifindex == ifindex)
+        return &s->vpc_idx;
+    return vpc_ifs.lookup(&ifindex);
+}
+
 /* Is the outer source a registered worker? Learns its MAC, the outer destination of replies. */
 static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
 {
@@ -152,6 +162,26 @@ static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
         return 0;
     if (!mac_equal(w->mac, src_mac))
         mac_copy(w->mac, src_mac);
+    __u32 slot = bpf_ntohl(addr) % WORKER_SLOTS;
+    struct worker_slot *s = worker_slots.lookup(&slot);
+    if (s && s->addr == addr && !mac_equal(s->mac, src_mac))
+        mac_copy(s->mac, src_mac);
+    return 1;
+}
+
+/* A worker's MAC for a reply: from its slot when it owns one, else from `workers`. */
+static __always_inline int worker_mac(ipv4_t addr, __u8 *mac)
+{
+    __u32 slot = bpf_ntohl(addr) % WORKER_SLOTS;
+    struct worker_slot *s = worker_slots.lookup(&slot);
+    if (s && addr && s->addr == addr) {
+        mac_copy(mac, s->mac);
+        return 1;
+    }
+    struct worker *w = workers.lookup(&addr);
+    if (!w)
+        return 0;
+    mac_copy(mac, w->mac);
     return 1;
 }
 
@@ -594,7 +624,7 @@ int xdp_vpc(struct xdp_md *ctx)
     struct stats *st = stats.lookup(&k0);
     count(st, STAT_rx_vpc);
     __u32 ifindex = ctx->ingress_ifindex;
-    __u32 *vpc_idx_p = vpc_ifs.lookup(&ifindex);
+    __u32 *vpc_idx_p = vpc_of_if(ifindex);
     if (!vpc_idx_p) {
         reason = STAT_pass_vpc_unknown_if;
         goto out;
@@ -670,8 +700,8 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
-    struct worker *w = workers.lookup(&rev->worker);
-    if (!w) {
+    __u8 wmac[6];
+    if (!worker_mac(rev->worker, wmac)) {
         reason = STAT_drop_unknown_worker;
         goto out;
     }
@@ -723,7 +753,7 @@ int xdp_vpc(struct xdp_md *ctx)
         reason = STAT_drop_adjust_failed;
         goto out;
     }
-    mac_copy(oeth->h_dest, w->mac);
+    mac_copy(oeth->h_dest, wmac);
     mac_copy(oeth->h_source, cfg->fabric_mac);
     oeth->h_proto = bpf_htons(ETH_P_IPV4);
 

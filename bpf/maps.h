@@ -1,7 +1,7 @@
 /* maps.h - every map of the datapath, pinned under PIN_DIR (/sys/fs/bpf/eniplane/<node>/maps).
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
- * Writers: the control plane writes config, workers, enis, eni_addrs, vpcs, vpc_ifs, sg_rules and
- * tx_ports; the
+ * Writers: the control plane writes config, workers, worker_slots (owners), enis, eni_addrs,
+ * vpcs, vpc_ifs, vpc_if_slots, sg_rules and tx_ports; the
  * datapath writes the flow tables, the counters, worker MACs and learned gateway MACs.
  */
 #ifndef ENIPLANE_MAPS_H
@@ -16,6 +16,8 @@
 
 BPF_TABLE_PINNED("array", __u32, struct node_cfg, config, 1, PIN_DIR "/config");
 BPF_TABLE_PINNED("hash", ipv4_t, struct worker, workers, MAX_WORKERS, PIN_DIR "/workers");
+BPF_TABLE_PINNED("array", __u32, struct worker_slot, worker_slots, WORKER_SLOTS,
+                 PIN_DIR "/worker_slots");
 BPF_TABLE_PINNED("hash", __u32, struct eni, enis, MAX_ENIS, PIN_DIR "/enis");
 BPF_TABLE_PINNED("hash", struct eni_addr_key, struct eni_ref, eni_addrs, MAX_ENIS,
                  PIN_DIR "/eni_addrs");
@@ -23,6 +25,8 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct eni_cache_slot, eni_cache, ENI_CA
                  PIN_DIR "/eni_cache");
 BPF_TABLE_PINNED("array", __u32, struct vpc, vpcs, MAX_VPCS, PIN_DIR "/vpcs");
 BPF_TABLE_PINNED("hash", __u32, __u32, vpc_ifs, MAX_VPCS, PIN_DIR "/vpc_ifs");
+BPF_TABLE_PINNED("array", __u32, struct vpc_if_slot, vpc_if_slots, VPC_IF_SLOTS,
+                 PIN_DIR "/vpc_if_slots");
 BPF_TABLE_PINNED("lpm_trie", struct sg_key, struct sg_ports, sg_rules, MAX_SG_PREFIXES,
                  PIN_DIR "/sg_rules", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS, PIN_DIR "/flows");

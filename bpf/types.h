@@ -37,6 +37,15 @@ struct worker {
     __u16 pad;
 };
 
+/* worker_slots[host-order address % WORKER_SLOTS]: a copy of one worker's entry, so that a reply
+ * finds the worker's MAC without hashing. The control plane gives a slot to the first worker that
+ * maps to it (the others are found in `workers`); the datapath keeps the copy's MAC current. */
+struct worker_slot {
+    ipv4_t addr;
+    mac_t mac;
+    __u16 pad;
+};
+
 /* enis[VNI]: one shared ENI. Every function with the same (subnet, group set) uses it. */
 struct eni {
     __u32 eni_idx;     /* control-plane handle below MAX_ENIS: indexes eni_stats */
@@ -79,6 +88,14 @@ struct vpc {
 };
 #define VPC_F_GW_MAC 1
 #define VPC_F_ACTIVE 2 /* the slot is configured (array slots always exist) */
+
+/* vpc_if_slots[ifindex % VPC_IF_SLOTS]: vpc_ifs for the return path without hashing. A slot
+ * names the one interface that owns it; an interface whose slot another one owns is found in
+ * vpc_ifs, which always holds every interface. */
+struct vpc_if_slot {
+    __u32 ifindex;
+    __u32 vpc_idx;
+};
 
 /* sg_rules: the union of the egress rules of all of an ENI's security groups, compiled by the
  * control plane so that a new flow costs one LPM lookup and a fixed binary search, never a loop

@@ -19,8 +19,9 @@ from .errors import InvalidInput
 from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
-MAP_NAMES = ("config", "workers", "enis", "eni_addrs", "vpcs", "vpc_ifs", "sg_rules",
-             "flows", "flow_guard", "stats", "eni_stats", "tx_ports")
+MAP_NAMES = ("config", "workers", "worker_slots", "enis", "eni_cache", "eni_addrs", "vpcs",
+             "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "stats", "eni_stats",
+             "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE = 1, 2
 TX_SLOT_FABRIC = 0
 
@@ -76,13 +77,26 @@ class Datapath:
         m = self.map("workers")
         if m.lookup(ip) is None:  # keep a MAC already learned
             m.update(ip, {"mac": "00:00:00:00:00:00"})
+        slots = self.map("worker_slots")
+        slot = _worker_slot(ip, slots.max_entries)
+        if slots.lookup(slot)["addr"] in ("0.0.0.0", ip):
+            slots.update(slot, {"addr": ip, "mac": m.lookup(ip)["mac"]})
 
     def del_workers(self, ips: Collection[str]) -> None:
         """Established flows do not look the worker up again: its flows go with it (one pass
-        over the flow tables for all the workers)."""
+        over the flow tables for all the workers). A slot a removed worker owned goes to another
+        worker that maps to it."""
+        slots = self.map("worker_slots")
         for ip in ips:
+            slot = _worker_slot(ip, slots.max_entries)
+            if slots.lookup(slot)["addr"] == ip:
+                slots.update(slot, b"")
             self.map("workers").delete(ip)
         if ips:
+            for ip, w in self.map("workers").items():
+                slot = _worker_slot(ip, slots.max_entries)
+                if slots.lookup(slot)["addr"] == "0.0.0.0":
+                    slots.update(slot, {"addr": ip, "mac": w["mac"]})
             self.flush_flows(workers=ips)
 
     # ---- VPC attachments -------------------------------------------------------------------
@@ -99,12 +113,33 @@ class Datapath:
                 old["ifindex"] == ifindex:
             gateway_mac, flags = old["gateway_mac"], flags | VPC_F_GW_MAC
         if old and old["flags"] & VPC_F_ACTIVE and old["ifindex"] != ifindex:
-            self.map("vpc_ifs").delete(old["ifindex"])
+            self._unmap_if(old["ifindex"])
         self.set_tx_port(tx_slot, ifindex)
         m.update(vpc_idx, {"ifindex": ifindex, "gateway_ip": gateway_ip,
                            "gateway_mac": gateway_mac or "00:00:00:00:00:00", "if_mac": if_mac,
                            "flags": flags, "tx_slot": tx_slot})
+        self._map_if(ifindex, vpc_idx)
+
+    def _map_if(self, ifindex: int, vpc_idx: int) -> None:
+        """vpc_ifs always; the interface's slot too unless another interface owns it."""
         self.map("vpc_ifs").update(ifindex, vpc_idx)
+        slots = self.map("vpc_if_slots")
+        slot = ifindex % slots.max_entries
+        if slots.lookup(slot)["ifindex"] in (0, ifindex):
+            slots.update(slot, {"ifindex": ifindex, "vpc_idx": vpc_idx})
+
+    def _unmap_if(self, ifindex: int) -> None:
+        """The slot goes first (a packet in between finds vpc_ifs); an interface that shares the
+        slot takes it over."""
+        slots = self.map("vpc_if_slots")
+        slot = ifindex % slots.max_entries
+        if slots.lookup(slot)["ifindex"] == ifindex:
+            slots.update(slot, b"")
+            for other, idx in self.map("vpc_ifs").items():
+                if other != ifindex and other % slots.max_entries == slot:
+                    slots.update(slot, {"ifindex": other, "vpc_idx": idx})
+                    break
+        self.map("vpc_ifs").delete(ifindex)
 
     def vpc(self, vpc_idx: int) -> dict | None:
         v = self.map("vpcs").lookup(vpc_idx)
@@ -117,7 +152,7 @@ class Datapath:
         old = self.vpc(vpc_idx)
         if old:
             self.del_tx_port(old["tx_slot"])
-            self.map("vpc_ifs").delete(old["ifindex"])
+            self._unmap_if(old["ifindex"])
             self.map("vpcs").update(vpc_idx, b"")  # array slots cannot go: zero = inactive
 
     # ---- ENIs ------------------------------------------------------------------------------
@@ -300,6 +335,11 @@ class Datapath:
 
 # ---- flows: user space's view of the datapath's single flow entry ----------------------------
 PORT_TRIES = 16  # consts.h (tests/unit/test_consts.py holds the two equal)
+
+
+def _worker_slot(ip: str, slots: int) -> int:
+    """worker_slots' index for a worker: its address in host order, modulo the slot count."""
+    return int(ipaddress.IPv4Address(ip)) % slots
 
 
 def _next_gen(gen: int) -> int:

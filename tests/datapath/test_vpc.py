@@ -139,3 +139,63 @@ def test_replies_go_to_the_worker_that_opened_the_flow(env):
                                                          env.vpc_if["vpca"]["mac"])), "vpca")
         o = Ether(back)
         assert (got, o[IP].dst, o[Ether].dst) == ("REDIRECT", worker, mac)
+
+
+def test_an_interface_whose_slot_another_owns_is_found_in_vpc_ifs(env):
+    """vpc_if_slots spares the return path a hash lookup; an interface that lost its slot to
+    another (same ifindex modulo the slot count) must still be found, and takes the slot back
+    when the other goes."""
+    vpca = env.vpc_if["vpca"]["ifindex"]
+    slots = env.dp.map("vpc_if_slots")
+    n = slots.max_entries
+    assert slots.lookup(vpca % n) == {"ifindex": vpca, "vpc_idx": 1}
+    fwd = open_flow(env, env_frame(UDP(sport=34077, dport=7) / Raw(b"s")), VNI_A)
+    rep = bytes(reply_to(fwd, GW_A, env.vpc_if["vpca"]["mac"]))
+    stranger = vpca + n  # an interface of VPC 2 that happens to share vpca's slot
+    env.dp._unmap_if(vpca)
+    env.dp._map_if(stranger, 2)
+    env.dp._map_if(vpca, 1)
+    try:
+        assert slots.lookup(vpca % n)["ifindex"] == stranger
+        got, out, d = env.run("xdp_vpc", rep, "vpca")
+        assert (got, d.get("rev_established")) == ("REDIRECT", 1), d
+    finally:
+        env.dp._unmap_if(stranger)
+    assert slots.lookup(vpca % n) == {"ifindex": vpca, "vpc_idx": 1}
+    got, _, d = env.run("xdp_vpc", rep, "vpca")
+    assert (got, d.get("rev_established")) == ("REDIRECT", 1), d
+
+
+def test_worker_slots_follow_owners_and_learned_macs(env):
+    """worker_slots spares replies a hash lookup. A worker that maps to a slot another worker
+    owns is found in `workers`; the slot passes on when its owner goes; a MAC learned from a
+    new flow reaches the slot, so replies follow it."""
+    import ipaddress
+
+    slots = env.dp.map("worker_slots")
+    n = slots.max_entries
+    other = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(WORKER)) + n))  # same slot
+    slot = int(ipaddress.IPv4Address(WORKER)) % n
+    assert slots.lookup(slot)["addr"] == WORKER
+    env.dp.del_workers([WORKER])
+    env.dp.add_worker(other)
+    env.dp.add_worker(WORKER)  # its slot is taken now: found in `workers` instead
+    assert slots.lookup(slot)["addr"] == other
+    new_mac = "02:00:00:00:77:11"
+    p = tunnel(env_frame(UDP(sport=36100, dport=7) / Raw(b"w")))
+    p[Ether].src = new_mac
+    got, out, _ = env.run("xdp_fabric", bytes(p))
+    assert got == "REDIRECT"
+    rep = bytes(reply_to(Ether(out), GW_A, env.vpc_if["vpca"]["mac"]))
+    got, back, d = env.run("xdp_vpc", rep, "vpca")
+    assert (got, Ether(back)[Ether].dst) == ("REDIRECT", new_mac), d
+    env.dp.del_workers([other])  # WORKER takes the slot over, with the MAC it has now
+    assert slots.lookup(slot) == {"addr": WORKER, "mac": new_mac}
+    # a MAC learned while owning the slot reaches it
+    p[Ether].src = WORKER_MAC
+    p[VXLAN].payload[UDP].sport = 36101
+    got, out, _ = env.run("xdp_fabric", bytes(p))
+    assert got == "REDIRECT" and slots.lookup(slot)["mac"] == WORKER_MAC
+    rep = bytes(reply_to(Ether(out), GW_A, env.vpc_if["vpca"]["mac"]))
+    got, back, d = env.run("xdp_vpc", rep, "vpca")
+    assert (got, Ether(back)[Ether].dst) == ("REDIRECT", WORKER_MAC), d
