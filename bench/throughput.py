@@ -1,8 +1,8 @@
 """Throughput in the benchmark topology: ceiling vs eniplane vs the Linux stack, side by side.
 
-Contract: for each flow count, each scenario is measured in the same run (the machine drifts, so
-only side-by-side figures compare): packets counted by the sink per second, median of `repeats`
-runs of `seconds` each, with min and max. Forward: VXLAN frames from the generator namespace to
+Contract: for each flow count and direction the scenarios are staged together and their repeats
+interleaved (the machine drifts, so only figures taken side by side compare): packets counted by
+the sink per second, median of `repeats` runs of `seconds` each, with min and max. Forward: VXLAN frames from the generator namespace to
 the VPC sink. Return: plain replies from the VPC namespace to the ENI address, encapsulated back
 to the generator namespace. Flows are created by a warm-up before anything is measured.
 """
@@ -70,16 +70,35 @@ def _fix_lengths(raw: bytes) -> bytes:
     return bytes(p)
 
 
-def measure(gen, sink: Sink, seconds: float, repeats: int) -> dict:
-    gen.run(min(seconds, 0.5))  # calibration: learns the rate that sizes each measured call
-    rates = []
-    for _ in range(repeats):
+def interleaved(t: T.Topo, direction: str, gens: dict, sink: Sink, seconds: float,
+                repeats: int, progress: Callable[[str], None], label: str) -> dict[str, dict]:
+    """Each repeat measures every scenario once, in turn, so that the host's drift (up to 2x
+    within half an hour here) falls on all of them alike and the ratios hold. A generator
+    throttles to what the path takes, so the rate that sizes its next run is kept per scenario."""
+    rates: dict[str, list[float]] = {s: [] for s in gens}
+    learned: dict[str, float] = {}
+
+    def once(s: str, secs: float) -> float:
+        gen = gens[s]
+        t.use("eniplane" if s.startswith("eniplane") else s, direction)
+        if hasattr(gen, "rate"):
+            gen.rate = learned.get(s, 0.0)
         before = sink.count()
-        sent, elapsed = gen.run(seconds)
+        _, elapsed = gen.run(secs)
         got = sink.count() - before
-        rates.append(got / elapsed / 1e6)
-    return {"mpps": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "runs": rates}
+        if hasattr(gen, "rate"):
+            learned[s] = gen.rate
+        return got / elapsed / 1e6
+
+    for s in gens:  # calibration: learns each scenario's rate
+        once(s, min(seconds, 0.5))
+    for r in range(repeats):
+        for s in gens:
+            rates[s].append(once(s, seconds))
+        progress(f"{label}, round {r + 1}/{repeats}: " +
+                 ", ".join(f"{s} {rates[s][-1]:.2f}" for s in gens) + " Mpps")
+    return {s: {"mpps": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
+            for s, v in rates.items()}
 
 
 def reply_ports(t: T.Topo, scenario: str, ports: list[tuple[int, int]], dp=None) -> list:
@@ -121,54 +140,45 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
 
     pin_cpu0()
     results = []
-
-    def measured(direction, scenario, n, gen, sink, warm=0):
-        try:
-            if warm:
-                gen.run(0, max_packets=warm)  # warm-up: every flow opened
-            r = measure(gen, sink, seconds, repeats)
-        finally:
-            gen.close()
-        results.append({"direction": direction, "scenario": scenario, "flows": n,
-                        "generator": backend, **r})
-        progress(f"  {r['mpps']:.2f} Mpps")
-
     with T.Topo() as t:
+        dp = t.stage()
         fwd_sink = Sink(t.ns["sink"], "s0")
+        ret_sink = Sink(t.ns["gen"], "g0")
         try:
             for n in flow_counts:
                 ports = rfc4814_ports(n)
-                warm = max(2 * n, 1000)
-                for scenario in ("ceiling", "eniplane", "linux"):
-                    progress(f"forward {scenario}, {n} flows")
-                    dp = None
-                    if scenario == "ceiling":
-                        t.ceiling()
-                    elif scenario == "eniplane":
-                        dp = t.eniplane()
-                    else:
-                        t.linux()
-                    measured("forward", scenario, n, _generator(backend, t, "forward", ports),
-                             fwd_sink, warm)
-                    if scenario == "eniplane" and (backend == "xdp" or t.has_geneve()):
-                        progress(f"forward eniplane over GENEVE (one option), {n} flows")
-                        measured("forward", "eniplane-geneve", n,
-                                 _generator(backend, t, "forward", ports, "geneve"), fwd_sink)
-                    # the return path, while the flows exist
-                    progress(f"return {scenario}, {n} flows")
-                    if scenario == "ceiling":
-                        t.ceiling(reverse=True)
-                    rports = reply_ports(t, scenario, ports, dp)
-                    ret_sink = Sink(t.ns["gen"], "g0")
-                    try:
-                        measured("return", scenario, n,
-                                 _generator(backend, t, "return", rports), ret_sink)
-                    finally:
-                        ret_sink.close()
-                    if dp is not None:
-                        dp.close()
+                dp.flush_flows()
+                fwd = _generator(backend, t, "forward", ports)
+                made = [fwd]
+                try:
+                    gens_fwd = {"ceiling": fwd, "eniplane": fwd, "linux": fwd}
+                    if backend == "xdp" or t.has_geneve():
+                        made.append(_generator(backend, t, "forward", ports, "geneve"))
+                        gens_fwd["eniplane-geneve"] = made[-1]
+                    # warm-up: every flow opened in eniplane's table and in conntrack
+                    for s in ("eniplane", "linux"):
+                        t.use(s, "forward")
+                        fwd.run(0, max_packets=max(2 * n, 1000))
+                    made.append(_generator(backend, t, "return",
+                                           reply_ports(t, "eniplane", ports, dp)))
+                    ret_eni = made[-1]
+                    made.append(_generator(backend, t, "return",
+                                           reply_ports(t, "linux", ports)))
+                    gens_ret = {"ceiling": made[-1], "eniplane": ret_eni, "linux": made[-1]}
+                    for direction, gens, sink in (("forward", gens_fwd, fwd_sink),
+                                                  ("return", gens_ret, ret_sink)):
+                        res = interleaved(t, direction, gens, sink, seconds, repeats, progress,
+                                          f"{direction}, {n} flows")
+                        for s, r in res.items():
+                            results.append({"direction": direction, "scenario": s, "flows": n,
+                                            "generator": backend, **r})
+                finally:
+                    for g in made:
+                        g.close()
         finally:
             fwd_sink.close()
+            ret_sink.close()
+            dp.close()
     return results
 
 

@@ -92,18 +92,25 @@ class Topo:
 
     def ceiling(self, reverse: bool = False) -> int:
         """Load the redirect-only program; returns the number of flows it needs (none)."""
+        self.clear()
+        b, fd = self._load_ceiling(reverse)
+        netlink.xdp_attach(self.ns["node"], "vpca" if reverse else "fab0", fd, "native")
+        self._keep = b  # the attachment holds the program; the object holds the maps' fds
+        return 0
+
+    def _load_ceiling(self, reverse: bool) -> tuple[object, int]:
+        """ceil_xdp set up for one direction: (the BPF object to keep, the program's fd)."""
+        import ctypes
+
         from bcc import BPF
 
         from .gen import GEN_C
 
-        self.clear()
         b = BPF(src_file=str(GEN_C).encode(), cflags=["-DFRAME_LEN=64", "-DGEN_MAX_FLOWS=1",
                                                      "-Wno-unused-function"])
         fn = b.load_func(b"ceil_xdp", BPF.XDP)
-        src, dst = (("node", "vpca"), ("node", "fab0")) if reverse else \
-            (("node", "fab0"), ("node", "vpca"))
+        dst = ("node", "fab0") if reverse else ("node", "vpca")
         peer = ("gen", "g0") if reverse else ("sink", "s0")
-        import ctypes
         macs = bytes.fromhex(self.mac[peer].replace(":", "")) + \
             bytes.fromhex(self.mac[dst].replace(":", ""))
         leaf = b["ceil_macs"].Leaf()
@@ -111,9 +118,40 @@ class Topo:
         b["ceil_macs"][ctypes.c_int(0)] = leaf
         with netlink.in_netns(self.ns["node"]):
             b["ceil_tx"][ctypes.c_int(0)] = ctypes.c_int(self.ifindex[dst])
-        netlink.xdp_attach(self.ns["node"], src[1], fn.fd, "native")
-        self._keep = b  # the attachment holds the program; the object holds the maps' fds
-        return 0
+        return b, fn.fd
+
+    def stage(self) -> "object":
+        """All three scenarios configured at once: eniplane up (its programs attached), the
+        Linux stack's device, forwarding and nftables in place, both ceiling programs loaded.
+        use() then switches between them by re-attaching XDP programs only, so a run can
+        interleave the scenarios' repeats and the host's drift hits them alike."""
+        from eniplane import bpfsys
+
+        dp = self.eniplane()
+        self._linux_config()
+        self._staged = {}
+        for reverse in (False, True):
+            b, fd = self._load_ceiling(reverse)
+            self._staged[("ceiling", reverse)] = (b, fd)
+        progs = paths.progs_dir(self.node_name)
+        self._fds = {"xdp_fabric": bpfsys.obj_get(str(progs / "xdp_fabric")),
+                     "xdp_vpc": bpfsys.obj_get(str(progs / "xdp_vpc")),
+                     "pass": bpfsys.load_xdp_pass(),
+                     "ceil_fwd": self._staged[("ceiling", False)][1],
+                     "ceil_ret": self._staged[("ceiling", True)][1]}
+        return dp
+
+    def use(self, scenario: str, direction: str) -> None:
+        """Attach the programs of one staged scenario (see stage()) to fab0 and vpca. Every
+        receiving veth keeps an XDP program, which it needs to take redirected frames."""
+        fab, vpc = {("ceiling", "forward"): ("ceil_fwd", "pass"),
+                    ("ceiling", "return"): ("pass", "ceil_ret"),
+                    ("eniplane", "forward"): ("xdp_fabric", "xdp_vpc"),
+                    ("eniplane", "return"): ("xdp_fabric", "xdp_vpc"),
+                    ("linux", "forward"): ("pass", "pass"),
+                    ("linux", "return"): ("pass", "pass")}[(scenario, direction)]
+        netlink.xdp_attach(self.ns["node"], "fab0", self._fds[fab], "native", replace=True)
+        netlink.xdp_attach(self.ns["node"], "vpca", self._fds[vpc], "native", replace=True)
 
     def eniplane(self, max_flows: int = 262144) -> "object":
         """Bring the real node up (flow tables of `max_flows` per direction, the default of
@@ -137,6 +175,12 @@ class Topo:
     def linux(self) -> None:
         """The job done by the Linux stack: VXLAN device, forwarding, nftables masquerade."""
         self.clear()
+        self._linux_config()
+        # the veth receiving XDP-generated frames needs NAPI: a pass program on each receiver
+        self._pass("node", "fab0")
+        self._pass("node", "vpca")
+
+    def _linux_config(self) -> None:
         n = self.ns["node"]
         sh(n, "ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", FABRIC_IP,
            "dstport", "4789", "dev", "fab0", "nolearning")
@@ -152,9 +196,6 @@ class Topo:
             "table ip eniplane_bench {\n"
             " chain post { type nat hook postrouting priority 100; oifname \"vpca\" masquerade; }\n"
             "}\n"))
-        # the veth receiving XDP-generated frames needs NAPI: a pass program on each receiver
-        self._pass("node", "fab0")
-        self._pass("node", "vpca")
 
     def tunnel_device(self, kind: str) -> str:
         """A VXLAN or GENEVE device in the generator's namespace, towards the node: pktgen feeds
@@ -190,6 +231,15 @@ class Topo:
             os.close(fd)
 
     def destroy(self) -> None:
+        import os
+
+        for name, fd in getattr(self, "_fds", {}).items():
+            if not name.startswith("ceil"):  # those belong to the staged BPF objects
+                os.close(fd)
+        self._fds = {}
+        for b, _ in getattr(self, "_staged", {}).values():
+            b.cleanup()
+        self._staged = {}
         try:
             self.clear()
         except Exception:
