@@ -150,7 +150,7 @@ def markdown_tables(doc: dict) -> dict[str, str]:
         rows = [["empty XDP program (floor)", f"{f:.0f}", "1.0"],
                 ["established forward (decap, flow lookup, SNAT, redirect)",
                  f"{c['established_fwd_ns']:.0f}", f"{c['established_fwd_ns'] / f:.1f}"],
-                ["return (reverse lookup, translation, encapsulation, redirect)",
+                ["return (flow lookup, translation, encapsulation, redirect)",
                  f"{c['return_ns']:.0f}", f"{c['return_ns'] / f:.1f}"]]
         for k, v in c["new_flow_ns"].items():
             rows.append([f"new flow, {k} rules", f"{v:.0f}", f"{v / f:.1f}"])
@@ -175,8 +175,8 @@ def markdown_tables(doc: dict) -> dict[str, str]:
             ["past the limit (LRU evicts the least recently used flow, whole)",
              f"{s['over_limit']['admitted']:,} of {s['over_limit']['offered']:,} new flows "
              f"admitted, {s['over_limit']['dropped']:,} dropped, "
-             f"{s['over_limit']['new_flow_ns']:,.0f} ns each (the whole probe is walked once "
-             "evictions may have left holes)"]])
+             f"{s['over_limit']['new_flow_ns']:,.0f} ns each (evicting; walks go past empty "
+             "ports, as deep as flows sit)"]])
     if "control" in doc:
         c = doc["control"]
         out["control"] = _md(["operation", "s"], [
