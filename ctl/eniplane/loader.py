@@ -4,21 +4,67 @@ Contract: the only module that imports bcc, and only `eniplane up` (and tests th
 datapath) call it. Maps are declared pinned in C (maps.h), so a second load finds and reuses them
 and their contents survive. Programs are pinned under <pin dir>/progs so that commands that attach
 an interface later (a new VPC) need no compiler. A verifier rejection becomes a LoadError that
-carries the trimmed verifier log.
+carries the trimmed verifier log. LLVM ends the whole process (exit(1)) on a backend error that
+clang's front end let through: a C-level exit hook then still prints the compiler's words and
+removes the pins this load created.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from . import bpfsys, paths
 from .errors import LoadError
 
 PROGRAMS = ("xdp_fabric", "xdp_vpc")
+
+# What must still happen if the compiler exits the process under us (see the module's contract).
+_on_c_exit: list[Callable[[], None]] = []
+
+
+def _run_c_exit_hooks(_: object) -> None:
+    for hook in reversed(_on_c_exit):
+        try:
+            hook()
+        except Exception:
+            pass
+
+
+_C_EXIT_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_run_c_exit_hooks)
+
+
+class _CExitGuard:
+    """Runs _on_c_exit if the C library's exit() runs while the guard is held. The hook is
+    registered with __cxa_atexit under a handle of its own and retired with __cxa_finalize on
+    the way out, so it never runs once the interpreter is gone (glibc; elsewhere a no-op)."""
+
+    def __enter__(self) -> "_CExitGuard":
+        self.handle = ctypes.create_string_buffer(1)
+        try:
+            libc = ctypes.CDLL(None)
+            # getattr: a dunder name written inside a class body would be mangled
+            register = getattr(libc, "__cxa_atexit")
+            register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            self.finalize = getattr(libc, "__cxa_finalize")
+            self.finalize.argtypes = [ctypes.c_void_p]
+            register(ctypes.cast(_C_EXIT_HOOK, ctypes.c_void_p), None,
+                     ctypes.addressof(self.handle))
+        except (AttributeError, OSError):
+            self.finalize = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.finalize is not None:
+            hooks = list(_on_c_exit)
+            _on_c_exit.clear()  # retiring calls the hook once: with nothing to do
+            self.finalize(ctypes.addressof(self.handle))
+            _on_c_exit.extend(hooks)
 
 
 def bpf_dir() -> Path:
@@ -52,9 +98,19 @@ class _CaptureStderr:
         self.tmp = tempfile.TemporaryFile(mode="w+b")
         self.saved = os.dup(2)
         os.dup2(self.tmp.fileno(), 2)
+        _on_c_exit.append(self._dying)
         return self
 
+    def _dying(self) -> None:
+        """The process is exiting inside the capture: give stderr back, with what was said."""
+        os.dup2(self.saved, 2)
+        self.tmp.seek(0)
+        said = self.tmp.read().decode(errors="replace").strip().splitlines()[-5:]
+        os.write(2, ("eniplane: the compiler ended the process:\n" + "\n".join(said) +
+                     "\n").encode())
+
     def __exit__(self, *exc: object) -> None:
+        _on_c_exit.remove(self._dying)
         os.dup2(self.saved, 2)
         os.close(self.saved)
         self.tmp.seek(0)
@@ -66,12 +122,19 @@ def compile_and_pin(node: str, defines: dict[str, int] | None = None) -> dict[st
     """Load every program; returns {program name: fd}. Maps and programs end up pinned."""
     check_bpffs()
     created = not paths.pin_dir(node).exists()
+
+    def forget() -> None:  # leave nothing half-pinned behind a failed load
+        if created:
+            shutil.rmtree(paths.pin_dir(node), ignore_errors=True)
+
+    _on_c_exit.append(forget)
     try:
         return _compile_and_pin(node, defines)
     except BaseException:
-        if created:  # leave nothing half-pinned behind a failed load
-            shutil.rmtree(paths.pin_dir(node), ignore_errors=True)
+        forget()
         raise
+    finally:
+        _on_c_exit.remove(forget)
 
 
 def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int]:
@@ -87,7 +150,7 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
         cflags.append(f"-D{k}={int(v)}")
     cap = _CaptureStderr()
     try:
-        with cap:
+        with cap, _CExitGuard():
             bpf = BPF(src_file=str(src).encode(), cflags=cflags)
     except Exception as e:
         msg = "\n".join(ln for ln in cap.text.splitlines() if "error" in ln)[:2000]

@@ -46,3 +46,26 @@ def test_a_failed_load_leaves_no_pins(lab, tmp_path, monkeypatch):
     with pytest.raises(LoadError, match="cannot compile"):
         loader.compile_and_pin(name)
     assert not paths.pin_dir(name).exists()
+
+
+def test_a_compiler_that_ends_the_process_still_says_why(lab, tmp_path):
+    """LLVM's backend errors exit() the process from inside bcc: the loader's exit hook prints
+    the compiler's words and removes the pins the load had created."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bad)
+    src = (bad / "eniplane.c").read_text()
+    anchor = "    count(st, STAT_rx_vpc);"
+    # a 32-bit atomic OR: clang accepts it, the BPF backend (before -mcpu=v3) gives up
+    src = src.replace(anchor, anchor + "\n    if (st) __sync_fetch_and_or((__u32 *)st, 1);", 1)
+    (bad / "eniplane.c").write_text(src)
+    name = f"{lab.prefix}-llvm"
+    p = subprocess.run([sys.executable, "-c",
+                        f"from eniplane import loader; loader.compile_and_pin({name!r})"],
+                       env={**__import__("os").environ, "ENIPLANE_BPF_DIR": str(bad)},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "the compiler ended the process" in p.stderr and "atomic" in p.stderr, p.stderr
+    assert not paths.pin_dir(name).exists()
