@@ -30,7 +30,8 @@
 
 /* How many consecutive ports, from where the flow's probe starts, a flow may sit at. A new flow
  * takes the first free one with a BPF_NOEXIST insert, so concurrent CPUs never claim the same
- * port; when all are taken towards its destination it is dropped as port exhaustion. */
+ * port; when all are taken towards its destination it is dropped as port exhaustion. Every
+ * established packet may walk this far, and so must the verifier (see eniplane.c). */
 #define PORT_TRIES 16
 #define E_EXIST 17 /* EEXIST: what a BPF_NOEXIST insert of a taken key returns, negated */
 
