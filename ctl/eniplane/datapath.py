@@ -262,38 +262,62 @@ class Datapath:
 
     def flush_flows(self, vnis: Collection[int] | None = None,
                     workers: Collection[str] | None = None) -> int:
-        """Remove flows: all, or those of some ENIs (by VNI) or workers. Returns how many."""
+        """Remove flows: all, or those of some ENIs (by VNI) or workers. Returns how many. One
+        pass over the table; the guard is then checked only where flows went."""
         m = self.map("flows")
-        n = 0
+        n, remaining, touched = 0, [], set()
         for k in list(m.keys_raw()):
             v = m.lookup(k)
-            if v is not None and (vnis is None or v["vni"] in vnis) and \
-                    (workers is None or v["worker"] in workers):
-                n += m.delete(k)
-        self.guard_resync()
+            if v is None:
+                continue
+            f = flow_record(m.key_codec.decode(k), v)
+            if (vnis is None or v["vni"] in vnis) and (workers is None or v["worker"] in workers):
+                if m.delete(k):
+                    n += 1
+                    touched.add(self._dest(f))
+            else:
+                remaining.append(f)
+        self.guard_resync(remaining, touched)
         return n
 
-    def guard_resync(self) -> dict:
+    def guard_resync(self, flows: list[dict[str, Any]] | None = None,
+                     touched: set[tuple] | None = None) -> dict:
         """After flows were deleted from here: recount them, record how deep along its probe
         each one sits, and decide whether a walk along a probe may still stop at the first empty
         slot (flow_guard in types.h). It may unless some remaining flow sits behind a slot that
-        is empty now, or the table is so full that the LRU may evict."""
-        flows = self.flows()
-        depths = self.probe_depths(flows)
-        taken = {self._slot(f, f["nat_port"]) for f in flows}
+        is empty now, or the table is so full that the LRU may evict.
+
+        `flows` is the table as it is now (read here if not given). With `touched`, the
+        destinations that lost flows, only flows towards those are checked, and the depths
+        recorded so far stand: enough while the guard had no holes before, since a hole can only
+        be where a flow went. Otherwise every flow is checked."""
+        g = self.map("flow_guard")
+        old = g.lookup(0)
+        if flows is None:
+            flows = self.flows()
+        incremental = touched is not None and not old["holes"]
+        check = [f for f in flows if self._dest(f) in touched] if incremental else flows
+        depths = self.probe_depths(check)
+        taken = {self._slot(f, f["nat_port"]) for f in check}
         behind = any(self._slot(f, p) not in taken
-                     for f, d in zip(flows, depths) for p in self._probe(f)[:d])
+                     for f, d in zip(check, depths) for p in self._probe(f)[:d])
         full = len(flows) >= flow_safe_entries(self.map("flows").max_entries)
-        new = {"count": len(flows), "holes": int(bool(flows) and (full or behind)),
-               "depths": 0}
+        bits = old["depths"] if incremental else 0
         for d in depths:
-            new["depths"] |= 1 << min(d, PORT_TRIES - 1)
-        self.map("flow_guard").update(0, new)
+            bits |= 1 << min(d, PORT_TRIES - 1)
+        new = {"count": len(flows), "holes": int(bool(flows) and (full or behind)),
+               "depths": bits if flows else 0}
+        g.update(0, new)
         return new
 
     @staticmethod
-    def _slot(f: dict[str, Any], port: int) -> tuple:
-        return (f["vpc_idx"], f["proto"], f["eni_addr"], f["remote"], f["remote_port"], port)
+    def _dest(f: dict[str, Any]) -> tuple:
+        """What a flow's port is unique within: its ENI address (in its VPC) and destination."""
+        return (f["vpc_idx"], f["proto"], f["eni_addr"], f["remote"], f["remote_port"])
+
+    @classmethod
+    def _slot(cls, f: dict[str, Any], port: int) -> tuple:
+        return cls._dest(f) + (port,)
 
     def _probe(self, f: dict[str, Any]) -> list[int]:
         """The ports a flow's probe visits, in order, as the datapath walks them."""

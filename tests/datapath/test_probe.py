@@ -105,6 +105,33 @@ def test_with_holes_a_walk_goes_only_as_deep_as_flows_sit(env):
     env.dp.flush_flows(vnis={VNI_TINY})
 
 
+def test_a_partial_flush_finds_the_flows_it_left_behind_a_hole(env):
+    """flush_flows checks only the destinations it emptied ports of: a flow of another worker
+    that probed past the flushed one is found, holes are flagged, the flow keeps its port."""
+    w2 = "100.64.0.12"
+    env.dp.add_worker(w2)
+    env.dp.flush_flows()
+    secret = env.dp.config()["port_secret"]
+
+    def start(worker: str, sport: int) -> int:
+        return 2000 + probe_start(port_hash(secret, worker, VNI_TINY, ENV_IP, sport, DEST, 7, 17), 2)
+
+    s1 = 43200
+    s2 = next(p for p in range(43300, 43400) if start(w2, p) == start(WORKER, s1))
+    assert env.run("xdp_fabric", pkt(s1, VNI_TINY, DEST))[0] == "REDIRECT"
+    p2 = tunnel(env_frame(UDP(sport=s2, dport=7) / Raw(b"g"), dst=DEST), vni=VNI_TINY, worker=w2)
+    got, out, d = env.run("xdp_fabric", bytes(p2))
+    assert (got, d.get("fwd_new_flow")) == ("REDIRECT", 1), d
+    port2 = Ether(out)[UDP].sport
+    assert port2 != start(w2, s2)  # it sits one port further along its probe
+    assert env.dp.flush_flows(workers={WORKER}) == 1
+    assert env.dp.map("flow_guard").lookup(0)["holes"] == 1
+    got, out, d = env.run("xdp_fabric", bytes(p2))
+    assert (got, d.get("fwd_established"), Ether(out)[UDP].sport) == ("REDIRECT", 1, port2), d
+    env.dp.flush_flows()
+    assert env.dp.map("flow_guard").lookup(0) == {"count": 0, "holes": 0, "depths": 0}
+
+
 def test_without_holes_a_walk_stops_at_the_first_empty_slot(env):
     """The same situation, but user space not told: the walk stops in front of the flow. This
     is what flow_guard exists for, and shows the test above can fail."""
