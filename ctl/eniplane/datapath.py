@@ -265,6 +265,7 @@ class Datapath:
         """Remove flows: all, or those of some ENIs (by VNI) or workers. Returns how many. One
         pass over the table; the guard is then checked only where flows went."""
         m = self.map("flows")
+        start = self.map("flow_guard").lookup(0)
         n, remaining, touched = 0, [], set()
         for k in list(m.keys_raw()):
             v = m.lookup(k)
@@ -277,11 +278,11 @@ class Datapath:
                     touched.add(self._dest(f))
             else:
                 remaining.append(f)
-        self.guard_resync(remaining, touched)
+        self.guard_resync(remaining, touched, start)
         return n
 
     def guard_resync(self, flows: list[dict[str, Any]] | None = None,
-                     touched: set[tuple] | None = None) -> dict:
+                     touched: set[tuple] | None = None, start: dict | None = None) -> dict:
         """After flows were deleted from here: recount them, record how deep along its probe
         each one sits, and decide whether a walk along a probe may still stop at the first empty
         slot (flow_guard in types.h). It may unless some remaining flow sits behind a slot that
@@ -290,23 +291,29 @@ class Datapath:
         `flows` is the table as it is now (read here if not given). With `touched`, the
         destinations that lost flows, only flows towards those are checked, and the depths
         recorded so far stand: enough while the guard had no holes before, since a hole can only
-        be where a flow went. Otherwise every flow is checked."""
+        be where a flow went. Otherwise every flow is checked. The datapath keeps inserting
+        meanwhile: what it added to the guard since `start` (the guard as it was before the
+        table was read) is carried over, never lost to this write."""
         g = self.map("flow_guard")
-        old = g.lookup(0)
+        if start is None:
+            start = g.lookup(0)
         if flows is None:
             flows = self.flows()
-        incremental = touched is not None and not old["holes"]
+        incremental = touched is not None and not start["holes"]
         check = [f for f in flows if self._dest(f) in touched] if incremental else flows
         depths = self.probe_depths(check)
         taken = {self._slot(f, f["nat_port"]) for f in check}
         behind = any(self._slot(f, p) not in taken
                      for f, d in zip(check, depths) for p in self._probe(f)[:d])
-        full = len(flows) >= flow_safe_entries(self.map("flows").max_entries)
-        bits = old["depths"] if incremental else 0
+        bits = start["depths"] if incremental else 0
         for d in depths:
             bits |= 1 << min(d, PORT_TRIES - 1)
-        new = {"count": len(flows), "holes": int(bool(flows) and (full or behind)),
-               "depths": bits if flows else 0}
+        now = g.lookup(0)
+        count = len(flows) + max(0, now["count"] - start["count"])
+        bits |= now["depths"] & ~start["depths"]
+        full = count >= flow_safe_entries(self.map("flows").max_entries)
+        holes = count > 0 and (full or behind or (now["holes"] and not start["holes"]))
+        new = {"count": count, "holes": int(holes), "depths": bits if count else 0}
         g.update(0, new)
         return new
 

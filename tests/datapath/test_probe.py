@@ -171,3 +171,16 @@ def test_replies_follow_a_new_environment_mac(env):
     got, back, d = env.run("xdp_vpc", bytes(rep), "vpcb")
     assert got == "REDIRECT", d
     assert Ether(back)[VXLAN].payload[Ether].dst == "02:ee:00:00:99:99"
+
+
+def test_a_resync_keeps_what_the_datapath_added_meanwhile(env):
+    """User space writes the guard after reading the whole table; inserts, depth bits and a
+    holes flag the datapath set in between must survive that write."""
+    env.dp.flush_flows()
+    g = env.dp.map("flow_guard")
+    start = g.lookup(0)
+    assert start == {"count": 0, "holes": 0, "depths": 0}
+    g.update(0, {"count": 3, "holes": 1, "depths": 0b100})  # the datapath, meanwhile
+    after = env.dp.guard_resync(flows=[], touched=set(), start=start)
+    assert after == {"count": 3, "holes": 1, "depths": 0b100}
+    env.dp.flush_flows()
