@@ -2,9 +2,10 @@
 
 Contract: for each flow count and direction the scenarios are staged together and their repeats
 interleaved (the machine drifts, so only figures taken side by side compare): packets counted by
-the sink per second, median of `repeats` runs of `seconds` each, with min and max. Forward: VXLAN frames from the generator namespace to
-the VPC sink. Return: plain replies from the VPC namespace to the ENI address, encapsulated back
-to the generator namespace. Flows are created by a warm-up before anything is measured.
+the sink per second, median of `repeats` runs of `seconds` each, with min and max. Forward:
+VXLAN frames from the generator namespace to the VPC sink. Return: plain replies from the VPC
+namespace to the ENI address, encapsulated back to the generator namespace. Flows are created by
+a warm-up before anything is measured.
 """
 
 from __future__ import annotations

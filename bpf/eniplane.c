@@ -7,8 +7,9 @@
  *   node goes to the kernel untouched.
  * xdp_vpc (on each VPC-side interface): replies to an ENI address are translated back with the
  *   flow's entry (one per flow, keyed by the VPC's view of it), encapsulated in the tunnel type
- *   and VNI the flow came with, and redirected to the worker that opened the flow. ARP for ENI addresses is answered. Unsolicited packets to an
- *   ENI are dropped; packets for other addresses go to the kernel.
+ *   and VNI the flow came with, and redirected to the worker that opened the flow. ARP for ENI
+ *   addresses is answered. Unsolicited packets to an ENI are dropped; packets for other
+ *   addresses go to the kernel.
  *
  * Nothing here consults the kernel's routing table: VPCs overlap, so the VPC is always known from
  * the ENI (forward) or the ingress interface (return). Every program ends in one record() call.
@@ -60,7 +61,8 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
             (a[5] ^ b[5])) == 0;
 }
 
-/* flow_guard (types.h): an insert that could let the LRU evict makes holes possible for good. */
+/* flow_guard (types.h): an insert that could let the LRU evict makes holes possible, until user
+ * space recounts after deleting flows. */
 static __always_inline void guard_before_insert(struct flow_guard *g)
 {
     if (g && !g->holes && (__s64)g->count + 1 >= FLOW_SAFE_ENTRIES)
@@ -154,6 +156,14 @@ static __always_inline __u32 *vpc_of_if(__u32 ifindex)
     return vpc_ifs.lookup(&ifindex);
 }
 
+/* The worker_slots entry of a worker, if the worker owns its slot. */
+static __always_inline struct worker_slot *worker_slot_of(ipv4_t addr)
+{
+    __u32 slot = bpf_ntohl(addr) % WORKER_SLOTS;
+    struct worker_slot *s = worker_slots.lookup(&slot);
+    return s && addr && s->addr == addr ? s : NULL;
+}
+
 /* Is the outer source a registered worker? Learns its MAC, the outer destination of replies. */
 static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
 {
@@ -162,9 +172,8 @@ static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
         return 0;
     if (!mac_equal(w->mac, src_mac))
         mac_copy(w->mac, src_mac);
-    __u32 slot = bpf_ntohl(addr) % WORKER_SLOTS;
-    struct worker_slot *s = worker_slots.lookup(&slot);
-    if (s && s->addr == addr && !mac_equal(s->mac, src_mac))
+    struct worker_slot *s = worker_slot_of(addr);
+    if (s && !mac_equal(s->mac, src_mac))
         mac_copy(s->mac, src_mac);
     return 1;
 }
@@ -172,9 +181,8 @@ static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
 /* A worker's MAC for a reply: from its slot when it owns one, else from `workers`. */
 static __always_inline int worker_mac(ipv4_t addr, __u8 *mac)
 {
-    __u32 slot = bpf_ntohl(addr) % WORKER_SLOTS;
-    struct worker_slot *s = worker_slots.lookup(&slot);
-    if (s && addr && s->addr == addr) {
+    struct worker_slot *s = worker_slot_of(addr);
+    if (s) {
         mac_copy(mac, s->mac);
         return 1;
     }
@@ -691,8 +699,8 @@ int xdp_vpc(struct xdp_md *ctx)
     fk.remote = ip->saddr;
     fk.eni_port = *dport_p;
     fk.remote_port = sport;
-    struct flow *rev = flows.lookup(&fk);
-    if (!rev) {
+    struct flow *f = flows.lookup(&fk);
+    if (!f) {
         if (eni_addrs.lookup(&ak)) {
             action = XDP_DROP;
             reason = STAT_drop_no_flow; /* unsolicited: environments accept no inbound */
@@ -702,7 +710,7 @@ int xdp_vpc(struct xdp_md *ctx)
     /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
     __u8 wmac[6];
-    if (!worker_mac(rev->worker, wmac)) {
+    if (!worker_mac(f->worker, wmac)) {
         reason = STAT_drop_unknown_worker;
         goto out;
     }
@@ -715,30 +723,30 @@ int xdp_vpc(struct xdp_md *ctx)
     /* Reverse translation: destination back to the environment's address and port. */
     ipv4_t old_dst = ip->daddr;
     __u16 old_port = *dport_p;
-    ip->daddr = rev->env_addr;
-    ip->check = csum_replace4(ip->check, old_dst, rev->env_addr);
+    ip->daddr = f->env_addr;
+    ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
     ipv4_dec_ttl(ip);
-    l4_csum_fix(l4proto, l4.check, old_dst, rev->env_addr, old_port, rev->env_port);
-    *dport_p = rev->env_port;
-    mac_copy(eth->h_dest, rev->env_mac);
+    l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
+    *dport_p = f->env_port;
+    mac_copy(eth->h_dest, f->env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);
 
     __u64 now = bpf_ktime_get_coarse_ns();
-    if (now != rev->last_seen_ns) /* stores only where something changed, as forward */
-        rev->last_seen_ns = now;
-    rev->rx_packets++; /* plain adds, as on the forward path */
-    rev->rx_bytes += frame_len;
-    if (tcp_flags & ~rev->tcp_flags)
-        rev->tcp_flags |= tcp_flags;
-    __u32 vni = rev->vni;
-    struct eni_stats *es = eni_stats_of(rev->eni_idx);
+    if (now != f->last_seen_ns) /* stores only where something changed, as forward */
+        f->last_seen_ns = now;
+    f->rx_packets++; /* plain adds, as on the forward path */
+    f->rx_bytes += frame_len;
+    if (tcp_flags & ~f->tcp_flags)
+        f->tcp_flags |= tcp_flags;
+    __u32 vni = f->vni;
+    struct eni_stats *es = eni_stats_of(f->eni_idx);
     if (es) {
         es->rx_packets++;
         es->rx_bytes += frame_len;
     }
 
-    __u8 tunnel = rev->tunnel;
-    ipv4_t worker = rev->worker;
+    __u8 tunnel = f->tunnel;
+    ipv4_t worker = f->worker;
     __u16 usport = TUNNEL_SPORT_BASE + (tunnel_hash(&fk) & 0x3FFF);
     if (bpf_xdp_adjust_head(ctx, -ENCAP_LEN)) {
         reason = STAT_drop_adjust_failed;

@@ -32,7 +32,7 @@
     X(drop_sg_denied)        /* no rule of any of the ENI's groups allows the new flow */        \
     X(drop_port_exhausted)   /* no free SNAT port towards this destination */                    \
     X(drop_flow_insert)      /* the flow table refused the entry */                              \
-    X(drop_port_race)        /* another CPU took the free port first: the next packet walks again */ \
+    X(drop_port_race)        /* another CPU took the free port first; the next packet retries */ \
     X(drop_no_vpc)           /* the ENI's VPC interface is not configured */                     \
     X(drop_no_gateway_mac)   /* the VPC gateway's MAC is not learned yet */                      \
     X(drop_no_tx_port)       /* the egress interface is missing from tx_ports */                 \
@@ -40,7 +40,7 @@
     X(tx_arp_tunnel)         /* answered an environment's ARP as its gateway */                  \
     X(fwd_new_flow)                                                                              \
     X(fwd_established)                                                                           \
-    X(flow_probed)           /* established packet whose flow sits past the first port it probes */ \
+    X(flow_probed)           /* established packet whose flow sits past its probe's first port */ \
     X(flow_insert_race)      /* another CPU created the same flow first: its entry is used */    \
     /* from the VPCs */                                                                          \
     X(rx_vpc)                                                                                    \

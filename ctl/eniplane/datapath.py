@@ -246,18 +246,14 @@ class Datapath:
         if eni is None:
             return None
         m = self.map("flows")
-        secret = self.config()["port_secret"]
-        rng = eni["port_hi"] - eni["port_lo"] + 1
-        start = probe_start(port_hash(secret, worker, vni, env_addr, env_port, remote,
-                                      remote_port, proto), rng)
-        for i in range(min(rng, PORT_TRIES)):
+        for port in probe_ports(self.config()["port_secret"], eni["port_lo"], eni["port_hi"],
+                                worker, vni, env_addr, env_port, remote, remote_port, proto):
             k = {"vpc_idx": eni["vpc_idx"], "proto": proto, "eni_addr": eni["addr"],
-                 "remote": remote, "eni_port": eni["port_lo"] + (start + i) % rng,
-                 "remote_port": remote_port}
+                 "remote": remote, "eni_port": port, "remote_port": remote_port}
             v = m.lookup(k)
             if v and (v["worker"], v["vni"], v["env_addr"], v["env_port"]) == \
                     (worker, vni, env_addr, env_port):
-                return flow_record(m.key_codec.decode(m._key(k)), v)
+                return flow_record(k, v)
         return None
 
     def flush_flows(self, vnis: Collection[int] | None = None,
@@ -301,10 +297,14 @@ class Datapath:
             flows = self.flows()
         incremental = touched is not None and not start["holes"]
         check = [f for f in flows if self._dest(f) in touched] if incremental else flows
-        depths = self.probe_depths(check)
+        probes = self._probes(check)
+        # how many ports of its probe come before a flow's own; one outside its probe (its ENI
+        # gone or changed) is unreachable: count it as deep as walks go, assume nothing of it
+        depths = [p.index(f["nat_port"]) if f["nat_port"] in p else PORT_TRIES - 1
+                  for f, p in zip(check, probes)]
         taken = {self._slot(f, f["nat_port"]) for f in check}
-        behind = any(self._slot(f, p) not in taken
-                     for f, d in zip(check, depths) for p in self._probe(f)[:d])
+        behind = any(self._slot(f, port) not in taken
+                     for f, p, d in zip(check, probes, depths) for port in p[:d])
         bits = start["depths"] if incremental else 0
         for d in depths:
             bits |= 1 << min(d, PORT_TRIES - 1)
@@ -326,27 +326,16 @@ class Datapath:
     def _slot(cls, f: dict[str, Any], port: int) -> tuple:
         return cls._dest(f) + (port,)
 
-    def _probe(self, f: dict[str, Any]) -> list[int]:
-        """The ports a flow's probe visits, in order, as the datapath walks them."""
-        eni = self._enis.get(f["vni"])
-        if eni is None:
-            return []
-        lo, rng = eni["port_lo"], eni["port_hi"] - eni["port_lo"] + 1
-        start = probe_start(port_hash(self._secret, f["worker"], f["vni"], f["env_addr"],
-                                      f["env_port"], f["remote"], f["remote_port"], f["proto"]),
-                            rng)
-        return [lo + (start + i) % rng for i in range(min(rng, PORT_TRIES))]
-
-    def probe_depths(self, flows: list[dict[str, Any]]) -> list[int]:
-        """For each flow, how many ports of its probe come before its own (0: the first)."""
-        self._enis = dict(self.map("enis").items())
-        self._secret = self.config()["port_secret"]
+    def _probes(self, flows: list[dict[str, Any]]) -> list[list[int]]:
+        """Each flow's probe, as the datapath walks it (empty for a flow whose ENI is gone)."""
+        enis = dict(self.map("enis").items())
+        secret = self.config()["port_secret"]
         out = []
         for f in flows:
-            probe = self._probe(f)
-            # A flow outside its probe (its ENI gone or changed) is unreachable: count it as
-            # deep as walks go, so that nothing is assumed about it.
-            out.append(probe.index(f["nat_port"]) if f["nat_port"] in probe else PORT_TRIES - 1)
+            eni = enis.get(f["vni"])
+            out.append([] if eni is None else probe_ports(
+                secret, eni["port_lo"], eni["port_hi"], f["worker"], f["vni"], f["env_addr"],
+                f["env_port"], f["remote"], f["remote_port"], f["proto"]))
         return out
 
     # ---- counters --------------------------------------------------------------------------
@@ -361,7 +350,6 @@ class Datapath:
             if vni is None or v == vni:
                 out[v] = sum_percpu(m.lookup(e["eni_idx"]))
         return out
-
 
 
 # ---- flows: user space's view of the datapath's single flow entry ----------------------------
@@ -427,3 +415,12 @@ def port_hash(secret: int, worker: str, vni: int, env_addr: str, env_port: int, 
 def probe_start(h: int, rng: int) -> int:
     """Where in a range of `rng` ports a probe with hash `h` starts (multiply-shift)."""
     return (h * rng) >> 32
+
+
+def probe_ports(secret: int, port_lo: int, port_hi: int, worker: str, vni: int, env_addr: str,
+                env_port: int, remote: str, remote_port: int, proto: int) -> list[int]:
+    """The ports a flow's probe visits, in the order the datapath walks them (probe_port)."""
+    rng = port_hi - port_lo + 1
+    start = probe_start(port_hash(secret, worker, vni, env_addr, env_port, remote, remote_port,
+                                  proto), rng)
+    return [port_lo + (start + i) % rng for i in range(min(rng, PORT_TRIES))]

@@ -114,7 +114,8 @@ def test_a_partial_flush_finds_the_flows_it_left_behind_a_hole(env):
     secret = env.dp.config()["port_secret"]
 
     def start(worker: str, sport: int) -> int:
-        return 2000 + probe_start(port_hash(secret, worker, VNI_TINY, ENV_IP, sport, DEST, 7, 17), 2)
+        h = port_hash(secret, worker, VNI_TINY, ENV_IP, sport, DEST, 7, 17)
+        return 2000 + probe_start(h, 2)
 
     s1 = 43200
     s2 = next(p for p in range(43300, 43400) if start(w2, p) == start(WORKER, s1))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from eniplane import bpfsys, netlink, paths
-from eniplane.datapath import PORT_TRIES, Datapath, port_hash, probe_start
+from eniplane.datapath import Datapath, probe_ports
 from eniplane.maps import sum_percpu
 from eniplane.sgcompile import Rule
 
@@ -163,9 +163,8 @@ class Harness:
     def _probe(self, eni, key):
         """The ports a flow's probe visits, in order (port_hash of eniplane.c)."""
         w, vni, src, dst, sport, dport, proto = key
-        rng = eni.port_hi - eni.port_lo + 1
-        start = probe_start(port_hash(self.secret, w, vni, src, sport, dst, dport, proto), rng)
-        return (eni.port_lo + (start + i) % rng for i in range(min(rng, PORT_TRIES)))
+        return iter(probe_ports(self.secret, eni.port_lo, eni.port_hi, w, vni, src, sport, dst,
+                                dport, proto))
 
     @staticmethod
     def _vni_of(frame: bytes) -> int | None:
