@@ -6,7 +6,9 @@
  * without resetting them, so the program writes the whole template into every frame and then the
  * per-flow fields (ports from a pseudorandom table, RFC 4814), never trusting what it finds.
  * sink_xdp counts what arrives and drops it. ceil_xdp is the floor of forwarding cost: rewrite the
- * MACs and redirect through a DEVMAP, nothing else.
+ * MACs and redirect through a DEVMAP, nothing else. state_xdp (built with STATE_SLOTS) is that
+ * floor for any design that keeps state per flow: ceil_xdp plus one read-modify-write of a
+ * 16-byte flow entry per packet.
  */
 #include <uapi/linux/bpf.h>
 
@@ -90,3 +92,75 @@ int empty_xdp(struct xdp_md *ctx)
 {
     return XDP_PASS;
 }
+
+#ifdef STATE_SLOTS
+/* The least a stateful translator keeps per flow and touches on every packet: an owner tag wide
+ * enough that a collision cannot hand one flow another's translation (64 bits), a last-seen time
+ * for expiry and a packet count, 16 bytes. Four entries share a 64-byte line and a flow may sit
+ * in any of its line's four (the stalest gives way), so a lookup reads one cache line. The table
+ * has as many entries as eniplane's flow table: the flows of a run spread over as much memory
+ * as any table of that capacity would spread them, and at tens of thousands of flows that, not
+ * the code, is what a packet waits for on a VM. */
+#define STATE_WAYS 4
+struct flow_state {
+    __u64 tag;
+    __u32 packets;
+    __u32 seen;
+};
+BPF_ARRAY(state_slots, struct flow_state, STATE_SLOTS);
+struct state_counts {
+    __u64 found; /* packets whose flow entry was there */
+    __u64 made;  /* entries written for a flow (its first packet, or after it gave way) */
+};
+BPF_PERCPU_ARRAY(state_counts, struct state_counts, 1);
+
+int state_xdp(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    __u32 k = 0;
+    if (data + STATE_OFF + 4 > end)
+        return XDP_DROP;
+    /* the flow's ports, as the generator wrote them; two 16-bit loads keep any offset aligned */
+    __u64 ports = ((__u64)*(__u16 *)(data + STATE_OFF) << 16) | *(__u16 *)(data + STATE_OFF + 2);
+    __u64 h = (ports + 1) * 0x9E3779B97F4A7C15ull; /* splitmix64's finaliser: a full-width tag */
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    __u32 base = (__u32)(((h >> 32) * (STATE_SLOTS / STATE_WAYS)) >> 32) * STATE_WAYS;
+    struct state_counts *n = state_counts.lookup(&k);
+    if (!n)
+        return XDP_DROP;
+    __u32 now = bpf_ktime_get_coarse_ns() >> 20;
+    struct flow_state *hit = NULL, *stalest = NULL;
+#pragma unroll
+    for (__u32 w = 0; w < STATE_WAYS; w++) {
+        __u32 idx = base + w;
+        struct flow_state *s = state_slots.lookup(&idx);
+        if (!s)
+            return XDP_DROP;
+        if (s->tag == h) {
+            hit = s;
+            break;
+        }
+        if (!stalest || s->seen < stalest->seen)
+            stalest = s;
+    }
+    if (hit) {
+        hit->packets++;
+        if (hit->seen != now)
+            hit->seen = now;
+        n->found++;
+    } else if (stalest) {
+        stalest->tag = h;
+        stalest->packets = 1;
+        stalest->seen = now;
+        n->made++;
+    }
+    struct macs *m = ceil_macs.lookup(&k);
+    if (!m || data + 12 > end)
+        return XDP_DROP;
+    __builtin_memcpy(data, m->b, 12);
+    return ceil_tx.redirect_map(0, 0);
+}
+#endif

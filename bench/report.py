@@ -21,6 +21,10 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def _pct(x: float | None) -> str:
+    return f"{x:.0%}" if x else "-"
+
+
 def tables(doc: dict) -> None:
     from eniplane.output import table
 
@@ -29,11 +33,13 @@ def tables(doc: dict) -> None:
                  f"{r['min']:.2f}-{r['max']:.2f}") for r in doc["throughput"]["results"]]
         table("throughput (Mpps, median of runs; spread min-max)",
               ["direction", "path", "flows", "Mpps", "spread"], rows)
-        table("eniplane vs the ceiling and the Linux stack, same run",
-              ["direction", "path", "flows", "eniplane Mpps", "/ ceiling", "/ Linux"],
+        table("eniplane vs the ceiling, the state floor (floor) and the Linux stack, same run",
+              ["direction", "path", "flows", "Mpps", "/ ceiling", "/ floor", "/ Linux",
+               "floor / ceiling"],
               [(r["direction"], r["scenario"], f"{r['flows']:,}", f"{r['eniplane_mpps']:.2f}",
-                f"{r['vs_ceiling']:.0%}" if r["vs_ceiling"] else "-",
-                f"{r['vs_linux']:.1f}x" if r["vs_linux"] else "-")
+                _pct(r["vs_ceiling"]), _pct(r.get("vs_state_floor")),
+                f"{r['vs_linux']:.1f}x" if r["vs_linux"] else "-",
+                _pct(r.get("state_floor_vs_ceiling")))
                for r in doc["throughput"]["ratios"]])
     if "cost" in doc:
         c = doc["cost"]
@@ -75,8 +81,8 @@ def write_json(doc: dict, path: Path) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-COLORS = {"ceiling": "#4c72b0", "eniplane": "#dd8452", "eniplane-geneve": "#c44e52",
-          "linux": "#55a868"}
+COLORS = {"ceiling": "#4c72b0", "state-floor": "#8fa8d0", "eniplane": "#dd8452",
+          "eniplane-geneve": "#c44e52", "linux": "#55a868"}
 
 
 def chart(doc: dict, path: Path) -> bool:
@@ -94,7 +100,7 @@ def chart(doc: dict, path: Path) -> bool:
     flows = sorted({r["flows"] for r in res})
     fig, axes = plt.subplots(1, len(dirs), figsize=(5 * len(dirs), 4.0), squeeze=False)
     for ax, d in zip(axes[0], dirs):
-        scen = [s for s in ("ceiling", "eniplane", "eniplane-geneve", "linux")
+        scen = [s for s in ("ceiling", "state-floor", "eniplane", "eniplane-geneve", "linux")
                 if any((r["scenario"], r["direction"]) == (s, d) for r in res)]
         w = 0.8 / len(scen)
         for i, s in enumerate(scen):
@@ -138,12 +144,16 @@ def markdown_tables(doc: dict) -> dict[str, str]:
                     if v is None:
                         continue
                     c, lx = by.get((d, "ceiling", n)), by.get((d, "linux", n))
+                    sf = by.get((d, "state-floor", n))
                     rows.append([f"{d} ({label})" if label else d, f"{n:,}", f"{c:.2f}",
-                                 f"{v:.2f}", f"{lx:.2f}", f"{v / c:.0%}", f"{v / lx:.1f}x"])
+                                 f"{sf:.2f}" if sf else "-", f"{v:.2f}", f"{lx:.2f}",
+                                 f"{v / c:.0%}", _pct(v / sf if sf else None),
+                                 f"{v / lx:.1f}x"])
         rows.sort(key=lambda r: (r[0].split()[0] != "forward", int(r[1].replace(",", "")),
                                  "GENEVE" in r[0]))
-        out["throughput"] = _md(["direction", "flows", "ceiling Mpps", "eniplane Mpps",
-                                 "Linux Mpps", "eniplane / ceiling", "eniplane / Linux"], rows)
+        out["throughput"] = _md(["direction", "flows", "ceiling Mpps", "state floor Mpps",
+                                 "eniplane Mpps", "Linux Mpps", "eniplane / ceiling",
+                                 "eniplane / state floor", "eniplane / Linux"], rows)
     if "cost" in doc:
         c = doc["cost"]
         f = c["floor_ns"]

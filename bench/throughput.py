@@ -1,4 +1,5 @@
-"""Throughput in the benchmark topology: ceiling vs eniplane vs the Linux stack, side by side.
+"""Throughput in the benchmark topology: ceiling, state floor, eniplane and the Linux stack, side
+by side.
 
 Contract: for each flow count and direction the scenarios are staged together and their repeats
 interleaved (the machine drifts, so only figures taken side by side compare): packets counted by
@@ -142,7 +143,7 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
     pin_cpu0()
     results = []
     with T.Topo() as t:
-        dp = t.stage()
+        dp = t.stage(FWD_SPORT_OFF, RET_SPORT_OFF)
         fwd_sink = Sink(t.ns["sink"], "s0")
         ret_sink = Sink(t.ns["gen"], "g0")
         try:
@@ -152,7 +153,8 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
                 fwd = _generator(backend, t, "forward", ports)
                 made = [fwd]
                 try:
-                    gens_fwd = {"ceiling": fwd, "eniplane": fwd, "linux": fwd}
+                    gens_fwd = {"ceiling": fwd, "state-floor": fwd, "eniplane": fwd,
+                                "linux": fwd}
                     if backend == "xdp" or t.has_geneve():
                         made.append(_generator(backend, t, "forward", ports, "geneve"))
                         gens_fwd["eniplane-geneve"] = made[-1]
@@ -165,11 +167,16 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
                     ret_eni = made[-1]
                     made.append(_generator(backend, t, "return",
                                            reply_ports(t, "linux", ports)))
-                    gens_ret = {"ceiling": made[-1], "eniplane": ret_eni, "linux": made[-1]}
+                    gens_ret = {"ceiling": made[-1], "state-floor": made[-1],
+                                "eniplane": ret_eni, "linux": made[-1]}
                     for direction, gens, sink in (("forward", gens_fwd, fwd_sink),
                                                   ("return", gens_ret, ret_sink)):
+                        before = t.state_counts(direction)
                         res = interleaved(t, direction, gens, sink, seconds, repeats, progress,
                                           f"{direction}, {n} flows")
+                        after = t.state_counts(direction)
+                        # proof that the floor kept state: entries made ~ flows, the rest found
+                        res["state-floor"]["entries"] = {k: after[k] - before[k] for k in after}
                         for s, r in res.items():
                             results.append({"direction": direction, "scenario": s, "flows": n,
                                             "generator": backend, **r})
@@ -190,6 +197,9 @@ def ratios(results: list[dict]) -> list[dict]:
         if not s.startswith("eniplane"):
             continue
         c, lx = by.get((d, "ceiling", n)), by.get((d, "linux", n))
+        sf = by.get((d, "state-floor", n))
         out.append({"direction": d, "scenario": s, "flows": n, "eniplane_mpps": v,
-                    "vs_ceiling": v / c if c else None, "vs_linux": v / lx if lx else None})
+                    "vs_ceiling": v / c if c else None, "vs_linux": v / lx if lx else None,
+                    "vs_state_floor": v / sf if sf else None,
+                    "state_floor_vs_ceiling": sf / c if sf and c else None})
     return out

@@ -5,6 +5,8 @@ Contract: three namespaces named after a per-run prefix. The generator's g0 face
 them. `destroy()` removes them and the pins of any node brought up in them. Each scenario
 configures the node's namespace for one way of doing the job:
   ceiling  - a minimal XDP program that rewrites MACs and redirects fab0 -> vpca (or back);
+  state-floor - the ceiling plus one 16-byte flow entry touched per packet, in a table of
+             eniplane's capacity: the floor for any design that keeps state per flow;
   eniplane - the real datapath, configured through the control plane's Datapath API;
   linux    - the kernel's VXLAN device, IP forwarding and nftables masquerade with conntrack.
 """
@@ -98,17 +100,22 @@ class Topo:
         self._keep = b  # the attachment holds the program; the object holds the maps' fds
         return 0
 
-    def _load_ceiling(self, reverse: bool) -> tuple[object, int]:
-        """ceil_xdp set up for one direction: (the BPF object to keep, the program's fd)."""
+    def _load_ceiling(self, reverse: bool, state_slots: int = 0,
+                      ports_off: int = 0) -> tuple[object, int]:
+        """ceil_xdp set up for one direction: (the BPF object to keep, the program's fd). With
+        `state_slots`, state_xdp instead: the flow is named by the four bytes of ports at
+        `ports_off` in the frames it receives."""
         import ctypes
 
         from bcc import BPF
 
         from .gen import GEN_C
 
-        b = BPF(src_file=str(GEN_C).encode(), cflags=["-DFRAME_LEN=64", "-DGEN_MAX_FLOWS=1",
-                                                     "-Wno-unused-function"])
-        fn = b.load_func(b"ceil_xdp", BPF.XDP)
+        cflags = ["-DFRAME_LEN=64", "-DGEN_MAX_FLOWS=1", "-Wno-unused-function"]
+        if state_slots:
+            cflags += [f"-DSTATE_SLOTS={state_slots}", f"-DSTATE_OFF={ports_off}"]
+        b = BPF(src_file=str(GEN_C).encode(), cflags=cflags)
+        fn = b.load_func(b"state_xdp" if state_slots else b"ceil_xdp", BPF.XDP)
         dst = ("node", "fab0") if reverse else ("node", "vpca")
         peer = ("gen", "g0") if reverse else ("sink", "s0")
         macs = bytes.fromhex(self.mac[peer].replace(":", "")) + \
@@ -120,32 +127,48 @@ class Topo:
             b["ceil_tx"][ctypes.c_int(0)] = ctypes.c_int(self.ifindex[dst])
         return b, fn.fd
 
-    def stage(self) -> "object":
-        """All three scenarios configured at once: eniplane up (its programs attached), the
-        Linux stack's device, forwarding and nftables in place, both ceiling programs loaded.
-        use() then switches between them by re-attaching XDP programs only, so a run can
-        interleave the scenarios' repeats and the host's drift hits them alike."""
+    def stage(self, fwd_ports_off: int, ret_ports_off: int) -> "object":
+        """All scenarios configured at once: eniplane up (its programs attached), the Linux
+        stack's device, forwarding and nftables in place, the ceiling and state-floor programs
+        loaded (the latter find a flow's ports at the given offsets of forward and return
+        frames). use() then switches between them by re-attaching XDP programs only, so a run
+        can interleave the scenarios' repeats and the host's drift hits them alike."""
         from eniplane import bpfsys
 
         dp = self.eniplane()
         self._linux_config()
         self._staged = {}
         for reverse in (False, True):
-            b, fd = self._load_ceiling(reverse)
-            self._staged[("ceiling", reverse)] = (b, fd)
+            self._staged[("ceiling", reverse)] = self._load_ceiling(reverse)
+            self._staged[("state-floor", reverse)] = self._load_ceiling(
+                reverse, self.max_flows, ret_ports_off if reverse else fwd_ports_off)
         progs = paths.progs_dir(self.node_name)
         self._fds = {"xdp_fabric": bpfsys.obj_get(str(progs / "xdp_fabric")),
                      "xdp_vpc": bpfsys.obj_get(str(progs / "xdp_vpc")),
-                     "pass": bpfsys.load_xdp_pass(),
-                     "ceil_fwd": self._staged[("ceiling", False)][1],
-                     "ceil_ret": self._staged[("ceiling", True)][1]}
+                     "pass": bpfsys.load_xdp_pass()}
+        self._owned_fds = set(self._fds)  # the staged programs' fds belong to their objects
+        for (scenario, reverse), (_, fd) in self._staged.items():
+            self._fds[f"{scenario}-{'ret' if reverse else 'fwd'}"] = fd
         return dp
+
+    def state_counts(self, direction: str) -> dict[str, int]:
+        """What the state-floor program of a direction did so far: packets that found their
+        flow's entry, and entries written."""
+        b = self._staged[("state-floor", direction == "return")][0]
+        out = {"found": 0, "made": 0}
+        for per_cpu in b["state_counts"].values():
+            for v in per_cpu:
+                out["found"] += v.found
+                out["made"] += v.made
+        return out
 
     def use(self, scenario: str, direction: str) -> None:
         """Attach the programs of one staged scenario (see stage()) to fab0 and vpca. Every
         receiving veth keeps an XDP program, which it needs to take redirected frames."""
-        fab, vpc = {("ceiling", "forward"): ("ceil_fwd", "pass"),
-                    ("ceiling", "return"): ("pass", "ceil_ret"),
+        fab, vpc = {("ceiling", "forward"): ("ceiling-fwd", "pass"),
+                    ("ceiling", "return"): ("pass", "ceiling-ret"),
+                    ("state-floor", "forward"): ("state-floor-fwd", "pass"),
+                    ("state-floor", "return"): ("pass", "state-floor-ret"),
                     ("eniplane", "forward"): ("xdp_fabric", "xdp_vpc"),
                     ("eniplane", "return"): ("xdp_fabric", "xdp_vpc"),
                     ("linux", "forward"): ("pass", "pass"),
@@ -161,6 +184,7 @@ class Topo:
         from eniplane.sgcompile import Rule
 
         self.clear()
+        self.max_flows = max_flows
         nodemod.up(self.node_name, "fab0", FABRIC_IP, self.ns["node"],
                    defines={"MAX_FLOWS": max_flows})
         info = nodemod.attach_vpc_if(self.node_name, "vpca")
@@ -234,7 +258,7 @@ class Topo:
         import os
 
         for name, fd in getattr(self, "_fds", {}).items():
-            if not name.startswith("ceil"):  # those belong to the staged BPF objects
+            if name in getattr(self, "_owned_fds", ()):
                 os.close(fd)
         self._fds = {}
         for b, _ in getattr(self, "_staged", {}).values():

@@ -18,10 +18,17 @@ def test_bench_smoke(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(out.read_text())
     scen = {(r["direction"], r["scenario"]) for r in doc["throughput"]["results"]}
-    assert scen == {(d, s) for d in ("forward", "return") for s in ("ceiling", "eniplane", "linux")} \
+    assert scen == {(d, s) for d in ("forward", "return")
+                    for s in ("ceiling", "state-floor", "eniplane", "linux")} \
         | {("forward", "eniplane-geneve")}
     # every scenario moved packets end to end (a broken path would count zero at the sink)
     assert all(r["mpps"] > 0 for r in doc["throughput"]["results"]), doc["throughput"]
+    # the state floor kept per-flow state: each flow's entry made about once, then found
+    for r in doc["throughput"]["results"]:
+        if r["scenario"] == "state-floor":
+            e = r["entries"]
+            assert 0 < e["made"] <= 2 * r["flows"] and e["found"] > 10 * e["made"], r
+    assert all(r["vs_state_floor"] for r in doc["throughput"]["ratios"])
     assert set(doc["cost"]["new_flow_ns"]) == {"1", "60", "300"}
     assert doc["scale"]["created"] == doc["scale"]["fill"]
     assert doc["control"]["apply_enis"] == 20
