@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one measured run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--flows", default="1,1000,65536", help="flow counts, comma separated")
+    ap.add_argument("--max-flows", type=int, default=262144,
+                    help="flow table entries for the throughput step (eniplane and the state "
+                         "floor alike; default: eniplane up's)")
     ap.add_argument("--fill", type=int, default=1_000_000, help="flows for the scale step")
     ap.add_argument("--enis", type=int, default=10_000, help="ENIs for the apply step")
     ap.add_argument("--generator", choices=["auto", "xdp", "pktgen"], default="auto",
@@ -53,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         if backend == "pktgen" and not have_pktgen():
             ap.error("--generator pktgen: this kernel has no pktgen (/proc/net/pktgen)")
         progress(f"generator: {backend}")
-        res = throughput.run(flows, a.seconds, a.repeats, progress, backend)
+        if a.max_flows < max(flows):
+            ap.error(f"--max-flows {a.max_flows} cannot hold {max(flows)} flows")
+        res = throughput.run(flows, a.seconds, a.repeats, progress, backend, a.max_flows)
         doc["throughput"] = {"results": res, "ratios": throughput.ratios(res),
-                             "seconds": a.seconds, "repeats": a.repeats}
+                             "seconds": a.seconds, "repeats": a.repeats,
+                             "max_flows": a.max_flows}
     if "cost" in what:
         from . import cost
         doc["cost"] = cost.run(n, progress=progress)

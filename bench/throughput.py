@@ -137,13 +137,14 @@ def _generator(backend: str, t: T.Topo, direction: str, ports: list[tuple[int, i
 
 
 def run(flow_counts: list[int], seconds: float, repeats: int,
-        progress: Callable[[str], None] = print, backend: str = "xdp") -> list[dict]:
+        progress: Callable[[str], None] = print, backend: str = "xdp",
+        max_flows: int = T.DEFAULT_MAX_FLOWS) -> list[dict]:
     from .gen import pin_cpu0
 
     pin_cpu0()
     results = []
     with T.Topo() as t:
-        dp = t.stage(FWD_SPORT_OFF, RET_SPORT_OFF)
+        dp = t.stage(FWD_SPORT_OFF, RET_SPORT_OFF, max_flows)
         fwd_sink = Sink(t.ns["sink"], "s0")
         ret_sink = Sink(t.ns["gen"], "g0")
         try:

@@ -24,6 +24,7 @@ SERVER, ENI_IP, ENV_IP = "10.0.0.10", "10.0.1.4", "172.16.0.2"
 ENV_MAC = "02:ee:00:00:00:02"
 GATEWAY_MAC = "02:e1:1a:00:00:01"
 VNI = 4242
+DEFAULT_MAX_FLOWS = 262144  # `eniplane up`'s default flow table
 
 
 def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> str:
@@ -127,15 +128,16 @@ class Topo:
             b["ceil_tx"][ctypes.c_int(0)] = ctypes.c_int(self.ifindex[dst])
         return b, fn.fd
 
-    def stage(self, fwd_ports_off: int, ret_ports_off: int) -> "object":
+    def stage(self, fwd_ports_off: int, ret_ports_off: int,
+              max_flows: int = DEFAULT_MAX_FLOWS) -> "object":
         """All scenarios configured at once: eniplane up (its programs attached), the Linux
         stack's device, forwarding and nftables in place, the ceiling and state-floor programs
         loaded (the latter find a flow's ports at the given offsets of forward and return
-        frames). use() then switches between them by re-attaching XDP programs only, so a run
+        frames; both tables have `max_flows` entries). use() then switches between them by re-attaching XDP programs only, so a run
         can interleave the scenarios' repeats and the host's drift hits them alike."""
         from eniplane import bpfsys
 
-        dp = self.eniplane()
+        dp = self.eniplane(max_flows)
         self._linux_config()
         self._staged = {}
         for reverse in (False, True):
@@ -176,7 +178,7 @@ class Topo:
         netlink.xdp_attach(self.ns["node"], "fab0", self._fds[fab], "native", replace=True)
         netlink.xdp_attach(self.ns["node"], "vpca", self._fds[vpc], "native", replace=True)
 
-    def eniplane(self, max_flows: int = 262144) -> "object":
+    def eniplane(self, max_flows: int = DEFAULT_MAX_FLOWS) -> "object":
         """Bring the real node up (flow tables of `max_flows` per direction, the default of
         `eniplane up`) and configure one worker, one VPC and one ENI."""
         from eniplane import node as nodemod
