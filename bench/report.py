@@ -25,6 +25,22 @@ def _pct(x: float | None) -> str:
     return f"{x:.0%}" if x else "-"
 
 
+PROGRAM_SCENARIOS = ("ceiling", "state-floor", "eniplane", "eniplane-geneve")
+
+
+def _program_ns(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per direction and flow count, the node program's ns per packet in each scenario."""
+    by = {(r["direction"], r["flows"], r["scenario"]): r.get("program_ns") for r in results}
+    scen = [s for s in PROGRAM_SCENARIOS if any(k[2] == s and v for k, v in by.items())]
+    rows = []
+    for d in ("forward", "return"):
+        for n in sorted({r["flows"] for r in results if r["direction"] == d}):
+            vals = [by.get((d, n, s)) for s in scen]
+            if any(vals):
+                rows.append([d, f"{n:,}"] + [f"{v:.0f}" if v else "-" for v in vals])
+    return ["direction", "flows"] + scen, rows
+
+
 def tables(doc: dict) -> None:
     from eniplane.output import table
 
@@ -41,6 +57,10 @@ def tables(doc: dict) -> None:
                 f"{r['vs_linux']:.1f}x" if r["vs_linux"] else "-",
                 _pct(r.get("state_floor_vs_ceiling")))
                for r in doc["throughput"]["ratios"]])
+        cols, rows = _program_ns(doc["throughput"]["results"])
+        if rows:
+            table("ns per packet of the node's program (run-time accounting, a pass of its own)",
+                  cols, rows)
     if "cost" in doc:
         c = doc["cost"]
         rows = [("empty XDP (floor)", f"{c['floor_ns']:.0f}", "1.0"),
@@ -154,6 +174,9 @@ def markdown_tables(doc: dict) -> dict[str, str]:
         out["throughput"] = _md(["direction", "flows", "ceiling Mpps", "state floor Mpps",
                                  "eniplane Mpps", "Linux Mpps", "eniplane / ceiling",
                                  "eniplane / state floor", "eniplane / Linux"], rows)
+        cols, prow = _program_ns(res)
+        if prow:
+            out["program_ns"] = _md([c.replace("-", " ") for c in cols], prow)
     if "cost" in doc:
         c = doc["cost"]
         f = c["floor_ns"]

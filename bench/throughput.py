@@ -103,6 +103,34 @@ def interleaved(t: T.Topo, direction: str, gens: dict, sink: Sink, seconds: floa
             for s, v in rates.items()}
 
 
+def program_ns(t: T.Topo, direction: str, gens: dict, seconds: float) -> dict[str, float]:
+    """Nanoseconds per packet of the program doing each scenario's work on the node, from the
+    kernel's run-time accounting. It is switched on only for this pass, after the measured
+    rounds: its two clock reads per program run cost tens of ns in a VM and would slow the
+    rates. Read differences between scenarios, not absolute figures. The Linux stack runs no
+    program of its own and has no entry."""
+    import os
+
+    from eniplane import bpfsys
+
+    out: dict[str, float] = {}
+    stats = bpfsys.enable_run_time_stats()
+    try:
+        for s, gen in gens.items():
+            if s == "linux":
+                continue
+            t.use("eniplane" if s.startswith("eniplane") else s, direction)
+            fd = t.node_prog_fd("eniplane" if s.startswith("eniplane") else s, direction)
+            a = bpfsys.prog_info(fd)
+            gen.run(seconds)
+            b = bpfsys.prog_info(fd)
+            if b.run_cnt > a.run_cnt:
+                out[s] = (b.run_time_ns - a.run_time_ns) / (b.run_cnt - a.run_cnt)
+    finally:
+        os.close(stats)
+    return out
+
+
 def reply_ports(t: T.Topo, scenario: str, ports: list[tuple[int, int]], dp=None) -> list:
     """The (source, destination) ports of the replies to the flows that the warm-up opened."""
     if scenario == "eniplane":
@@ -178,6 +206,11 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
                         after = t.state_counts(direction)
                         # proof that the floor kept state: entries made ~ flows, the rest found
                         res["state-floor"]["entries"] = {k: after[k] - before[k] for k in after}
+                        for s, ns in program_ns(t, direction, gens, min(seconds, 0.5)).items():
+                            res[s]["program_ns"] = ns
+                        progress(f"{direction}, {n} flows, ns per packet on the node: " +
+                                 ", ".join(f"{s} {r['program_ns']:.0f}" for s, r in res.items()
+                                           if "program_ns" in r))
                         for s, r in res.items():
                             results.append({"direction": direction, "scenario": s, "flows": n,
                                             "generator": backend, **r})

@@ -164,19 +164,29 @@ class Topo:
                 out["made"] += v.made
         return out
 
+    def node_prog_fd(self, scenario: str, direction: str) -> int:
+        """The staged program that does a scenario's work on the node in one direction (the
+        one on fab0 forward, on vpca in return)."""
+        fab, vpc = self._programs(scenario, direction)
+        return self._fds[fab if direction == "forward" else vpc]
+
     def use(self, scenario: str, direction: str) -> None:
         """Attach the programs of one staged scenario (see stage()) to fab0 and vpca. Every
         receiving veth keeps an XDP program, which it needs to take redirected frames."""
-        fab, vpc = {("ceiling", "forward"): ("ceiling-fwd", "pass"),
-                    ("ceiling", "return"): ("pass", "ceiling-ret"),
-                    ("state-floor", "forward"): ("state-floor-fwd", "pass"),
-                    ("state-floor", "return"): ("pass", "state-floor-ret"),
-                    ("eniplane", "forward"): ("xdp_fabric", "xdp_vpc"),
-                    ("eniplane", "return"): ("xdp_fabric", "xdp_vpc"),
-                    ("linux", "forward"): ("pass", "pass"),
-                    ("linux", "return"): ("pass", "pass")}[(scenario, direction)]
+        fab, vpc = self._programs(scenario, direction)
         netlink.xdp_attach(self.ns["node"], "fab0", self._fds[fab], "native", replace=True)
         netlink.xdp_attach(self.ns["node"], "vpca", self._fds[vpc], "native", replace=True)
+
+    @staticmethod
+    def _programs(scenario: str, direction: str) -> tuple[str, str]:
+        return {("ceiling", "forward"): ("ceiling-fwd", "pass"),
+                ("ceiling", "return"): ("pass", "ceiling-ret"),
+                ("state-floor", "forward"): ("state-floor-fwd", "pass"),
+                ("state-floor", "return"): ("pass", "state-floor-ret"),
+                ("eniplane", "forward"): ("xdp_fabric", "xdp_vpc"),
+                ("eniplane", "return"): ("xdp_fabric", "xdp_vpc"),
+                ("linux", "forward"): ("pass", "pass"),
+                ("linux", "return"): ("pass", "pass")}[(scenario, direction)]
 
     def eniplane(self, max_flows: int = DEFAULT_MAX_FLOWS) -> "object":
         """Bring the real node up (flow tables of `max_flows` per direction, the default of

@@ -31,6 +31,8 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -187,6 +189,16 @@ def prog_info(fd: int) -> ProgInfo:
          _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
          "program info")
     return info
+
+
+class _EnableStatsAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32)]
+
+
+def enable_run_time_stats() -> int:
+    """Turn on every program's run_time_ns/run_cnt accounting (kernel.bpf_stats_enabled) for as
+    long as the returned fd stays open; closing it, or exiting, turns it off again."""
+    return _bpf(BPF_ENABLE_STATS, _EnableStatsAttr(type=BPF_STATS_RUN_TIME), "enable stats")
 
 
 def btf_raw(btf_id: int) -> bytes:

@@ -29,6 +29,11 @@ def test_bench_smoke(tmp_path):
             e = r["entries"]
             assert 0 < e["made"] <= 2 * r["flows"] and e["found"] > 10 * e["made"], r
     assert all(r["vs_state_floor"] for r in doc["throughput"]["ratios"])
+    # the node's programs were timed in every scenario that has one (Linux has none)
+    timed = {(r["direction"], r["flows"], r["scenario"]) for r in doc["throughput"]["results"]
+             if r.get("program_ns", 0) > 0}
+    assert timed == {(r["direction"], r["flows"], r["scenario"])
+                     for r in doc["throughput"]["results"] if r["scenario"] != "linux"}
     assert set(doc["cost"]["new_flow_ns"]) == {"1", "60", "300"}
     assert doc["scale"]["created"] == doc["scale"]["fill"]
     assert doc["control"]["apply_enis"] == 20
