@@ -229,8 +229,9 @@ def update_doc(path: Path, doc: dict) -> list[str]:
     text = path.read_text()
     done = []
     for name, table_md in markdown_tables(doc).items():
-        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
-        text, n = pat.subn(lambda m: m.group(1) + table_md + m.group(2), text)
+        # the block may be empty, as a new one is before its first run
+        pat = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
+        text, n = pat.subn(lambda m: m.group(1) + table_md + "\n" + m.group(2), text)
         if n:
             done.append(name)
     path.write_text(text)
