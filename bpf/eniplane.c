@@ -50,6 +50,23 @@ static __always_inline __u32 l4_reason(int rc, __u32 truncated)
     return truncated;
 }
 
+/* The coarse monotonic time, from this CPU's clock cache (types.h) while the jiffy lasts. A CPU
+ * that reads it between a tick's jiffies update and its clock update keeps the previous tick's
+ * time for that jiffy: last_seen_ns is exact to within two ticks, as expiry needs no more. */
+static __always_inline __u64 coarse_now(void)
+{
+    __u32 k = 0;
+    __u64 j = bpf_jiffies64();
+    struct clock_cache *c = clock.lookup(&k);
+    if (!c)
+        return bpf_ktime_get_coarse_ns();
+    if (c->jiffies != j) {
+        c->jiffies = j;
+        c->ns = bpf_ktime_get_coarse_ns();
+    }
+    return c->ns;
+}
+
 static __always_inline struct eni_stats *eni_stats_of(__u32 eni_idx)
 {
     return eni_stats.lookup(&eni_idx);
@@ -443,7 +460,7 @@ int xdp_fabric(struct xdp_md *ctx)
     /* The guard's line is written by every CPU that opens a flow: it is read only when a walk
      * meets an empty port, never by an established packet found at its first port. */
     struct flow_guard *g = flow_guard.lookup(&k0);
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = coarse_now();
     __u64 bytes = data_end - inner;
     __u32 eni_idx = eni->eni_idx;
     __u32 vpc_idx = eni->vpc_idx;
@@ -731,7 +748,7 @@ int xdp_vpc(struct xdp_md *ctx)
     mac_copy(eth->h_dest, f->env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);
 
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = coarse_now();
     if (now != f->last_seen_ns) /* stores only where something changed, as forward */
         f->last_seen_ns = now;
     f->rx_packets++; /* plain adds, as on the forward path */

@@ -2,7 +2,8 @@
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
  * Writers: the control plane writes config, workers, worker_slots (owners), enis, eni_addrs,
  * vpcs, vpc_ifs, vpc_if_slots, sg_rules and tx_ports; the
- * datapath writes the flow tables, the counters, worker MACs and learned gateway MACs.
+ * datapath writes the flow tables, the counters, the clock cache, worker MACs and learned
+ * gateway MACs.
  */
 #ifndef ENIPLANE_MAPS_H
 #define ENIPLANE_MAPS_H
@@ -32,6 +33,7 @@ BPF_TABLE_PINNED("lpm_trie", struct sg_key, struct sg_ports, sg_rules, MAX_SG_PR
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS, PIN_DIR "/flows");
 BPF_TABLE_PINNED("array", __u32, struct flow_guard, flow_guard, 1, PIN_DIR "/flow_guard");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
+BPF_TABLE_PINNED("percpu_array", __u32, struct clock_cache, clock, 1, PIN_DIR "/clock");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,
                  PIN_DIR "/eni_stats");
 /* Egress interfaces: slot 0 is the fabric interface, each VPC-side interface has the slot its

@@ -152,6 +152,15 @@ struct flow {
     __u8 tcp_flags;   /* union of the flags seen in both directions, for expiry */
 };
 
+/* clock[0], per CPU: the coarse monotonic time (what a flow's last_seen_ns holds) as of the jiffy
+ * it was read in. bpf_ktime_get_coarse_ns() costs about 15 ns a call in a VM, bpf_jiffies64()
+ * nothing (the verifier inlines it), and the coarse clock only moves at a tick, with jiffies: so
+ * each CPU reads the clock once per jiffy and keeps it here. */
+struct clock_cache {
+    __u64 jiffies;
+    __u64 ns;
+};
+
 /* flow_guard[0]: may a walk along a port probe stop at the first empty slot? Only while no entry
  * that a later flow probed past can have gone. Entries go in two ways: user space deletes them
  * (it recounts and checks every remaining flow's probe, see Datapath.flush_flows), or the LRU

@@ -21,7 +21,7 @@ from .sgcompile import Rule, compile_rules
 
 MAP_NAMES = ("config", "workers", "worker_slots", "enis", "eni_cache", "eni_addrs", "vpcs",
              "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "stats", "eni_stats",
-             "tx_ports")
+             "clock", "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE = 1, 2
 TX_SLOT_FABRIC = 0
 

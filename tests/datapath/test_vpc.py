@@ -199,3 +199,32 @@ def test_worker_slots_follow_owners_and_learned_macs(env):
     rep = bytes(reply_to(Ether(out), GW_A, env.vpc_if["vpca"]["mac"]))
     got, back, d = env.run("xdp_vpc", rep, "vpca")
     assert (got, Ether(back)[Ether].dst) == ("REDIRECT", WORKER_MAC), d
+
+
+def test_last_seen_follows_the_coarse_clock_both_ways(env):
+    """last_seen_ns is CLOCK_MONOTONIC_COARSE as of the flow's last packet, either way. The
+    datapath reads the clock once per jiffy per CPU (types.h, clock_cache), so it may lag by up
+    to two ticks; a packet 60 ms later must move it on by about as much."""
+    import time
+
+    def now() -> int:  # CLOCK_MONOTONIC_COARSE: 6 in linux/time.h, unnamed in Python's time
+        return time.clock_gettime_ns(6)
+
+    def last_seen() -> int:
+        f = env.dp.find_flow(WORKER, VNI_A, ENV_IP, 34077, SERVER, 7, 17)
+        assert f is not None
+        return f["last_seen_ns"]
+
+    tick = 10_000_000  # the longest tick a kernel has (HZ=100)
+    before = now()
+    fwd = open_flow(env, env_frame(UDP(sport=34077, dport=7) / Raw(b"t")), VNI_A)
+    opened = last_seen()
+    assert before - 2 * tick <= opened <= now()
+    time.sleep(0.06)
+    open_flow(env, env_frame(UDP(sport=34077, dport=7) / Raw(b"t")), VNI_A)
+    forward = last_seen()
+    assert 60_000_000 - 2 * tick <= forward - opened <= now() - opened
+    time.sleep(0.06)
+    got, _, d = env.run("xdp_vpc", bytes(reply_to(fwd, GW_A, env.vpc_if["vpca"]["mac"])), "vpca")
+    assert got == "REDIRECT", d
+    assert 60_000_000 - 2 * tick <= last_seen() - forward <= now() - forward
