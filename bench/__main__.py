@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from eniplane.loader import DEFAULT_MAX_FLOWS
+
 from . import report
 
 
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one measured run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--flows", default="1,1000,65536", help="flow counts, comma separated")
-    ap.add_argument("--max-flows", type=int, default=262144,
+    ap.add_argument("--max-flows", type=int, default=DEFAULT_MAX_FLOWS,
                     help="flow table entries for the throughput step (eniplane and the state "
                          "floor alike; default: eniplane up's)")
     ap.add_argument("--fill", type=int, default=1_000_000, help="flows for the scale step")

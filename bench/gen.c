@@ -96,11 +96,12 @@ int empty_xdp(struct xdp_md *ctx)
 #ifdef STATE_SLOTS
 /* The least a stateful translator keeps per flow and touches on every packet: an owner tag wide
  * enough that a collision cannot hand one flow another's translation (64 bits), a last-seen time
- * for expiry (in jiffies, the one clock that costs nothing to read) and a packet count, 16 bytes. Four entries share a 64-byte line and a flow may sit
- * in any of its line's four (the stalest gives way), so a lookup reads one cache line. The table
- * has as many entries as eniplane's flow table: the flows of a run spread over as much memory
- * as any table of that capacity would spread them, and at tens of thousands of flows that, not
- * the code, is what a packet waits for on a VM. */
+ * for expiry (in jiffies, the one clock that costs nothing to read) and a packet count, 16 bytes.
+ * Four entries share a 64-byte line and a flow may sit in any of its line's four (the stalest
+ * gives way), so a lookup reads one cache line. The table has as many entries as eniplane's flow
+ * table: the flows of a run spread over as much memory as any table of that capacity would
+ * spread them, and at tens of thousands of flows that, not the code, is what a packet waits for
+ * on a VM. */
 #define STATE_WAYS 4
 struct flow_state {
     __u64 tag;

@@ -72,6 +72,11 @@ def _fix_lengths(raw: bytes) -> bytes:
     return bytes(p)
 
 
+def _staged(scenario: str) -> str:
+    """The staged set-up a scenario runs on: both eniplane tunnels run on eniplane's."""
+    return "eniplane" if scenario.startswith("eniplane") else scenario
+
+
 def interleaved(t: T.Topo, direction: str, gens: dict, sink: Sink, seconds: float,
                 repeats: int, progress: Callable[[str], None], label: str) -> dict[str, dict]:
     """Each repeat measures every scenario once, in turn, so that the host's drift (up to 2x
@@ -82,7 +87,7 @@ def interleaved(t: T.Topo, direction: str, gens: dict, sink: Sink, seconds: floa
 
     def once(s: str, secs: float) -> float:
         gen = gens[s]
-        t.use("eniplane" if s.startswith("eniplane") else s, direction)
+        t.use(_staged(s), direction)
         if hasattr(gen, "rate"):
             gen.rate = learned.get(s, 0.0)
         before = sink.count()
@@ -122,8 +127,8 @@ def program_ns(t: T.Topo, direction: str, gens: dict, seconds: float) -> dict[st
         for s, gen in gens.items():
             if s == "linux":
                 continue
-            t.use("eniplane" if s.startswith("eniplane") else s, direction)
-            fd = t.node_prog_fd("eniplane" if s.startswith("eniplane") else s, direction)
+            t.use(_staged(s), direction)
+            fd = t.node_prog_fd(_staged(s), direction)
             a = bpfsys.prog_info(fd)
             gen.run(seconds)
             b = bpfsys.prog_info(fd)

@@ -18,13 +18,13 @@ import shutil
 import subprocess
 
 from eniplane import netlink, paths
+from eniplane.loader import DEFAULT_MAX_FLOWS
 
 FABRIC_IP, GEN_IP = "100.64.0.1", "100.64.0.11"
 SERVER, ENI_IP, ENV_IP = "10.0.0.10", "10.0.1.4", "172.16.0.2"
 ENV_MAC = "02:ee:00:00:00:02"
 GATEWAY_MAC = "02:e1:1a:00:00:01"
 VNI = 4242
-DEFAULT_MAX_FLOWS = 262144  # `eniplane up`'s default flow table
 
 
 def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> str:
@@ -133,8 +133,9 @@ class Topo:
         """All scenarios configured at once: eniplane up (its programs attached), the Linux
         stack's device, forwarding and nftables in place, the ceiling and state-floor programs
         loaded (the latter find a flow's ports at the given offsets of forward and return
-        frames; both tables have `max_flows` entries). use() then switches between them by re-attaching XDP programs only, so a run
-        can interleave the scenarios' repeats and the host's drift hits them alike."""
+        frames; both tables have `max_flows` entries). use() then switches between them by
+        re-attaching XDP programs only, so a run can interleave the scenarios' repeats and the
+        host's drift hits them alike."""
         from eniplane import bpfsys
 
         dp = self.eniplane(max_flows)
@@ -143,7 +144,7 @@ class Topo:
         for reverse in (False, True):
             self._staged[("ceiling", reverse)] = self._load_ceiling(reverse)
             self._staged[("state-floor", reverse)] = self._load_ceiling(
-                reverse, self.max_flows, ret_ports_off if reverse else fwd_ports_off)
+                reverse, max_flows, ret_ports_off if reverse else fwd_ports_off)
         progs = paths.progs_dir(self.node_name)
         self._fds = {"xdp_fabric": bpfsys.obj_get(str(progs / "xdp_fabric")),
                      "xdp_vpc": bpfsys.obj_get(str(progs / "xdp_vpc")),
@@ -196,7 +197,6 @@ class Topo:
         from eniplane.sgcompile import Rule
 
         self.clear()
-        self.max_flows = max_flows
         nodemod.up(self.node_name, "fab0", FABRIC_IP, self.ns["node"],
                    defines={"MAX_FLOWS": max_flows})
         info = nodemod.attach_vpc_if(self.node_name, "vpca")

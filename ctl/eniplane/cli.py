@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from . import output
+from . import loader, output
 from .errors import EniplaneError
 from .output import Format
 
@@ -67,7 +67,7 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
        netns: Optional[str] = typer.Option(None, "--netns", "-N", help="Namespace of the node."),
        mode: str = typer.Option("auto", "--mode", "-m",
                                 help="XDP mode: auto (native, else generic), native, generic."),
-       max_flows: int = typer.Option(262144, "--max-flows", help="Flow table size per direction."),
+       max_flows: int = typer.Option(loader.DEFAULT_MAX_FLOWS, "--max-flows", help="Flow table size per direction."),
        node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Compile and load the datapath, pin it and attach it to the fabric interface."""
     from . import node as nodemod

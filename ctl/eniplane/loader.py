@@ -23,6 +23,8 @@ from . import bpfsys, paths
 from .errors import LoadError
 
 PROGRAMS = ("xdp_fabric", "xdp_vpc")
+# consts.h's MAX_FLOWS when no -D gives one: `eniplane up`'s default (tests/unit/test_consts.py)
+DEFAULT_MAX_FLOWS = 262144
 
 # What must still happen if the compiler exits the process under us (see the module's contract).
 _on_c_exit: list[Callable[[], None]] = []

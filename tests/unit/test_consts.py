@@ -18,6 +18,10 @@ def test_port_tries_is_the_datapaths():
     assert datapath.PORT_TRIES == define("PORT_TRIES")
 
 
+def test_default_max_flows_is_the_datapaths():
+    assert loader.DEFAULT_MAX_FLOWS == define("MAX_FLOWS")
+
+
 def test_flow_safe_entries_is_the_datapaths():
     text = (loader.bpf_dir() / "consts.h").read_text()
     assert "#define FLOW_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)" in text
