@@ -204,7 +204,8 @@ class Topo:
         dp.set_vpc(info["ifindex"], 1, SERVER, info["mac"], info["slot"],
                    gateway_mac=self.mac[("sink", "s0")])
         dp.add_worker(GEN_IP)
-        dp.set_eni(VNI, 1, 1, info["ifindex"], ENI_IP)
+        dp.set_eni(VNI, 1, 1, ENI_IP)
+        dp.sync_placements({(GEN_IP, VNI): 1})
         dp.set_sg_rules(VNI, [Rule.of("all", "10.0.0.0/16")])
         return dp
 

@@ -38,9 +38,18 @@
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif
-/* Below this many flows the LRU cannot have evicted one (see flow_guard in types.h): the
- * margin covers 128 parked nodes for each of up to ~280 CPUs at the default table size. */
-#define FLOW_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)
+/* Below this many flows the LRU cannot have evicted one (see flow_guard in types.h). The kernel's
+ * LRU evicts only when a CPU refills its local free list (LOCAL_FREE_TARGET, 128 nodes) and fewer
+ * than that remain on the global free list; each possible CPU can hold up to 128 free nodes on
+ * its local list and as many just allocated on its pending list. So with NR_POSSIBLE_CPUS (given
+ * by the loader) no eviction is possible while count + 256 per CPU + 128 <= MAX_FLOWS. A table
+ * too small for that makes holes possible from the first flow, which only lengthens walks. */
+#ifndef NR_POSSIBLE_CPUS
+#define NR_POSSIBLE_CPUS 256
+#endif
+#define LRU_LOCAL_FREE_TARGET 128
+#define FLOW_SAFE_ENTRIES                                                                         \
+    ((__s64)MAX_FLOWS - 2 * LRU_LOCAL_FREE_TARGET * (__s64)NR_POSSIBLE_CPUS - LRU_LOCAL_FREE_TARGET)
 
 #ifndef MAX_ENIS
 #define MAX_ENIS 16384
@@ -48,6 +57,9 @@
 #define ENI_CACHE_SLOTS 256 /* per CPU, direct-mapped by VNI */
 #define VPC_IF_SLOTS 1024   /* direct-mapped by ifindex */
 #define WORKER_SLOTS 4096   /* direct-mapped by the worker's address */
+#ifndef MAX_PLACEMENTS
+#define MAX_PLACEMENTS 131072 /* (worker, VNI) pairs allowed to send */
+#endif
 
 #ifndef MAX_VPCS
 #define MAX_VPCS 256
@@ -59,6 +71,7 @@
 /* Headers that the return path pushes in front of the inner frame: outer Ethernet, IPv4, UDP and
  * an 8-byte VXLAN or option-less GENEVE header. */
 #define ENCAP_LEN (14 + 20 + 8 + 8)
+#define VLAN_TAG_LEN 4 /* each outer VLAN tag the worker's frames carry adds one to replies */
 #define OUTER_TTL 64
 #define TUNNEL_SPORT_BASE 49152 /* RFC 7348: source port from the dynamic range for entropy */
 

@@ -146,18 +146,46 @@ static __always_inline int flow_owned_by(struct flow *f, ipv4_t worker, __u32 vn
     return f->worker == worker && f->vni == vni && f->env_addr == env && f->env_port == env_port;
 }
 
+#ifdef ENIPLANE_TEST_HOOKS
+/* Test builds only: lets a datapath test change an ENI at the one point a concurrent control
+ * plane could, between reading the generation and reading the ENI (tests/datapath). */
+struct eni_race_hook {
+    __u32 armed;
+    __u32 vni;
+    struct eni eni;
+};
+BPF_ARRAY(eni_race, struct eni_race_hook, 1);
+static __always_inline void eni_race_point(struct node_cfg *cfg, __u32 vni)
+{
+    __u32 k = 0;
+    struct eni_race_hook *h = eni_race.lookup(&k);
+    if (h && h->armed && h->vni == vni) {
+        h->armed = 0;
+        enis.update(&vni, &h->eni);
+        __sync_fetch_and_add(&cfg->eni_gen, 1);
+    }
+}
+#else
+#define eni_race_point(cfg, vni) do { } while (0)
+#endif
+
 /* The ENI of a VNI, from this CPU's eni_cache when the slot is current, else from `enis`
- * (copied into the slot for the next packet). */
+ * (copied into the slot for the next packet). The generation is read before the ENI: a change
+ * that lands between the two reads leaves the copy under the older generation, stale for the
+ * next packet, never an old ENI under the current generation. */
 static __always_inline struct eni *eni_of(struct node_cfg *cfg, __u32 vni)
 {
     __u32 slot = vni % ENI_CACHE_SLOTS;
+    __u32 gen = *(volatile __u32 *)&cfg->eni_gen;
+    asm volatile("" ::: "memory"); /* keep the load of the generation before the lookup */
     struct eni_cache_slot *cs = eni_cache.lookup(&slot);
-    if (cs && cs->gen && cs->gen == cfg->eni_gen && cs->vni == vni)
+    if (cs && cs->gen && cs->gen == gen && cs->vni == vni)
         return &cs->eni;
+    eni_race_point(cfg, vni);
     struct eni *eni = enis.lookup(&vni);
-    if (eni && cs && cfg->eni_gen) {
+    if (eni && cs && gen) {
         cs->vni = vni;
-        cs->gen = cfg->eni_gen;
+        cs->gen = gen;
         __builtin_memcpy(&cs->eni, eni, sizeof(*eni));
     }
     return eni;
@@ -181,33 +209,71 @@ static __always_inline struct worker_slot *worker_slot_of(ipv4_t addr)
     return s && addr && s->addr == addr ? s : NULL;
 }
 
-/* Is the outer source a registered worker? Learns its MAC, the outer destination of replies. */
-static __always_inline int worker_known(ipv4_t addr, const __u8 *src_mac)
+/* A worker's entry: its slot's copy when it owns one (no hashing), else `workers`. */
+static __always_inline struct worker *worker_of(ipv4_t addr)
 {
-    struct worker *w = workers.lookup(&addr);
-    if (!w)
-        return 0;
-    if (!mac_equal(w->mac, src_mac))
-        mac_copy(w->mac, src_mac);
     struct worker_slot *s = worker_slot_of(addr);
-    if (s && !mac_equal(s->mac, src_mac))
-        mac_copy(s->mac, src_mac);
-    return 1;
+    if (s)
+        return &s->w;
+    return workers.lookup(&addr);
 }
 
-/* A worker's MAC for a reply: from its slot when it owns one, else from `workers`. */
-static __always_inline int worker_mac(ipv4_t addr, __u8 *mac)
+/* The frame's source MAC and outer VLAN tags become the worker's: in `workers` and in the slot's
+ * copy, so that both keep saying the same. */
+static __always_inline void worker_learn(ipv4_t addr, struct ethhdr *oeth, struct vlan_hdr_ *tags,
+                                         __u32 depth, __u8 flags, void *data_end)
 {
-    struct worker_slot *s = worker_slot_of(addr);
-    if (s) {
-        mac_copy(mac, s->mac);
-        return 1;
+    struct worker nw;
+    __builtin_memset(&nw, 0, sizeof(nw));
+    mac_copy(nw.mac, oeth->h_source);
+    nw.flags = flags;
+    if (tags && depth >= 1 && (void *)(tags + 1) <= data_end) {
+        nw.vlan_depth = 1;
+        nw.vlans[0].tpid = oeth->h_proto;
+        nw.vlans[0].tci = tags[0].tci;
+        if (depth >= 2 && (void *)(tags + 2) <= data_end) {
+            nw.vlan_depth = 2;
+            nw.vlans[1].tpid = tags[0].proto;
+            nw.vlans[1].tci = tags[1].tci;
+        }
     }
     struct worker *w = workers.lookup(&addr);
+    if (w)
+        __builtin_memcpy(w, &nw, sizeof(nw));
+    struct worker_slot *s = worker_slot_of(addr);
+    if (s)
+        __builtin_memcpy(&s->w, &nw, sizeof(nw));
+}
+
+/* May this frame speak for the worker whose address it carries? The worker must be registered,
+ * and the frame must come from the MAC the worker is known by: learned from its first frame, or
+ * set by the operator, and then kept, since replies go to it. Returns 0 or the drop reason. */
+static __always_inline __u32 worker_admit(struct stats *st, ipv4_t addr, struct ethhdr *oeth,
+                                          struct vlan_hdr_ *tags, __u32 depth, void *data_end)
+{
+    struct worker *w = worker_of(addr);
     if (!w)
+        return STAT_drop_unknown_worker;
+    __u8 flags = w->flags;
+    int same = mac_equal(w->mac, oeth->h_source);
+    if ((flags & WORKER_F_MAC) && same && w->vlan_depth == depth)
         return 0;
-    mac_copy(mac, w->mac);
-    return 1;
+    if ((flags & WORKER_F_MAC) && !same && !(flags & WORKER_F_RELEARN))
+        return STAT_worker_mac_conflict;
+    /* First frame, a relearn the operator asked for, or a known MAC whose tags changed. */
+    if (!(flags & WORKER_F_MAC) || !same)
+        count(st, STAT_worker_mac_learned);
+    worker_learn(addr, oeth, tags, depth,
+                 WORKER_F_MAC | (same && (flags & WORKER_F_MAC) ? (flags & WORKER_F_STATIC) : 0),
+                 data_end);
+    return 0;
+}
+
+/* May this worker send on this VNI? Only if a function that uses the VNI's ENI is placed on it. */
+static __always_inline int worker_placed(ipv4_t worker, __u32 vni)
+{
+    struct placement_key pk = {.worker = worker, .vni = vni};
+    return placements.lookup(&pk) != NULL;
 }
 
 /* AWS semantics: allowed when any rule of any of the ENI's groups allows it. The control plane
@@ -294,6 +360,143 @@ static __always_inline __u32 tunnel_arp(struct cursor *c, struct node_cfg *cfg, 
     return STAT_tx_arp_tunnel;
 }
 
+/* What the outer headers of a tunnel packet said (stage 1 fills it, stage 3 completes it). */
+struct tunnel_pkt {
+    struct ethhdr *oeth;
+    struct vlan_hdr_ *tags; /* the outer VLAN tags, NULL without */
+    __u32 depth;
+    struct iphdr *oip;
+    struct udphdr *oudp;
+    __u32 vni;
+    __u8 tunnel; /* enum tunnel_type */
+};
+
+/* Stage 1, outer headers: 0 when this is tunnel traffic for this node, else the pass_* reason
+ * under which the kernel gets it (until then nothing is ours to drop). */
+static __always_inline __u32 parse_outer(struct cursor *c, struct node_cfg *cfg,
+                                         struct tunnel_pkt *t)
+{
+    __be16 proto;
+    t->oeth = parse_eth_tags(c, &proto, &t->tags, &t->depth);
+    if (!t->oeth)
+        return STAT_pass_malformed_outer;
+    if (proto != bpf_htons(ETH_P_IPV4))
+        return STAT_pass_not_tunnel;
+    if (parse_ipv4(c, &t->oip) != PARSE_OK)
+        return STAT_pass_malformed_outer;
+    if (t->oip->daddr != cfg->fabric_ip || t->oip->protocol != IPPROTO_UDP)
+        return STAT_pass_not_tunnel;
+    if (ipv4_is_fragment(t->oip))
+        return STAT_pass_outer_fragment;
+    t->oudp = CURSOR_TAKE(c, struct udphdr);
+    if (!t->oudp)
+        return STAT_pass_malformed_outer;
+    __u16 tport = bpf_ntohs(t->oudp->dest);
+    if (tport == VXLAN_PORT)
+        t->tunnel = TUNNEL_VXLAN;
+    else if (tport == GENEVE_PORT)
+        t->tunnel = TUNNEL_GENEVE;
+    else
+        return STAT_pass_not_tunnel;
+    return 0;
+}
+
+/* Stage 3, the tunnel header: 0 with t->vni set, or the drop reason. */
+static __always_inline __u32 parse_tunnel(struct cursor *c, struct tunnel_pkt *t)
+{
+    if (t->tunnel == TUNNEL_VXLAN) {
+        struct vxlan_hdr_ *vx = CURSOR_TAKE(c, struct vxlan_hdr_);
+        if (!vx)
+            return STAT_drop_tunnel_truncated;
+        if (!(vx->flags & 0x08))
+            return STAT_drop_vxlan_no_i_flag;
+        t->vni = bpf_ntohl(vx->vni_rsvd) >> 8;
+        return 0;
+    }
+    struct geneve_hdr_ *g = parse_geneve(c);
+    if (!g)
+        return STAT_drop_tunnel_truncated;
+    if (g->ver_optlen >> 6)
+        return STAT_drop_geneve_version;
+    if (g->flags & 0x80)
+        return STAT_drop_geneve_control;
+    if (g->flags & 0x40)
+        return STAT_drop_geneve_critical;
+    if (g->proto != bpf_htons(ETH_P_TEB))
+        return STAT_drop_geneve_not_ether;
+    t->vni = ((__u32)g->vni[0] << 16) | ((__u32)g->vni[1] << 8) | g->vni[2];
+    return 0;
+}
+
+/* Stage 4, the environment's IPv4 packet and its ports: 0 or the drop reason. */
+static __always_inline __u32 parse_inner_ip(struct cursor *c, struct iphdr **iip, struct l4 *l4)
+{
+    int rc = parse_ipv4(c, iip);
+    if (rc != PARSE_OK)
+        return rc == PARSE_TRUNCATED ? STAT_drop_inner_truncated : STAT_drop_inner_bad_ip;
+    if (ipv4_is_fragment(*iip))
+        return STAT_drop_inner_fragment;
+    if ((*iip)->ttl <= 1)
+        return STAT_drop_ttl_expired;
+    rc = parse_l4(c, (*iip)->protocol, ICMP_ECHO, l4);
+    if (rc != PARSE_OK || !l4->sport)
+        return l4_reason(rc, STAT_drop_inner_truncated);
+    return 0;
+}
+
+/* Stage 5, where the flow sits along its port probe (see the walk's comment below). */
+struct probe {
+    struct flow *f;     /* the flow's entry, NULL when it has none yet */
+    __be16 free_port;   /* the first empty slot along the probe; ports in range are never 0 */
+    __u32 free_depth;
+    int probed;         /* the flow sits past its probe's first port */
+};
+
+/* The flow's entry is keyed by what the VPC will see: the ENI's VPC and address, the
+ * destination, and the SNAT port, found by walking the ENI's range from where the flow's
+ * probe starts. The first slot holds the flow unless another flow to the same destination
+ * had it first; walking stops at an empty slot unless flow_guard says holes may exist. */
+static __always_inline void flow_walk(struct flow_key *fk, struct flow_guard *g, __u32 lo,
+                                      __u32 range, __u32 start, ipv4_t worker, __u32 vni,
+                                      ipv4_t env, __be16 env_port, struct probe *pr)
+{
+    __u32 tries = range < PORT_TRIES ? range : PORT_TRIES;
+    /* The verifier walks the rest of the program once for each iteration this loop can leave
+     * from, so it is one loop with little state, and PORT_TRIES (16) keeps xdp_fabric well
+     * inside the 1M instructions the verifier will walk; 32 did not fit. */
+    pr->f = NULL;
+    pr->free_port = 0;
+    pr->free_depth = 0;
+    pr->probed = 0;
+    for (__u32 i = 0; i < PORT_TRIES; i++) {
+        /* Hide i from clang: folded into `tries`, the loop would lose the bound that the
+         * verifier proves termination by. */
+        asm volatile("" : "+r"(i));
+        if (i >= tries)
+            break;
+        __be16 p = probe_port(lo, range, start, i);
+        fk->eni_port = p;
+        struct flow *f = flows.lookup(fk);
+        if (f) {
+            if (flow_owned_by(f, worker, vni, env, env_port)) {
+                pr->f = f;
+                pr->probed = i != 0;
+                break;
+            }
+        } else {
+            if (!pr->free_port) {
+                pr->free_port = p;
+                pr->free_depth = i;
+            }
+            /* The guard's line is written by every CPU that opens a flow: it is read only
+             * when a walk meets an empty port, never by an established packet found at its
+             * first port. */
+            if (g && (!g->holes || !(g->depths >> i >> 1))) /* no flow sits further along */
+                break;
+        }
+    }
+}
+
 int xdp_fabric(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -302,7 +505,6 @@ int xdp_fabric(struct xdp_md *ctx)
     __u32 reason = STAT_pass_not_tunnel;
     int action = XDP_PASS;
     __u32 k0 = 0;
-    __be16 proto;
 
     struct stats *st = stats.lookup(&k0);
     count(st, STAT_rx_fabric);
@@ -310,80 +512,29 @@ int xdp_fabric(struct xdp_md *ctx)
     if (!cfg || !cfg->fabric_ip)
         goto out;
 
-    /* Outer headers: until we know this is tunnel traffic for us, the kernel gets it. */
-    struct ethhdr *oeth = parse_eth(&c, &proto);
-    if (!oeth) {
-        reason = STAT_pass_malformed_outer;
+    /* 1. Outer headers: until we know this is tunnel traffic for us, the kernel gets it. */
+    struct tunnel_pkt t;
+    reason = parse_outer(&c, cfg, &t);
+    if (reason)
         goto out;
-    }
-    if (proto != bpf_htons(ETH_P_IPV4))
-        goto out;
-    struct iphdr *oip;
-    if (parse_ipv4(&c, &oip) != PARSE_OK) {
-        reason = STAT_pass_malformed_outer;
-        goto out;
-    }
-    if (oip->daddr != cfg->fabric_ip || oip->protocol != IPPROTO_UDP)
-        goto out;
-    if (ipv4_is_fragment(oip)) {
-        reason = STAT_pass_outer_fragment;
-        goto out;
-    }
-    struct udphdr *oudp = CURSOR_TAKE(&c, struct udphdr);
-    if (!oudp) {
-        reason = STAT_pass_malformed_outer;
-        goto out;
-    }
-    __u16 tport = bpf_ntohs(oudp->dest);
-    if (tport != VXLAN_PORT && tport != GENEVE_PORT)
-        goto out;
-
-    /* Tunnel traffic for this node: from here on every failure is a named drop. The worker is
-     * checked (and its MAC learned) when it opens a flow or asks ARP; an established flow's key
-     * already carries the worker it was opened by, and removing a worker flushes its flows. */
+    /* Tunnel traffic for this node: from here on every failure is a named drop. */
     action = XDP_DROP;
 
-    __u32 vni;
-    __u8 tunnel;
-    if (tport == VXLAN_PORT) {
-        struct vxlan_hdr_ *vx = CURSOR_TAKE(&c, struct vxlan_hdr_);
-        if (!vx) {
-            reason = STAT_drop_tunnel_truncated;
-            goto out;
-        }
-        if (!(vx->flags & 0x08)) {
-            reason = STAT_drop_vxlan_no_i_flag;
-            goto out;
-        }
-        vni = bpf_ntohl(vx->vni_rsvd) >> 8;
-        tunnel = TUNNEL_VXLAN;
-    } else {
-        struct geneve_hdr_ *g = parse_geneve(&c);
-        if (!g) {
-            reason = STAT_drop_tunnel_truncated;
-            goto out;
-        }
-        if (g->ver_optlen >> 6) {
-            reason = STAT_drop_geneve_version;
-            goto out;
-        }
-        if (g->flags & 0x80) {
-            reason = STAT_drop_geneve_control;
-            goto out;
-        }
-        if (g->flags & 0x40) {
-            reason = STAT_drop_geneve_critical;
-            goto out;
-        }
-        if (g->proto != bpf_htons(ETH_P_TEB)) {
-            reason = STAT_drop_geneve_not_ether;
-            goto out;
-        }
-        vni = ((__u32)g->vni[0] << 16) | ((__u32)g->vni[1] << 8) | g->vni[2];
-        tunnel = TUNNEL_GENEVE;
-    }
+    /* 2. The sender: a registered worker, speaking from the MAC it is known by. Every packet is
+     * checked (a direct-mapped slot, no hashing): replies go to that MAC, so a host that claims a
+     * worker's address gets nothing in and cannot draw the worker's replies to itself. */
+    ipv4_t worker = t.oip->saddr;
+    reason = worker_admit(st, worker, t.oeth, t.tags, t.depth, data_end);
+    if (reason)
+        goto out;
 
-    /* Inner frame. */
+    /* 3. Tunnel header: the VNI names the ENI. */
+    reason = parse_tunnel(&c, &t);
+    if (reason)
+        goto out;
+    __u32 vni = t.vni;
+
+    /* 4. Inner frame: ARP is answered as the gateway, IPv4 is translated. */
     void *inner = c.pos;
     struct ethhdr *ieth = CURSOR_TAKE(&c, struct ethhdr);
     if (!ieth) {
@@ -395,11 +546,11 @@ int xdp_fabric(struct xdp_md *ctx)
             reason = STAT_drop_unknown_vni;
             goto out;
         }
-        if (!worker_known(oip->saddr, oeth->h_source)) {
-            reason = STAT_drop_unknown_worker;
+        if (!worker_placed(worker, vni)) {
+            reason = STAT_drop_worker_not_placed;
             goto out;
         }
-        reason = tunnel_arp(&c, cfg, oeth, oip, oudp, ieth, &action);
+        reason = tunnel_arp(&c, cfg, t.oeth, t.oip, t.oudp, ieth, &action);
         goto out;
     }
     if (ieth->h_proto != bpf_htons(ETH_P_IPV4)) {
@@ -407,40 +558,21 @@ int xdp_fabric(struct xdp_md *ctx)
         goto out;
     }
     struct iphdr *iip;
-    int rc = parse_ipv4(&c, &iip);
-    if (rc != PARSE_OK) {
-        reason = rc == PARSE_TRUNCATED ? STAT_drop_inner_truncated : STAT_drop_inner_bad_ip;
-        goto out;
-    }
-    if (ipv4_is_fragment(iip)) {
-        reason = STAT_drop_inner_fragment;
-        goto out;
-    }
-    if (iip->ttl <= 1) {
-        reason = STAT_drop_ttl_expired;
-        goto out;
-    }
-    __u8 l4proto = iip->protocol;
     struct l4 l4;
-    rc = parse_l4(&c, l4proto, ICMP_ECHO, &l4);
-    if (rc != PARSE_OK || !l4.sport) {
-        reason = l4_reason(rc, STAT_drop_inner_truncated);
+    reason = parse_inner_ip(&c, &iip, &l4);
+    if (reason)
         goto out;
-    }
+    __u8 l4proto = iip->protocol;
     __be16 *sport = l4.sport;
     __be16 dport = l4.dport ? *l4.dport : 0;
     __u8 tcp_flags = l4.tcp_flags;
 
-    /* The flow's entry is keyed by what the VPC will see: the ENI's VPC and address, the
-     * destination, and the SNAT port, found by walking the ENI's range from where the flow's
-     * probe starts. The first slot holds the flow unless another flow to the same destination
-     * had it first; walking stops at an empty slot unless flow_guard says holes may exist. */
+    /* 5. Flow lookup along the probe of the ENI's port range. */
     struct eni *eni = eni_of(cfg, vni);
     if (!eni) {
         reason = STAT_drop_unknown_vni;
         goto out;
     }
-    ipv4_t worker = oip->saddr;
     ipv4_t env = iip->saddr;
     __be16 env_port = *sport;
     struct flow_key fk;
@@ -453,51 +585,22 @@ int xdp_fabric(struct xdp_md *ctx)
 
     __u32 lo = eni->port_lo, hi = eni->port_hi;
     __u32 range = (lo && hi >= lo) ? hi - lo + 1 : 0;
-    __u32 tries = range < PORT_TRIES ? range : PORT_TRIES;
     /* Lemire's multiply-shift maps the hash onto the range without a division. */
     __u32 start = ((__u64)port_hash(cfg->port_secret, worker, vni, env, env_port, fk.remote,
                                     dport, l4proto) * range) >> 32;
-    /* The guard's line is written by every CPU that opens a flow: it is read only when a walk
-     * meets an empty port, never by an established packet found at its first port. */
     struct flow_guard *g = flow_guard.lookup(&k0);
     __u64 now = coarse_now();
     __u64 bytes = data_end - inner;
     __u32 eni_idx = eni->eni_idx;
     __u32 vpc_idx = eni->vpc_idx;
     ipv4_t eni_addr = eni->addr;
-    /* The verifier walks the rest of the program once for each iteration this loop can leave
-     * from, so it is one loop with little state, and PORT_TRIES (16) keeps xdp_fabric near
-     * 420k of the 1M instructions the verifier will walk; 32 did not fit. */
-    struct flow *f = NULL;
-    __be16 free_port = 0; /* the first empty slot; ports in range are never 0 */
-    __u32 free_depth = 0;
-    int probed = 0;
-    for (__u32 i = 0; i < PORT_TRIES; i++) {
-        /* Hide i from clang: folded into `tries`, the loop would lose the bound that the
-         * verifier proves termination by. */
-        asm volatile("" : "+r"(i));
-        if (i >= tries)
-            break;
-        __be16 p = probe_port(lo, range, start, i);
-        fk.eni_port = p;
-        f = flows.lookup(&fk);
-        if (f) {
-            if (flow_owned_by(f, worker, vni, env, env_port)) {
-                probed = i != 0;
-                break;
-            }
-            f = NULL;
-        } else {
-            if (!free_port) {
-                free_port = p;
-                free_depth = i;
-            }
-            if (g && (!g->holes || !(g->depths >> i >> 1))) /* no flow sits further along */
-                break;
-        }
-    }
+    struct probe pr;
+    flow_walk(&fk, g, lo, range, start, worker, vni, env, env_port, &pr);
+    struct flow *f = pr.f;
     if (f) {
-        if (probed)
+        /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py), so an
+         * entry found here was opened by a worker that is still placed. */
+        if (pr.probed)
             count(st, STAT_flow_probed);
         /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow), and these
          * counters serve expiry and inspection, where a rare lost increment does no harm. */
@@ -511,8 +614,9 @@ int xdp_fabric(struct xdp_md *ctx)
             mac_copy(f->env_mac, ieth->h_source);
         reason = STAT_fwd_established;
     } else {
-        if (!worker_known(worker, oeth->h_source)) {
-            reason = STAT_drop_unknown_worker;
+        /* 5b. New flow: placement, security groups, a free port. */
+        if (!worker_placed(worker, vni)) {
+            reason = STAT_drop_worker_not_placed;
             goto out;
         }
         struct eni_stats *nes = eni_stats_of(eni_idx);
@@ -533,23 +637,23 @@ int xdp_fabric(struct xdp_md *ctx)
         nf.env_port = env_port;
         nf.eni_idx = eni_idx;
         mac_copy(nf.env_mac, ieth->h_source);
-        nf.tunnel = tunnel;
+        nf.tunnel = t.tunnel;
         nf.tcp_flags = tcp_flags;
         /* Claim the first free slot with a BPF_NOEXIST insert. Losing it to another CPU that
          * opened this very flow means following that entry; losing it to another flow drops
          * this one packet (the next one walks again): rare, and it keeps the walk a single
          * loop, which is what keeps the program verifiable. */
-        if (!free_port) {
+        if (!pr.free_port) {
             if (nes)
                 nes->port_alloc_failed++;
             reason = STAT_drop_port_exhausted;
             goto out;
         }
-        fk.eni_port = free_port;
+        fk.eni_port = pr.free_port;
         guard_before_insert(g);
         long err = flows.insert(&fk, &nf);
         if (err == 0) {
-            guard_count(g, free_depth);
+            guard_count(g, pr.free_depth);
             if (nes)
                 nes->flows_created++;
         } else {
@@ -576,7 +680,7 @@ int xdp_fabric(struct xdp_md *ctx)
         goto out;
     }
 
-    /* SNAT onto the ENI: inner source address and port, checksums, TTL, MACs. */
+    /* 6. Translate: SNAT onto the ENI (source address and port, checksums, TTL, MACs). */
     ipv4_t old_src = iip->saddr;
     __u16 old_port = *sport;
     iip->saddr = eni_addr;
@@ -592,6 +696,8 @@ int xdp_fabric(struct xdp_md *ctx)
         es->tx_packets++;
         es->tx_bytes += bytes;
     }
+
+    /* 7. Emit: strip the outer headers, redirect into the VPC. */
     __u32 egress = vpc->tx_slot;
     if (bpf_xdp_adjust_head(ctx, (int)(inner - data))) {
         reason = STAT_drop_adjust_failed;
@@ -604,8 +710,11 @@ out:
     return record(st, reason, action);
 }
 
-/* ARP on a VPC-side interface: learn the gateway's MAC from anything it says, answer requests for
- * ENI addresses, leave the rest to the kernel. */
+/* ARP on a VPC-side interface: answer requests for ENI addresses, leave the rest to the kernel.
+ * The gateway's MAC, the next hop of every forward packet into the VPC, is learned from the first
+ * ARP that gives it (or set by the operator) and then kept: any host in the VPC can claim the
+ * gateway's address, and one that did would become the next hop of the whole VPC. A different MAC
+ * is counted (gw_mac_conflict) and adopted only after `vpc relearn`. */
 static __always_inline __u32 vpc_arp(struct cursor *c, struct stats *st, struct vpc *vpc,
                                      __u32 vpc_idx, struct ethhdr *eth, int *action)
 {
@@ -614,11 +723,15 @@ static __always_inline __u32 vpc_arp(struct cursor *c, struct stats *st, struct 
     if (!arp || arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IPV4) ||
         arp->hlen != 6 || arp->plen != 4)
         return STAT_pass_vpc_arp;
-    if (arp->spa == vpc->gateway_ip && arp->spa != 0 &&
-        (!(vpc->flags & VPC_F_GW_MAC) || !mac_equal(vpc->gateway_mac, arp->sha))) {
-        mac_copy(vpc->gateway_mac, arp->sha);
-        vpc->flags |= VPC_F_GW_MAC;
-        count(st, STAT_gw_mac_learned);
+    if (arp->spa == vpc->gateway_ip && arp->spa != 0) {
+        __u32 flags = vpc->flags;
+        if (!(flags & VPC_F_GW_MAC) || (flags & VPC_F_GW_RELEARN)) {
+            mac_copy(vpc->gateway_mac, arp->sha);
+            vpc->flags = (flags | VPC_F_GW_MAC) & ~(VPC_F_GW_RELEARN | VPC_F_GW_STATIC);
+            count(st, STAT_gw_mac_learned);
+        } else if (!mac_equal(vpc->gateway_mac, arp->sha)) {
+            count(st, STAT_gw_mac_conflict);
+        }
     }
     if (arp->op != bpf_htons(1))
         return STAT_pass_vpc_arp;
@@ -726,11 +839,18 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
-    __u8 wmac[6];
-    if (!worker_mac(f->worker, wmac)) {
+    struct worker *w = worker_of(f->worker);
+    if (!w) {
         reason = STAT_drop_unknown_worker;
         goto out;
     }
+    __u8 wmac[6];
+    mac_copy(wmac, w->mac);
+    __u32 depth = w->vlan_depth;
+    struct vlan_tag tags[MAX_VLAN_DEPTH];
+    __builtin_memcpy(tags, w->vlans, sizeof(tags));
+    if (depth > MAX_VLAN_DEPTH)
+        depth = MAX_VLAN_DEPTH;
     __u32 frame_len = data_end - data;
     if (cfg->fabric_mtu && frame_len + ENCAP_LEN - 14 > cfg->fabric_mtu) {
         reason = STAT_drop_fabric_mtu;
@@ -765,23 +885,43 @@ int xdp_vpc(struct xdp_md *ctx)
     __u8 tunnel = f->tunnel;
     ipv4_t worker = f->worker;
     __u16 usport = TUNNEL_SPORT_BASE + (tunnel_hash(&fk) & 0x3FFF);
-    if (bpf_xdp_adjust_head(ctx, -ENCAP_LEN)) {
+    /* The outer headers, with the VLAN tags the worker's own frames carry (learned with its
+     * MAC), so that the reply travels the fabric the way the worker's traffic came. */
+    if (bpf_xdp_adjust_head(ctx, -(int)(ENCAP_LEN + depth * VLAN_TAG_LEN))) {
         reason = STAT_drop_adjust_failed;
         goto out;
     }
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
+    if (data + ENCAP_LEN + MAX_VLAN_DEPTH * VLAN_TAG_LEN > data_end) {
+        reason = STAT_drop_adjust_failed;
+        goto out;
+    }
     struct ethhdr *oeth = data;
-    struct iphdr *oip = data + 14;
-    struct udphdr *oudp = data + 14 + 20;
-    __u8 *th = data + 14 + 20 + 8;
+    mac_copy(oeth->h_dest, wmac);
+    mac_copy(oeth->h_source, cfg->fabric_mac);
+    __be16 *ethertype = &oeth->h_proto;
+    if (depth >= 1) {
+        struct vlan_hdr_ *v = data + 14;
+        *ethertype = tags[0].tpid;
+        v->tci = tags[0].tci;
+        ethertype = &v->proto;
+        if (depth >= 2) {
+            v = data + 14 + VLAN_TAG_LEN;
+            *ethertype = tags[1].tpid;
+            v->tci = tags[1].tci;
+            ethertype = &v->proto;
+        }
+    }
+    *ethertype = bpf_htons(ETH_P_IPV4);
+    void *l3 = data + 14 + depth * VLAN_TAG_LEN;
+    struct iphdr *oip = l3;
+    struct udphdr *oudp = l3 + 20;
+    __u8 *th = l3 + 20 + 8;
     if ((void *)(th + 8) > data_end) {
         reason = STAT_drop_adjust_failed;
         goto out;
     }
-    mac_copy(oeth->h_dest, wmac);
-    mac_copy(oeth->h_source, cfg->fabric_mac);
-    oeth->h_proto = bpf_htons(ETH_P_IPV4);
 
     __u16 outer_len = frame_len + ENCAP_LEN - 14;
     oip->version = 4;

@@ -1,6 +1,7 @@
 /* maps.h - every map of the datapath, pinned under PIN_DIR (/sys/fs/bpf/eniplane/<node>/maps).
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
- * Writers: the control plane writes config, workers, worker_slots (owners), enis, eni_addrs,
+ * Writers: the control plane writes config, workers, worker_slots (owners), placements, enis,
+ * eni_addrs,
  * vpcs, vpc_ifs, vpc_if_slots, sg_rules and tx_ports; the
  * datapath writes the flow tables, the counters, the clock cache, worker MACs and learned
  * gateway MACs.
@@ -19,6 +20,8 @@ BPF_TABLE_PINNED("array", __u32, struct node_cfg, config, 1, PIN_DIR "/config");
 BPF_TABLE_PINNED("hash", ipv4_t, struct worker, workers, MAX_WORKERS, PIN_DIR "/workers");
 BPF_TABLE_PINNED("array", __u32, struct worker_slot, worker_slots, WORKER_SLOTS,
                  PIN_DIR "/worker_slots");
+BPF_TABLE_PINNED("hash", struct placement_key, __u32, placements, MAX_PLACEMENTS,
+                 PIN_DIR "/placements");
 BPF_TABLE_PINNED("hash", __u32, struct eni, enis, MAX_ENIS, PIN_DIR "/enis");
 BPF_TABLE_PINNED("hash", struct eni_addr_key, struct eni_ref, eni_addrs, MAX_ENIS,
                  PIN_DIR "/eni_addrs");

@@ -60,13 +60,18 @@ struct arp_eth_ipv4 {
         __h;                                                                                     \
     })
 
-/* Ethernet plus up to MAX_VLAN_DEPTH 802.1Q/802.1ad tags; *proto is the inner ethertype. */
-static __always_inline struct ethhdr *parse_eth(struct cursor *c, __be16 *proto)
+/* Ethernet plus up to MAX_VLAN_DEPTH 802.1Q/802.1ad tags; *proto is the inner ethertype. The tags'
+ * position is kept in *tags (NULL without tags) and their number in *depth, so that a reply can
+ * carry the same ones. */
+static __always_inline struct ethhdr *parse_eth_tags(struct cursor *c, __be16 *proto,
+                                                     struct vlan_hdr_ **tags, __u32 *depth)
 {
     struct ethhdr *eth = CURSOR_TAKE(c, struct ethhdr);
     if (!eth)
         return NULL;
     __be16 p = eth->h_proto;
+    *tags = NULL;
+    *depth = 0;
 #pragma unroll
     for (int i = 0; i < MAX_VLAN_DEPTH; i++) {
         if (p != bpf_htons(ETH_P_8021Q_) && p != bpf_htons(ETH_P_8021AD_))
@@ -74,6 +79,9 @@ static __always_inline struct ethhdr *parse_eth(struct cursor *c, __be16 *proto)
         struct vlan_hdr_ *v = CURSOR_TAKE(c, struct vlan_hdr_);
         if (!v)
             return NULL;
+        if (i == 0)
+            *tags = v;
+        *depth = i + 1;
         p = v->proto;
     }
     *proto = p;
@@ -88,7 +96,10 @@ enum parse_result {
     PARSE_PROTO_OTHER /* neither TCP, UDP nor ICMP */
 };
 
-/* IPv4 with any valid IHL: options are skipped, never interpreted. */
+/* IPv4 with any valid IHL: options are skipped, never interpreted. A total length shorter than
+ * the header or longer than the frame is invalid (RFC 1812 5.2.2): the receiver would drop it as a
+ * header error, so forwarding it would only carry a lie further. Shorter than the frame is fine:
+ * Ethernet pads small frames. */
 static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **out)
 {
     struct iphdr *ip = c->pos;
@@ -97,7 +108,8 @@ static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **out)
     if (ip->version != 4 || ip->ihl < 5)
         return PARSE_INVALID;
     __u32 hlen = ip->ihl * 4;
-    if (bpf_ntohs(ip->tot_len) < hlen)
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    if (tot < hlen || tot > (__u32)(c->end - c->pos))
         return PARSE_INVALID;
     if (c->pos + hlen > c->end)
         return PARSE_TRUNCATED;

@@ -8,13 +8,16 @@
 #define ENIPLANE_STATS_H
 
 #define ENIPLANE_STATS(X)                                                                        \
-    X(xdp_aborted) X(xdp_drop) X(xdp_pass) X(xdp_tx) X(xdp_redirect)                              \
+    X(xdp_aborted) X(xdp_drop) X(xdp_pass) X(xdp_tx) X(xdp_redirect)                             \
     /* from the workers (fabric side) */                                                         \
     X(rx_fabric)                                                                                 \
     X(pass_not_tunnel)       /* not tunnel traffic for this node: the kernel's business */       \
     X(pass_malformed_outer)  /* outer headers too short or invalid to tell: the kernel drops */  \
-    X(pass_outer_fragment)   /* a fragmented outer packet: only the kernel can reassemble it */   \
+    X(pass_outer_fragment)   /* a fragmented outer packet: only the kernel can reassemble it */  \
     X(drop_unknown_worker)   /* outer source is not a registered worker host */                  \
+    X(worker_mac_conflict)   /* a worker's address from a MAC other than the one it is known by */ \
+    X(drop_worker_not_placed) /* no function of the VNI's ENI is placed on this worker */        \
+    X(worker_mac_learned)    /* a worker's MAC learned (first frame, or after `worker relearn`) */ \
     X(drop_tunnel_truncated) /* VXLAN/GENEVE header or options run past the packet */            \
     X(drop_vxlan_no_i_flag)  /* RFC 7348: the I flag must be set for the VNI to be valid */      \
     X(drop_geneve_version)   /* RFC 8926: only version 0 is defined */                           \
@@ -24,9 +27,9 @@
     X(drop_unknown_vni)      /* no ENI for this VNI */                                           \
     X(drop_inner_truncated)                                                                      \
     X(drop_inner_not_ipv4)                                                                       \
-    X(drop_inner_bad_ip)     /* version, IHL or total length invalid */                          \
+    X(drop_inner_bad_ip)     /* version, IHL or total length (vs header, frame) invalid */       \
     X(drop_inner_fragment)   /* fragments carry no ports to translate (not supported yet) */     \
-    X(drop_proto_unsupported) /* neither TCP, UDP nor ICMP */                                     \
+    X(drop_proto_unsupported) /* neither TCP, UDP nor ICMP */                                    \
     X(drop_icmp_unsupported) /* ICMP other than echo request (fabric) or echo reply (VPC) */     \
     X(drop_ttl_expired)                                                                          \
     X(drop_sg_denied)        /* no rule of any of the ENI's groups allows the new flow */        \
@@ -48,12 +51,13 @@
     X(pass_vpc_not_eni)      /* not addressed to an ENI */                                       \
     X(pass_vpc_arp)          /* ARP that is not a request for an ENI address */                  \
     X(tx_arp_vpc)            /* answered ARP for an ENI address */                               \
-    X(gw_mac_learned)                                                                            \
+    X(gw_mac_learned)        /* the gateway's MAC learned (first ARP, or after `vpc relearn`) */ \
+    X(gw_mac_conflict)       /* ARP claims the gateway's address from another MAC: not adopted */ \
     X(drop_vpc_malformed)                                                                        \
     X(drop_vpc_fragment)                                                                         \
     X(drop_no_flow)          /* unsolicited: environments accept no inbound connections */       \
     X(drop_fabric_mtu)       /* the encapsulated reply would exceed the fabric MTU */            \
-    X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */                        \
+    X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */        \
     X(rev_established)
 
 #define ENIPLANE_STAT_ENUM(n) STAT_##n,

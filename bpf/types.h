@@ -21,7 +21,6 @@ enum tunnel_type {
 /* config[0]: the node's own identity on the fabric. Written by `eniplane up`. */
 struct node_cfg {
     ipv4_t fabric_ip;
-    __u32 fabric_ifindex;
     mac_t fabric_mac;
     mac_t gateway_mac; /* the MAC the environments see as their gateway inside the tunnel */
     __u16 fabric_mtu;
@@ -30,27 +29,48 @@ struct node_cfg {
     __u32 eni_gen;     /* bumped by the control plane on every change to `enis` (eni_cache) */
 };
 
-/* workers[outer source address]: hosts allowed to send tunnel traffic. The MAC is learned from
- * their frames and used as the outer destination of replies. */
-struct worker {
-    mac_t mac;
-    __u16 pad;
+/* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
+struct vlan_tag {
+    __be16 tpid; /* 0x8100 or 0x88a8, network order */
+    __be16 tci;
 };
 
-/* worker_slots[host-order address % WORKER_SLOTS]: a copy of one worker's entry, so that a reply
- * finds the worker's MAC without hashing. The control plane gives a slot to the first worker that
- * maps to it (the others are found in `workers`); the datapath keeps the copy's MAC current. */
+/* workers[outer source address]: hosts allowed to send tunnel traffic. A worker's MAC is the
+ * outer destination of its replies, so it is not taken from whoever claims the worker's address:
+ * it is learned from the first frame (or set by the operator) and then kept. A frame from another
+ * MAC is dropped and counted (worker_mac_conflict) unless the operator asked to relearn. */
+struct worker {
+    mac_t mac;
+    __u8 flags;      /* WORKER_F_* */
+    __u8 vlan_depth; /* how many of `vlans` the worker's frames carry (0..MAX_VLAN_DEPTH) */
+    struct vlan_tag vlans[MAX_VLAN_DEPTH];
+};
+#define WORKER_F_MAC 1     /* mac is known: learned once, or set by the operator */
+#define WORKER_F_RELEARN 2 /* the operator asked to adopt the next MAC seen (`worker relearn`) */
+#define WORKER_F_STATIC 4  /* the operator set the MAC (`worker add --mac`) */
+
+/* worker_slots[host-order address % WORKER_SLOTS]: a copy of one worker's entry, so that every
+ * tunnel packet and every reply finds the worker without hashing. The control plane gives a slot
+ * to the first worker that maps to it (the others are found in `workers`); the datapath keeps the
+ * copy equal to the entry when it learns. */
 struct worker_slot {
     ipv4_t addr;
-    mac_t mac;
-    __u16 pad;
+    struct worker w;
+};
+
+/* placements[(worker, VNI)]: the worker may send on the ENI of that VNI, because a function that
+ * uses the ENI is placed on it. A new flow or a tunnel ARP from any other pair is dropped
+ * (drop_worker_not_placed); removing a placement flushes that pair's flows, so their next packet
+ * is a new flow, and dropped. The value counts the functions behind the pair (for inspection). */
+struct placement_key {
+    ipv4_t worker;
+    __u32 vni;
 };
 
 /* enis[VNI]: one shared ENI. Every function with the same (subnet, group set) uses it. */
 struct eni {
     __u32 eni_idx;     /* control-plane handle below MAX_ENIS: indexes eni_stats */
     __u32 vpc_idx;
-    __u32 vpc_ifindex; /* node interface that leads into the ENI's VPC */
     ipv4_t addr;
     __u16 port_lo;     /* SNAT port range, host order, inclusive */
     __u16 port_hi;
@@ -81,13 +101,15 @@ struct eni_ref {
 struct vpc {
     __u32 ifindex;     /* the node's interface into the VPC */
     ipv4_t gateway_ip;
-    mac_t gateway_mac; /* learned by ARP on the interface; valid when VPC_F_GW_MAC is set */
+    mac_t gateway_mac; /* learned once by ARP, or set; valid when VPC_F_GW_MAC is set */
     mac_t if_mac;      /* the node's own MAC on that interface */
     __u32 flags;
     __u32 tx_slot;     /* this interface's slot in tx_ports */
 };
-#define VPC_F_GW_MAC 1
-#define VPC_F_ACTIVE 2 /* the slot is configured (array slots always exist) */
+#define VPC_F_GW_MAC 1     /* gateway_mac is known; it is then kept (see vpc_arp) */
+#define VPC_F_ACTIVE 2     /* the slot is configured (array slots always exist) */
+#define VPC_F_GW_RELEARN 4 /* the operator asked to adopt the next MAC the gateway shows */
+#define VPC_F_GW_STATIC 8  /* the operator set the gateway's MAC (`vpc add --gateway-mac`) */
 
 /* vpc_if_slots[ifindex % VPC_IF_SLOTS]: vpc_ifs for the return path without hashing. A slot
  * names the one interface that owns it; an interface whose slot another one owns is found in
@@ -175,6 +197,7 @@ struct flow_guard {
     __u64 depths; /* 64 bits: the atomic OR that sets a bit exists only in that width */
     __u32 holes;
     __u32 pad;
+    __u64 evicted; /* LRU evictions found by user space's recounts so far (count - entries) */
 };
 
 /* eni_stats[eni_idx], a per-CPU array. "tx" is towards the VPC, "rx" back towards the worker. */
@@ -187,5 +210,19 @@ struct eni_stats {
     __u64 sg_denied;
     __u64 port_alloc_failed;
 };
+
+/* The layouts hold no implicit padding (keys hash the same bytes always) and user space reads
+ * them from BTF: a size that changes here is a change of the maps' format, on purpose or not. */
+_Static_assert(sizeof(struct node_cfg) == 28, "node_cfg layout");
+_Static_assert(sizeof(struct worker) == 16, "worker layout");
+_Static_assert(sizeof(struct worker_slot) == 20, "worker_slot layout");
+_Static_assert(sizeof(struct placement_key) == 8, "placement_key layout");
+_Static_assert(sizeof(struct eni) == 16, "eni layout");
+_Static_assert(sizeof(struct eni_cache_slot) == 24, "eni_cache_slot layout");
+_Static_assert(sizeof(struct vpc) == 28, "vpc layout");
+_Static_assert(sizeof(struct sg_key) == 16, "sg_key layout");
+_Static_assert(sizeof(struct flow_key) == 16, "flow_key layout");
+_Static_assert(sizeof(struct flow) == 64, "flow layout");
+_Static_assert(sizeof(struct flow_guard) == 32, "flow_guard layout");
 
 #endif

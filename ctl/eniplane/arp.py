@@ -30,7 +30,8 @@ def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
 def resolve_gateway(dp: "object", netns: str | None, ifname: str, vpc_idx: int, if_mac: str,
                     gateway_ip: str, src_ip: str = "0.0.0.0", timeout: float = 3.0,
                     tries: int = 6) -> str:
-    vpcs = dp.map("vpcs")  # type: ignore[attr-defined]
+    """Ask the gateway until the datapath knows its MAC; after `vpc relearn`, until the datapath
+    has adopted the MAC of an answer (the relearn flag is gone)."""
     frame = arp_request(if_mac, src_ip, gateway_ip)
     deadline = time.monotonic() + timeout
     with in_netns(netns):
@@ -41,9 +42,9 @@ def resolve_gateway(dp: "object", netns: str | None, ifname: str, vpc_idx: int, 
             s.send(frame)
             step = time.monotonic() + timeout / tries
             while time.monotonic() < min(step, deadline):
-                v = vpcs.lookup(vpc_idx)
-                if v and v["flags"] & 1 and v["gateway_ip"] == gateway_ip:
-                    return v["gateway_mac"]
+                gw = dp.gateway(vpc_idx)  # type: ignore[attr-defined]
+                if gw and gw["mac"] and not gw["relearn"] and gw["ip"] == gateway_ip:
+                    return gw["mac"]
                 time.sleep(0.01)
     finally:
         s.close()

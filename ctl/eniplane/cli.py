@@ -254,21 +254,62 @@ def vpc_add(vpc_id: str = typer.Argument(..., metavar="ID"),
             cidr: str = typer.Option(..., "--cidr", "-c", help="The VPC's CIDR."),
             iface: str = typer.Option(..., "--iface", "-i", help="Node interface into the VPC."),
             gateway: str = typer.Option(..., "--gateway", "-g", help="The VPC gateway's address."),
+            gateway_mac: Optional[str] = typer.Option(
+                None, "--gateway-mac", "-G",
+                help="Pin the gateway's MAC (default: learned from its first ARP, then kept)."),
             node: str = NODE_OPT) -> None:
     """Attach a VPC through one of the node's interfaces."""
-    _change(node, lambda st: st.add_vpc(vpc_id, cidr, iface, gateway), f"VPC {vpc_id} added")
+    _change(node, lambda st: st.add_vpc(vpc_id, cidr, iface, gateway, gateway_mac),
+            f"VPC {vpc_id} added")
+
+
+@vpc_app.command("relearn")
+def vpc_relearn(vpc_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OPT,
+                out: Format = OUT_OPT) -> None:
+    """Adopt the next MAC the VPC's gateway answers ARP from (after it really changed)."""
+    from . import arp
+    from . import node as nodemod
+    from .datapath import Datapath
+
+    v = _state(node).vpc(vpc_id)
+    if v.gateway_mac:
+        from .errors import UsageError
+        raise UsageError(f"VPC {vpc_id} has a static gateway MAC ({v.gateway_mac}); change it "
+                         f"with `vpc del` and `vpc add --gateway-mac`, or apply -f")
+    rec = nodemod.NodeRecord.load(node)
+    with Datapath(node, rec.netns) as dp:
+        old = (dp.gateway(v.idx) or {}).get("mac")
+        dp.relearn_gateway(v.idx)
+        info = nodemod.attach_vpc_if(node, v.iface)
+        mac = arp.resolve_gateway(dp, rec.netns, v.iface, v.idx, info["mac"], v.gateway)
+    data = {"vpc": vpc_id, "gateway": v.gateway, "old_mac": old, "mac": mac}
+    output.emit(out, data, lambda d: output.info(
+        f"VPC {vpc_id}: gateway {d['gateway']} is at {d['mac']} (was {d['old_mac'] or 'unknown'})"))
 
 
 @vpc_app.command("list")
 def vpc_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """VPCs with their interface and gateway."""
+    from . import node as nodemod
+
     st = _state(node)
+    gws: dict[int, dict] = {}
+    if nodemod.is_up(node):
+        from .datapath import Datapath
+
+        with Datapath(node) as dp:
+            gws = {v.idx: dp.gateway(v.idx) or {} for v in st.vpcs.values()}
     rows = [{"id": v.id, "cidr": v.cidr, "iface": v.iface, "gateway": v.gateway, "idx": v.idx,
+             "gateway_mac": gws.get(v.idx, {}).get("mac") or v.gateway_mac,
+             "gateway_mac_source": gws.get(v.idx, {}).get("mac_source")
+             or ("static" if v.gateway_mac else None),
              "subnets": sorted(s.id for s in st.subnets.values() if s.vpc == v.id)}
             for v in sorted(st.vpcs.values(), key=lambda v: v.id)]
     output.emit(out, rows, lambda d: output.table(
-        None, ["vpc", "cidr", "interface", "gateway", "subnets"],
-        [(r["id"], r["cidr"], r["iface"], r["gateway"], " ".join(r["subnets"])) for r in d]))
+        None, ["vpc", "cidr", "interface", "gateway", "gateway MAC", "subnets"],
+        [(r["id"], r["cidr"], r["iface"], r["gateway"],
+          f"{r['gateway_mac']} ({r['gateway_mac_source']})" if r["gateway_mac"] else "-",
+          " ".join(r["subnets"])) for r in d]))
 
 
 @vpc_app.command("del")
@@ -381,27 +422,55 @@ def sg_del(sg_id: str = typer.Argument(..., metavar="SG"), node: str = NODE_OPT)
 
 
 @worker_app.command("add")
-def worker_add(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+def worker_add(ip: str = typer.Argument(..., metavar="IP"),
+               mac: Optional[str] = typer.Option(
+                   None, "--mac", "-m",
+                   help="Pin the worker's MAC (default: learned from its first frame, then kept)."),
+               node: str = NODE_OPT) -> None:
     """Allow a worker host (its outer address) to send tunnel traffic."""
-    _change(node, lambda st: st.add_worker(ip), f"worker {ip} added")
+    _change(node, lambda st: st.add_worker(ip, mac), f"worker {ip} added")
+
+
+@worker_app.command("relearn")
+def worker_relearn(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+    """Adopt the next MAC the worker's address arrives from (after its NIC really changed)."""
+    from .datapath import Datapath
+
+    a = _state(node).worker(ip)
+    if a in _state(node).worker_macs:
+        from .errors import UsageError
+        raise UsageError(f"worker {a} has a static MAC; set another with `worker del` and "
+                         f"`worker add --mac`, or apply -f")
+    with Datapath(node) as dp:
+        dp.relearn_worker(a)
+    output.info(f"worker {a}: the next MAC its frames come from is adopted")
 
 
 @worker_app.command("list")
 def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Registered worker hosts and the MACs the datapath learned for them."""
+    """Registered workers, their MAC (static or learned), and the functions placed on each."""
     from . import node as nodemod
 
     st = _state(node)
-    macs = {}
+    live: dict[str, dict] = {}
     if nodemod.is_up(node):
         from .datapath import Datapath
 
         with Datapath(node) as dp:
-            macs = {k: v["mac"] for k, v in dp.map("workers").items()
-                    if v["mac"] != "00:00:00:00:00:00"}  # not learned until the worker sends
-    rows = [{"ip": w, "mac": macs.get(w)} for w in sorted(st.workers)]
-    output.emit(out, rows, lambda d: output.table(None, ["worker", "learned MAC"],
-                                                  [(r["ip"], r["mac"] or "-") for r in d]))
+            live = dp.workers()
+    rows = []
+    for w in sorted(st.workers):
+        d = live.get(w, {})
+        rows.append({"ip": w, "mac": d.get("mac") or st.worker_macs.get(w),
+                     "mac_source": d.get("mac_source") or
+                     ("static" if w in st.worker_macs else None),
+                     "relearn": d.get("relearn", False), "vlans": d.get("vlans", []),
+                     "functions": sorted(f.name for f in st.functions.values() if w in f.workers)})
+    output.emit(out, rows, lambda d: output.table(
+        None, ["worker", "MAC", "VLANs", "functions"],
+        [(r["ip"], f"{r['mac']} ({r['mac_source']}{', relearn' if r['relearn'] else ''})"
+          if r["mac"] else "-", " ".join(map(str, r["vlans"])) or "-",
+          " ".join(r["functions"]) or "-") for r in d]))
 
 
 @worker_app.command("del")
@@ -419,14 +488,44 @@ def _eni_doc(e) -> dict:
 def function_attach(name: str = typer.Argument(..., metavar="NAME"),
                     subnet: list[str] = typer.Option(..., "--subnet", "-s", help="Repeatable."),
                     sg: list[str] = typer.Option(..., "--sg", "-g", help="Repeatable, at most 5."),
+                    worker: list[str] = typer.Option(
+                        [], "--worker", "-w",
+                        help="Place it on this worker too (repeatable); see `function place`."),
                     node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Attach a function: per subnet, the shared ENI of (subnet, groups), created if needed."""
-    enis = _change(node, lambda st: st.attach_function(name, subnet, sg),
-                   f"function {name} attached")
-    data = {"function": name, "enis": [_eni_doc(e) for e in enis]}
+    def attach(st):
+        enis = st.attach_function(name, subnet, sg)
+        st.place_function(name, worker)
+        return enis
+
+    enis = _change(node, attach, f"function {name} attached")
+    data = {"function": name, "enis": [_eni_doc(e) for e in enis], "workers": list(worker)}
     output.emit(out, data, lambda d: output.table(
         f"function {name}", ["subnet", "ENI", "address", "VNI"],
         [(e["subnet"], e["id"], e["address"], e["vni"]) for e in d["enis"]]))
+
+
+@function_app.command("place")
+def function_place(name: str = typer.Argument(..., metavar="NAME"),
+                   worker: list[str] = typer.Option(..., "--worker", "-w", help="Repeatable."),
+                   node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Let workers send for a function: on each of its ENIs, a map update per worker."""
+    placed = _change(node, lambda st: st.place_function(name, worker),
+                     f"function {name} placed on {', '.join(worker)}")
+    output.emit(out, {"function": name, "workers": placed},
+                lambda d: output.info(f"function {name} runs on: {' '.join(d['workers'])}"))
+
+
+@function_app.command("unplace")
+def function_unplace(name: str = typer.Argument(..., metavar="NAME"),
+                     worker: list[str] = typer.Option(..., "--worker", "-w", help="Repeatable."),
+                     node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Stop workers sending for a function; their flows on ENIs no other placed function
+    of theirs uses are removed at once."""
+    placed = _change(node, lambda st: st.unplace_function(name, worker),
+                     f"function {name} unplaced from {', '.join(worker)}")
+    output.emit(out, {"function": name, "workers": placed},
+                lambda d: output.info(f"function {name} runs on: {' '.join(d['workers']) or '-'}"))
 
 
 @function_app.command("detach")
@@ -440,11 +539,12 @@ def function_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Functions with their subnets, groups and ENIs."""
     st = _state(node)
     rows = [{"name": f.name, "subnets": f.subnets, "security_groups": f.sgs,
-             "enis": [_eni_doc(e) for e in st.function_enis(f.name)]}
+             "workers": f.workers, "enis": [_eni_doc(e) for e in st.function_enis(f.name)]}
             for f in sorted(st.functions.values(), key=lambda f: f.name)]
     output.emit(out, rows, lambda d: output.table(
-        None, ["function", "subnets", "groups", "ENIs (address, VNI)"],
+        None, ["function", "subnets", "groups", "workers", "ENIs (address, VNI)"],
         [(r["name"], " ".join(r["subnets"]), " ".join(r["security_groups"]),
+          " ".join(r["workers"]) or "-",
           " ".join(f"{e['id']} ({e['address']}, {e['vni']})" for e in r["enis"])) for r in d]))
 
 

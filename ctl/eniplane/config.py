@@ -6,18 +6,18 @@ State that the document describes through the same validated operations the CLI 
 current state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
 applying again changes nothing. `diff(old, new)` lists what an apply would change.
 
-    vpcs:     [{id, cidr, iface, gateway}]
+    vpcs:     [{id, cidr, iface, gateway, gateway_mac?}]
     subnets:  [{id, vpc, cidr}]
     security_groups: [{id, vpc, egress: [{proto, ports, cidr}], ingress: [...]}]
-    workers:  [IP, ...]
-    functions: [{name, subnets: [...], security_groups: [...]}]
+    workers:  [IP | {ip, mac}, ...]
+    functions: [{name, subnets: [...], security_groups: [...], workers: [IP, ...]}]
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import EniplaneError, InvalidInput
 from .model import State
 
 KINDS = ("vpcs", "subnets", "security_groups", "workers", "functions")
@@ -29,16 +29,18 @@ def export_doc(st: State) -> dict[str, Any]:
                 for r in g.rules if r.direction == d]
 
     return {
-        "vpcs": [{"id": v.id, "cidr": v.cidr, "iface": v.iface, "gateway": v.gateway}
+        "vpcs": [{"id": v.id, "cidr": v.cidr, "iface": v.iface, "gateway": v.gateway,
+                  **({"gateway_mac": v.gateway_mac} if v.gateway_mac else {})}
                  for v in sorted(st.vpcs.values(), key=lambda v: v.idx)],
         "subnets": [{"id": s.id, "vpc": s.vpc, "cidr": s.cidr}
                     for s in sorted(st.subnets.values(), key=lambda s: s.id)],
         "security_groups": [{"id": g.id, "vpc": g.vpc, "egress": rules(g, "egress"),
                              "ingress": rules(g, "ingress")}
                             for g in sorted(st.sgs.values(), key=lambda g: g.id)],
-        "workers": sorted(st.workers),
+        "workers": [{"ip": w, "mac": st.worker_macs[w]} if w in st.worker_macs else w
+                    for w in sorted(st.workers)],
         "functions": [{"name": f.name, "subnets": list(f.subnets),
-                       "security_groups": list(f.sgs)}
+                       "security_groups": list(f.sgs), "workers": list(f.workers)}
                       for f in sorted(st.functions.values(), key=lambda f: f.name)],
     }
 
@@ -72,7 +74,9 @@ def build_state(doc: Any, current: State) -> State:
     st = State()
     for i, v in enumerate(_items(doc, "vpcs")):
         f = lambda n: str(_field(v, "vpcs", i, n))  # noqa: E731
-        st.add_vpc(f("id"), f("cidr"), f("iface"), f("gateway"))
+        gmac = _field(v, "vpcs", i, "gateway_mac", required=False)
+        st.add_vpc(f("id"), f("cidr"), f("iface"), f("gateway"),
+                   str(gmac) if gmac is not None else None)
     # VPCs that stay keep their datapath handle (flow keys use it); new ones get fresh ones
     old_idx = {v.id: v.idx for v in current.vpcs.values()}
     next_idx = max(old_idx.values(), default=0) + 1
@@ -94,8 +98,12 @@ def build_state(doc: Any, current: State) -> State:
                 ports = None if ports in (None, "all") else str(ports)
                 st.add_rule(gid, st.make_rule(d, str(_field(r, where, j, "proto")), ports,
                                               str(_field(r, where, j, "cidr"))))
-    for w in _items(doc, "workers"):
-        st.add_worker(str(w))
+    for i, w in enumerate(_items(doc, "workers")):
+        if isinstance(w, dict):
+            mac = _field(w, "workers", i, "mac", required=False)
+            st.add_worker(str(_field(w, "workers", i, "ip")), str(mac) if mac else None)
+        else:
+            st.add_worker(str(w))
     # ENIs that still fit are offered first, so their addresses and VNIs survive
     st.enis = {e.id: e for e in current.enis.values()
                if e.subnet in st.subnets and all(g in st.sgs for g in e.sgs)}
@@ -105,14 +113,22 @@ def build_state(doc: Any, current: State) -> State:
         sgs = _field(fn, "functions", i, "security_groups")
         if not isinstance(subs, list) or not isinstance(sgs, list):
             raise InvalidInput(f"functions[{i}]: subnets and security_groups must be lists")
+        workers = _field(fn, "functions", i, "workers", required=False) or []
+        if not isinstance(workers, list):
+            raise InvalidInput(f"functions[{i}]: workers must be a list")
         batch.append((str(_field(fn, "functions", i, "name")), [str(x) for x in subs],
-                      [str(x) for x in sgs]))
+                      [str(x) for x in sgs], [str(x) for x in workers]))
     seen: set[str] = set()
-    for name, _, _ in batch:
+    for name, _, _, _ in batch:
         if name in seen:
             raise InvalidInput(f"function {name} is declared twice")
         seen.add(name)
-    st.attach_many(batch, prune=False)
+    st.attach_many([(n, s, g) for n, s, g, _ in batch], prune=False)
+    for name, _, _, workers in batch:
+        try:
+            st.place_function(name, workers)
+        except EniplaneError as e:
+            raise InvalidInput(f"function {name}: {e}") from None
     st._prune_enis()
     return st
 
@@ -124,7 +140,7 @@ def diff(old: State, new: State) -> list[dict[str, str]]:
     for kind in KINDS:
         def keyed(items):
             if kind == "workers":
-                return {w: w for w in items}
+                return {w["ip"] if isinstance(w, dict) else w: w for w in items}
             k = "name" if kind == "functions" else "id"
             return {x[k]: x for x in items}
 

@@ -19,10 +19,12 @@ from .errors import InvalidInput
 from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
-MAP_NAMES = ("config", "workers", "worker_slots", "enis", "eni_cache", "eni_addrs", "vpcs",
+MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
              "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "stats", "eni_stats",
              "clock", "tx_ports")
-VPC_F_GW_MAC, VPC_F_ACTIVE = 1, 2
+VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8
+WORKER_F_MAC, WORKER_F_RELEARN, WORKER_F_STATIC = 1, 2, 4
+NO_MAC = "00:00:00:00:00:00"
 TX_SLOT_FABRIC = 0
 
 
@@ -56,7 +58,7 @@ class Datapath:
         old = self.map("config").lookup(0)
         secret = old["port_secret"] if old and old["port_secret"] else \
             int.from_bytes(os.urandom(4), "little") or 1
-        self.map("config").update(0, {"fabric_ip": fabric_ip, "fabric_ifindex": fabric_ifindex,
+        self.map("config").update(0, {"fabric_ip": fabric_ip,
                                       "fabric_mac": fabric_mac, "gateway_mac": gateway_mac,
                                       "fabric_mtu": fabric_mtu, "port_secret": secret,
                                       "eni_gen": _next_gen(old["eni_gen"] if old else 0)})
@@ -73,14 +75,54 @@ class Datapath:
         self.map("tx_ports").delete(slot)
 
     # ---- workers ---------------------------------------------------------------------------
-    def add_worker(self, ip: str) -> None:
+    def add_worker(self, ip: str, mac: str | None = None) -> None:
+        """Register a worker (or change its static MAC). Without `mac` the datapath learns the
+        MAC from the worker's first frame and keeps it; a MAC learned so far is kept."""
         m = self.map("workers")
-        if m.lookup(ip) is None:  # keep a MAC already learned
-            m.update(ip, {"mac": "00:00:00:00:00:00"})
+        old = m.lookup(ip)
+        if mac is not None:
+            w = {"mac": mac, "flags": WORKER_F_MAC | WORKER_F_STATIC, "vlan_depth": 0,
+                 "vlans": [{"tpid": 0, "tci": 0}] * 2}
+            if old and old["flags"] & WORKER_F_MAC and old["mac"] == mac:
+                w.update(vlan_depth=old["vlan_depth"], vlans=old["vlans"])  # tags learned
+        elif old is not None:
+            if not old["flags"] & WORKER_F_STATIC:
+                return self._own_slot(ip, old)
+            w = {**old, "flags": old["flags"] & ~WORKER_F_STATIC}  # static no more: keep it
+        else:
+            w = {"mac": NO_MAC, "flags": 0, "vlan_depth": 0, "vlans": [{"tpid": 0, "tci": 0}] * 2}
+        m.update(ip, w)
+        self._own_slot(ip, w)
+
+    def _own_slot(self, ip: str, w: dict) -> None:
+        """Copy a worker's entry into its slot, when the slot is free or already the worker's."""
         slots = self.map("worker_slots")
         slot = _worker_slot(ip, slots.max_entries)
         if slots.lookup(slot)["addr"] in ("0.0.0.0", ip):
-            slots.update(slot, {"addr": ip, "mac": m.lookup(ip)["mac"]})
+            slots.update(slot, {"addr": ip, "w": w})
+
+    def relearn_worker(self, ip: str) -> None:
+        """Adopt the next MAC the worker's address arrives from (`worker relearn`)."""
+        m = self.map("workers")
+        old = m.lookup(ip)
+        if old is None:
+            from .errors import NotFound
+            raise NotFound(f"worker {ip} is not programmed (eniplane sync)")
+        w = {**old, "flags": (old["flags"] | WORKER_F_RELEARN) & ~WORKER_F_STATIC}
+        m.update(ip, w)
+        self._own_slot(ip, w)
+
+    def workers(self) -> dict[str, dict]:
+        """Each worker's MAC (None until learned), how it was set, and its outer VLAN tags."""
+        out = {}
+        for ip, w in self.map("workers").items():
+            known = bool(w["flags"] & WORKER_F_MAC)
+            out[ip] = {"mac": w["mac"] if known else None,
+                       "mac_source": None if not known else
+                       ("static" if w["flags"] & WORKER_F_STATIC else "learned"),
+                       "relearn": bool(w["flags"] & WORKER_F_RELEARN),
+                       "vlans": [v["tci"] & 0xFFF for v in w["vlans"][:w["vlan_depth"]]]}
+        return out
 
     def del_workers(self, ips: Collection[str]) -> None:
         """Established flows do not look the worker up again: its flows go with it (one pass
@@ -96,29 +138,76 @@ class Datapath:
             for ip, w in self.map("workers").items():
                 slot = _worker_slot(ip, slots.max_entries)
                 if slots.lookup(slot)["addr"] == "0.0.0.0":
-                    slots.update(slot, {"addr": ip, "mac": w["mac"]})
+                    slots.update(slot, {"addr": ip, "w": w})
             self.flush_flows(workers=ips)
+
+    # ---- placement -------------------------------------------------------------------------
+    def placements(self) -> dict[tuple[str, int], int]:
+        return {(k["worker"], k["vni"]): v for k, v in self.map("placements").items()}
+
+    def sync_placements(self, want: dict[tuple[str, int], int]) -> tuple[int, int]:
+        """Make `placements` hold exactly `want`; a pair that goes takes its flows with it, so
+        that the worker's next packet on that ENI is a new flow, and refused. Returns (added or
+        changed, removed)."""
+        m = self.map("placements")
+        have = self.placements()
+        changed = 0
+        for (w, vni), n in want.items():
+            if have.get((w, vni)) != n:
+                m.update({"worker": w, "vni": vni}, n)
+                changed += 1
+        gone = set(have) - set(want)
+        for w, vni in gone:
+            m.delete({"worker": w, "vni": vni})
+        if gone:
+            self.flush_flows(pairs=gone)
+        return changed, len(gone)
 
     # ---- VPC attachments -------------------------------------------------------------------
     def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
                 gateway_mac: str | None = None) -> None:
-        """vpcs[vpc_idx] and vpc_ifs[ifindex]; a gateway MAC already learned for the same
-        gateway is kept unless one is given."""
+        """vpcs[vpc_idx] and vpc_ifs[ifindex]. `gateway_mac` pins the gateway's MAC (static);
+        without it a MAC already known for the same gateway is kept (learned MACs are kept
+        until `vpc relearn`), else the datapath learns it from the gateway's first ARP."""
         m = self.map("vpcs")
         old = m.lookup(vpc_idx)
         flags = VPC_F_ACTIVE
+        same_gw = bool(old and old["flags"] & VPC_F_GW_MAC and old["gateway_ip"] == gateway_ip
+                       and old["ifindex"] == ifindex)
         if gateway_mac is not None:
-            flags |= VPC_F_GW_MAC
-        elif old and old["flags"] & VPC_F_GW_MAC and old["gateway_ip"] == gateway_ip and \
-                old["ifindex"] == ifindex:
-            gateway_mac, flags = old["gateway_mac"], flags | VPC_F_GW_MAC
+            flags |= VPC_F_GW_MAC | VPC_F_GW_STATIC
+        elif same_gw and not old["flags"] & VPC_F_GW_STATIC:
+            gateway_mac = old["gateway_mac"]
+            flags |= VPC_F_GW_MAC | (old["flags"] & VPC_F_GW_RELEARN)
         if old and old["flags"] & VPC_F_ACTIVE and old["ifindex"] != ifindex:
             self._unmap_if(old["ifindex"])
         self.set_tx_port(tx_slot, ifindex)
         m.update(vpc_idx, {"ifindex": ifindex, "gateway_ip": gateway_ip,
-                           "gateway_mac": gateway_mac or "00:00:00:00:00:00", "if_mac": if_mac,
+                           "gateway_mac": gateway_mac or NO_MAC, "if_mac": if_mac,
                            "flags": flags, "tx_slot": tx_slot})
         self._map_if(ifindex, vpc_idx)
+
+    def relearn_gateway(self, vpc_idx: int) -> None:
+        """Adopt the next MAC the VPC's gateway shows in ARP (`vpc relearn`); the MAC known so
+        far stays in use until then."""
+        m = self.map("vpcs")
+        v = m.lookup(vpc_idx)
+        if not v or not v["flags"] & VPC_F_ACTIVE:
+            from .errors import NotFound
+            raise NotFound(f"VPC handle {vpc_idx} is not programmed (eniplane sync)")
+        v["flags"] = (v["flags"] | VPC_F_GW_RELEARN) & ~VPC_F_GW_STATIC
+        m.update(vpc_idx, v)
+
+    def gateway(self, vpc_idx: int) -> dict | None:
+        """The gateway's MAC as the datapath uses it: None until known, and how it was set."""
+        v = self.vpc(vpc_idx)
+        if v is None:
+            return None
+        known = bool(v["flags"] & VPC_F_GW_MAC)
+        return {"ip": v["gateway_ip"], "mac": v["gateway_mac"] if known else None,
+                "mac_source": None if not known else
+                ("static" if v["flags"] & VPC_F_GW_STATIC else "learned"),
+                "relearn": bool(v["flags"] & VPC_F_GW_RELEARN)}
 
     def _map_if(self, ifindex: int, vpc_idx: int) -> None:
         """vpc_ifs always; the interface's slot too unless another interface owns it."""
@@ -156,7 +245,7 @@ class Datapath:
             self.map("vpcs").update(vpc_idx, b"")  # array slots cannot go: zero = inactive
 
     # ---- ENIs ------------------------------------------------------------------------------
-    def set_eni(self, vni: int, eni_idx: int, vpc_idx: int, vpc_ifindex: int, addr: str,
+    def set_eni(self, vni: int, eni_idx: int, vpc_idx: int, addr: str,
                 port_lo: int = 1024, port_hi: int = 65535) -> None:
         old = self.map("enis").lookup(vni)
         if old and (old["vpc_idx"], old["addr"]) != (vpc_idx, addr):
@@ -170,8 +259,7 @@ class Datapath:
                                f"{self.map('eni_stats').max_entries - 1} (MAX_ENIS)")
         if old and old["eni_idx"] != eni_idx:
             self.map("eni_stats").update(old["eni_idx"], b"")
-        self.map("enis").update(vni, {"eni_idx": eni_idx, "vpc_idx": vpc_idx,
-                                      "vpc_ifindex": vpc_ifindex, "addr": addr,
+        self.map("enis").update(vni, {"eni_idx": eni_idx, "vpc_idx": vpc_idx, "addr": addr,
                                       "port_lo": port_lo, "port_hi": port_hi})
         self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr},
                                      {"vni": vni, "eni_idx": eni_idx})
@@ -257,9 +345,11 @@ class Datapath:
         return None
 
     def flush_flows(self, vnis: Collection[int] | None = None,
-                    workers: Collection[str] | None = None) -> int:
-        """Remove flows: all, or those of some ENIs (by VNI) or workers. Returns how many. One
-        pass over the table; the guard is then checked only where flows went."""
+                    workers: Collection[str] | None = None,
+                    pairs: Collection[tuple[str, int]] | None = None) -> int:
+        """Remove flows: all, or those of some ENIs (by VNI), workers, or (worker, VNI) pairs.
+        Returns how many. One pass over the table; the guard is then checked only where flows
+        went."""
         m = self.map("flows")
         start = self.map("flow_guard").lookup(0)
         n, remaining, touched = 0, [], set()
@@ -268,17 +358,19 @@ class Datapath:
             if v is None:
                 continue
             f = flow_record(m.key_codec.decode(k), v)
-            if (vnis is None or v["vni"] in vnis) and (workers is None or v["worker"] in workers):
+            if ((vnis is None or v["vni"] in vnis) and (workers is None or v["worker"] in workers)
+                    and (pairs is None or (v["worker"], v["vni"]) in pairs)):
                 if m.delete(k):
                     n += 1
                     touched.add(self._dest(f))
             else:
                 remaining.append(f)
-        self.guard_resync(remaining, touched, start)
+        self.guard_resync(remaining, touched, start, deleted=n)
         return n
 
     def guard_resync(self, flows: list[dict[str, Any]] | None = None,
-                     touched: set[tuple] | None = None, start: dict | None = None) -> dict:
+                     touched: set[tuple] | None = None, start: dict | None = None,
+                     deleted: int = 0) -> dict:
         """After flows were deleted from here: recount them, record how deep along its probe
         each one sits, and decide whether a walk along a probe may still stop at the first empty
         slot (flow_guard in types.h). It may unless some remaining flow sits behind a slot that
@@ -289,7 +381,11 @@ class Datapath:
         recorded so far stand: enough while the guard had no holes before, since a hole can only
         be where a flow went. Otherwise every flow is checked. The datapath keeps inserting
         meanwhile: what it added to the guard since `start` (the guard as it was before the
-        table was read) is carried over, never lost to this write."""
+        table was read) is carried over, never lost to this write.
+
+        The guard's count is inserts minus deletes since the last recount; what the table holds
+        less than that (with the `deleted` this caller removed) the LRU evicted: added up in
+        `evicted`, so that table pressure stays visible (flows_evicted in `stats`)."""
         g = self.map("flow_guard")
         if start is None:
             start = g.lookup(0)
@@ -313,7 +409,9 @@ class Datapath:
         bits |= now["depths"] & ~start["depths"]
         full = count >= flow_safe_entries(self.map("flows").max_entries)
         holes = count > 0 and (full or behind or (now["holes"] and not start["holes"]))
-        new = {"count": count, "holes": int(holes), "depths": bits if count else 0}
+        evicted = start.get("evicted", 0) + max(0, start["count"] - deleted - len(flows))
+        new = {"count": count, "holes": int(holes), "depths": bits if count else 0,
+               "evicted": evicted}
         g.update(0, new)
         return new
 
@@ -340,7 +438,15 @@ class Datapath:
 
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        return sum_percpu(self.map("stats").lookup(0))
+        """Every counter of struct stats, summed over CPUs, and `flows_evicted`: the flows the
+        LRU took to make room, which no hook reports (inserts minus deletes minus entries)."""
+        out = sum_percpu(self.map("stats").lookup(0))
+        out["flows_evicted"] = self.flows_evicted()
+        return out
+
+    def flows_evicted(self) -> int:
+        g = self.map("flow_guard").lookup(0)
+        return g["evicted"] + max(0, g["count"] - self.map("flows").count())
 
     def eni_stats(self, vni: int | None = None) -> dict[int, dict[str, int]]:
         """Per-ENI counters keyed by VNI (the map itself is indexed by the ENI's handle)."""
@@ -366,9 +472,15 @@ def _next_gen(gen: int) -> int:
     return gen % 0xFFFFFFFF + 1
 
 
-def flow_safe_entries(max_flows: int) -> int:
-    """FLOW_SAFE_ENTRIES of consts.h for a table of this size."""
-    return max_flows - max_flows // 8 - 4096
+LRU_LOCAL_FREE_TARGET = 128  # consts.h, after the kernel's bpf_lru_list.c
+
+
+def flow_safe_entries(max_flows: int, ncpus: int | None = None) -> int:
+    """FLOW_SAFE_ENTRIES of consts.h for a table of this size on this many possible CPUs."""
+    if ncpus is None:
+        from .bpfsys import possible_cpus
+        ncpus = possible_cpus()
+    return max_flows - 2 * LRU_LOCAL_FREE_TARGET * ncpus - LRU_LOCAL_FREE_TARGET
 
 
 def flow_record(k: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:

@@ -148,7 +148,9 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
 
     src = bpf_dir() / "eniplane.c"
     cflags = [f'-DPIN_DIR="{maps_dir}"', f"-I{bpf_dir()}", "-Wno-unused-function"]
-    for k, v in (defines or {}).items():
+    # FLOW_SAFE_ENTRIES (consts.h) depends on how many CPUs can park free LRU nodes
+    defines = {"NR_POSSIBLE_CPUS": bpfsys.possible_cpus(), **(defines or {})}
+    for k, v in defines.items():
         cflags.append(f"-D{k}={int(v)}")
     cap = _CaptureStderr()
     try:

@@ -68,6 +68,18 @@ def parse_ports(value: str | None, proto: str) -> tuple[int, int]:
     return (lo, hi)
 
 
+def parse_mac(value: str, what: str) -> str:
+    """A unicast Ethernet address, in the one spelling the maps use (lower case, colons)."""
+    m = re.fullmatch(r"([0-9A-Fa-f]{2})([:-]?)((?:[0-9A-Fa-f]{2}\2){4}[0-9A-Fa-f]{2})", value or "")
+    if not m:
+        raise InvalidInput(f"{what}: invalid MAC address {value!r}: use six hex pairs, "
+                           f"e.g. 02:00:00:00:00:01")
+    raw = bytes.fromhex(re.sub(r"[:-]", "", value))
+    if raw[0] & 1 or raw == bytes(6):
+        raise InvalidInput(f"{what}: {value} is not a unicast MAC address")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 def group_set(sgs: Iterable[str]) -> tuple[str, ...]:
     """A security-group set in the one order that identifies an ENI (with its subnet)."""
     return tuple(sorted(set(sgs)))
@@ -80,6 +92,7 @@ class Vpc:
     iface: str
     gateway: str
     idx: int  # the datapath's handle (flow keys, eni_addrs)
+    gateway_mac: str | None = None  # set by the operator; None: learned by ARP, then kept
 
 
 @dataclass
@@ -134,6 +147,7 @@ class Function:
     name: str
     subnets: list[str]
     sgs: list[str]
+    workers: list[str] = field(default_factory=list)  # where it is placed: who may send for it
 
 
 @dataclass
@@ -142,6 +156,7 @@ class State:
     subnets: dict[str, Subnet] = field(default_factory=dict)
     sgs: dict[str, SecurityGroup] = field(default_factory=dict)
     workers: set[str] = field(default_factory=set)
+    worker_macs: dict[str, str] = field(default_factory=dict)  # static MACs set by the operator
     enis: dict[str, Eni] = field(default_factory=dict)
     functions: dict[str, Function] = field(default_factory=dict)
 
@@ -177,7 +192,8 @@ class State:
                 if r.direction == "egress"]
 
     # ---- VPCs ------------------------------------------------------------------------------
-    def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str) -> Vpc:
+    def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str,
+                gateway_mac: str | None = None) -> Vpc:
         check_id("VPC", vid)
         if vid in self.vpcs:
             raise AlreadyExists(f"VPC {vid} already exists")
@@ -190,8 +206,9 @@ class State:
         for other in self.vpcs.values():
             if other.iface == iface:
                 raise InvalidInput(f"VPC {vid}: interface {iface} already leads into VPC {other.id}")
+        mac = parse_mac(gateway_mac, f"VPC {vid} --gateway-mac") if gateway_mac else None
         idx = max((v.idx for v in self.vpcs.values()), default=0) + 1
-        v = Vpc(vid, str(net), iface, str(gw), idx)
+        v = Vpc(vid, str(net), iface, str(gw), idx, mac)
         self.vpcs[vid] = v
         return v
 
@@ -271,17 +288,67 @@ class State:
         g.rules.remove(rule)
 
     # ---- workers ---------------------------------------------------------------------------
-    def add_worker(self, ip: str) -> None:
+    def add_worker(self, ip: str, mac: str | None = None) -> None:
         a = str(parse_ip(ip, "worker"))
         if a in self.workers:
             raise AlreadyExists(f"worker {a} already exists")
+        m = parse_mac(mac, f"worker {a} --mac") if mac else None
         self.workers.add(a)
+        if m:
+            self.worker_macs[a] = m
 
     def del_worker(self, ip: str) -> None:
+        """A worker that goes takes its placements with it: nothing may be sent from it."""
+        a = self.worker(ip)
+        self.workers.remove(a)
+        self.worker_macs.pop(a, None)
+        for f in self.functions.values():
+            if a in f.workers:
+                f.workers.remove(a)
+
+    def worker(self, ip: str) -> str:
         a = str(parse_ip(ip, "worker"))
         if a not in self.workers:
-            raise NotFound(f"worker {a} does not exist")
-        self.workers.remove(a)
+            raise NotFound(f"worker {a} does not exist (eniplane worker add {a})")
+        return a
+
+    # ---- placement -------------------------------------------------------------------------
+    def place_function(self, name: str, workers: Iterable[str]) -> list[str]:
+        """Let workers send for a function (on every ENI it uses); returns its placement."""
+        f = self.function(name)
+        add = [self.worker(w) for w in workers]
+        for a in add:
+            if a not in f.workers:
+                f.workers.append(a)
+        return list(f.workers)
+
+    def unplace_function(self, name: str, workers: Iterable[str]) -> list[str]:
+        f = self.function(name)
+        drop = [self.worker(w) for w in workers]
+        for a in drop:
+            if a not in f.workers:
+                raise NotFound(f"function {name} is not placed on worker {a}")
+        f.workers = [w for w in f.workers if w not in drop]
+        return list(f.workers)
+
+    def placements(self) -> dict[tuple[str, int], int]:
+        """(worker, VNI) -> how many functions let that worker send on that ENI."""
+        by_pair = {(e.subnet, e.sgs): e for e in self.enis.values()}
+        out: dict[tuple[str, int], int] = {}
+        for f in self.functions.values():
+            key = group_set(f.sgs)
+            for s in f.subnets:
+                e = by_pair.get((s, key))
+                if e is None:
+                    continue
+                for w in f.workers:
+                    out[(w, e.vni)] = out.get((w, e.vni), 0) + 1
+        return out
+
+    def function(self, name: str) -> Function:
+        if name not in self.functions:
+            raise NotFound(f"function {name} does not exist")
+        return self.functions[name]
 
     # ---- functions and ENIs ----------------------------------------------------------------
     def attach_function(self, name: str, subnets: Iterable[str], sgs: Iterable[str],
@@ -302,7 +369,9 @@ class State:
         out = []
         try:
             for name, subnets, groups in checked:
-                self.functions[name] = Function(name, subnets, list(groups))
+                old = saved_functions.get(name)
+                self.functions[name] = Function(name, subnets, list(groups),
+                                                list(old.workers) if old else [])
                 enis = []
                 for s in subnets:
                     e = alloc.by_pair.get((s, groups))

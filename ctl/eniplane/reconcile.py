@@ -39,12 +39,18 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
     rep = Report()
     rec = nodemod.NodeRecord.load(node)
     with Datapath(node, rec.netns) as dp:
-        have = {k for k, _ in dp.map("workers").items()}
-        for w in sorted(st.workers - have):
-            dp.add_worker(w)
-            rep.bump("workers added")
-        dp.del_workers(have - st.workers)
-        rep.bump("workers removed", len(have - st.workers))
+        have = dp.workers()
+        for w in sorted(st.workers):
+            static = st.worker_macs.get(w)
+            old = have.get(w)
+            if old is None or (static is not None and (old["mac_source"], old["mac"]) !=
+                               ("static", static)) or \
+                    (static is None and old["mac_source"] == "static"):
+                dp.add_worker(w, static)
+                rep.bump("workers added" if old is None else "workers programmed")
+        gone = set(have) - st.workers
+        dp.del_workers(gone)
+        rep.bump("workers removed", len(gone))
 
         ifindex_of: dict[str, int] = {}
         vpcs_map = dp.vpcs()
@@ -52,11 +58,16 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             info = nodemod.attach_vpc_if(node, v.iface)
             ifindex_of[v.id] = info["ifindex"]
             old = vpcs_map.get(v.idx)
+            gw = dp.gateway(v.idx)
+            static_ok = (gw is not None and (gw["mac_source"], gw["mac"]) == ("static", v.gateway_mac)
+                         if v.gateway_mac else gw is None or gw["mac_source"] != "static")
             if (not old or old["ifindex"] != info["ifindex"] or old["gateway_ip"] != v.gateway
-                    or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]):
-                dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"])
+                    or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]
+                    or not static_ok):
+                dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"],
+                           gateway_mac=v.gateway_mac)
                 rep.bump("VPCs programmed")
-            if not dp.vpc(v.idx)["flags"] & 1:
+            if dp.gateway(v.idx)["mac"] is None:
                 try:
                     arp.resolve_gateway(dp, rec.netns, v.iface, v.idx, info["mac"], v.gateway,
                                         timeout=resolve_timeout)
@@ -76,14 +87,17 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         for e in st.enis.values():
             v = st.vpcs[st.subnets[e.subnet].vpc]
             wanted_vnis.add(e.vni)
-            want = {"eni_idx": e.idx, "vpc_idx": v.idx, "vpc_ifindex": ifindex_of[v.id],
-                    "addr": e.address, "port_lo": e.port_lo, "port_hi": e.port_hi}
+            want = {"eni_idx": e.idx, "vpc_idx": v.idx, "addr": e.address, "port_lo": e.port_lo,
+                    "port_hi": e.port_hi}
             if enis_map.get(e.vni) != want:
-                dp.set_eni(e.vni, e.idx, v.idx, ifindex_of[v.id], e.address, e.port_lo, e.port_hi)
+                dp.set_eni(e.vni, e.idx, v.idx, e.address, e.port_lo, e.port_hi)
                 rep.bump("ENIs programmed")
         dp.del_enis(set(enis_map) - wanted_vnis)
         rep.bump("ENIs removed", len(set(enis_map) - wanted_vnis))
         dp.sync_sg_rules({e.vni: st.eni_rules(e) for e in st.enis.values()})
+        placed, unplaced = dp.sync_placements(st.placements())
+        rep.bump("placements programmed", placed)
+        rep.bump("placements removed", unplaced)
     return rep
 
 

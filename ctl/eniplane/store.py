@@ -17,24 +17,31 @@ from . import paths
 from .errors import EniplaneError
 from .model import Eni, Function, SecurityGroup, SgRule, State, Subnet, Vpc
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vpcs (id TEXT PRIMARY KEY, idx INTEGER NOT NULL UNIQUE,
-    cidr TEXT NOT NULL, iface TEXT NOT NULL, gateway TEXT NOT NULL);
+    cidr TEXT NOT NULL, iface TEXT NOT NULL, gateway TEXT NOT NULL, gateway_mac TEXT);
 CREATE TABLE IF NOT EXISTS subnets (id TEXT PRIMARY KEY, vpc TEXT NOT NULL REFERENCES vpcs(id),
     cidr TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sgs (id TEXT PRIMARY KEY, vpc TEXT NOT NULL REFERENCES vpcs(id));
 CREATE TABLE IF NOT EXISTS sg_rules (sg TEXT NOT NULL REFERENCES sgs(id), pos INTEGER NOT NULL,
     direction TEXT NOT NULL, proto TEXT NOT NULL, port_lo INTEGER NOT NULL,
     port_hi INTEGER NOT NULL, cidr TEXT NOT NULL, PRIMARY KEY (sg, pos));
-CREATE TABLE IF NOT EXISTS workers (ip TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS workers (ip TEXT PRIMARY KEY, mac TEXT);
 CREATE TABLE IF NOT EXISTS enis (id TEXT PRIMARY KEY, subnet TEXT NOT NULL REFERENCES subnets(id),
     sgs TEXT NOT NULL, address TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
     idx INTEGER NOT NULL UNIQUE, port_lo INTEGER NOT NULL, port_hi INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, subnets TEXT NOT NULL,
-    sgs TEXT NOT NULL);
+    sgs TEXT NOT NULL, workers TEXT NOT NULL DEFAULT '');
 """
+# Each step takes a store from the version before it to its own: static MACs and placement came
+# with version 2 (a version 1 store has neither: no worker was bound to an ENI then).
+MIGRATIONS = {
+    2: ("ALTER TABLE vpcs ADD COLUMN gateway_mac TEXT",
+        "ALTER TABLE workers ADD COLUMN mac TEXT",
+        "ALTER TABLE functions ADD COLUMN workers TEXT NOT NULL DEFAULT ''"),
+}
 TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers")
 
 
@@ -51,9 +58,24 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+        elif int(row[0]) > SCHEMA_VERSION:
             raise EniplaneError(f"{self.path} has schema {row[0]}; this eniplane knows "
-                                f"{SCHEMA_VERSION}")
+                                f"{SCHEMA_VERSION} (a newer eniplane wrote it)")
+        elif int(row[0]) < SCHEMA_VERSION:
+            self._migrate(int(row[0]))
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older store up to SCHEMA_VERSION in one transaction."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[v]:
+                    self.db.execute(stmt)
+            self.db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.db.execute("ROLLBACK")
+            raise EniplaneError(f"cannot upgrade {self.path} from schema {version}: {e}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -67,8 +89,9 @@ class Store:
     def load(self) -> State:
         st = State()
         q = self.db.execute
-        for vid, idx, cidr, iface, gw in q("SELECT id, idx, cidr, iface, gateway FROM vpcs"):
-            st.vpcs[vid] = Vpc(vid, cidr, iface, gw, idx)
+        for vid, idx, cidr, iface, gw, gmac in q(
+                "SELECT id, idx, cidr, iface, gateway, gateway_mac FROM vpcs"):
+            st.vpcs[vid] = Vpc(vid, cidr, iface, gw, idx, gmac)
         for sid, vpc, cidr in q("SELECT id, vpc, cidr FROM subnets"):
             st.subnets[sid] = Subnet(sid, vpc, cidr)
         for gid, vpc in q("SELECT id, vpc FROM sgs"):
@@ -76,32 +99,38 @@ class Store:
         for gid, d, p, lo, hi, cidr in q("SELECT sg, direction, proto, port_lo, port_hi, cidr "
                                          "FROM sg_rules ORDER BY sg, pos"):
             st.sgs[gid].rules.append(SgRule(d, p, lo, hi, cidr))
-        st.workers = {ip for (ip,) in q("SELECT ip FROM workers")}
+        for ip, mac in q("SELECT ip, mac FROM workers"):
+            st.workers.add(ip)
+            if mac:
+                st.worker_macs[ip] = mac
         for eid, sub, sgs, addr, vni, idx, lo, hi in q(
                 "SELECT id, subnet, sgs, address, vni, idx, port_lo, port_hi FROM enis"):
             st.enis[eid] = Eni(eid, sub, tuple(sgs.split(",")), addr, vni, idx, lo, hi)
-        for name, subs, sgs in q("SELECT name, subnets, sgs FROM functions"):
-            st.functions[name] = Function(name, subs.split(","), sgs.split(","))
+        for name, subs, sgs, workers in q("SELECT name, subnets, sgs, workers FROM functions"):
+            st.functions[name] = Function(name, subs.split(","), sgs.split(","),
+                                          [w for w in workers.split(",") if w])
         return st
 
     def _write(self, st: State) -> None:
         x = self.db.execute
         for t in TABLES:
             x(f"DELETE FROM {t}")
-        self.db.executemany("INSERT INTO vpcs VALUES (?,?,?,?,?)",
-                            [(v.id, v.idx, v.cidr, v.iface, v.gateway) for v in st.vpcs.values()])
+        self.db.executemany("INSERT INTO vpcs VALUES (?,?,?,?,?,?)",
+                            [(v.id, v.idx, v.cidr, v.iface, v.gateway, v.gateway_mac)
+                             for v in st.vpcs.values()])
         self.db.executemany("INSERT INTO subnets VALUES (?,?,?)",
                             [(s.id, s.vpc, s.cidr) for s in st.subnets.values()])
         self.db.executemany("INSERT INTO sgs VALUES (?,?)", [(g.id, g.vpc) for g in st.sgs.values()])
         self.db.executemany("INSERT INTO sg_rules VALUES (?,?,?,?,?,?,?)",
                             [(g.id, i, r.direction, r.proto, r.port_lo, r.port_hi, r.cidr)
                              for g in st.sgs.values() for i, r in enumerate(g.rules)])
-        self.db.executemany("INSERT INTO workers VALUES (?)", [(w,) for w in sorted(st.workers)])
+        self.db.executemany("INSERT INTO workers VALUES (?,?)",
+                            [(w, st.worker_macs.get(w)) for w in sorted(st.workers)])
         self.db.executemany("INSERT INTO enis VALUES (?,?,?,?,?,?,?,?)",
                             [(e.id, e.subnet, ",".join(e.sgs), e.address, e.vni, e.idx, e.port_lo,
                               e.port_hi) for e in st.enis.values()])
-        self.db.executemany("INSERT INTO functions VALUES (?,?,?)",
-                            [(f.name, ",".join(f.subnets), ",".join(f.sgs))
+        self.db.executemany("INSERT INTO functions VALUES (?,?,?,?)",
+                            [(f.name, ",".join(f.subnets), ",".join(f.sgs), ",".join(f.workers))
                              for f in st.functions.values()])
 
     @contextmanager

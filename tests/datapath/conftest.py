@@ -91,10 +91,10 @@ def make_env(lab, node_name: str) -> Env:
         e.vpc_if[lab.vpc_if(v)] = info
         dp.set_vpc(info["ifindex"], idx, "10.0.0.1", info["mac"], slot, gateway_mac=gw)
     dp.add_worker(WORKER)
-    a, b = e.vpc_if["vpca"], e.vpc_if["vpcb"]
-    dp.set_eni(VNI_A, 1, 1, a["ifindex"], ENI_A)
-    dp.set_eni(VNI_B, 2, 2, b["ifindex"], ENI_B)
-    dp.set_eni(VNI_TINY, 3, 1, a["ifindex"], ENI_TINY, port_lo=2000, port_hi=2001)
+    dp.set_eni(VNI_A, 1, 1, ENI_A)
+    dp.set_eni(VNI_B, 2, 2, ENI_B)
+    dp.set_eni(VNI_TINY, 3, 1, ENI_TINY, port_lo=2000, port_hi=2001)
+    dp.sync_placements({(WORKER, v): 1 for v in (VNI_A, VNI_B, VNI_TINY)})
     # VNI_A: two groups whose union is the policy: tcp 80 and 443-445 to the VPC, udp 7 to
     # the server only, icmp anywhere. VNI_B: everything. VNI_TINY: all to the VPC.
     dp.set_sg_rules(VNI_A, [Rule.of("tcp", "10.0.0.0/16", (80, 80)),

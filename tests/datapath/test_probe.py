@@ -76,7 +76,9 @@ def test_a_flow_behind_a_hole_is_found_and_never_duplicated(env):
     assert env.dp.map("flows").delete({"vpc_idx": 1, "proto": 17, "eni_addr": ENI_TINY,
                                        "remote": DEST, "eni_port": f1["nat_port"],
                                        "remote_port": 7})
-    assert env.dp.guard_resync() == {"count": 1, "holes": 1, "depths": 0b10}
+    evicted = env.dp.map("flow_guard").lookup(0)["evicted"]
+    assert env.dp.guard_resync(deleted=1) == {"count": 1, "holes": 1, "depths": 0b10,
+                                              "evicted": evicted}
     got, out, d = env.run("xdp_fabric", pkt(second, VNI_TINY, DEST))
     assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
     assert Ether(out)[UDP].sport == port2  # the same translation, not a second entry
@@ -84,7 +86,7 @@ def test_a_flow_behind_a_hole_is_found_and_never_duplicated(env):
     # a new flow fills the hole; with no hole left, walks may stop at empty slots again
     got, _, d = env.run("xdp_fabric", pkt(first, VNI_TINY, DEST))
     assert (got, d.get("fwd_new_flow")) == ("REDIRECT", 1), d
-    assert env.dp.guard_resync() == {"count": 2, "holes": 0, "depths": 0b11}
+    assert env.dp.guard_resync() == {"count": 2, "holes": 0, "depths": 0b11, "evicted": evicted}
 
 
 def test_with_holes_a_walk_goes_only_as_deep_as_flows_sit(env):
@@ -110,6 +112,7 @@ def test_a_partial_flush_finds_the_flows_it_left_behind_a_hole(env):
     that probed past the flushed one is found, holes are flagged, the flow keeps its port."""
     w2 = "100.64.0.12"
     env.dp.add_worker(w2)
+    env.dp.sync_placements({**env.dp.placements(), (w2, VNI_TINY): 1})
     env.dp.flush_flows()
     secret = env.dp.config()["port_secret"]
 
@@ -130,7 +133,8 @@ def test_a_partial_flush_finds_the_flows_it_left_behind_a_hole(env):
     got, out, d = env.run("xdp_fabric", bytes(p2))
     assert (got, d.get("fwd_established"), Ether(out)[UDP].sport) == ("REDIRECT", 1, port2), d
     env.dp.flush_flows()
-    assert env.dp.map("flow_guard").lookup(0) == {"count": 0, "holes": 0, "depths": 0}
+    g = env.dp.map("flow_guard").lookup(0)
+    assert (g["count"], g["holes"], g["depths"]) == (0, 0, 0)
 
 
 def test_without_holes_a_walk_stops_at_the_first_empty_slot(env):
@@ -180,8 +184,8 @@ def test_a_resync_keeps_what_the_datapath_added_meanwhile(env):
     env.dp.flush_flows()
     g = env.dp.map("flow_guard")
     start = g.lookup(0)
-    assert start == {"count": 0, "holes": 0, "depths": 0}
-    g.update(0, {"count": 3, "holes": 1, "depths": 0b100})  # the datapath, meanwhile
+    assert (start["count"], start["holes"], start["depths"]) == (0, 0, 0)
+    g.update(0, {**start, "count": 3, "holes": 1, "depths": 0b100})  # the datapath, meanwhile
     after = env.dp.guard_resync(flows=[], touched=set(), start=start)
-    assert after == {"count": 3, "holes": 1, "depths": 0b100}
+    assert after == {**start, "count": 3, "holes": 1, "depths": 0b100}
     env.dp.flush_flows()

@@ -124,7 +124,8 @@ def test_reply_larger_than_the_fabric_mtu_is_counted(env):
 
 def test_replies_go_to_the_worker_that_opened_the_flow(env):
     w2, w2_mac = "100.64.0.12", "02:00:00:00:00:12"
-    env.dp.add_worker(w2)
+    env.dp.add_worker(w2, w2_mac)
+    env.dp.sync_placements({**env.dp.placements(), (w2, VNI_A): 1})
     outs = {}
     for worker, mac, sport in ((WORKER, WORKER_MAC, 36001), (w2, w2_mac, 36001)):
         p = tunnel(env_frame(UDP(sport=sport, dport=7) / Raw(b"w")), worker=worker)
@@ -167,9 +168,9 @@ def test_an_interface_whose_slot_another_owns_is_found_in_vpc_ifs(env):
 
 
 def test_worker_slots_follow_owners_and_learned_macs(env):
-    """worker_slots spares replies a hash lookup. A worker that maps to a slot another worker
-    owns is found in `workers`; the slot passes on when its owner goes; a MAC learned from a
-    new flow reaches the slot, so replies follow it."""
+    """worker_slots spares every tunnel packet and every reply a hash lookup. A worker that maps
+    to a slot another worker owns is found in `workers`; the slot passes on when its owner goes;
+    a MAC learned (first frame, or after a relearn) reaches the slot, so replies follow it."""
     import ipaddress
 
     slots = env.dp.map("worker_slots")
@@ -184,18 +185,20 @@ def test_worker_slots_follow_owners_and_learned_macs(env):
     new_mac = "02:00:00:00:77:11"
     p = tunnel(env_frame(UDP(sport=36100, dport=7) / Raw(b"w")))
     p[Ether].src = new_mac
-    got, out, _ = env.run("xdp_fabric", bytes(p))
-    assert got == "REDIRECT"
+    got, out, d = env.run("xdp_fabric", bytes(p))
+    assert (got, d.get("worker_mac_learned")) == ("REDIRECT", 1), d
     rep = bytes(reply_to(Ether(out), GW_A, env.vpc_if["vpca"]["mac"]))
     got, back, d = env.run("xdp_vpc", rep, "vpca")
     assert (got, Ether(back)[Ether].dst) == ("REDIRECT", new_mac), d
     env.dp.del_workers([other])  # WORKER takes the slot over, with the MAC it has now
-    assert slots.lookup(slot) == {"addr": WORKER, "mac": new_mac}
-    # a MAC learned while owning the slot reaches it
+    s = slots.lookup(slot)
+    assert (s["addr"], s["w"]["mac"]) == (WORKER, new_mac)
+    # a MAC learned while owning the slot (after a relearn) reaches it
+    env.dp.relearn_worker(WORKER)
     p[Ether].src = WORKER_MAC
     p[VXLAN].payload[UDP].sport = 36101
     got, out, _ = env.run("xdp_fabric", bytes(p))
-    assert got == "REDIRECT" and slots.lookup(slot)["mac"] == WORKER_MAC
+    assert got == "REDIRECT" and slots.lookup(slot)["w"]["mac"] == WORKER_MAC
     rep = bytes(reply_to(Ether(out), GW_A, env.vpc_if["vpca"]["mac"]))
     got, back, d = env.run("xdp_vpc", rep, "vpca")
     assert (got, Ether(back)[Ether].dst) == ("REDIRECT", WORKER_MAC), d

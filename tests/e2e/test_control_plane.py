@@ -41,9 +41,11 @@ def world():
             for w in ("100.64.0.11", "100.64.0.12"):
                 cli("worker", "add", w)
             vni = {}
-            for fn, t in (("acme-api", "acme"), ("acme-worker", "acme"), ("globex-report", "globex")):
+            for fn, t, w in (("acme-api", "acme", "100.64.0.11"),
+                             ("acme-worker", "acme", "100.64.0.12"),
+                             ("globex-report", "globex", "100.64.0.12")):
                 out = cli("function", "attach", fn, "--subnet", f"sub-{t}", "--sg", f"sg-{t}",
-                          "-o", "json").stdout
+                          "--worker", w, "-o", "json").stdout
                 vni[fn] = json.loads(out)["enis"][0]["vni"]
             envs = {"acme-api": lab.add_env("api", "w1", vni["acme-api"], "172.16.0.2"),
                     "acme-worker": lab.add_env("wrk", "w2", vni["acme-worker"], "172.16.0.3"),

@@ -27,7 +27,9 @@ def tenants(lab, node):
                 st.add_rule(f"sg-{t}", st.make_rule("egress", proto, ports, "10.0.0.0/16"))
         st.add_worker("100.64.0.11")
         st.add_worker("100.64.0.12")
-        return {t: st.attach_function(f"fn-{t}", [f"sub-{t}"], [f"sg-{t}"])[0].vni
+        wk = {"a": "100.64.0.11", "b": "100.64.0.12"}  # where each tenant's function runs
+        return {t: (st.attach_function(f"fn-{t}", [f"sub-{t}"], [f"sg-{t}"])[0].vni,
+                    st.place_function(f"fn-{t}", [wk[t]]))[0]
                 for t in ("a", "b")}
 
     vni, _ = change(node, configure)

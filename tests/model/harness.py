@@ -38,6 +38,11 @@ ENIS = [  # vni, vpc, address, eni_idx, ports, rules (proto, cidr, lo, hi)
 ]
 
 
+# The first worker may send on every ENI, the second not on VNI 200: placement is drawn too.
+PLACEMENTS = [(P.WORKERS[0], 100), (P.WORKERS[0], 200), (P.WORKERS[0], 300),
+              (P.WORKERS[1], 100), (P.WORKERS[1], 300)]
+
+
 class Harness:
     def __init__(self, lab, node: str):
         self.lab, self.node = lab, node
@@ -52,7 +57,7 @@ class Harness:
             self.vpc_ifs[idx] = {"ifindex": info["ifindex"], "mac": info["mac"],
                                  "gw_mac": GW_MACS[idx], "slot": idx}
         for vni, vpc, addr, idx, (lo, hi), rules in ENIS:
-            self.dp.set_eni(vni, idx, vpc, self.vpc_ifs[vpc]["ifindex"], addr, lo, hi)
+            self.dp.set_eni(vni, idx, vpc, addr, lo, hi)
             self.dp.set_sg_rules(vni, [Rule.of(p, c, (a, b)) for p, c, a, b in rules])
         self.fds = {p: bpfsys.obj_get(str(paths.progs_dir(node) / p))
                     for p in ("xdp_fabric", "xdp_vpc")}
@@ -68,13 +73,14 @@ class Harness:
         self.dp.del_workers(P.WORKERS)  # forget learned MACs (and the workers' flows)
         for w in P.WORKERS:
             self.dp.add_worker(w)
+        self.dp.sync_placements({pair: 1 for pair in PLACEMENTS})
         self.dp.flush_flows()
         for idx, v in self.vpc_ifs.items():
             self.dp.set_vpc(v["ifindex"], idx, P.GATEWAY_IP, v["mac"], v["slot"],
                             gateway_mac=v["gw_mac"])
         cfg = Config(
             fabric_ip=P.FABRIC_IP, fabric_mac=P.FABRIC_MAC, gateway_mac=GATEWAY_MAC,
-            fabric_mtu=self.fabric_mtu, workers=set(P.WORKERS),
+            fabric_mtu=self.fabric_mtu, workers=set(P.WORKERS), placements=set(PLACEMENTS),
             enis={vni: Eni(vni, addr, vpc, idx, lo, hi,
                            [(PROTO[p], c, a, b) for p, c, a, b in rules])
                   for vni, vpc, addr, idx, (lo, hi), rules in ENIS},
@@ -116,7 +122,8 @@ class Harness:
             return f["nat_port"]
 
         def kernel_sport(flow):
-            sp = int.from_bytes(out[34:36], "big") if len(out) >= 36 else -1
+            at = 34 + len(self.model._outer_tags(out)) if len(out) >= 22 else len(out)
+            sp = int.from_bytes(out[at:at + 2], "big") if len(out) >= at + 2 else -1
             if self.sports.setdefault(flow.key, sp) != sp:
                 raise Disagreement(f"tunnel source port of {flow.key} changed: "
                                    f"{self.sports[flow.key]} -> {sp}")

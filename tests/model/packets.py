@@ -16,6 +16,7 @@ from reference import ETH_ARP, ETH_IPV4, ICMP, TCP, UDP, Model, checksum, ip2b, 
 FABRIC_IP, FABRIC_MAC = "100.64.0.1", "02:00:00:00:00:01"
 WORKERS = ["100.64.0.11", "100.64.0.12"]
 STRANGER = "100.64.0.13"
+ROGUE_MAC = "02:66:00:00:00:66"  # a host that claims a worker's or the gateway's address
 WORKER_MACS = {"100.64.0.11": "02:00:00:00:00:11", "100.64.0.12": "02:00:00:00:00:12",
                "100.64.0.13": "02:00:00:00:00:13"}
 ENV_IPS = ["172.16.0.2", "172.16.0.3"]
@@ -63,7 +64,7 @@ def l4(proto: int, src: str, dst: str, sport: int, dport: int, data: bytes = b"x
 
 def tunnel(worker: str, vni: int, inner: bytes, kind: str = "vxlan", vlans: int = 0,
            geneve_opts: bytes = b"", vxlan_flags: int = 0x08, geneve_first: int | None = None,
-           geneve_flags: int = 0, geneve_proto: int = 0x6558) -> bytes:
+           geneve_flags: int = 0, geneve_proto: int = 0x6558, smac: str | None = None) -> bytes:
     if kind == "vxlan":
         th = bytes([vxlan_flags, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0"
         port = 4789
@@ -73,7 +74,7 @@ def tunnel(worker: str, vni: int, inner: bytes, kind: str = "vxlan", vlans: int 
             vni.to_bytes(3, "big") + b"\0" + geneve_opts
         port = 6081
     udp = struct.pack("!HHHH", 50000, port, 8 + len(th) + len(inner), 0) + th + inner
-    e = mac2b(FABRIC_MAC) + mac2b(WORKER_MACS[worker])
+    e = mac2b(FABRIC_MAC) + mac2b(smac or WORKER_MACS[worker])
     for i in range(vlans):
         e += struct.pack("!HH", 0x8100, 10 + i)
     return e + struct.pack("!H", ETH_IPV4) + ipv4(worker, FABRIC_IP, UDP, udp)
@@ -109,7 +110,9 @@ class Generator:
         vni = r.choice(VNIS) if r.random() < 0.2 else r.choice(VNIS[:3])
         kind = "geneve" if r.random() < 0.3 else "vxlan"
         g_opts = bytes(r.randrange(256) for _ in range(4 * r.randrange(0, 3))) if kind == "geneve" else b""
-        return tunnel(worker, vni, inner, kind, vlans=r.choice([0, 0, 0, 1, 2]), geneve_opts=g_opts)
+        smac = ROGUE_MAC if r.random() < 0.03 else None
+        return tunnel(worker, vni, inner, kind, vlans=r.choice([0, 0, 0, 1, 2]), geneve_opts=g_opts,
+                      smac=smac)
 
     def tunnel_arp(self) -> bytes:
         r = self.r
@@ -117,7 +120,8 @@ class Generator:
         op = 1 if r.random() < 0.8 else 2
         tpa = ENV_IPS[i] if r.random() < 0.1 else r.choice(REMOTES)
         inner = arp(op, ENV_MACS[i], ENV_IPS[i], "00:00:00:00:00:00", tpa)
-        return tunnel(r.choice(WORKERS), r.choice(VNIS[:3]), inner)
+        return tunnel(r.choice(WORKERS), r.choice(VNIS[:3]), inner,
+                      smac=ROGUE_MAC if r.random() < 0.05 else None)
 
     def reply(self) -> tuple[bytes, int]:
         r = self.r
@@ -148,7 +152,8 @@ class Generator:
         spa = GATEWAY_IP if r.random() < 0.7 else "10.0.0.10"
         tpa = r.choice(["10.0.1.4", "10.0.1.5", "10.0.0.99"])
         op = 1 if r.random() < 0.8 else 2
-        return arp(op, vi["gw_mac"], spa, "00:00:00:00:00:00", tpa), vi["ifindex"]
+        sha = ROGUE_MAC if r.random() < 0.1 else vi["gw_mac"]
+        return arp(op, sha, spa, "00:00:00:00:00:00", tpa), vi["ifindex"]
 
     def mutate(self, frame: bytes) -> bytes:
         r = self.r

@@ -85,6 +85,7 @@ class Config:
     workers: set[str]
     enis: dict[int, Eni]
     vpcs: dict[int, Vpc]
+    placements: set[tuple[str, int]] = field(default_factory=set)  # (worker, VNI) allowed
 
     def vpc_by_ifindex(self, ifindex: int) -> Vpc | None:
         return next((v for v in self.vpcs.values() if v.ifindex == ifindex), None)
@@ -131,6 +132,7 @@ class Model:
         self.fwd: dict[tuple, Flow] = {}
         self.rev: dict[tuple, Flow] = {}
         self.worker_mac: dict[str, bytes] = {}
+        self.worker_tags: dict[str, bytes] = {}  # the outer VLAN tags (TPID, TCI) as they came
 
     # ---- parsing helpers -------------------------------------------------------------------
     @staticmethod
@@ -157,7 +159,8 @@ class Model:
         vihl = p[off]
         ihl = (vihl & 0xF) * 4
         total = struct.unpack_from("!H", p, off + 2)[0]
-        if vihl >> 4 != 4 or ihl < 20 or total < ihl:
+        # RFC 1812 5.2.2: a total length below the header's or beyond the frame is a header error
+        if vihl >> 4 != 4 or ihl < 20 or total < ihl or total > len(p) - off:
             return "invalid", 0
         if len(p) < off + ihl:
             return "truncated", 0
@@ -225,6 +228,42 @@ class Model:
             return Result(PASS, "pass_not_tunnel")
         worker = oip["src"]
         outer_smac = p[6:12]
+        # The sender must be a registered worker speaking from the MAC it is known by: learned
+        # from its first frame and kept (a different MAC is a conflict, never adopted here);
+        # its outer VLAN tags are learned with it and again whenever their number changes.
+        if worker not in cfg.workers:
+            return Result(DROP, "drop_unknown_worker")
+        tags = self._outer_tags(p)
+        known = self.worker_mac.get(worker)
+        learned: dict[str, int] = {}
+        if known is None:
+            self.worker_mac[worker] = outer_smac
+            self.worker_tags[worker] = tags
+            learned["worker_mac_learned"] = 1
+        elif known != outer_smac:
+            return Result(DROP, "worker_mac_conflict")
+        elif len(self.worker_tags.get(worker, b"")) != len(tags):
+            self.worker_tags[worker] = tags
+        res = self._fabric_tunnel(p, off, udp_off, tport, worker, choose_port)
+        for k, v in learned.items():
+            res.extra[k] = res.extra.get(k, 0) + v
+        return res
+
+    @staticmethod
+    def _outer_tags(p: bytes) -> bytes:
+        """The outer VLAN tags (TPID and TCI of each, up to two) as they appear in the frame."""
+        tags, off = b"", 12
+        for _ in range(2):
+            if struct.unpack_from("!H", p, off)[0] not in (ETH_VLAN, ETH_QINQ):
+                break
+            tags += p[off:off + 4]
+            off += 4
+        return tags
+
+    def _fabric_tunnel(self, p: bytes, off: int, udp_off: int, tport: int, worker: str,
+                       choose_port: Callable[[Eni, tuple, tuple], int]) -> Result:
+        """From the tunnel header on, once the sender is admitted."""
+        cfg = self.cfg
         if tport == VXLAN_PORT:
             if len(p) < off + 8:
                 return Result(DROP, "drop_tunnel_truncated")
@@ -259,9 +298,8 @@ class Model:
         if iet == ETH_ARP:
             if vni not in cfg.enis:
                 return Result(DROP, "drop_unknown_vni")
-            if worker not in cfg.workers:
-                return Result(DROP, "drop_unknown_worker")
-            self.worker_mac[worker] = outer_smac
+            if (worker, vni) not in cfg.placements:
+                return Result(DROP, "drop_worker_not_placed")
             return self._tunnel_arp(p, inner, off, udp_off)
         if iet != ETH_IPV4:
             return Result(DROP, "drop_inner_not_ipv4")
@@ -281,9 +319,8 @@ class Model:
             eni = cfg.enis.get(vni)
             if eni is None:
                 return Result(DROP, "drop_unknown_vni")
-            if worker not in cfg.workers:
-                return Result(DROP, "drop_unknown_worker")
-            self.worker_mac[worker] = outer_smac
+            if (worker, vni) not in cfg.placements:
+                return Result(DROP, "drop_worker_not_placed")
             if not sg_allows(eni, proto, iip["dst"], dport):
                 return Result(DROP, "drop_sg_denied", extra={"eni:sg_denied": 1})
             base = (eni.vpc_idx, eni.addr, iip["dst"], None, dport, proto)
@@ -429,8 +466,9 @@ class Model:
         else:
             th = bytes([0x08, 0, 0, 0]) + flow.key[1].to_bytes(3, "big") + b"\0"
             dport = VXLAN_PORT
+        # replies carry the outer VLAN tags the worker's own frames came with
         outer = (self.worker_mac.get(worker, bytes(6)) + mac2b(cfg.fabric_mac) +
-                 struct.pack("!H", ETH_IPV4) + bytes(outer_ip) +
+                 self.worker_tags.get(worker, b"") + struct.pack("!H", ETH_IPV4) + bytes(outer_ip) +
                  struct.pack("!HHHH", sp, dport, total - 20, 0) + th)
         extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
         return Result(REDIRECT, "rev_established", outer + bytes(q), extra, flow.key)
@@ -443,10 +481,13 @@ class Model:
             return Result(PASS, "pass_vpc_arp")
         sha, spa, tpa = p[22:28], p[28:32], p[38:42]
         extra = {}
+        # the gateway's MAC is learned once (or set) and kept: another MAC is only counted
         if spa == ip2b(vpc.gateway_ip) and spa != bytes(4):
-            if vpc.gateway_mac is None or mac2b(vpc.gateway_mac) != sha:
+            if vpc.gateway_mac is None:
                 vpc.gateway_mac = ":".join(f"{b:02x}" for b in sha)
                 extra["gw_mac_learned"] = 1
+            elif mac2b(vpc.gateway_mac) != sha:
+                extra["gw_mac_conflict"] = 1
         if op != 1:
             return Result(PASS, "pass_vpc_arp", extra=extra)
         target = str(ipaddress.IPv4Address(tpa))

@@ -55,8 +55,15 @@ def test_world_through_the_cli(run):
     assert sg["ingress"] == [{"proto": "icmp", "ports": "all", "cidr": "0.0.0.0/0"}]
     assert json.loads(run("vpc", "list", "-o", "json").stdout)[0]["subnets"] == ["sub-a"]
     assert json.loads(run("subnet", "list", "-o", "json").stdout)[0]["enis"] == [eni["id"]]
-    assert json.loads(run("worker", "list", "-o", "json").stdout) == [{"ip": "100.64.0.11",
-                                                                       "mac": None}]
+    assert json.loads(run("worker", "list", "-o", "json").stdout) == [
+        {"ip": "100.64.0.11", "mac": None, "mac_source": None, "relearn": False, "vlans": [],
+         "functions": []}]
+    run("function", "place", "f1", "--worker", "100.64.0.11")
+    assert json.loads(run("worker", "list", "-o", "json").stdout)[0]["functions"] == ["f1"]
+    bad = run("function", "place", "f1", "--worker", "100.64.0.99", code=1)
+    assert "worker 100.64.0.99 does not exist" in bad.stderr
+    run("function", "unplace", "f1", "--worker", "100.64.0.11")
+    assert json.loads(run("worker", "list", "-o", "json").stdout)[0]["functions"] == []
     assert "sg-web" in run("sg", "list").stdout
     run("function", "detach", "f1")
     run("function", "detach", "f2")

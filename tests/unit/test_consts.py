@@ -24,5 +24,10 @@ def test_default_max_flows_is_the_datapaths():
 
 def test_flow_safe_entries_is_the_datapaths():
     text = (loader.bpf_dir() / "consts.h").read_text()
-    assert "#define FLOW_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)" in text
-    assert datapath.flow_safe_entries(262144) == 262144 - 262144 // 8 - 4096
+    assert ("((__s64)MAX_FLOWS - 2 * LRU_LOCAL_FREE_TARGET * (__s64)NR_POSSIBLE_CPUS - "
+            "LRU_LOCAL_FREE_TARGET)") in text
+    assert define("LRU_LOCAL_FREE_TARGET") == datapath.LRU_LOCAL_FREE_TARGET
+    assert datapath.flow_safe_entries(262144, 2) == 262144 - 512 - 128
+    # the bound holds at every size: a small table is below zero, which means holes at once
+    assert datapath.flow_safe_entries(4096, 2) == 3456
+    assert datapath.flow_safe_entries(512, 4) < 0
