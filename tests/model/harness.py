@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from eniplane import bpfsys, netlink, paths
-from eniplane.datapath import Datapath, probe_ports
+from eniplane.datapath import Datapath
+from eniplane.probe import probe_ports
 from eniplane.maps import sum_percpu
 from eniplane.sgcompile import Rule
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from eniplane import datapath, loader
+from eniplane import loader, probe
 
 
 def define(name: str) -> int:
@@ -15,7 +15,7 @@ def define(name: str) -> int:
 
 
 def test_port_tries_is_the_datapaths():
-    assert datapath.PORT_TRIES == define("PORT_TRIES")
+    assert probe.PORT_TRIES == define("PORT_TRIES")
 
 
 def test_default_max_flows_is_the_datapaths():
@@ -25,4 +25,4 @@ def test_default_max_flows_is_the_datapaths():
 def test_flow_safe_entries_is_the_datapaths():
     text = (loader.bpf_dir() / "consts.h").read_text()
     assert "#define FLOW_SAFE_ENTRIES ((__s64)MAX_FLOWS - (__s64)MAX_FLOWS / 8 - 4096)" in text
-    assert datapath.flow_safe_entries(262144) == 262144 - 262144 // 8 - 4096
+    assert probe.flow_safe_entries(262144) == 262144 - 262144 // 8 - 4096
