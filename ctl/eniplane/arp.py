@@ -12,9 +12,13 @@ import ipaddress
 import socket
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from .errors import EniplaneError
 from .netlink import in_netns
+
+if TYPE_CHECKING:
+    from .datapath import Datapath
 
 ETH_P_ARP = 0x0806
 
@@ -27,10 +31,9 @@ def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
     return (eth + arp).ljust(60, b"\0")
 
 
-def resolve_gateway(dp: "object", netns: str | None, ifname: str, vpc_idx: int, if_mac: str,
+def resolve_gateway(dp: "Datapath", netns: str | None, ifname: str, vpc_idx: int, if_mac: str,
                     gateway_ip: str, src_ip: str = "0.0.0.0", timeout: float = 3.0,
                     tries: int = 6) -> str:
-    vpcs = dp.map("vpcs")  # type: ignore[attr-defined]
     frame = arp_request(if_mac, src_ip, gateway_ip)
     deadline = time.monotonic() + timeout
     with in_netns(netns):
@@ -41,9 +44,9 @@ def resolve_gateway(dp: "object", netns: str | None, ifname: str, vpc_idx: int, 
             s.send(frame)
             step = time.monotonic() + timeout / tries
             while time.monotonic() < min(step, deadline):
-                v = vpcs.lookup(vpc_idx)
-                if v and v["flags"] & 1 and v["gateway_ip"] == gateway_ip:
-                    return v["gateway_mac"]
+                mac = dp.gateway_mac(vpc_idx, gateway_ip)
+                if mac is not None:
+                    return mac
                 time.sleep(0.01)
     finally:
         s.close()

@@ -130,7 +130,7 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         e = _state(node).eni(eni)
         with Datapath(node) as dp:
             counters = dp.eni_stats(e.vni).get(e.vni) or {
-                k: 0 for k in dp.map("eni_stats").value_fields}  # not programmed yet
+                k: 0 for k in dp.eni_counter_names()}  # not programmed yet
         data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
     else:
         with Datapath(node) as dp:
@@ -397,8 +397,7 @@ def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
         from .datapath import Datapath
 
         with Datapath(node) as dp:
-            macs = {k: v["mac"] for k, v in dp.map("workers").items()
-                    if v["mac"] != "00:00:00:00:00:00"}  # not learned until the worker sends
+            macs = dp.worker_macs()
     rows = [{"ip": w, "mac": macs.get(w)} for w in sorted(st.workers)]
     output.emit(out, rows, lambda d: output.table(None, ["worker", "learned MAC"],
                                                   [(r["ip"], r["mac"] or "-") for r in d]))

@@ -100,6 +100,15 @@ class Datapath:
                     slots.update(slot, {"addr": ip, "mac": w["mac"]})
             self.flush_flows(workers=ips)
 
+    def workers(self) -> set[str]:
+        """The worker addresses programmed."""
+        return {ip for ip, _ in self.map("workers").items()}
+
+    def worker_macs(self) -> dict[str, str]:
+        """The MAC the datapath knows for each worker, for those it knows one of."""
+        return {ip: w["mac"] for ip, w in self.map("workers").items()
+                if w["mac"] != "00:00:00:00:00:00"}  # not learned until the worker sends
+
     # ---- VPC attachments -------------------------------------------------------------------
     def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
                 gateway_mac: str | None = None) -> None:
@@ -149,6 +158,16 @@ class Datapath:
     def vpcs(self) -> dict[int, dict]:
         return {k: v for k, v in self.map("vpcs").items() if v["flags"] & VPC_F_ACTIVE}
 
+    def gateway_mac(self, vpc_idx: int, gateway_ip: str | None = None) -> str | None:
+        """The MAC known for an attached VPC's gateway (learned or set), None until there is one;
+        with `gateway_ip`, only while the VPC's gateway is that address."""
+        v = self.vpc(vpc_idx)
+        if v is None or not v["flags"] & VPC_F_GW_MAC:
+            return None
+        if gateway_ip is not None and v["gateway_ip"] != gateway_ip:
+            return None
+        return v["gateway_mac"]
+
     def del_vpc(self, vpc_idx: int) -> None:
         old = self.vpc(vpc_idx)
         if old:
@@ -187,6 +206,10 @@ class Datapath:
         if cfg and cfg["fabric_ip"] != "0.0.0.0":
             cfg["eni_gen"] = _next_gen(cfg["eni_gen"])
             m.update(0, cfg)
+
+    def enis(self) -> dict[int, dict]:
+        """Every programmed ENI by VNI, as set_eni wrote it."""
+        return dict(self.map("enis").items())
 
     def set_sg_rules(self, vni: int, rules: Iterable[Rule]) -> int:
         """Replace one ENI's compiled rules; returns how many prefixes it now has."""
@@ -298,6 +321,10 @@ class Datapath:
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         return sum_percpu(self.map("stats").lookup(0))
+
+    def eni_counter_names(self) -> list[str]:
+        """The names of the per-ENI counters, in the datapath's order."""
+        return self.map("eni_stats").value_fields
 
     def eni_stats(self, vni: int | None = None) -> dict[int, dict[str, int]]:
         """Per-ENI counters keyed by VNI (the map itself is indexed by the ENI's handle)."""

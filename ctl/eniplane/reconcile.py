@@ -39,7 +39,7 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
     rep = Report()
     rec = nodemod.NodeRecord.load(node)
     with Datapath(node, rec.netns) as dp:
-        have = {k for k, _ in dp.map("workers").items()}
+        have = dp.workers()
         for w in sorted(st.workers - have):
             dp.add_worker(w)
             rep.bump("workers added")
@@ -56,7 +56,7 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
                     or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]):
                 dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"])
                 rep.bump("VPCs programmed")
-            if not dp.vpc(v.idx)["flags"] & 1:
+            if dp.gateway_mac(v.idx) is None:
                 try:
                     arp.resolve_gateway(dp, rec.netns, v.iface, v.idx, info["mac"], v.gateway,
                                         timeout=resolve_timeout)
@@ -71,7 +71,7 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         for idx in set(vpcs_map) - {v.idx for v in st.vpcs.values()}:
             dp.del_vpc(idx)
 
-        enis_map = dict(dp.map("enis").items())
+        enis_map = dp.enis()
         wanted_vnis = set()
         for e in st.enis.values():
             v = st.vpcs[st.subnets[e.subnet].vpc]
