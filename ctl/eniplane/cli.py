@@ -489,7 +489,9 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
 
 
 def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
-    proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(f["proto"], str(f["proto"]))
+    from .sgcompile import PROTO_NAMES
+
+    proto = PROTO_NAMES.get(f["proto"], str(f["proto"]))
     return {"eni": eni_ids.get(f["vni"]), "vni": f["vni"], "proto": proto, "worker": f["worker"],
             "env": f"{f['env_addr']}:{f['env_port']}",
             "remote": f"{f['remote']}:{f['remote_port']}",

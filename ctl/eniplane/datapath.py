@@ -20,6 +20,8 @@ from .errors import InvalidInput
 from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
+# Held equal to the C by tests/unit/test_consts.py: the pins of maps.h, types.h's VPC_F_* flags
+# and maps.h's TX_SLOT_FABRIC.
 MAP_NAMES = ("config", "workers", "worker_slots", "enis", "eni_cache", "eni_addrs", "vpcs",
              "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "stats", "eni_stats",
              "clock", "tx_ports")
