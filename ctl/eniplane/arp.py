@@ -12,9 +12,13 @@ import ipaddress
 import socket
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from .errors import EniplaneError
 from .netlink import in_netns
+
+if TYPE_CHECKING:
+    from .datapath import Datapath
 
 ETH_P_ARP = 0x0806
 
@@ -27,7 +31,7 @@ def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
     return (eth + arp).ljust(60, b"\0")
 
 
-def resolve_gateway(dp: "object", netns: str | None, ifname: str, vpc_idx: int, if_mac: str,
+def resolve_gateway(dp: "Datapath", netns: str | None, ifname: str, vpc_idx: int, if_mac: str,
                     gateway_ip: str, src_ip: str = "0.0.0.0", timeout: float = 3.0,
                     tries: int = 6) -> str:
     """Ask the gateway until the datapath knows its MAC; after `vpc relearn`, until the datapath

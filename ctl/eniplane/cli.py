@@ -130,7 +130,7 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         e = _state(node).eni(eni)
         with Datapath(node) as dp:
             counters = dp.eni_stats(e.vni).get(e.vni) or {
-                k: 0 for k in dp.map("eni_stats").value_fields}  # not programmed yet
+                k: 0 for k in dp.eni_counter_names()}  # not programmed yet
         data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
     else:
         with Datapath(node) as dp:
@@ -590,7 +590,9 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
 
 
 def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
-    proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(f["proto"], str(f["proto"]))
+    from .sgcompile import PROTO_NAMES
+
+    proto = PROTO_NAMES.get(f["proto"], str(f["proto"]))
     return {"eni": eni_ids.get(f["vni"]), "vni": f["vni"], "proto": proto, "worker": f["worker"],
             "env": f"{f['env_addr']}:{f['env_port']}",
             "remote": f"{f['remote']}:{f['remote_port']}",

@@ -3,22 +3,25 @@
 Contract: this is the one place that writes configuration into the maps: `up` and the tests use it
 now, the control plane's reconcile uses it too. Layouts come from the maps' BTF (maps.py); field
 names here are the C field names of types.h. Writes that depend on a network namespace (tx_ports
-resolves ifindexes in the writer's namespace) take the node's namespace.
+resolves ifindexes in the writer's namespace) take the node's namespace. What the datapath
+computes (the port probe, the flow guard's value) is mirrored in probe.py; this module only reads
+the maps for it and writes the result.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from typing import Any, Collection, Iterable
 
-from . import paths
+from . import paths, probe
 from .maps import PinnedMap, sum_percpu
 from .errors import InvalidInput
 from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
+# Held equal to the C by tests/unit/test_consts.py: the pins of maps.h, types.h's VPC_F_* flags
+# and maps.h's TX_SLOT_FABRIC.
 MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
              "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "stats", "eni_stats",
              "clock", "tx_ports")
@@ -163,6 +166,10 @@ class Datapath:
             self.flush_flows(pairs=gone)
         return changed, len(gone)
 
+    def worker_macs(self) -> dict[str, str]:
+        """The MAC the datapath knows for each worker, for those it knows one of."""
+        return {ip: w["mac"] for ip, w in self.workers().items() if w["mac"]}
+
     # ---- VPC attachments -------------------------------------------------------------------
     def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
                 gateway_mac: str | None = None) -> None:
@@ -237,6 +244,16 @@ class Datapath:
     def vpcs(self) -> dict[int, dict]:
         return {k: v for k, v in self.map("vpcs").items() if v["flags"] & VPC_F_ACTIVE}
 
+    def gateway_mac(self, vpc_idx: int, gateway_ip: str | None = None) -> str | None:
+        """The MAC known for an attached VPC's gateway (learned or set), None until there is one;
+        with `gateway_ip`, only while the VPC's gateway is that address."""
+        v = self.vpc(vpc_idx)
+        if v is None or not v["flags"] & VPC_F_GW_MAC:
+            return None
+        if gateway_ip is not None and v["gateway_ip"] != gateway_ip:
+            return None
+        return v["gateway_mac"]
+
     def del_vpc(self, vpc_idx: int) -> None:
         old = self.vpc(vpc_idx)
         if old:
@@ -274,6 +291,10 @@ class Datapath:
         if cfg and cfg["fabric_ip"] != "0.0.0.0":
             cfg["eni_gen"] = _next_gen(cfg["eni_gen"])
             m.update(0, cfg)
+
+    def enis(self) -> dict[int, dict]:
+        """Every programmed ENI by VNI, as set_eni wrote it."""
+        return dict(self.map("enis").items())
 
     def set_sg_rules(self, vni: int, rules: Iterable[Rule]) -> int:
         """Replace one ENI's compiled rules; returns how many prefixes it now has."""
@@ -334,7 +355,7 @@ class Datapath:
         if eni is None:
             return None
         m = self.map("flows")
-        for port in probe_ports(self.config()["port_secret"], eni["port_lo"], eni["port_hi"],
+        for port in probe.probe_ports(self.config()["port_secret"], eni["port_lo"], eni["port_hi"],
                                 worker, vni, env_addr, env_port, remote, remote_port, proto):
             k = {"vpc_idx": eni["vpc_idx"], "proto": proto, "eni_addr": eni["addr"],
                  "remote": remote, "eni_port": port, "remote_port": remote_port}
@@ -362,7 +383,7 @@ class Datapath:
                     and (pairs is None or (v["worker"], v["vni"]) in pairs)):
                 if m.delete(k):
                     n += 1
-                    touched.add(self._dest(f))
+                    touched.add(probe.dest(f))
             else:
                 remaining.append(f)
         self.guard_resync(remaining, touched, start, deleted=n)
@@ -371,70 +392,22 @@ class Datapath:
     def guard_resync(self, flows: list[dict[str, Any]] | None = None,
                      touched: set[tuple] | None = None, start: dict | None = None,
                      deleted: int = 0) -> dict:
-        """After flows were deleted from here: recount them, record how deep along its probe
-        each one sits, and decide whether a walk along a probe may still stop at the first empty
-        slot (flow_guard in types.h). It may unless some remaining flow sits behind a slot that
-        is empty now, or the table is so full that the LRU may evict.
-
-        `flows` is the table as it is now (read here if not given). With `touched`, the
-        destinations that lost flows, only flows towards those are checked, and the depths
-        recorded so far stand: enough while the guard had no holes before, since a hole can only
-        be where a flow went. Otherwise every flow is checked. The datapath keeps inserting
-        meanwhile: what it added to the guard since `start` (the guard as it was before the
-        table was read) is carried over, never lost to this write.
-
-        The guard's count is inserts minus deletes since the last recount; what the table holds
-        less than that (with the `deleted` this caller removed) the LRU evicted: added up in
-        `evicted`, so that table pressure stays visible (flows_evicted in `stats`)."""
+        """After flows were deleted from here: write the flow_guard that probe.resync_guard
+        computes. `flows` is the table as it is now (read here if not given); `touched` the
+        destinations that lost flows (probe.dest; None checks every flow); `start` the guard as
+        it was before the table was read (read here if not given); `deleted` how many entries
+        this caller removed (the rest of what went, the LRU evicted: probe.resync_guard)."""
         g = self.map("flow_guard")
         if start is None:
             start = g.lookup(0)
         if flows is None:
             flows = self.flows()
-        incremental = touched is not None and not start["holes"]
-        check = [f for f in flows if self._dest(f) in touched] if incremental else flows
-        probes = self._probes(check)
-        # how many ports of its probe come before a flow's own; one outside its probe (its ENI
-        # gone or changed) is unreachable: count it as deep as walks go, assume nothing of it
-        depths = [p.index(f["nat_port"]) if f["nat_port"] in p else PORT_TRIES - 1
-                  for f, p in zip(check, probes)]
-        taken = {self._slot(f, f["nat_port"]) for f in check}
-        behind = any(self._slot(f, port) not in taken
-                     for f, p, d in zip(check, probes, depths) for port in p[:d])
-        bits = start["depths"] if incremental else 0
-        for d in depths:
-            bits |= 1 << min(d, PORT_TRIES - 1)
-        now = g.lookup(0)
-        count = len(flows) + max(0, now["count"] - start["count"])
-        bits |= now["depths"] & ~start["depths"]
-        full = count >= flow_safe_entries(self.map("flows").max_entries)
-        holes = count > 0 and (full or behind or (now["holes"] and not start["holes"]))
-        evicted = start.get("evicted", 0) + max(0, start["count"] - deleted - len(flows))
-        new = {"count": count, "holes": int(holes), "depths": bits if count else 0,
-               "evicted": evicted}
+        enis = dict(self.map("enis").items())
+        new = probe.resync_guard(flows, enis, self.config()["port_secret"], start, g.lookup(0),
+                                 touched, self.map("flows").max_entries,
+                                 deleted)
         g.update(0, new)
         return new
-
-    @staticmethod
-    def _dest(f: dict[str, Any]) -> tuple:
-        """What a flow's port is unique within: its ENI address (in its VPC) and destination."""
-        return (f["vpc_idx"], f["proto"], f["eni_addr"], f["remote"], f["remote_port"])
-
-    @classmethod
-    def _slot(cls, f: dict[str, Any], port: int) -> tuple:
-        return cls._dest(f) + (port,)
-
-    def _probes(self, flows: list[dict[str, Any]]) -> list[list[int]]:
-        """Each flow's probe, as the datapath walks it (empty for a flow whose ENI is gone)."""
-        enis = dict(self.map("enis").items())
-        secret = self.config()["port_secret"]
-        out = []
-        for f in flows:
-            eni = enis.get(f["vni"])
-            out.append([] if eni is None else probe_ports(
-                secret, eni["port_lo"], eni["port_hi"], f["worker"], f["vni"], f["env_addr"],
-                f["env_port"], f["remote"], f["remote_port"], f["proto"]))
-        return out
 
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -448,6 +421,10 @@ class Datapath:
         g = self.map("flow_guard").lookup(0)
         return g["evicted"] + max(0, g["count"] - self.map("flows").count())
 
+    def eni_counter_names(self) -> list[str]:
+        """The names of the per-ENI counters, in the datapath's order."""
+        return self.map("eni_stats").value_fields
+
     def eni_stats(self, vni: int | None = None) -> dict[int, dict[str, int]]:
         """Per-ENI counters keyed by VNI (the map itself is indexed by the ENI's handle)."""
         m = self.map("eni_stats")
@@ -456,10 +433,6 @@ class Datapath:
             if vni is None or v == vni:
                 out[v] = sum_percpu(m.lookup(e["eni_idx"]))
         return out
-
-
-# ---- flows: user space's view of the datapath's single flow entry ----------------------------
-PORT_TRIES = 16  # consts.h (tests/unit/test_consts.py holds the two equal)
 
 
 def _worker_slot(ip: str, slots: int) -> int:
@@ -472,17 +445,6 @@ def _next_gen(gen: int) -> int:
     return gen % 0xFFFFFFFF + 1
 
 
-LRU_LOCAL_FREE_TARGET = 128  # consts.h, after the kernel's bpf_lru_list.c
-
-
-def flow_safe_entries(max_flows: int, ncpus: int | None = None) -> int:
-    """FLOW_SAFE_ENTRIES of consts.h for a table of this size on this many possible CPUs."""
-    if ncpus is None:
-        from .bpfsys import possible_cpus
-        ncpus = possible_cpus()
-    return max_flows - 2 * LRU_LOCAL_FREE_TARGET * ncpus - LRU_LOCAL_FREE_TARGET
-
-
 def flow_record(k: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
     return {"worker": v["worker"], "vni": v["vni"], "env_addr": v["env_addr"],
             "env_port": v["env_port"], "remote": k["remote"], "remote_port": k["remote_port"],
@@ -491,48 +453,3 @@ def flow_record(k: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
             "tunnel": v["tunnel"], "tcp_flags": v["tcp_flags"], "tx_packets": v["tx_packets"],
             "tx_bytes": v["tx_bytes"], "rx_packets": v["rx_packets"], "rx_bytes": v["rx_bytes"],
             "last_seen_ns": v["last_seen_ns"]}
-
-
-def _word(raw: bytes) -> int:
-    """A field as the datapath loads it: its bytes in memory order, read in host order."""
-    return int.from_bytes(raw, sys.byteorder)
-
-
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
-
-
-def _scramble(k: int) -> int:
-    k = _rotl((k * 0xCC9E2D51) & 0xFFFFFFFF, 15)
-    return (k * 0x1B873593) & 0xFFFFFFFF
-
-
-def port_hash(secret: int, worker: str, vni: int, env_addr: str, env_port: int, remote: str,
-              remote_port: int, proto: int) -> int:
-    """port_hash of eniplane.c (before it is mapped onto a range by probe_start)."""
-    words = (_word(ipaddress.IPv4Address(worker).packed), vni | proto << 24,
-             _word(ipaddress.IPv4Address(env_addr).packed),
-             _word(ipaddress.IPv4Address(remote).packed),
-             (_word(env_port.to_bytes(2, "big")) << 16) | _word(remote_port.to_bytes(2, "big")))
-    h = secret
-    for w, r in zip(words, (0, 7, 13, 19, 26)):
-        h ^= _rotl(_scramble(w), r) if r else _scramble(w)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    return h ^ (h >> 16)
-
-
-def probe_start(h: int, rng: int) -> int:
-    """Where in a range of `rng` ports a probe with hash `h` starts (multiply-shift)."""
-    return (h * rng) >> 32
-
-
-def probe_ports(secret: int, port_lo: int, port_hi: int, worker: str, vni: int, env_addr: str,
-                env_port: int, remote: str, remote_port: int, proto: int) -> list[int]:
-    """The ports a flow's probe visits, in the order the datapath walks them (probe_port)."""
-    rng = port_hi - port_lo + 1
-    start = probe_start(port_hash(secret, worker, vni, env_addr, env_port, remote, remote_port,
-                                  proto), rng)
-    return [port_lo + (start + i) % rng for i in range(min(rng, PORT_TRIES))]

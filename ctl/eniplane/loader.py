@@ -22,7 +22,8 @@ from typing import Callable
 from . import bpfsys, paths
 from .errors import LoadError
 
-PROGRAMS = ("xdp_fabric", "xdp_vpc")
+# eniplane.c's entry points, pinned under these names (tests/unit/test_consts.py holds them equal)
+PROG_FABRIC, PROG_VPC = PROGRAMS = ("xdp_fabric", "xdp_vpc")
 # consts.h's MAX_FLOWS when no -D gives one: `eniplane up`'s default (tests/unit/test_consts.py)
 DEFAULT_MAX_FLOWS = 262144
 

@@ -143,13 +143,6 @@ class PinnedMap:
             return self.max_entries
         return sum(1 for _ in self.keys_raw())
 
-    def clear(self) -> int:
-        """Delete every entry of a hash map; returns how many went."""
-        n = 0
-        for k in list(self.keys_raw()):
-            n += bpfsys.map_delete(self.fd, k)
-        return n
-
 
 def sum_percpu(values: Any) -> Any:
     """Fold per-CPU values (a list of equally shaped dicts/ints/lists) into one."""

@@ -20,6 +20,7 @@ from typing import Iterable
 from .errors import AlreadyExists, InvalidInput, NotFound
 from .sgcompile import PROTO_NUMBERS, Rule
 
+# consts.h's MAX_SG_PER_ENI and MAX_RULES_PER_SG (per direction): tests/unit/test_consts.py
 MAX_SG_PER_ENI = 5
 MAX_RULES_PER_DIRECTION = 60
 DEFAULT_PORT_RANGE = (1024, 65535)

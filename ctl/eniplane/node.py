@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import bpfsys, netlink, paths
+from .datapath import TX_SLOT_FABRIC
+from .loader import PROG_FABRIC, PROG_VPC, PROGRAMS
 from .errors import AlreadyExists, EniplaneError, InvalidInput, NotFound
 
 DEFAULT_GATEWAY_MAC = "02:e1:1a:00:00:01"
@@ -38,7 +40,7 @@ class NodeRecord:
     @classmethod
     def load(cls, node: str) -> "NodeRecord":
         p = cls.path(node)
-        if not p.exists() or not (paths.progs_dir(node) / "xdp_fabric").exists():
+        if not p.exists() or not (paths.progs_dir(node) / PROG_FABRIC).exists():
             raise NotFound(f"node {node} is not up")
         try:
             return cls(**json.loads(p.read_text()))
@@ -85,9 +87,10 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
                          gateway_mac=gateway_mac)
         with Datapath(node, netns) as dp:
             dp.set_config(fabric_ip, fab["ifindex"], fab["mac"], gateway_mac, fab["mtu"])
-        m = netlink.xdp_attach(netns, fabric_if, fds["xdp_fabric"], mode)
+        m = netlink.xdp_attach(netns, fabric_if, fds[PROG_FABRIC], mode)
         attached = True
-        rec.interfaces[fabric_if] = {"program": "xdp_fabric", "mode": m, "slot": 0}
+        rec.interfaces[fabric_if] = {"program": PROG_FABRIC, "mode": m,
+                                     "slot": TX_SLOT_FABRIC}
         rec.save()
         return rec
     except BaseException:
@@ -130,14 +133,14 @@ def attach_vpc_if(node: str, ifname: str, mode: str = "auto") -> dict:
     if ifname in rec.interfaces:
         entry = rec.interfaces[ifname]
     else:
-        used = {v.get("slot", 0) for v in rec.interfaces.values()}
-        slot = next(i for i in range(1, 1 << 16) if i not in used)
-        fd = loader.pinned_prog_fd(node, "xdp_vpc")
+        used = {v.get("slot", TX_SLOT_FABRIC) for v in rec.interfaces.values()}
+        slot = next(i for i in range(1 << 16) if i not in used | {TX_SLOT_FABRIC})
+        fd = loader.pinned_prog_fd(node, PROG_VPC)
         try:
             m = netlink.xdp_attach(rec.netns, ifname, fd, mode)
         finally:
             os.close(fd)
-        entry = {"program": "xdp_vpc", "mode": m, "slot": slot}
+        entry = {"program": PROG_VPC, "mode": m, "slot": slot}
         rec.interfaces[ifname] = entry
         rec.save()
     return {**info, **entry}
@@ -145,7 +148,7 @@ def attach_vpc_if(node: str, ifname: str, mode: str = "auto") -> dict:
 
 def detach_vpc_if(node: str, ifname: str) -> None:
     rec = NodeRecord.load(node)
-    if rec.interfaces.get(ifname, {}).get("program") != "xdp_vpc":
+    if rec.interfaces.get(ifname, {}).get("program") != PROG_VPC:
         return
     try:
         netlink.xdp_detach(rec.netns, ifname)
@@ -161,7 +164,7 @@ def status(node: str) -> dict:
 
     rec = NodeRecord.load(node)
     pinned = {}
-    for name in ("xdp_fabric", "xdp_vpc"):
+    for name in PROGRAMS:
         fd = bpfsys.obj_get(str(paths.progs_dir(node) / name))
         try:
             pinned[name] = bpfsys.prog_info(fd).id

@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 
 from . import node as nodemod
 from .errors import EniplaneError
+from .loader import PROG_VPC
 from .model import State
 from .store import Store
 
@@ -76,13 +77,13 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
                                         f"(drop_no_gateway_mac)")
         wanted_ifs = {v.iface for v in st.vpcs.values()}
         for ifname, entry in list(rec.interfaces.items()):
-            if entry["program"] == "xdp_vpc" and ifname not in wanted_ifs:
+            if entry["program"] == PROG_VPC and ifname not in wanted_ifs:
                 nodemod.detach_vpc_if(node, ifname)
                 rep.bump("VPC interfaces detached")
         for idx in set(vpcs_map) - {v.idx for v in st.vpcs.values()}:
             dp.del_vpc(idx)
 
-        enis_map = dict(dp.map("enis").items())
+        enis_map = dp.enis()
         wanted_vnis = set()
         for e in st.enis.values():
             v = st.vpcs[st.subnets[e.subnet].vpc]

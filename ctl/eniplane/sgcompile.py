@@ -12,9 +12,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+# Protocol names as rules and flows show them, and their numbers in the IP header (0: any). Every
+# other protocol table derives from this one; tests/unit/test_consts.py holds it to the C.
 PROTO_NUMBERS = {"all": 0, "icmp": 1, "tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
-DATAPATH_PROTOS = (6, 17, 1)
+TCP, UDP, ICMP = PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"], PROTO_NUMBERS["icmp"]
+PORT_PROTOS = (TCP, UDP)  # the ones whose rules name ports
+DATAPATH_PROTOS = (TCP, UDP, ICMP)  # the ones parse.h classifies
 ALL_PORTS = (0, 65535)
 
 
@@ -28,7 +32,7 @@ class Rule:
     @classmethod
     def of(cls, proto: str | int, cidr: str, ports: tuple[int, int] | None = None) -> "Rule":
         p = PROTO_NUMBERS[proto] if isinstance(proto, str) else int(proto)
-        lo, hi = ports if ports and p in (6, 17) else ALL_PORTS
+        lo, hi = ports if ports and p in PORT_PROTOS else ALL_PORTS
         return cls(p, ipaddress.IPv4Network(cidr, strict=False), lo, hi)
 
 
@@ -48,7 +52,7 @@ def compile_rules(rules: list[Rule]) -> dict[tuple[int, ipaddress.IPv4Network], 
     for proto in DATAPATH_PROTOS:
         applicable = [r for r in rules if r.proto in (0, proto)]
         for cidr in {r.cidr for r in applicable}:
-            ranges = [(r.port_lo, r.port_hi) if r.proto in (6, 17) else ALL_PORTS
+            ranges = [(r.port_lo, r.port_hi) if r.proto in PORT_PROTOS else ALL_PORTS
                       for r in applicable if cidr.subnet_of(r.cidr)]
             out[(proto, cidr)] = merge(ranges)
     return out
@@ -60,7 +64,7 @@ def allows(rules: list[Rule], proto: int, dst: str, port: int) -> bool:
     for r in rules:
         if r.proto not in (0, proto) or addr not in r.cidr:
             continue
-        if r.proto in (6, 17) and not (r.port_lo <= port <= r.port_hi):
+        if r.proto in PORT_PROTOS and not (r.port_lo <= port <= r.port_hi):
             continue
         return True
     return False

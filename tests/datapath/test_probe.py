@@ -13,7 +13,7 @@ from scapy.packet import Raw
 
 from conftest import (ENI_TINY, ENV_IP, GW_A, SERVER, VNI_B, VNI_TINY, WORKER, env_frame,
                       tunnel)
-from eniplane.datapath import port_hash, probe_start
+from eniplane.probe import port_hash, probe_start
 
 DEST = "10.0.0.20"  # VNI_TINY flows of this file go here: test_fabric fills SERVER's ports
 

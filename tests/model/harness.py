@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 
 from eniplane import bpfsys, netlink, paths
-from eniplane.datapath import Datapath, probe_ports
+from eniplane.datapath import Datapath
 from eniplane.maps import sum_percpu
-from eniplane.sgcompile import Rule
+from eniplane.probe import probe_ports
+from eniplane.sgcompile import PROTO_NUMBERS, Rule
 
 import packets as P
 from reference import Config, Eni, Model, Vpc
@@ -22,7 +23,6 @@ from reference import Config, Eni, Model, Vpc
 XDP = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 GATEWAY_MAC = "02:e1:1a:00:00:01"
 GW_MACS = {1: "02:0a:00:00:00:01", 2: "02:0b:00:00:00:01"}
-PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "all": 0}
 
 
 class Disagreement(AssertionError):
@@ -82,7 +82,7 @@ class Harness:
             fabric_ip=P.FABRIC_IP, fabric_mac=P.FABRIC_MAC, gateway_mac=GATEWAY_MAC,
             fabric_mtu=self.fabric_mtu, workers=set(P.WORKERS), placements=set(PLACEMENTS),
             enis={vni: Eni(vni, addr, vpc, idx, lo, hi,
-                           [(PROTO[p], c, a, b) for p, c, a, b in rules])
+                           [(PROTO_NUMBERS[p], c, a, b) for p, c, a, b in rules])
                   for vni, vpc, addr, idx, (lo, hi), rules in ENIS},
             vpcs={idx: Vpc(idx, v["ifindex"], P.GATEWAY_IP, v["gw_mac"], v["mac"])
                   for idx, v in self.vpc_ifs.items()})

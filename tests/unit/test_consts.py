@@ -1,21 +1,66 @@
-"""Numbers user space needs from bpf/consts.h that no map's BTF carries: held equal here."""
+"""Facts user space needs from bpf/ that no map's BTF carries: held equal here, by parsing the C.
+
+Each test compares whole sets where the C may grow (flags, maps, programs, protocols), so a
+#define, a pinned map or an entry point added on one side only fails here."""
 
 from __future__ import annotations
 
+import ast
 import re
+import socket
+import sys
 
-from eniplane import datapath, loader
+import pytest
+
+from eniplane import datapath, loader, model, probe, sgcompile
+
+
+def c_text() -> str:
+    """Every header of bpf/ and the program."""
+    d = loader.bpf_dir()
+    return "\n".join(p.read_text() for p in sorted(d.glob("*.h")) + [d / "eniplane.c"])
+
+
+def c_source() -> str:
+    """c_text with comments removed (a name in a comment is no declaration)."""
+    return re.sub(r"/\*.*?\*/|//[^\n]*", " ", c_text(), flags=re.S)
+
+
+def c_int(expr: str) -> int:
+    """A #define's value: an integer expression of literals, shifts, ors and parentheses."""
+    expr = re.sub(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]*\b", r"\1", expr.strip())
+    tree = ast.parse(expr, mode="eval")
+    ok = (ast.Expression, ast.BinOp, ast.Constant, ast.LShift, ast.BitOr, ast.Add, ast.Sub)
+    assert all(isinstance(n, ok) for n in ast.walk(tree)), f"not a constant: {expr}"
+    return eval(compile(tree, "<define>", "eval"))
+
+
+def defines(pattern: str = r"\w+") -> dict[str, int]:
+    """#defines whose name matches `pattern` and whose value is an integer expression."""
+    out = {}
+    for name, value in re.findall(rf"^\s*#\s*define\s+({pattern})[ \t]+([^\n]+)$", c_source(),
+                                  re.M):
+        try:
+            out[name] = c_int(value)
+        except (AssertionError, SyntaxError):
+            continue
+    return out
 
 
 def define(name: str) -> int:
-    text = (loader.bpf_dir() / "consts.h").read_text()
-    m = re.search(rf"^#define {name} (\d+)", text, re.M)
-    assert m, f"{name} is not defined in consts.h"
-    return int(m.group(1))
+    got = defines(re.escape(name))
+    assert name in got, f"{name} is not #defined in bpf/"
+    return got[name]
+
+
+def test_the_parser_reads_what_it_must():
+    assert c_int("(1 << 3)") == 8 and c_int("0x10u") == 16 and c_int("2") == 2
+    assert define("VXLAN_PORT") == 4789
+    assert "MAX_FLOWS" in defines()
 
 
 def test_port_tries_is_the_datapaths():
-    assert datapath.PORT_TRIES == define("PORT_TRIES")
+    assert probe.PORT_TRIES == define("PORT_TRIES")
 
 
 def test_default_max_flows_is_the_datapaths():
@@ -26,8 +71,67 @@ def test_flow_safe_entries_is_the_datapaths():
     text = (loader.bpf_dir() / "consts.h").read_text()
     assert ("((__s64)MAX_FLOWS - 2 * LRU_LOCAL_FREE_TARGET * (__s64)NR_POSSIBLE_CPUS - "
             "LRU_LOCAL_FREE_TARGET)") in text
-    assert define("LRU_LOCAL_FREE_TARGET") == datapath.LRU_LOCAL_FREE_TARGET
-    assert datapath.flow_safe_entries(262144, 2) == 262144 - 512 - 128
+    assert define("LRU_LOCAL_FREE_TARGET") == probe.LRU_LOCAL_FREE_TARGET
+    assert probe.flow_safe_entries(262144, 2) == 262144 - 512 - 128
     # the bound holds at every size: a small table is below zero, which means holes at once
-    assert datapath.flow_safe_entries(4096, 2) == 3456
-    assert datapath.flow_safe_entries(512, 4) < 0
+    assert probe.flow_safe_entries(4096, 2) == 3456
+    assert probe.flow_safe_entries(512, 4) < 0
+
+
+def test_flag_bits_are_the_datapaths():
+    """Every *_F_* flag of the C, and only those, with the same value in datapath.py."""
+    c = defines(r"[A-Z][A-Z0-9]*_F_[A-Z0-9_]+")
+    py = {k: v for k, v in vars(datapath).items()
+          if re.fullmatch(r"[A-Z][A-Z0-9]*_F_[A-Z0-9_]+", k)}
+    assert "VPC_F_GW_MAC" in c and "VPC_F_ACTIVE" in c
+    assert py == c
+
+
+def test_tx_slot_of_the_fabric_is_the_datapaths():
+    assert datapath.TX_SLOT_FABRIC == define("TX_SLOT_FABRIC")
+
+
+def test_security_group_limits_are_the_datapaths():
+    assert model.MAX_SG_PER_ENI == define("MAX_SG_PER_ENI")
+    assert model.MAX_RULES_PER_DIRECTION == define("MAX_RULES_PER_SG")
+
+
+def test_map_names_are_the_pinned_maps():
+    """Every map the C pins under PIN_DIR (BPF_TABLE_PINNED and the hand-declared tx_ports)."""
+    pins = re.findall(r'PIN_DIR\s*"/(\w+)"', c_source())
+    assert len(pins) == len(set(pins)), "a pin name is used twice"
+    tables = re.findall(r"BPF_TABLE_PINNED\s*\(", c_source())
+    assert len(pins) == len(tables) + 1  # + tx_ports: each pinned table names its pin
+    assert sorted(datapath.MAP_NAMES) == sorted(pins)
+
+
+def test_program_names_are_the_entry_points():
+    """The XDP entry points of eniplane.c: non-static functions taking the xdp_md context."""
+    src = c_source()
+    entries = re.findall(r"^[ \t]*int\s+(\w+)\s*\(\s*struct\s+xdp_md\s*\*", src, re.M)
+    assert sorted(loader.PROGRAMS) == sorted(entries)
+    assert (loader.PROG_FABRIC, loader.PROG_VPC) == loader.PROGRAMS
+
+
+def test_protocols_are_the_datapaths():
+    """The datapath's protocols (the IPPROTO_* it names) are sgcompile's, with IANA numbers."""
+    c = set(re.findall(r"\bIPPROTO_(\w+)", c_source()))
+    assert {sgcompile.PROTO_NAMES[p].upper() for p in sgcompile.DATAPATH_PROTOS} == c
+    for name, number in sgcompile.PROTO_NUMBERS.items():
+        assert number == (0 if name == "all" else getattr(socket, f"IPPROTO_{name.upper()}"))
+    assert sgcompile.PROTO_NAMES == {v: k for k, v in sgcompile.PROTO_NUMBERS.items()}
+
+
+@pytest.mark.parametrize("line, name, value", [
+    ("#define VPC_F_NEW 4", "VPC_F_NEW", 4),
+    ("#define PEER_F_PINNED (1 << 0) /* pinned */", "PEER_F_PINNED", 1),
+])
+def test_a_flag_added_to_the_c_only_is_caught(monkeypatch, line, name, value):
+    """The drift these tests exist for: the C grows a flag, Python does not."""
+    flags = r"[A-Z][A-Z0-9]*_F_[A-Z0-9_]+"
+    before = defines(flags)
+    base = c_text()
+    monkeypatch.setattr(sys.modules[__name__], "c_text", lambda: base + "\n" + line + "\n")
+    assert defines(flags) == {**before, name: value}
+    with pytest.raises(AssertionError):
+        test_flag_bits_are_the_datapaths()
