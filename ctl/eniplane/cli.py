@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from . import loader, output
+from . import loader, output, params
 from .errors import EniplaneError
 from .output import Format
 
@@ -63,7 +63,8 @@ app.add_typer(flows_app, name="flows")
 # ---- node life cycle ----------------------------------------------------------------------
 @app.command()
 def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface facing the workers."),
-       fabric_ip: str = typer.Option(..., "--fabric-ip", "-a", help="The node's tunnel address."),
+       fabric_ip: str = typer.Option(..., "--fabric-ip", "-a", callback=params.ipv4,
+                                     help="The node's tunnel address."),
        netns: Optional[str] = typer.Option(None, "--netns", "-N", help="Namespace of the node."),
        mode: str = typer.Option("auto", "--mode", "-m",
                                 help="XDP mode: auto (native, else generic), native, generic."),
@@ -251,9 +252,11 @@ def _change(node: str, mutate, done: str) -> object:
 
 @vpc_app.command("add")
 def vpc_add(vpc_id: str = typer.Argument(..., metavar="ID"),
-            cidr: str = typer.Option(..., "--cidr", "-c", help="The VPC's CIDR."),
+            cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr,
+                                     help="The VPC's CIDR."),
             iface: str = typer.Option(..., "--iface", "-i", help="Node interface into the VPC."),
-            gateway: str = typer.Option(..., "--gateway", "-g", help="The VPC gateway's address."),
+            gateway: str = typer.Option(..., "--gateway", "-g", callback=params.ipv4,
+                                        help="The VPC gateway's address."),
             node: str = NODE_OPT) -> None:
     """Attach a VPC through one of the node's interfaces."""
     _change(node, lambda st: st.add_vpc(vpc_id, cidr, iface, gateway), f"VPC {vpc_id} added")
@@ -280,7 +283,8 @@ def vpc_del(vpc_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OP
 @subnet_app.command("add")
 def subnet_add(subnet_id: str = typer.Argument(..., metavar="ID"),
                vpc: str = typer.Option(..., "--vpc", "-v"),
-               cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+               cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr),
+               node: str = NODE_OPT) -> None:
     """Add a subnet inside a VPC."""
     _change(node, lambda st: st.add_subnet(subnet_id, vpc, cidr), f"subnet {subnet_id} added")
 
@@ -311,21 +315,27 @@ def sg_add(sg_id: str = typer.Argument(..., metavar="ID"),
 
 
 def _rule_args(egress: bool, ingress: bool, proto: str, ports: Optional[str], cidr: str):
-    from .errors import UsageError
+    from .errors import InvalidInput, UsageError
     from .model import State
 
     if egress == ingress:
         raise UsageError("give exactly one of --egress or --ingress")
-    return State.make_rule("egress" if egress else "ingress", proto, ports, cidr)
+    try:
+        return State.make_rule("egress" if egress else "ingress", proto, ports, cidr)
+    except InvalidInput as e:  # only the options are involved, e.g. --ports with --proto icmp
+        raise UsageError(str(e)) from None
 
 
 @rule_app.command("add")
 def rule_add(sg_id: str = typer.Argument(..., metavar="SG"),
              egress: bool = typer.Option(False, "--egress", "-E"),
              ingress: bool = typer.Option(False, "--ingress", "-I"),
-             proto: str = typer.Option(..., "--proto", "-p", help="tcp, udp, icmp or all."),
-             ports: Optional[str] = typer.Option(None, "--ports", "-P", help="P or P-Q."),
-             cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+             proto: str = typer.Option(..., "--proto", "-p", callback=params.proto,
+                                       help="tcp, udp, icmp or all."),
+             ports: Optional[str] = typer.Option(None, "--ports", "-P", callback=params.ports,
+                                                 help="P or P-Q."),
+             cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr),
+             node: str = NODE_OPT) -> None:
     """Add a rule; egress rules apply to new flows at once."""
     rule = _rule_args(egress, ingress, proto, ports, cidr)
     _change(node, lambda st: st.add_rule(sg_id, rule), f"rule added to {sg_id}")
@@ -335,9 +345,10 @@ def rule_add(sg_id: str = typer.Argument(..., metavar="SG"),
 def rule_del(sg_id: str = typer.Argument(..., metavar="SG"),
              egress: bool = typer.Option(False, "--egress", "-E"),
              ingress: bool = typer.Option(False, "--ingress", "-I"),
-             proto: str = typer.Option(..., "--proto", "-p"),
-             ports: Optional[str] = typer.Option(None, "--ports", "-P"),
-             cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+             proto: str = typer.Option(..., "--proto", "-p", callback=params.proto),
+             ports: Optional[str] = typer.Option(None, "--ports", "-P", callback=params.ports),
+             cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr),
+             node: str = NODE_OPT) -> None:
     """Delete a rule; flows it allowed keep working until they end or are flushed (as in AWS)."""
     rule = _rule_args(egress, ingress, proto, ports, cidr)
     _change(node, lambda st: st.del_rule(sg_id, rule), f"rule deleted from {sg_id}")
@@ -381,7 +392,8 @@ def sg_del(sg_id: str = typer.Argument(..., metavar="SG"), node: str = NODE_OPT)
 
 
 @worker_app.command("add")
-def worker_add(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+def worker_add(ip: str = typer.Argument(..., metavar="IP", callback=params.ipv4),
+               node: str = NODE_OPT) -> None:
     """Allow a worker host (its outer address) to send tunnel traffic."""
     _change(node, lambda st: st.add_worker(ip), f"worker {ip} added")
 
@@ -405,7 +417,8 @@ def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 
 
 @worker_app.command("del")
-def worker_del(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+def worker_del(ip: str = typer.Argument(..., metavar="IP", callback=params.ipv4),
+               node: str = NODE_OPT) -> None:
     """Stop accepting tunnel traffic from a worker."""
     _change(node, lambda st: st.del_worker(ip), f"worker {ip} deleted")
 
