@@ -228,11 +228,10 @@ def lab_list(out: Format = OUT_OPT) -> None:
 
 # ---- control plane ------------------------------------------------------------------------
 def _state(node: str):
-    """The stored desired state, for commands that only read it."""
+    """The stored desired state, for commands that only read it (creates nothing)."""
     from .store import Store
 
-    with Store(node) as store:
-        return store.load()
+    return Store.peek(node)
 
 
 def _report(rep) -> None:
