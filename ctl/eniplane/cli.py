@@ -29,7 +29,8 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except EniplaneError as e:
-            sys.stderr.write(f"eniplane: error: {e}\n")
+            for line in str(e).splitlines():  # several problems (apply -f) are several lines
+                sys.stderr.write(f"eniplane: error: {line}\n")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("eniplane: interrupted\n")
@@ -573,46 +574,38 @@ def export_cmd(node: str = NODE_OPT,
     """Write the declared state as YAML (what `apply -f` takes)."""
     import yaml
 
-    from .config import export_doc
-    from .store import Store
+    from .config import export_doc, write_text
 
-    with Store(node) as store:
-        text = yaml.safe_dump(export_doc(store.load()), sort_keys=False)
+    text = yaml.safe_dump(export_doc(_state(node)), sort_keys=False)
     if file:
-        with open(file, "w") as fh:
-            fh.write(text)
+        write_text(file, text)
         output.info(f"wrote {file}")
     else:
         sys.stdout.write(text)
 
 
 @app.command("apply")
-def apply_cmd(file: str = typer.Option(..., "--file", "-f", help="YAML desired state."),
+def apply_cmd(file: Optional[str] = typer.Option(None, "--file", "-f", help="YAML desired state."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Show the difference only."),
+              schema: bool = typer.Option(False, "--schema",
+                                          help="Print the file format's JSON Schema and exit."),
               node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Make the whole configuration what FILE says, and print the difference."""
-    import yaml
+    import json
 
-    from .config import build_state, diff
-    from .errors import InvalidInput
-    from .store import Store
+    from . import config
+    from .errors import UsageError
 
-    try:
-        with open(file) as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as e:
-        raise InvalidInput(f"cannot read {file}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidInput(f"{file}: malformed YAML{where}") from None
-    with Store(node) as store:
-        current = store.load()
-    try:
-        target = build_state(doc, current)
-    except EniplaneError as e:
-        raise type(e)(f"{file}: {e}") from None
-    changes = diff(current, target)
+    if schema:
+        sys.stdout.write(json.dumps(config.schema(), indent=2) + "\n")
+        return
+    if file is None:
+        raise UsageError("apply needs --file FILE (or --schema)")
+    doc = config.read_doc(file)
+    current = _state(node)
+    with config.within(file):
+        target = config.build_state(doc, current)
+    changes = config.diff(current, target)
     if not dry_run and changes:
         def replace(st):
             st.__dict__.update(target.copy().__dict__)
