@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from . import loader, output
+from . import loader, output, params
 from .errors import EniplaneError
 from .output import Format
 
@@ -29,7 +29,8 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except EniplaneError as e:
-            sys.stderr.write(f"eniplane: error: {e}\n")
+            for line in str(e).splitlines():  # several problems (apply -f) are several lines
+                sys.stderr.write(f"eniplane: error: {line}\n")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("eniplane: interrupted\n")
@@ -63,7 +64,8 @@ app.add_typer(flows_app, name="flows")
 # ---- node life cycle ----------------------------------------------------------------------
 @app.command()
 def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface facing the workers."),
-       fabric_ip: str = typer.Option(..., "--fabric-ip", "-a", help="The node's tunnel address."),
+       fabric_ip: str = typer.Option(..., "--fabric-ip", "-a", callback=params.ipv4,
+                                     help="The node's tunnel address."),
        netns: Optional[str] = typer.Option(None, "--netns", "-N", help="Namespace of the node."),
        mode: str = typer.Option("auto", "--mode", "-m",
                                 help="XDP mode: auto (native, else generic), native, generic."),
@@ -227,11 +229,10 @@ def lab_list(out: Format = OUT_OPT) -> None:
 
 # ---- control plane ------------------------------------------------------------------------
 def _state(node: str):
-    """The stored desired state, for commands that only read it."""
+    """The stored desired state, for commands that only read it (creates nothing)."""
     from .store import Store
 
-    with Store(node) as store:
-        return store.load()
+    return Store.peek(node)
 
 
 def _report(rep) -> None:
@@ -251,11 +252,13 @@ def _change(node: str, mutate, done: str) -> object:
 
 @vpc_app.command("add")
 def vpc_add(vpc_id: str = typer.Argument(..., metavar="ID"),
-            cidr: str = typer.Option(..., "--cidr", "-c", help="The VPC's CIDR."),
+            cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr,
+                                     help="The VPC's CIDR."),
             iface: str = typer.Option(..., "--iface", "-i", help="Node interface into the VPC."),
-            gateway: str = typer.Option(..., "--gateway", "-g", help="The VPC gateway's address."),
+            gateway: str = typer.Option(..., "--gateway", "-g", callback=params.ipv4,
+                                        help="The VPC gateway's address."),
             gateway_mac: Optional[str] = typer.Option(
-                None, "--gateway-mac", "-G",
+                None, "--gateway-mac", "-G", callback=params.mac,
                 help="Pin the gateway's MAC (default: learned from its first ARP, then kept)."),
             node: str = NODE_OPT) -> None:
     """Attach a VPC through one of the node's interfaces."""
@@ -321,7 +324,8 @@ def vpc_del(vpc_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OP
 @subnet_app.command("add")
 def subnet_add(subnet_id: str = typer.Argument(..., metavar="ID"),
                vpc: str = typer.Option(..., "--vpc", "-v"),
-               cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+               cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr),
+               node: str = NODE_OPT) -> None:
     """Add a subnet inside a VPC."""
     _change(node, lambda st: st.add_subnet(subnet_id, vpc, cidr), f"subnet {subnet_id} added")
 
@@ -352,21 +356,27 @@ def sg_add(sg_id: str = typer.Argument(..., metavar="ID"),
 
 
 def _rule_args(egress: bool, ingress: bool, proto: str, ports: Optional[str], cidr: str):
-    from .errors import UsageError
+    from .errors import InvalidInput, UsageError
     from .model import State
 
     if egress == ingress:
         raise UsageError("give exactly one of --egress or --ingress")
-    return State.make_rule("egress" if egress else "ingress", proto, ports, cidr)
+    try:
+        return State.make_rule("egress" if egress else "ingress", proto, ports, cidr)
+    except InvalidInput as e:  # only the options are involved, e.g. --ports with --proto icmp
+        raise UsageError(str(e)) from None
 
 
 @rule_app.command("add")
 def rule_add(sg_id: str = typer.Argument(..., metavar="SG"),
              egress: bool = typer.Option(False, "--egress", "-E"),
              ingress: bool = typer.Option(False, "--ingress", "-I"),
-             proto: str = typer.Option(..., "--proto", "-p", help="tcp, udp, icmp or all."),
-             ports: Optional[str] = typer.Option(None, "--ports", "-P", help="P or P-Q."),
-             cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+             proto: str = typer.Option(..., "--proto", "-p", callback=params.proto,
+                                       help="tcp, udp, icmp or all."),
+             ports: Optional[str] = typer.Option(None, "--ports", "-P", callback=params.ports,
+                                                 help="P or P-Q."),
+             cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr),
+             node: str = NODE_OPT) -> None:
     """Add a rule; egress rules apply to new flows at once."""
     rule = _rule_args(egress, ingress, proto, ports, cidr)
     _change(node, lambda st: st.add_rule(sg_id, rule), f"rule added to {sg_id}")
@@ -376,9 +386,10 @@ def rule_add(sg_id: str = typer.Argument(..., metavar="SG"),
 def rule_del(sg_id: str = typer.Argument(..., metavar="SG"),
              egress: bool = typer.Option(False, "--egress", "-E"),
              ingress: bool = typer.Option(False, "--ingress", "-I"),
-             proto: str = typer.Option(..., "--proto", "-p"),
-             ports: Optional[str] = typer.Option(None, "--ports", "-P"),
-             cidr: str = typer.Option(..., "--cidr", "-c"), node: str = NODE_OPT) -> None:
+             proto: str = typer.Option(..., "--proto", "-p", callback=params.proto),
+             ports: Optional[str] = typer.Option(None, "--ports", "-P", callback=params.ports),
+             cidr: str = typer.Option(..., "--cidr", "-c", callback=params.cidr),
+             node: str = NODE_OPT) -> None:
     """Delete a rule; flows it allowed keep working until they end or are flushed (as in AWS)."""
     rule = _rule_args(egress, ingress, proto, ports, cidr)
     _change(node, lambda st: st.del_rule(sg_id, rule), f"rule deleted from {sg_id}")
@@ -422,9 +433,9 @@ def sg_del(sg_id: str = typer.Argument(..., metavar="SG"), node: str = NODE_OPT)
 
 
 @worker_app.command("add")
-def worker_add(ip: str = typer.Argument(..., metavar="IP"),
+def worker_add(ip: str = typer.Argument(..., metavar="IP", callback=params.ipv4),
                mac: Optional[str] = typer.Option(
-                   None, "--mac", "-m",
+                   None, "--mac", "-m", callback=params.mac,
                    help="Pin the worker's MAC (default: learned from its first frame, then kept)."),
                node: str = NODE_OPT) -> None:
     """Allow a worker host (its outer address) to send tunnel traffic."""
@@ -474,7 +485,8 @@ def worker_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 
 
 @worker_app.command("del")
-def worker_del(ip: str = typer.Argument(..., metavar="IP"), node: str = NODE_OPT) -> None:
+def worker_del(ip: str = typer.Argument(..., metavar="IP", callback=params.ipv4),
+               node: str = NODE_OPT) -> None:
     """Stop accepting tunnel traffic from a worker."""
     _change(node, lambda st: st.del_worker(ip), f"worker {ip} deleted")
 
@@ -663,46 +675,38 @@ def export_cmd(node: str = NODE_OPT,
     """Write the declared state as YAML (what `apply -f` takes)."""
     import yaml
 
-    from .config import export_doc
-    from .store import Store
+    from .config import export_doc, write_text
 
-    with Store(node) as store:
-        text = yaml.safe_dump(export_doc(store.load()), sort_keys=False)
+    text = yaml.safe_dump(export_doc(_state(node)), sort_keys=False)
     if file:
-        with open(file, "w") as fh:
-            fh.write(text)
+        write_text(file, text)
         output.info(f"wrote {file}")
     else:
         sys.stdout.write(text)
 
 
 @app.command("apply")
-def apply_cmd(file: str = typer.Option(..., "--file", "-f", help="YAML desired state."),
+def apply_cmd(file: Optional[str] = typer.Option(None, "--file", "-f", help="YAML desired state."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Show the difference only."),
+              schema: bool = typer.Option(False, "--schema",
+                                          help="Print the file format's JSON Schema and exit."),
               node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Make the whole configuration what FILE says, and print the difference."""
-    import yaml
+    import json
 
-    from .config import build_state, diff
-    from .errors import InvalidInput
-    from .store import Store
+    from . import config
+    from .errors import UsageError
 
-    try:
-        with open(file) as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as e:
-        raise InvalidInput(f"cannot read {file}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidInput(f"{file}: malformed YAML{where}") from None
-    with Store(node) as store:
-        current = store.load()
-    try:
-        target = build_state(doc, current)
-    except EniplaneError as e:
-        raise type(e)(f"{file}: {e}") from None
-    changes = diff(current, target)
+    if schema:
+        sys.stdout.write(json.dumps(config.schema(), indent=2) + "\n")
+        return
+    if file is None:
+        raise UsageError("apply needs --file FILE (or --schema)")
+    doc = config.read_doc(file)
+    current = _state(node)
+    with config.within(file):
+        target = config.build_state(doc, current)
+    changes = config.diff(current, target)
     if not dry_run and changes:
         def replace(st):
             st.__dict__.update(target.copy().__dict__)

@@ -1,10 +1,16 @@
 """The declarative file format of `eniplane apply -f` and `eniplane export`.
 
-Contract: `export_doc(state)` writes what an operator declares (VPCs, subnets, security groups,
-workers, functions); ENIs are derived, never declared. `build_state(doc, current)` builds the
-State that the document describes through the same validated operations the CLI uses, reusing the
-current state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
-applying again changes nothing. `diff(old, new)` lists what an apply would change.
+Contract: the pydantic models below are the format: every level forbids keys it does not know, so a
+typo (`port:` for `ports:`, `egres:`, `gatway:`) is an error, never a silently dropped setting, and
+`schema()` is the JSON Schema they generate (`eniplane apply --schema`, for editors). `parse(doc)`
+checks the shape only and raises InvalidDocument with one line per problem, each naming its path
+(`security_groups[0].egress[1]: unknown key 'port' (did you mean 'ports'?)`). What the values mean
+(CIDRs, addresses, ports, references) is checked by the State operations in model.py, which
+`build_state` goes through exactly as the CLI does. `export_doc(state)` writes what an operator
+declares; ENIs are derived, never declared. `build_state(doc, current)` reuses the current state's
+ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and applying again
+changes nothing. `diff(old, new)` lists what an apply would change. `read_doc`/`write_text` turn
+every file error into one FileError line.
 
     vpcs:     [{id, cidr, iface, gateway, gateway_mac?}]
     subnets:  [{id, vpc, cidr}]
@@ -15,14 +21,208 @@ applying again changes nothing. `diff(old, new)` lists what an apply would chang
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator, Optional
 
-from .errors import EniplaneError, InvalidInput
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
+                      model_validator)
+
+from .errors import EniplaneError, FileError, InvalidInput
 from .model import State
+from .sgcompile import PROTO_NUMBERS
 
 KINDS = ("vpcs", "subnets", "security_groups", "workers", "functions")
 
 
+class InvalidDocument(InvalidInput):
+    """The file's shape is wrong: one message line per problem, each starting with its path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ---- the format -----------------------------------------------------------------------------
+class _Strict(BaseModel):
+    # YAML reads `ports: 80` or `id: 7` as numbers; they mean the text written. Booleans, lists
+    # and mappings where text belongs stay errors.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+# Semantic checks live in model.py; these schema hints only help editors.
+Proto = Annotated[str, WithJsonSchema({"enum": list(PROTO_NUMBERS)})]
+Ports = Annotated[Optional[str], WithJsonSchema({"anyOf": [
+    {"type": "string", "pattern": r"^(all|\d{1,5}(-\d{1,5})?)$"}, {"type": "integer"},
+    {"type": "null"}]})]
+
+
+class VpcDoc(_Strict):
+    id: str
+    cidr: str = Field(description="The VPC's CIDR, e.g. 10.0.0.0/16.")
+    iface: str = Field(description="The node's interface into the VPC.")
+    gateway: str = Field(description="The VPC gateway's address, inside cidr.")
+    gateway_mac: Optional[str] = Field(
+        None, description="Pins the gateway's MAC; absent: learned from its first ARP, then kept.")
+
+
+class SubnetDoc(_Strict):
+    id: str
+    vpc: str
+    cidr: str
+
+
+class RuleDoc(_Strict):
+    proto: Proto = Field(description="tcp, udp, icmp or all.")
+    ports: Ports = Field(None, description="'P', 'P-Q' or 'all' (tcp and udp); absent: all.")
+    cidr: str = Field(description="The remote side, e.g. 10.0.0.0/16.")
+
+
+class SecurityGroupDoc(_Strict):
+    id: str
+    vpc: str
+    egress: Optional[list[RuleDoc]] = None
+    ingress: Optional[list[RuleDoc]] = None
+
+
+class WorkerDoc(_Strict):
+    """A worker host: its tunnel address, or a mapping that also pins its MAC."""
+    model_config = ConfigDict(json_schema_extra=lambda s: s.update(
+        {"anyOf": [{"type": "string"}, {k: v for k, v in s.items() if k != "anyOf"}]}))
+    ip: str = Field(description="The worker's tunnel (outer source) address.")
+    mac: Optional[str] = Field(
+        None, description="Pins the worker's MAC; absent: learned from its first frame, then kept.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_alone(cls, v: Any) -> Any:
+        return {"ip": v} if isinstance(v, (str, int)) else v
+
+
+class FunctionDoc(_Strict):
+    name: str
+    subnets: list[str]
+    security_groups: list[str] = Field(description="At most 5.")
+    workers: Optional[list[str]] = Field(
+        None, description="The workers it is placed on: only they may send on its ENIs.")
+
+
+class Document(_Strict):
+    """The desired state of one node, as `eniplane apply -f` takes it."""
+
+    model_config = ConfigDict(title="eniplane configuration")
+    vpcs: Optional[list[VpcDoc]] = None
+    subnets: Optional[list[SubnetDoc]] = None
+    security_groups: Optional[list[SecurityGroupDoc]] = None
+    workers: Optional[list[WorkerDoc]] = Field(None, description="Worker hosts.")
+    functions: Optional[list[FunctionDoc]] = None
+
+
+def schema() -> dict[str, Any]:
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Document.model_json_schema()}
+
+
+def _yaml_type(v: Any) -> str:
+    if v is None:
+        return "nothing (null)"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel]:
+    """The model that validates the mapping at loc (list indexes skipped)."""
+    m: type[BaseModel] = Document
+    for part in loc:
+        if isinstance(part, str):
+            m = _inner_model(m.model_fields[part].annotation) or m
+    return m
+
+
+def _inner_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in getattr(tp, "__args__", ()):
+        found = _inner_model(arg)
+        if found:
+            return found
+    return None
+
+
+def _problem(err: dict[str, Any]) -> str:
+    loc, kind = tuple(err["loc"]), err["type"]
+    where = _path(loc)
+    if kind == "extra_forbidden":
+        where, key = _path(loc[:-1]), str(loc[-1])
+        names = list(_model_at(loc[:-1]).model_fields)
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "keys: " + ", ".join(names)
+        msg = f"unknown key {key!r} ({hint})"
+    elif kind == "missing":
+        where, msg = _path(loc[:-1]), f"missing required key {loc[-1]!r}"
+    elif kind == "model_type" and not loc:
+        msg = (f"the file must be a mapping with {', '.join(KINDS)}, "
+               f"not {_yaml_type(err['input'])}")
+    elif kind in ("model_type", "dict_type", "list_type", "string_type"):
+        expected = {"list_type": "a list", "string_type": "a string"}.get(kind, "a mapping")
+        msg = f"expected {expected}, got {_yaml_type(err['input'])}"
+    else:
+        msg = err["msg"]
+    return f"{where}: {msg}" if where else msg
+
+
+def parse(doc: Any) -> Document:
+    """The document's shape, or InvalidDocument listing every problem."""
+    try:
+        return Document.model_validate({} if doc is None else doc)
+    except ValidationError as e:
+        raise InvalidDocument([_problem(err) for err in e.errors()]) from None
+
+
+# ---- files ----------------------------------------------------------------------------------
+def read_doc(file: str) -> Any:
+    """The YAML document in file; every way of failing is one line."""
+    import yaml
+
+    try:
+        with open(file, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except OSError as e:
+        raise FileError(f"cannot read {file}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{file}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidInput(f"{file}: malformed YAML{where}") from None
+
+
+def write_text(file: str, text: str) -> None:
+    try:
+        with open(file, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise FileError(f"cannot write {file}: {e.strerror}") from None
+
+
+@contextmanager
+def within(file: str) -> Iterator[None]:
+    """Prefix every line of a domain error with the file it is about (editors jump to it)."""
+    try:
+        yield
+    except EniplaneError as e:
+        e.message = "\n".join(f"{file}: {line}" for line in e.message.splitlines())
+        raise
+
+
+# ---- documents and states -------------------------------------------------------------------
 def export_doc(st: State) -> dict[str, Any]:
     def rules(g, d):
         return [{"proto": r.proto, "ports": r.ports, "cidr": r.cidr}
@@ -45,38 +245,22 @@ def export_doc(st: State) -> dict[str, Any]:
     }
 
 
-def _items(doc: dict, kind: str) -> list:
-    v = doc.get(kind) or []
-    if not isinstance(v, list):
-        raise InvalidInput(f"{kind}: expected a list, got {type(v).__name__}")
-    return v
-
-
-def _field(item: Any, kind: str, i: int, name: str, required: bool = True) -> Any:
-    if not isinstance(item, dict):
-        raise InvalidInput(f"{kind}[{i}]: expected a mapping")
-    if name not in item:
-        if required:
-            raise InvalidInput(f"{kind}[{i}]: missing '{name}'")
-        return None
-    return item[name]
+@contextmanager
+def _at(path: str) -> Iterator[None]:
+    """Name the entry a State operation refused."""
+    try:
+        yield
+    except EniplaneError as e:
+        e.message = f"{path}: {e.message}"
+        raise
 
 
 def build_state(doc: Any, current: State) -> State:
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise InvalidInput("the file must be a mapping with vpcs, subnets, security_groups, "
-                           "workers and functions")
-    unknown = set(doc) - set(KINDS)
-    if unknown:
-        raise InvalidInput(f"unknown section {sorted(unknown)[0]!r} (sections: {', '.join(KINDS)})")
+    d = parse(doc)
     st = State()
-    for i, v in enumerate(_items(doc, "vpcs")):
-        f = lambda n: str(_field(v, "vpcs", i, n))  # noqa: E731
-        gmac = _field(v, "vpcs", i, "gateway_mac", required=False)
-        st.add_vpc(f("id"), f("cidr"), f("iface"), f("gateway"),
-                   str(gmac) if gmac is not None else None)
+    for i, v in enumerate(d.vpcs or []):
+        with _at(f"vpcs[{i}]"):
+            st.add_vpc(v.id, v.cidr, v.iface, v.gateway, v.gateway_mac)
     # VPCs that stay keep their datapath handle (flow keys use it); new ones get fresh ones
     old_idx = {v.id: v.idx for v in current.vpcs.values()}
     next_idx = max(old_idx.values(), default=0) + 1
@@ -85,50 +269,33 @@ def build_state(doc: Any, current: State) -> State:
             vpc.idx = old_idx[vpc.id]
         else:
             vpc.idx, next_idx = next_idx, next_idx + 1
-    for i, s in enumerate(_items(doc, "subnets")):
-        st.add_subnet(str(_field(s, "subnets", i, "id")), str(_field(s, "subnets", i, "vpc")),
-                      str(_field(s, "subnets", i, "cidr")))
-    for i, g in enumerate(_items(doc, "security_groups")):
-        gid = str(_field(g, "security_groups", i, "id"))
-        st.add_sg(gid, str(_field(g, "security_groups", i, "vpc")))
-        for d in ("egress", "ingress"):
-            for j, r in enumerate(_field(g, "security_groups", i, d, required=False) or []):
-                where = f"security_groups[{i}].{d}"
-                ports = _field(r, where, j, "ports", required=False)
-                ports = None if ports in (None, "all") else str(ports)
-                st.add_rule(gid, st.make_rule(d, str(_field(r, where, j, "proto")), ports,
-                                              str(_field(r, where, j, "cidr"))))
-    for i, w in enumerate(_items(doc, "workers")):
-        if isinstance(w, dict):
-            mac = _field(w, "workers", i, "mac", required=False)
-            st.add_worker(str(_field(w, "workers", i, "ip")), str(mac) if mac else None)
-        else:
-            st.add_worker(str(w))
+    for i, s in enumerate(d.subnets or []):
+        with _at(f"subnets[{i}]"):
+            st.add_subnet(s.id, s.vpc, s.cidr)
+    for i, g in enumerate(d.security_groups or []):
+        with _at(f"security_groups[{i}]"):
+            st.add_sg(g.id, g.vpc)
+        for direction in ("egress", "ingress"):
+            for j, r in enumerate(getattr(g, direction) or []):
+                ports = None if r.ports in (None, "all") else r.ports
+                with _at(f"security_groups[{i}].{direction}[{j}]"):
+                    st.add_rule(g.id, st.make_rule(direction, r.proto, ports, r.cidr))
+    for i, w in enumerate(d.workers or []):
+        with _at(f"workers[{i}]"):
+            st.add_worker(w.ip, w.mac)
     # ENIs that still fit are offered first, so their addresses and VNIs survive
     st.enis = {e.id: e for e in current.enis.values()
                if e.subnet in st.subnets and all(g in st.sgs for g in e.sgs)}
-    batch = []
-    for i, fn in enumerate(_items(doc, "functions")):
-        subs = _field(fn, "functions", i, "subnets")
-        sgs = _field(fn, "functions", i, "security_groups")
-        if not isinstance(subs, list) or not isinstance(sgs, list):
-            raise InvalidInput(f"functions[{i}]: subnets and security_groups must be lists")
-        workers = _field(fn, "functions", i, "workers", required=False) or []
-        if not isinstance(workers, list):
-            raise InvalidInput(f"functions[{i}]: workers must be a list")
-        batch.append((str(_field(fn, "functions", i, "name")), [str(x) for x in subs],
-                      [str(x) for x in sgs], [str(x) for x in workers]))
     seen: set[str] = set()
-    for name, _, _, _ in batch:
-        if name in seen:
-            raise InvalidInput(f"function {name} is declared twice")
-        seen.add(name)
-    st.attach_many([(n, s, g) for n, s, g, _ in batch], prune=False)
-    for name, _, _, workers in batch:
-        try:
-            st.place_function(name, workers)
-        except EniplaneError as e:
-            raise InvalidInput(f"function {name}: {e}") from None
+    for i, fn in enumerate(d.functions or []):
+        if fn.name in seen:
+            raise InvalidInput(f"functions[{i}]: function {fn.name} is declared twice")
+        seen.add(fn.name)
+    st.attach_many([(fn.name, fn.subnets, fn.security_groups) for fn in d.functions or []],
+                   prune=False)
+    for i, fn in enumerate(d.functions or []):
+        with _at(f"functions[{i}]"):
+            st.place_function(fn.name, fn.workers or [])
     st._prune_enis()
     return st
 

@@ -41,6 +41,10 @@ class InvalidInput(EniplaneError):
     pass
 
 
+class FileError(EniplaneError):
+    """A file named on the command line cannot be read or written (message carries strerror)."""
+
+
 class BpfError(EniplaneError):
     """A bpf(2) call failed; errno is kept so callers can tell ENOENT from the rest."""
 

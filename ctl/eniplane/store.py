@@ -86,6 +86,28 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @classmethod
+    def peek(cls, node: str, path: Path | None = None) -> State:
+        """The stored State, read only: no directory or database is created, and a node that
+        never stored anything reads as an empty State (dry runs and listings use this)."""
+        path = path or paths.state_dir(node) / "state.db"
+        if not path.exists():
+            return State()
+        self = cls.__new__(cls)  # __init__ would create the schema
+        self.node, self.path = node, path
+        try:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is not None and int(row[0]) != SCHEMA_VERSION:
+                    raise EniplaneError(f"{path} has schema {row[0]}; this eniplane knows "
+                                        f"{SCHEMA_VERSION}")
+                return self.load()
+            finally:
+                self.db.close()
+        except sqlite3.Error as e:
+            raise EniplaneError(f"cannot read the state store {path}: {e}") from None
+
     def load(self) -> State:
         st = State()
         q = self.db.execute

@@ -66,7 +66,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(lab, cli_node):
     assert p.returncode == 1 and "no-such-ns" in p.stderr
     p = cli("up", "--netns", lab.node_ns, "--fabric-if", "fab0", "--fabric-ip", "300.1.1.1",
             "--node", cli_node, check=False)
-    assert p.returncode == 1 and "300.1.1.1" in p.stderr
+    assert p.returncode == 2 and "300.1.1.1" in p.stderr and "--fabric-ip" in p.stderr
     assert not paths.pin_dir(cli_node).exists()
     p = cli("down", "--node", cli_node, check=False)
     assert p.returncode == 1 and "not up" in p.stderr
