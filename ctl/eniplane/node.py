@@ -15,7 +15,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import bpfsys, netlink, paths
+from . import bpfsys, lock, netlink, paths
 from .datapath import TX_SLOT_FABRIC
 from .loader import PROG_FABRIC, PROG_VPC, PROGRAMS
 from .errors import AlreadyExists, EniplaneError, InvalidInput, NotFound
@@ -63,6 +63,7 @@ def is_up(node: str) -> bool:
         return False
 
 
+@lock.locked
 def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode: str = "auto",
        gateway_mac: str = DEFAULT_GATEWAY_MAC, defines: dict[str, int] | None = None) -> NodeRecord:
     from . import loader
@@ -106,6 +107,7 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
             os.close(fd)
 
 
+@lock.locked
 def down(node: str, keep_maps: bool = False) -> list[str]:
     """Detach every program of the node and remove its pins; returns the interfaces detached."""
     rec = NodeRecord.load(node)

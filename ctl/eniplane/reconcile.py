@@ -6,6 +6,9 @@ compiled security groups; what the state no longer has is removed, an ENI's flow
 idempotent, so `eniplane sync` after a reboot, a reload or a crash brings the datapath back to
 exactly the stored state. `change()` runs one mutation under a store transaction and reconciles
 before committing: when either fails, the store is rolled back and the maps re-synced to it.
+Both `change()` and `sync()` hold the node lock (lock.py) throughout, the failure path included:
+a re-sync to the committed store is only right while no other command can be between its own
+reconcile and commit.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
+from . import lock
 from . import node as nodemod
 from .errors import EniplaneError
 from .loader import PROG_VPC
@@ -104,8 +108,8 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
 
 def change(node: str, mutate: Callable[[State], T]) -> tuple[T, Report]:
     """Validate and apply one change to the store and, when the node is up, to the maps."""
-    up = nodemod.is_up(node)
-    with Store(node) as store:
+    with lock.held(node), Store(node) as store:
+        up = nodemod.is_up(node)
         try:
             with store.transaction() as st:
                 result = mutate(st)
@@ -121,5 +125,5 @@ def change(node: str, mutate: Callable[[State], T]) -> tuple[T, Report]:
 
 
 def sync(node: str) -> Report:
-    with Store(node) as store:
+    with lock.held(node), Store(node) as store:
         return reconcile(node, store.load())

@@ -3,7 +3,9 @@
 Contract: `load()` returns the whole State; `transaction()` yields a State to change and writes it
 back in one SQLite transaction when the body returns, or leaves the database untouched when the
 body raises (the body is where the maps get reconciled, so a failure there undoes both). The
-schema is normalised and versioned; the file is state.db in paths.state_dir(node).
+schema is normalised and versioned; the file is state.db in paths.state_dir(node). Writers are
+serialised by the node lock (lock.py), not by SQLite; SQLite's own locking only makes a reader
+wait out a commit (BUSY_TIMEOUT), and any SQLite error becomes one EniplaneError line.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ MIGRATIONS = {
         "ALTER TABLE functions ADD COLUMN workers TEXT NOT NULL DEFAULT ''"),
 }
 TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers")
+# Seconds a connection waits for another one's SQLite lock. With writers serialised by the node
+# lock this only covers a reader meeting a commit, which takes milliseconds.
+BUSY_TIMEOUT = 10.0
+
+
+@contextmanager
+def _sqlite_errors(path: Path, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise EniplaneError(f"state store {path}: {doing} failed: {e}") from None
 
 
 class Store:
@@ -51,17 +64,17 @@ class Store:
         self.path = path or paths.state_dir(node) / "state.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
             self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as e:
             raise EniplaneError(f"cannot open the state store {self.path}: {e}") from None
-        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise EniplaneError(f"{self.path} has schema {row[0]}; this eniplane knows "
                                 f"{SCHEMA_VERSION} (a newer eniplane wrote it)")
-        elif int(row[0]) < SCHEMA_VERSION:
+        if row is not None and int(row[0]) < SCHEMA_VERSION:
             self._migrate(int(row[0]))
 
     def _migrate(self, version: int) -> None:
@@ -109,6 +122,10 @@ class Store:
             raise EniplaneError(f"cannot read the state store {path}: {e}") from None
 
     def load(self) -> State:
+        with _sqlite_errors(self.path, "reading"):
+            return self._load()
+
+    def _load(self) -> State:
         st = State()
         q = self.db.execute
         for vid, idx, cidr, iface, gw, gmac in q(
@@ -158,12 +175,18 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[State]:
         """Yield the current State; what the body leaves in it is committed atomically."""
-        self.db.execute("BEGIN IMMEDIATE")
+        with _sqlite_errors(self.path, "starting a transaction"):
+            self.db.execute("BEGIN IMMEDIATE")
         try:
             st = self.load()
             yield st
-            self._write(st)
-            self.db.execute("COMMIT")
+            with _sqlite_errors(self.path, "writing"):
+                self._write(st)
+                self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error that got us here is the one to report
             raise
