@@ -13,6 +13,31 @@ PKGS=(python3-bpfcc iproute2 python3-venv ethtool nftables iputils-ping ruby)
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*" >&2; }
 
+# The `eniplane` command on PATH: a two-line launcher into the venv. A file there that does not
+# carry our marker is someone else's (another install, a package) and is never overwritten.
+LAUNCHER_DIR=${ENIPLANE_LAUNCHER_DIR:-/usr/local/bin}
+LAUNCHER_MARK="# eniplane launcher, written by scripts/setup.sh (safe to delete)"
+install_launcher() {
+    local dest="$LAUNCHER_DIR/eniplane" want
+    want=$(printf '#!/bin/sh\n%s\nexec "%s/bin/eniplane" "$@"' "$LAUNCHER_MARK" "$VENV")
+    if [ -e "$dest" ] || [ -L "$dest" ]; then
+        if ! grep -qxF "$LAUNCHER_MARK" "$dest" 2>/dev/null; then
+            say "left $dest alone (not eniplane's launcher); the command is $VENV/bin/eniplane"
+            return 0
+        fi
+        [ "$(cat "$dest")" = "$want" ] && return 0
+    fi
+    mkdir -p "$LAUNCHER_DIR" || die "cannot create $LAUNCHER_DIR"
+    local tmp="$dest.tmp.$$"
+    printf '%s\n' "$want" >"$tmp" && chmod 755 "$tmp" && mv -f "$tmp" "$dest" \
+        || { rm -f "$tmp"; die "cannot write $dest"; }
+    say "installed $dest (runs $VENV/bin/eniplane)"
+}
+if [ "${1:-}" = --launcher ]; then  # only the launcher (the tests use this with a temporary dir)
+    install_launcher
+    exit 0
+fi
+
 [ "$(id -u)" = 0 ] || die "must run as root (eniplane loads BPF programs and creates network namespaces)"
 
 kver=$(uname -r)
@@ -90,6 +115,8 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
         || die "pip install of eniplane failed"
     touch "$STAMP"
 fi
+
+install_launcher
 
 # Prove that this kernel lets us load BPF: a two-instruction socket filter, no compiler needed.
 "$VENV/bin/python" -m eniplane.bpfsys --probe || die "this kernel refuses to load BPF programs (need root with CAP_BPF, CAP_NET_ADMIN)"

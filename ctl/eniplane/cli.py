@@ -9,11 +9,12 @@ Heavy modules (bcc, pyroute2, rich) are imported inside the commands that need t
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import loader, output, params
 from .errors import EniplaneError
@@ -24,7 +25,31 @@ NODE_OPT = typer.Option("default", "--node", "-n", envvar="ENIPLANE_NODE",
 OUT_OPT = typer.Option(Format.table, "--output", "-o", help="table for people, json for scripts.")
 
 
-class _Group(TyperGroup):
+class _PlainHelp:
+    """Help shows what a user types. Typer 0.2x prints a flag's type (`<bool>`, even for --help)
+    and braces round required arguments in the usage line (`{ID}`); neither is ever typed."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""  # a flag takes no value: nothing to show in the type column
+        return params
+
+    def collect_usage_pieces(self, ctx):  # type: ignore[no-untyped-def]
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [re.sub(r"\{([^{}]*)\}", r"\1", p) for p in pieces]
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _SubGroup(_PlainHelp, TyperGroup):
+    pass
+
+
+class _Group(_SubGroup):
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
@@ -39,16 +64,16 @@ class _Group(TyperGroup):
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False,
                   help="eniplane: shared-ENI network function (XDP datapath, Python control plane).")
-lab_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="The namespace lab.")
-maps_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Inspect the pinned maps.")
-vpc_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Customer VPCs attached to the node.")
-subnet_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Subnets of the VPCs.")
-sg_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Security groups.")
-rule_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Security-group rules.")
-worker_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Worker hosts allowed to tunnel.")
-function_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Functions and their ENIs.")
-eni_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, help="Shared ENIs (derived).")
-flows_app = typer.Typer(cls=TyperGroup, invoke_without_command=True, help="Flows in the datapath.")
+lab_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="The namespace lab.")
+maps_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Inspect the pinned maps.")
+vpc_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Customer VPCs attached to the node.")
+subnet_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Subnets of the VPCs.")
+sg_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Security groups.")
+rule_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Security-group rules.")
+worker_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Worker hosts allowed to tunnel.")
+function_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Functions and their ENIs.")
+eni_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Shared ENIs (derived).")
+flows_app = typer.Typer(cls=_SubGroup, invoke_without_command=True, help="Flows in the datapath.")
 app.add_typer(lab_app, name="lab")
 app.add_typer(maps_app, name="maps")
 app.add_typer(vpc_app, name="vpc")
@@ -94,11 +119,18 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
 def down(keep_maps: bool = typer.Option(False, "--keep-maps",
                                         help="Keep the pinned maps (flows survive a reload)."),
          node: str = NODE_OPT) -> None:
-    """Detach the programs and remove the node's pins."""
+    """Detach the programs and remove the node's pins (found from the pins if its record is lost)."""
     from . import node as nodemod
 
-    detached = nodemod.down(node, keep_maps)
-    output.info(f"node {node} is down (detached from {', '.join(detached) or 'no interface'})")
+    rep = nodemod.down(node, keep_maps)
+    detached = ", ".join(rep.detached) or "no interface"
+    if rep.had_record:
+        output.info(f"node {node} is down (detached from {detached})")
+        return
+    output.info(f"node {node} had no record (state directory lost?); from its pins: detached "
+                f"from {detached}" + (f", removed {rep.removed}" if rep.removed else ""))
+    for note in rep.notes:
+        output.info(f"note: {note}")
 
 
 @app.command()
@@ -138,9 +170,11 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         with Datapath(node) as dp:
             counters = dp.stats()
         data = {"node": node, "counters": counters}
+    if nonzero:  # for scripts as for people: -o json lists the same counters as the table
+        data["counters"] = {k: v for k, v in data["counters"].items() if v}
 
     def render(d: dict) -> None:
-        rows = [(k, f"{v:,}") for k, v in d["counters"].items() if v or not nonzero]
+        rows = [(k, f"{v:,}") for k, v in d["counters"].items()]
         output.table(f"node {node} counters" + (f", ENI {eni}" if eni else ""),
                      ["counter", "value"], rows)
 
@@ -207,12 +241,18 @@ def lab_up(name: Optional[str] = typer.Option(None, "--name", help="Prefix (defa
 
 
 @lab_app.command("down")
-def lab_down(name: Optional[str] = typer.Argument(None, help="Lab name; all labs when omitted.")) -> None:
-    """Remove a lab's namespaces and processes."""
+def lab_down(name: Optional[str] = typer.Argument(None, metavar="NAME", help="The lab to remove."),
+             all_labs: bool = typer.Option(False, "--all", help="Remove every lab on this machine.")
+             ) -> None:
+    """Remove a lab's namespaces and processes (NAME, or every lab with --all)."""
+    from .errors import UsageError
     from .lab import Lab
 
-    names = [name] if name else Lab.all()
-    for n in names:
+    if name and all_labs:
+        raise UsageError("give a lab name or --all, not both")
+    if not name and not all_labs:  # labs may be other users': removing them all is asked for
+        raise UsageError(f"give a lab name or --all (labs: {', '.join(Lab.all()) or 'none'})")
+    for n in [name] if name else Lab.all():
         Lab.load(n).destroy()
         output.info(f"lab {n} removed")
 
@@ -613,6 +653,34 @@ def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
             "tcp_flags": f["tcp_flags"], "last_seen_ns": f["last_seen_ns"]}
 
 
+def _flow_vnis(st, eni: Optional[str], vpc: Optional[str]) -> Optional[set[int]]:
+    """The VNIs that --eni and --vpc select (None: no filter)."""
+    vnis = None
+    if eni:
+        vnis = {st.eni(eni).vni}
+    if vpc:
+        st.vpc(vpc)
+        in_vpc = {e.vni for e in st.enis.values() if st.subnets[e.subnet].vpc == vpc}
+        vnis = in_vpc if vnis is None else vnis & in_vpc
+    return vnis
+
+
+def _group_option(ctx: typer.Context, name: str, value):
+    """`flows --node X flush` must mean `flows flush --node X`: the group parses options written
+    before the subcommand, so the subcommand takes them unless it was given its own. The
+    command line beats the environment, which beats the default; two different values on the
+    command line are a usage error rather than a guess."""
+    from .errors import UsageError
+
+    rank = {"COMMANDLINE": 2, "ENVIRONMENT": 1}  # by name: Typer vendors its own click
+    parent = ctx.parent
+    theirs = rank.get(getattr(parent.get_parameter_source(name), "name", ""), 0) if parent else 0
+    ours = rank.get(getattr(ctx.get_parameter_source(name), "name", ""), 0)
+    if theirs == ours == 2 and parent.params[name] != value:
+        raise UsageError(f"--{name} given twice ({parent.params[name]} and {value})")
+    return parent.params[name] if theirs > ours else value
+
+
 @flows_app.callback()
 def flows(ctx: typer.Context,
           eni: Optional[str] = typer.Option(None, "--eni", "-e", help="Only this ENI's flows."),
@@ -621,16 +689,16 @@ def flows(ctx: typer.Context,
           node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """List flows (one entry each, both directions); `flows flush` removes them."""
     if ctx.invoked_subcommand:
+        from .errors import UsageError
+
+        for opt in ("limit", "out"):
+            if getattr(ctx.get_parameter_source(opt), "name", "") == "COMMANDLINE":
+                raise UsageError(f"--{'output' if opt == 'out' else opt} applies to the flow "
+                                 f"list, not to `flows {ctx.invoked_subcommand}`")
         return
     from .datapath import Datapath
     st = _state(node)
-    vnis = None
-    if eni:
-        vnis = {st.eni(eni).vni}
-    if vpc:
-        st.vpc(vpc)
-        in_vpc = {e.vni for e in st.enis.values() if st.subnets[e.subnet].vpc == vpc}
-        vnis = in_vpc if vnis is None else vnis & in_vpc
+    vnis = _flow_vnis(st, eni, vpc)
     eni_ids = {e.vni: e.id for e in st.enis.values()}
     with Datapath(node) as dp:
         rows = []
@@ -647,15 +715,25 @@ def flows(ctx: typer.Context,
 
 
 @flows_app.command("flush")
-def flows_flush(eni: Optional[str] = typer.Option(None, "--eni", "-e"),
+def flows_flush(ctx: typer.Context,
+                eni: Optional[str] = typer.Option(None, "--eni", "-e", help="Only this ENI's."),
+                vpc: Optional[str] = typer.Option(None, "--vpc", "-v", help="Only this VPC's."),
                 node: str = NODE_OPT) -> None:
-    """Remove flows (all, or one ENI's): their next packet is a new flow, checked again."""
+    """Remove flows (all, or one ENI's or VPC's): their next packet is a new flow, checked again."""
+    from . import node as nodemod
     from .datapath import Datapath
+    from .errors import NotFound
 
-    vnis = {_state(node).eni(eni).vni} if eni else None
+    node = _group_option(ctx, "node", node)
+    eni = _group_option(ctx, "eni", eni)
+    vpc = _group_option(ctx, "vpc", vpc)
+    if not nodemod.is_up(node):
+        raise NotFound(f"node {node} is not up")
+    vnis = _flow_vnis(_state(node), eni, vpc)
     with Datapath(node) as dp:
-        n = dp.flush_flows(vnis=vnis)
-    output.info(f"flushed {n} flows")
+        n = dp.flush_flows(vnis=vnis) if vnis is None or vnis else 0
+    scope = f"ENI {eni}" if eni else f"VPC {vpc}" if vpc else "all ENIs"
+    output.info(f"flushed {n} flows of {scope} on node {node}")
 
 
 @app.command("sync")
@@ -725,6 +803,20 @@ def bench_cmd(ctx: typer.Context) -> None:
     from bench.__main__ import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))
+
+
+def _use_plain_help(t: typer.Typer) -> None:
+    """Every command of every group gets _Command's help (typer builds them from these infos
+    when the CLI runs, so this runs once, after the last command is declared)."""
+    for info in t.registered_commands:
+        if info.cls in (None, TyperCommand):  # typer fills in its own class by default
+            info.cls = _Command
+    for g in t.registered_groups:
+        if g.typer_instance is not None:
+            _use_plain_help(g.typer_instance)
+
+
+_use_plain_help(app)
 
 
 def main() -> None:

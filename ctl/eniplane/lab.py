@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import bpfsys, netlink
-from .errors import EniplaneError, NotFound
+from .errors import AlreadyExists, EniplaneError, NotFound, UsageError
 
 LAB_DIR = Path("/run/eniplane/labs")
 FABRIC_NET = "100.64.0.0/24"
@@ -36,6 +37,22 @@ FABRIC_MTU = 3000  # jumbo enough for a 1500-byte VPC packet plus tunnel overhea
 VPC_MTU = 1500
 HTTP_PORT = 80
 UDP_ECHO_PORT = 7
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")
+ROLES = ("node", "fabric", "w1", "w2", "vpca", "vpcb")
+
+
+def check_name(name: str) -> str:
+    """A lab name prefixes namespace names and names its record file: keep it short and plain."""
+    if not _NAME.match(name):
+        raise UsageError(f"invalid lab name {name!r}: use 1-16 letters, digits, '_' or '-'")
+    return name
+
+
+def _netns_names() -> list[str]:
+    d = netlink.NETNS_RUN_DIR
+    return os.listdir(d) if os.path.isdir(d) else []
 
 
 @dataclass
@@ -66,7 +83,8 @@ class Lab:
     # ---- life cycle ------------------------------------------------------------------------
     @classmethod
     def create(cls, prefix: str | None = None, servers: bool = True) -> "Lab":
-        lab = cls(prefix or f"ep{secrets.token_hex(3)}")
+        lab = cls(check_name(prefix) if prefix else f"ep{secrets.token_hex(3)}")
+        lab._claim()  # before anything is built: a name in use is refused, and left alone
         try:
             lab._build(servers)
         except BaseException:
@@ -75,31 +93,47 @@ class Lab:
         lab.save()
         return lab
 
+    def _claim(self) -> None:
+        """Take the name by creating its record exclusively, so two `lab up --name X` cannot
+        both build, and the clean-up of a failed one only ever removes what it made itself."""
+        ours = {f"{self.prefix}-{role}" for role in ROLES}
+        taken = [n for n in _netns_names()
+                 if n in ours or n.startswith(f"{self.prefix}-env-")]
+        LAB_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(LAB_DIR / f"{self.prefix}.json", "x") as fh:
+                fh.write(json.dumps(asdict(self), indent=2))
+        except FileExistsError:
+            raise AlreadyExists(f"lab {self.prefix} already exists "
+                                f"(eniplane lab down {self.prefix} first)") from None
+        if taken:  # namespaces of a lab whose record was lost: not ours to build over
+            (LAB_DIR / f"{self.prefix}.json").unlink(missing_ok=True)
+            raise AlreadyExists(f"lab {self.prefix} has no record but its namespaces exist "
+                                f"({' '.join(sorted(taken))}): remove them with `ip netns del`")
+
     def _build(self, servers: bool) -> None:
-        for role in ("node", "fabric", "w1", "w2", "vpca", "vpcb"):
+        for role in ROLES:
             name = f"{self.prefix}-{role}"
             netlink.netns_add(name)  # recorded only once it is ours: destroy() removes by name
             self.namespaces[role] = name
         node, fab = self.namespaces["node"], self.namespaces["fabric"]
-        for role in self.namespaces.values():
-            self._up(role, "lo")
+        for ns in self.namespaces.values():
+            netlink.link_set(ns, "lo", up=True)
 
-        with netlink.ipr(fab) as ipr:
-            ipr.link("add", ifname="br0", kind="bridge")
-            ipr.link("set", index=netlink.link_index(ipr, "br0"), mtu=FABRIC_MTU, state="up")
+        netlink.bridge_add(fab, "br0", FABRIC_MTU)
         # node <-> fabric bridge
-        self._veth(node, self.fabric_if, fab, "node", FABRIC_MTU)
-        self._bridge_port(fab, "node")
-        self._addr(node, self.fabric_if, FABRIC_IP, 24)
+        netlink.veth_add(node, self.fabric_if, fab, "node", FABRIC_MTU)
+        netlink.link_set(fab, "node", master="br0")
+        netlink.addr_add(node, self.fabric_if, FABRIC_IP, 24)
         for w, ip in WORKER_IPS.items():
-            self._veth(self.namespaces[w], "eth0", fab, w, FABRIC_MTU)
-            self._bridge_port(fab, w)
-            self._addr(self.namespaces[w], "eth0", ip, 24)
+            netlink.veth_add(self.namespaces[w], "eth0", fab, w, FABRIC_MTU)
+            netlink.link_set(fab, w, master="br0")
+            netlink.addr_add(self.namespaces[w], "eth0", ip, 24)
         for v in ("a", "b"):
             vns = self.namespaces[f"vpc{v}"]
-            self._veth(node, self.vpc_if(v), vns, "eth0", VPC_MTU)
-            self._addr(vns, "eth0", VPC_GATEWAY, 16)
-            self._addr(vns, "eth0", VPC_SERVER, 16)
+            netlink.veth_add(node, self.vpc_if(v), vns, "eth0", VPC_MTU)
+            netlink.addr_add(vns, "eth0", VPC_GATEWAY, 16)
+            netlink.addr_add(vns, "eth0", VPC_SERVER, 16)
         # A veth receives XDP_TX'd and redirected frames only while its peer runs NAPI, which an
         # XDP program turns on: give every receiving peer a pass-everything program.
         fd = bpfsys.load_xdp_pass()
@@ -121,26 +155,6 @@ class Lab:
                             "--udp-port", str(UDP_ECHO_PORT)])
             for v in ("a", "b"):
                 self._wait_listening(self.namespaces[f"vpc{v}"], HTTP_PORT)
-
-    def _up(self, ns: str, ifname: str) -> None:
-        with netlink.ipr(ns) as ipr:
-            ipr.link("set", index=netlink.link_index(ipr, ifname, ns), state="up")
-
-    def _veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int) -> None:
-        with netlink.ipr(ns_a) as ipr:
-            ipr.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
-            ipr.link("set", index=netlink.link_index(ipr, if_a, ns_a), mtu=mtu, state="up")
-        with netlink.ipr(ns_b) as ipr:
-            ipr.link("set", index=netlink.link_index(ipr, if_b, ns_b), mtu=mtu, state="up")
-
-    def _bridge_port(self, ns: str, ifname: str) -> None:
-        with netlink.ipr(ns) as ipr:
-            br = netlink.link_index(ipr, "br0", ns)
-            ipr.link("set", index=netlink.link_index(ipr, ifname, ns), master=br)
-
-    def _addr(self, ns: str, ifname: str, ip: str, plen: int) -> None:
-        with netlink.ipr(ns) as ipr:
-            ipr.addr("add", index=netlink.link_index(ipr, ifname, ns), address=ip, prefixlen=plen)
 
     def start(self, ns: str, argv: list[str]) -> int:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -171,18 +185,13 @@ class Lab:
         self.namespaces[f"env-{name}"] = ns
         wns = self.namespaces[worker]
         dev = f"vx{len(self.envs)}"
-        with netlink.ipr(wns) as ipr:
-            eth0 = netlink.link_index(ipr, "eth0", wns)
-            ipr.link("add", ifname=dev, kind="vxlan", vxlan_id=vni, vxlan_group=FABRIC_IP,
-                     vxlan_port=4789, vxlan_link=eth0, vxlan_local=WORKER_IPS[worker])
-            ipr.link("set", index=netlink.link_index(ipr, dev, wns), net_ns_fd=ns)
-        with netlink.ipr(ns) as ipr:
-            idx = netlink.link_index(ipr, dev, ns)
-            ipr.link("set", index=idx, ifname="eth0", mtu=VPC_MTU, state="up")
-            ipr.link("set", index=netlink.link_index(ipr, "lo", ns), state="up")
-            ipr.addr("add", index=idx, address=addr, prefixlen=32)
-            for r in routes:
-                ipr.route("add", dst=r, oif=idx, prefsrc=addr)
+        netlink.vxlan_add(wns, dev, vni, remote=FABRIC_IP, local=WORKER_IPS[worker], dev="eth0")
+        netlink.link_set(wns, dev, to_netns=ns)
+        netlink.link_set(ns, dev, rename="eth0", mtu=VPC_MTU, up=True)
+        netlink.link_set(ns, "lo", up=True)
+        netlink.addr_add(ns, "eth0", addr, 32)
+        for r in routes:
+            netlink.route_add(ns, r, "eth0", prefsrc=addr)
         self.exec(ns, ["ethtool", "-K", "eth0", "tx", "off"])  # full checksums, as on a wire
         self.envs[name] = {"ns": ns, "worker": worker, "vni": vni, "addr": addr}
         self.save()
@@ -224,6 +233,11 @@ class Lab:
 
     def exec(self, ns: str, argv: list[str], timeout: float = 10.0, check: bool = True) -> str:
         return _run(["ip", "netns", "exec", ns, *argv], timeout=timeout, check=check)
+
+    def run(self, ns: str, argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess:
+        """Like exec, for a command expected to fail: exit code and stderr tell how it failed."""
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                              timeout=timeout)
 
 
 def _reap(pid: int, timeout: float = 2.0) -> None:

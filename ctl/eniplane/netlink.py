@@ -122,6 +122,124 @@ def xdp_detach(ns: str | None, ifname: str) -> bool:
     return True
 
 
+def xdp_find(prog_ids: set[int]) -> list[tuple[str | None, str]]:
+    """(namespace, interface) of every interface carrying one of these XDP programs, searched in
+    the host namespace and every named one (/run/netns). Namespaces without a name cannot be
+    reached from here; a namespace that disappears during the search is skipped."""
+    found: list[tuple[str | None, str]] = []
+    if not prog_ids:
+        return found
+    names = sorted(os.listdir(NETNS_RUN_DIR)) if os.path.isdir(NETNS_RUN_DIR) else []
+    for ns in [None, *names]:
+        try:
+            with ipr(ns) as sock:
+                links = list(sock.get_links())  # type: ignore[attr-defined]
+        except (NotFound, NetlinkError):
+            continue
+        for msg in links:
+            xdp = msg.get_attr("IFLA_XDP")
+            if xdp is None:
+                continue
+            ids = {xdp.get_attr(a) or 0 for a in
+                   ("IFLA_XDP_PROG_ID", "IFLA_XDP_DRV_PROG_ID", "IFLA_XDP_SKB_PROG_ID")}
+            if ids & prog_ids:
+                found.append((ns, msg.get_attr("IFLA_IFNAME")))
+    return found
+
+
+# ---- building topologies (the lab, the benchmarks) ---------------------------------------
+def _set(sock: object, what: str, **kw: object) -> None:
+    try:
+        sock.link("set", **kw)  # type: ignore[attr-defined]
+    except Exception as e:
+        raise NetlinkError(f"cannot {what}", _nl_errno(e)) from None
+
+
+def link_set(ns: str | None, ifname: str, *, up: bool | None = None, mtu: int | None = None,
+             master: str | None = None, rename: str | None = None,
+             to_netns: str | None = None) -> None:
+    """Change one interface: state, MTU, bridge master, name, or namespace (in that order of
+    the keywords given; a move or a rename is done last, since the old name is used before)."""
+    with ipr(ns) as sock:
+        idx = link_index(sock, ifname, ns)
+        where = f"{ifname} in {_where(ns)}"
+        if mtu is not None:
+            _set(sock, f"set MTU {mtu} on {where}", index=idx, mtu=mtu)
+        if master is not None:
+            _set(sock, f"add {where} to bridge {master}", index=idx,
+                 master=link_index(sock, master, ns))
+        if rename is not None:
+            _set(sock, f"rename {where} to {rename}", index=idx, ifname=rename)
+        if up is not None:
+            _set(sock, f"set {where} {'up' if up else 'down'}", index=idx,
+                 state="up" if up else "down")
+        if to_netns is not None:
+            if not netns_exists(to_netns):
+                raise NotFound(f"network namespace {to_netns} does not exist")
+            _set(sock, f"move {where} to namespace {to_netns}", index=idx, net_ns_fd=to_netns)
+
+
+def _add(ns: str | None, ifname: str, what: str, **kw: object) -> None:
+    with ipr(ns) as sock:
+        try:
+            sock.link("add", ifname=ifname, **kw)  # type: ignore[attr-defined]
+        except Exception as e:
+            code = _nl_errno(e)
+            if code == errno.EEXIST:
+                raise AlreadyExists(f"interface {ifname} already exists in {_where(ns)}") from None
+            raise NetlinkError(f"cannot add {what} {ifname} in {_where(ns)}", code) from None
+
+
+def bridge_add(ns: str | None, ifname: str, mtu: int) -> None:
+    """A bridge, up, with this MTU."""
+    _add(ns, ifname, "bridge", kind="bridge")
+    link_set(ns, ifname, mtu=mtu, up=True)
+
+
+def veth_add(ns_a: str | None, if_a: str, ns_b: str, if_b: str, mtu: int) -> None:
+    """A veth pair from `if_a` in `ns_a` to `if_b` in `ns_b`, both ends up with this MTU."""
+    if not netns_exists(ns_b):
+        raise NotFound(f"network namespace {ns_b} does not exist")
+    _add(ns_a, if_a, "veth", kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
+    link_set(ns_a, if_a, mtu=mtu, up=True)
+    link_set(ns_b, if_b, mtu=mtu, up=True)
+
+
+def vxlan_add(ns: str | None, ifname: str, vni: int, remote: str, local: str, dev: str,
+              port: int = 4789) -> None:
+    """A VXLAN device whose UDP socket lives in `ns`, sending to `remote` from `local` over
+    `dev` (left down: it is usually moved into another namespace and brought up there)."""
+    with ipr(ns) as sock:
+        link = link_index(sock, dev, ns)
+    _add(ns, ifname, "vxlan", kind="vxlan", vxlan_id=vni, vxlan_group=remote,
+         vxlan_port=port, vxlan_link=link, vxlan_local=local)
+
+
+def addr_add(ns: str | None, ifname: str, address: str, prefixlen: int) -> None:
+    with ipr(ns) as sock:
+        idx = link_index(sock, ifname, ns)
+        try:
+            sock.addr("add", index=idx, address=address,  # type: ignore[attr-defined]
+                      prefixlen=prefixlen)
+        except Exception as e:
+            raise NetlinkError(f"cannot add {address}/{prefixlen} to {ifname} in {_where(ns)}",
+                               _nl_errno(e)) from None
+
+
+def route_add(ns: str | None, dst: str, ifname: str, prefsrc: str | None = None) -> None:
+    """A route to `dst` out of `ifname` (on-link), optionally with a preferred source."""
+    with ipr(ns) as sock:
+        idx = link_index(sock, ifname, ns)
+        kw: dict[str, object] = {"dst": dst, "oif": idx}
+        if prefsrc:
+            kw["prefsrc"] = prefsrc
+        try:
+            sock.route("add", **kw)  # type: ignore[attr-defined]
+        except Exception as e:
+            raise NetlinkError(f"cannot add route {dst} via {ifname} in {_where(ns)}",
+                               _nl_errno(e)) from None
+
+
 @contextmanager
 def in_netns(ns: str | None) -> Iterator[None]:
     """Run the body with this process inside `ns`: devmap updates resolve ifindexes in the

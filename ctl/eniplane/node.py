@@ -107,23 +107,74 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
             os.close(fd)
 
 
-@lock.locked
-def down(node: str, keep_maps: bool = False) -> list[str]:
-    """Detach every program of the node and remove its pins; returns the interfaces detached."""
-    rec = NodeRecord.load(node)
-    detached = []
-    for ifname in rec.interfaces:
+@dataclass
+class DownReport:
+    """What `down` did, for the operator: a node whose record was lost is found by its pins."""
+    detached: list[str] = field(default_factory=list)  # "fab0" or "fab0 in namespace X"
+    removed: str | None = None  # the pin directory (or its progs/ part) that was removed
+    had_record: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def _stored_record(node: str) -> NodeRecord | None:
+    """node.json as written, even when the pins are gone; None when absent or unreadable."""
+    try:
+        return NodeRecord(**json.loads(NodeRecord.path(node).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _pinned_prog_ids(node: str) -> set[int]:
+    ids = set()
+    for name in PROGRAMS:
+        pin = paths.progs_dir(node) / name
+        if not pin.exists():
+            continue
         try:
-            if netlink.xdp_detach(rec.netns, ifname):
-                detached.append(ifname)
+            fd = bpfsys.obj_get(str(pin))
+        except EniplaneError:
+            continue
+        try:
+            ids.add(bpfsys.prog_info(fd).id)
+        finally:
+            os.close(fd)
+    return ids
+
+
+@lock.locked
+def down(node: str, keep_maps: bool = False) -> DownReport:
+    """Detach every program of the node and remove its pins. Works from node.json when it is
+    there; when it is gone (state directory removed, crash before it was written) the node's
+    programs are looked for by id on every interface this host can name, then the pins go."""
+    rec = _stored_record(node)
+    pins = paths.pin_dir(node)
+    if rec is None and not pins.exists():
+        raise NotFound(f"node {node} is not up")
+    report = DownReport(had_record=rec is not None)
+    if rec is not None:
+        targets: list[tuple[str | None, str]] = [(rec.netns, i) for i in rec.interfaces]
+    else:
+        prog_ids = _pinned_prog_ids(node)
+        targets = netlink.xdp_find(prog_ids)
+        if not prog_ids:
+            report.notes.append("no program was pinned, so none could be looked for")
+        elif not targets:
+            report.notes.append("no interface in the host or a named namespace carried its "
+                                "programs; one in an unnamed namespace keeps its program "
+                                "until that interface goes")
+    for ns, ifname in targets:
+        try:
+            if netlink.xdp_detach(ns, ifname):
+                report.detached.append(ifname if rec is not None or ns is None
+                                       else f"{ifname} in namespace {ns}")
         except NotFound:
             pass  # the interface (or namespace) went away: nothing is attached to it any more
-    if keep_maps:
-        shutil.rmtree(paths.progs_dir(node), ignore_errors=True)
-    else:
-        shutil.rmtree(paths.pin_dir(node), ignore_errors=True)
+    gone = paths.progs_dir(node) if keep_maps else pins
+    if gone.exists():
+        shutil.rmtree(gone, ignore_errors=True)
+        report.removed = str(gone)
     NodeRecord.path(node).unlink(missing_ok=True)
-    return detached
+    return report
 
 
 def attach_vpc_if(node: str, ifname: str, mode: str = "auto") -> dict:

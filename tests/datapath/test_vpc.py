@@ -223,11 +223,15 @@ def test_last_seen_follows_the_coarse_clock_both_ways(env):
     fwd = open_flow(env, env_frame(UDP(sport=34077, dport=7) / Raw(b"t")), VNI_A)
     opened = last_seen()
     assert before - 2 * tick <= opened <= now()
+    # Bounds from the clock read just before each packet, not from the sleep: a loaded machine
+    # may run the packet long after the sleep, and only the lag of the per-CPU cache is ours.
     time.sleep(0.06)
+    sent = now()
     open_flow(env, env_frame(UDP(sport=34077, dport=7) / Raw(b"t")), VNI_A)
     forward = last_seen()
-    assert 60_000_000 - 2 * tick <= forward - opened <= now() - opened
+    assert opened < forward and sent - 2 * tick <= forward <= now()
     time.sleep(0.06)
+    sent = now()
     got, _, d = env.run("xdp_vpc", bytes(reply_to(fwd, GW_A, env.vpc_if["vpca"]["mac"])), "vpca")
     assert got == "REDIRECT", d
-    assert 60_000_000 - 2 * tick <= last_seen() - forward <= now() - forward
+    assert forward < last_seen() and sent - 2 * tick <= last_seen() <= now()

@@ -92,13 +92,62 @@ def test_flows_and_eni_show(world):
 
 def test_rule_removal_refuses_new_flows(world):
     lab, cli, envs, _ = world
-    cli("sg", "rule", "del", "sg-globex", "--egress", "--proto", "udp", "--ports", "7",
-        "--cidr", "10.0.0.0/16")
-    p = lab.exec(envs["globex-report"], [PY, "-m", "eniplane.labserve", "udp", VPC_SERVER, "7",
-                                         "x", "--timeout", "1"], check=False)
-    assert "globex" not in p
-    cli("sg", "rule", "add", "sg-globex", "--egress", "--proto", "udp", "--ports", "7",
-        "--cidr", "10.0.0.0/16")
+    rule = ["sg-globex", "--egress", "--proto", "udp", "--ports", "7", "--cidr", "10.0.0.0/16"]
+    udp = [PY, "-m", "eniplane.labserve", "udp", VPC_SERVER, "7", "x", "--timeout", "1"]
+
+    def denied() -> int:
+        return json.loads(cli("stats", "-o", "json").stdout)["counters"]["drop_sg_denied"]
+
+    before = denied()
+    cli("sg", "rule", "del", *rule)
+    try:
+        p = lab.run(envs["globex-report"], udp)  # a new source port: a new flow, checked again
+        assert p.returncode == 1 and "timed out" in p.stderr, (p.returncode, p.stderr)
+        assert denied() > before
+    finally:
+        cli("sg", "rule", "add", *rule)
+    # the same exchange works again once the rule is back: it was the rule that refused it
+    p = lab.run(envs["globex-report"], udp)
+    assert p.returncode == 0 and p.stdout.startswith("vpc-b saw 10.0.1.4:"), p.stderr
+
+
+def _flow_enis(cli) -> dict[str, int]:
+    flows = json.loads(cli("flows", "-o", "json").stdout)
+    return {e: sum(f["eni"] == e for f in flows) for e in {f["eni"] for f in flows}}
+
+
+def test_flows_flush_honours_node_and_eni_wherever_written(world):
+    lab, cli, envs, _ = world
+    enis = {fn: e["id"] for e in json.loads(cli("eni", "list", "-o", "json").stdout)
+            for fn in e["functions"]}
+    acme, globex = enis["acme-api"], enis["globex-report"]
+
+    def traffic() -> None:
+        for fn in ("acme-api", "globex-report"):
+            lab.exec(envs[fn], [PY, "-m", "eniplane.labserve", "http", VPC_SERVER, "80"])
+
+    name = f"{lab.prefix}-cp"  # the world's node, not `default`
+    traffic()
+    assert {acme, globex} <= set(_flow_enis(cli))
+    # options before the subcommand: parsed by the `flows` group, they must still apply
+    p = subprocess.run([PY, "-m", "eniplane", "flows", "--node", name, "--eni", globex, "flush"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"ENI {globex} on node {name}" in p.stderr
+    left = _flow_enis(cli)
+    assert globex not in left and left.get(acme, 0) > 0
+    traffic()
+    # options after it
+    p = cli("flows", "flush", "--eni", acme)  # cli() adds --node NAME at the end
+    assert f"ENI {acme} on node {name}" in p.stderr
+    left = _flow_enis(cli)
+    assert acme not in left and left.get(globex, 0) > 0
+    # a node that is not up is an error naming it, and touches no other node
+    p = subprocess.run([PY, "-m", "eniplane", "flows", "--node", f"{name}-nosuch", "flush"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.strip() == f"eniplane: error: node {name}-nosuch is not up"
+    assert left == _flow_enis(cli)
 
 
 def test_down_up_brings_the_configuration_back(world):

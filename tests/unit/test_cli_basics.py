@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from typer.testing import CliRunner
 
@@ -37,13 +36,15 @@ def test_invalid_node_name_is_a_usage_error():
 
 
 def test_help_and_stats_do_not_import_bcc_or_pyroute2():
+    """What makes `--help` and `stats` start fast is what they do not import (bcc compiles, and
+    pyroute2 costs ~100 ms): checked by name rather than by a wall-clock bound that a loaded
+    machine would break and a fast one would never test."""
     code = ("import sys; from eniplane import cli; "
-            "sys.argv=['eniplane','stats','-n','nosuchnode-xyz'];\n"
+            "sys.argv=sys.argv[1:];\n"
             "try:\n cli.main()\nexcept SystemExit: pass\n"
             "print('bcc' in sys.modules, 'pyroute2' in sys.modules)")
-    t = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, ENIPLANE_STATE_DIR="/tmp/eniplane-unit"))
-    assert out.stdout.strip().splitlines()[-1] == "False False"
+    for argv in (["eniplane", "--help"], ["eniplane", "stats", "-n", "nosuchnode-xyz"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                             env=dict(os.environ, ENIPLANE_STATE_DIR="/tmp/eniplane-unit"))
+        assert out.stdout.strip().splitlines()[-1] == "False False", (argv, out.stdout)
     assert "nosuchnode-xyz" in out.stderr
-    assert time.monotonic() - t < 5
