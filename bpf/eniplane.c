@@ -154,7 +154,7 @@ struct eni_race_hook {
     __u32 vni;
     struct eni eni;
 };
-BPF_ARRAY(eni_race, struct eni_race_hook, 1);
+BPF_TABLE_PINNED("array", __u32, struct eni_race_hook, eni_race, 1, PIN_DIR "/eni_race");
 static __always_inline void eni_race_point(struct node_cfg *cfg, __u32 vni)
 {
     __u32 k = 0;

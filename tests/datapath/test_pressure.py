@@ -42,3 +42,35 @@ def test_eviction_never_misdelivers(small_env):
                f["remote_port"], f["proto"]) for f in env.dp.flows()]
     assert len(owners) == len(set(owners)) <= 64  # evicted whole, never duplicated
     assert env.dp.stats()["fwd_new_flow"] > N  # pressure did happen
+    # evictions are visible: inserts the guard counted, less what the table holds
+    entries = env.dp.map("flows").count()
+    guard = env.dp.map("flow_guard").lookup(0)
+    evicted = env.dp.stats()["flows_evicted"]
+    assert evicted == guard["evicted"] + guard["count"] - entries > 0
+    n = env.dp.flush_flows()  # a recount keeps what was evicted so far, and the count is true
+    guard = env.dp.map("flow_guard").lookup(0)
+    assert (guard["count"], n) == (0, entries) and env.dp.stats()["flows_evicted"] == evicted
+
+
+def test_a_small_table_still_stops_walks_at_empty_slots(lab):
+    """FLOW_SAFE_ENTRIES is derived from the possible CPUs' parked LRU nodes: a 4,096-entry
+    table (the review's case, where the old bound was negative) has no holes after a flow."""
+    import os
+    import shutil
+
+    from conftest import close_env, make_env
+    from eniplane import loader, paths, probe
+
+    name = f"{lab.prefix}-4k"
+    for fd in loader.compile_and_pin(name, {"MAX_FLOWS": 4096}).values():
+        os.close(fd)
+    env = make_env(lab, name)
+    try:
+        assert probe.flow_safe_entries(4096) > 0
+        got, _, d = env.run("xdp_fabric", pkt(21000))
+        assert got == "REDIRECT", d
+        g = env.dp.map("flow_guard").lookup(0)
+        assert (g["count"], g["holes"]) == (1, 0)
+    finally:
+        close_env(env)
+        shutil.rmtree(paths.pin_dir(name), ignore_errors=True)

@@ -22,8 +22,10 @@ def c_text() -> str:
 
 
 def c_source() -> str:
-    """c_text with comments removed (a name in a comment is no declaration)."""
-    return re.sub(r"/\*.*?\*/|//[^\n]*", " ", c_text(), flags=re.S)
+    """c_text with comments removed (a name in a comment is no declaration), and without what
+    only test builds compile (#ifdef ENIPLANE_TEST_HOOKS ... #else): no node has it."""
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", " ", c_text(), flags=re.S)
+    return re.sub(r"#ifdef ENIPLANE_TEST_HOOKS\n.*?#(else|endif)", " ", text, flags=re.S)
 
 
 def c_int(expr: str) -> int:
