@@ -4,6 +4,8 @@ BPF_PROG_TEST_RUN, compared byte for byte and counter by counter."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -65,20 +67,29 @@ def env(lab, dp_node):
     close_env(e)
 
 
-@pytest.fixture(scope="module")
-def small_env(lab):
-    """A second node whose flow tables hold only 64 entries per direction: map pressure."""
+@contextmanager
+def node_env(lab, suffix: str, defines: dict[str, int]) -> Iterator[Env]:
+    """A node of its own, built with `defines`, configured as `env` is, removed afterwards."""
     import shutil
 
     from eniplane import loader
 
-    name = f"{lab.prefix}-small"
-    for fd in loader.compile_and_pin(name, {"MAX_FLOWS": 64}).values():
+    name = f"{lab.prefix}-{suffix}"
+    for fd in loader.compile_and_pin(name, defines).values():
         os.close(fd)
     e = make_env(lab, name)
-    yield e
-    close_env(e)
-    shutil.rmtree(paths.pin_dir(name), ignore_errors=True)
+    try:
+        yield e
+    finally:
+        close_env(e)
+        shutil.rmtree(paths.pin_dir(name), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def small_env(lab):
+    """A second node whose flow tables hold only 64 entries per direction: map pressure."""
+    with node_env(lab, "small", {"MAX_FLOWS": 64}) as e:
+        yield e
 
 
 def make_env(lab, node_name: str) -> Env:

@@ -7,9 +7,6 @@ Each test uses workers of its own (100.64.0.2x), so the session's shared node ke
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
@@ -17,7 +14,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from conftest import (ENI_A, FABRIC_IP, GATEWAY_MAC, GW_A, SERVER, VNI_A, VNI_B,
-                      env_frame, make_env, close_env, tunnel)
+                      env_frame, node_env, tunnel)
 from eniplane import paths
 
 HOSTILE_MAC = "02:66:00:00:00:66"
@@ -197,16 +194,9 @@ def test_replies_carry_the_workers_vlan_tags(env, tags):
 @pytest.fixture(scope="module")
 def hooked_env(lab):
     """A node built with the test hook that changes an ENI between the cache's two reads."""
-    from eniplane import loader
-
-    name = f"{lab.prefix}-hook"
-    for fd in loader.compile_and_pin(name, {"ENIPLANE_TEST_HOOKS": 1}).values():
-        os.close(fd)
-    e = make_env(lab, name)
-    e.dp.add_worker("100.64.0.11", "02:00:00:00:00:11")
-    yield e
-    close_env(e)
-    shutil.rmtree(paths.pin_dir(name), ignore_errors=True)
+    with node_env(lab, "hook", {"ENIPLANE_TEST_HOOKS": 1}) as e:
+        e.dp.add_worker("100.64.0.11", "02:00:00:00:00:11")
+        yield e
 
 
 def test_an_eni_changed_between_the_caches_reads_is_not_cached_as_current(hooked_env):

@@ -55,22 +55,12 @@ def test_eviction_never_misdelivers(small_env):
 def test_a_small_table_still_stops_walks_at_empty_slots(lab):
     """FLOW_SAFE_ENTRIES is derived from the possible CPUs' parked LRU nodes: a 4,096-entry
     table (the review's case, where the old bound was negative) has no holes after a flow."""
-    import os
-    import shutil
+    from conftest import node_env
+    from eniplane import probe
 
-    from conftest import close_env, make_env
-    from eniplane import loader, paths, probe
-
-    name = f"{lab.prefix}-4k"
-    for fd in loader.compile_and_pin(name, {"MAX_FLOWS": 4096}).values():
-        os.close(fd)
-    env = make_env(lab, name)
-    try:
+    with node_env(lab, "4k", {"MAX_FLOWS": 4096}) as env:
         assert probe.flow_safe_entries(4096) > 0
         got, _, d = env.run("xdp_fabric", pkt(21000))
         assert got == "REDIRECT", d
         g = env.dp.map("flow_guard").lookup(0)
         assert (g["count"], g["holes"]) == (1, 0)
-    finally:
-        close_env(env)
-        shutil.rmtree(paths.pin_dir(name), ignore_errors=True)
