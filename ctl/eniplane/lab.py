@@ -97,8 +97,8 @@ class Lab:
         """Take the name by creating its record exclusively, so two `lab up --name X` cannot
         both build, and the clean-up of a failed one only ever removes what it made itself."""
         ours = {f"{self.prefix}-{role}" for role in ROLES}
-        taken = [n for n in _netns_names()
-                 if n in ours or n.startswith(f"{self.prefix}-env-")]
+        extra = (f"{self.prefix}-env-", f"{self.prefix}-host-")  # add_env, add_fabric_host
+        taken = [n for n in _netns_names() if n in ours or n.startswith(extra)]
         LAB_DIR.mkdir(parents=True, exist_ok=True)
         try:
             with open(LAB_DIR / f"{self.prefix}.json", "x") as fh:
@@ -195,6 +195,22 @@ class Lab:
         self.exec(ns, ["ethtool", "-K", "eth0", "tx", "off"])  # full checksums, as on a wire
         self.envs[name] = {"ns": ns, "worker": worker, "vni": vni, "addr": addr}
         self.save()
+        return ns
+
+    def add_fabric_host(self, name: str) -> str:
+        """A bare host on the fabric segment, beside the workers (a bridge port, no address):
+        what a test needs to play another machine on the workers' network, e.g. one that
+        claims a worker's address. Raw frames are its only way to speak."""
+        if len(name) > 13:  # its bridge port is named h-NAME, and interface names stop at 15
+            raise UsageError(f"fabric host name {name!r} is longer than 13 characters")
+        ns = f"{self.prefix}-host-{name}"
+        netlink.netns_add(ns)
+        self.namespaces[f"host-{name}"] = ns
+        self.save()
+        fab = self.namespaces["fabric"]
+        netlink.veth_add(ns, "eth0", fab, f"h-{name}", FABRIC_MTU)
+        netlink.link_set(fab, f"h-{name}", master="br0")
+        netlink.link_set(ns, "lo", up=True)
         return ns
 
     # ---- records ---------------------------------------------------------------------------
