@@ -168,7 +168,7 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
     else:
         with Datapath(node) as dp:
-            counters = dp.stats()
+            counters = {**dp.stats(), "flows_evicted": dp.flows_evicted()}
         data = {"node": node, "counters": counters}
     if nonzero:  # for scripts as for people: -o json lists the same counters as the table
         data["counters"] = {k: v for k, v in data["counters"].items() if v}

@@ -45,11 +45,11 @@ def test_eviction_never_misdelivers(small_env):
     # evictions are visible: inserts the guard counted, less what the table holds
     entries = env.dp.map("flows").count()
     guard = env.dp.map("flow_guard").lookup(0)
-    evicted = env.dp.stats()["flows_evicted"]
+    evicted = env.dp.flows_evicted()
     assert evicted == guard["evicted"] + guard["count"] - entries > 0
     n = env.dp.flush_flows()  # a recount keeps what was evicted so far, and the count is true
     guard = env.dp.map("flow_guard").lookup(0)
-    assert (guard["count"], n) == (0, entries) and env.dp.stats()["flows_evicted"] == evicted
+    assert (guard["count"], n) == (0, entries) and env.dp.flows_evicted() == evicted
 
 
 def test_a_small_table_still_stops_walks_at_empty_slots(lab):
