@@ -48,9 +48,7 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         for w in sorted(st.workers):
             static = st.worker_macs.get(w)
             old = have.get(w)
-            if old is None or (static is not None and (old["mac_source"], old["mac"]) !=
-                               ("static", static)) or \
-                    (static is None and old["mac_source"] == "static"):
+            if old is None or not _static_as_stored(old, static):
                 dp.add_worker(w, static)
                 rep.bump("workers added" if old is None else "workers programmed")
         gone = set(have) - st.workers
@@ -63,12 +61,9 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             info = nodemod.attach_vpc_if(node, v.iface)
             ifindex_of[v.id] = info["ifindex"]
             old = vpcs_map.get(v.idx)
-            gw = dp.gateway(v.idx)
-            static_ok = (gw is not None and (gw["mac_source"], gw["mac"]) == ("static", v.gateway_mac)
-                         if v.gateway_mac else gw is None or gw["mac_source"] != "static")
             if (not old or old["ifindex"] != info["ifindex"] or old["gateway_ip"] != v.gateway
                     or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]
-                    or not static_ok):
+                    or not _static_as_stored(dp.gateway(v.idx), v.gateway_mac)):
                 dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"],
                            gateway_mac=v.gateway_mac)
                 rep.bump("VPCs programmed")
@@ -104,6 +99,13 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         rep.bump("placements programmed", placed)
         rep.bump("placements removed", unplaced)
     return rep
+
+
+def _static_as_stored(live: dict | None, static: str | None) -> bool:
+    """Does a MAC the datapath holds (dp.workers() / dp.gateway() entry) agree with the store:
+    set statically to `static`, or not static at all when the store has none?"""
+    is_static = live is not None and live["mac_source"] == "static"
+    return (is_static and live["mac"] == static) if static else not is_static
 
 
 def change(node: str, mutate: Callable[[State], T]) -> tuple[T, Report]:
