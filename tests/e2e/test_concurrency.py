@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitools import node_cli
 import yaml
 
 from eniplane.lab import VPC_CIDR, VPC_GATEWAY, Lab
@@ -69,12 +70,7 @@ def world(tmp_path_factory):
     with Lab.create(servers=False) as lab:
         node = f"{lab.prefix}-conc"
 
-        def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            p = subprocess.run([PY, "-m", "eniplane", *args, "--node", node],
-                               capture_output=True, text=True, timeout=120)
-            if check:
-                assert p.returncode == 0, p.stderr
-            return p
+        cli = node_cli(node)
 
         cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
             "--fabric-ip", lab.fabric_ip)

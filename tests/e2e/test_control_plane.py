@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from clitools import node_cli
 
 from eniplane.lab import VPC_SERVER, Lab
 
@@ -19,12 +20,7 @@ def world():
     with Lab.create() as lab:
         node = f"{lab.prefix}-cp"
 
-        def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            p = subprocess.run([PY, "-m", "eniplane", *args, "--node", node],
-                               capture_output=True, text=True, timeout=120)
-            if check:
-                assert p.returncode == 0, p.stderr
-            return p
+        cli = node_cli(node)
 
         cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
             "--fabric-ip", lab.fabric_ip)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitools import node_cli
 import yaml
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
@@ -96,11 +97,7 @@ class World:
         self.lab, self.node, self.tmp = lab, node, tmp
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run([PY, "-m", "eniplane", *args, "--node", self.node],
-                           capture_output=True, text=True, timeout=60)
-        if check:
-            assert p.returncode == 0, p.stderr
-        return p
+        return node_cli(self.node, timeout=60)(*args, check=check)
 
     def json(self, *args: str):
         return json.loads(self.cli(*args, "-o", "json").stdout)
