@@ -114,7 +114,7 @@ static __always_inline __u32 scramble(__u32 k)
  * names the flow on the environment's side and its destination, so that flows spread over the
  * ENI's range, the port is not guessable from outside, and the forward path finds an established
  * flow's entry again without a second table. Words are taken as loaded, in network order; user
- * space computes the same function (datapath.port_hash, proved equal by tests/datapath). */
+ * space computes the same function (probe.port_hash, proved equal by tests/datapath). */
 static __always_inline __u32 port_hash(__u32 secret, ipv4_t worker, __u32 vni, ipv4_t env,
                                        __be16 env_port, ipv4_t remote, __be16 remote_port,
                                        __u8 proto)
