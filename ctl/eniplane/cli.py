@@ -797,8 +797,7 @@ def flows_flush(ctx: typer.Context,
 
 @flows_app.command("sweep")
 def flows_sweep(ctx: typer.Context, node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Remove expired flows now (the datapath reuses their ports without this; sweeping makes
-    listings and counts true)."""
+    """Remove expired flows now (ports come back without it; it keeps listings and counts true)."""
     from . import node as nodemod
     from .datapath import Datapath
     from .errors import NotFound
