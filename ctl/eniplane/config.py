@@ -395,5 +395,6 @@ def diff(old: State, new: State) -> list[dict[str, str]]:
     for k in sorted(set(ea) - set(eb)):
         out.append({"op": "delete", "kind": "enis", "id": k})
     for kind in SETTINGS:
-        out += [{"op": "change", "kind": kind, "id": k} for k in a[kind] if a[kind][k] != b[kind][k]]
+        out += [{"op": "change", "kind": kind, "id": k}
+                for k in a[kind] if a[kind][k] != b[kind][k]]
     return out
