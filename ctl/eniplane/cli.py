@@ -179,7 +179,7 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         with Datapath(node) as dp:
             counters = {**dp.stats(), "flows_evicted": dp.flows_evicted()}
             states = dp.flow_states()
-        data = {"node": node, "counters": counters, "live_flows": states}
+        data = {"node": node, "counters": counters, "flow_states": states}
     if nonzero:  # for scripts as for people: -o json lists the same counters as the table
         data["counters"] = {k: v for k, v in data["counters"].items() if v}
 
@@ -187,9 +187,9 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         rows = [(k, f"{v:,}") for k, v in d["counters"].items()]
         output.table(f"node {node} counters" + (f", ENI {eni}" if eni else ""),
                      ["counter", "value"], rows)
-        if "live_flows" in d:
-            output.table(f"live flows by state ({sum(d['live_flows'].values()):,})",
-                         ["state", "flows"], [(k, f"{v:,}") for k, v in d["live_flows"].items()])
+        if "flow_states" in d:  # live flows by state, and entries kept that are not live
+            output.table("flow entries by state", ["state", "flows"],
+                         [(k, f"{v:,}") for k, v in d["flow_states"].items()])
 
     output.emit(out, data, render)
 
@@ -676,7 +676,7 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
     if nodemod.is_up(node):
         from .datapath import Datapath
         with Datapath(node) as dp:
-            doc["flows"] = len(dp.flows(vni=e.vni))
+            doc["flows"] = len(dp.flows(vni=e.vni, include_expired=False))
             doc["flow_entries"] = dp.eni_flow_entries().get(e.vni, 0)
             doc["counters"] = dp.eni_stats(e.vni).get(e.vni)
 

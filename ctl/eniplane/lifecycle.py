@@ -1,47 +1,41 @@
-"""A flow's life in user space's terms: its state name, its idle timeout, whether it is live, and
-the node-wide settings (idle timeouts, per-ENI flow limit) with their defaults and bounds.
+"""A flow's lifecycle as the datapath judges it, as pure functions.
 
-Contract: pure functions over a flow's protocol, state bits (bpf/types.h FLOW_S_*) and times in
-nanoseconds of the datapath's clock (CLOCK_MONOTONIC_COARSE); nothing here reads a map. The rules
-are the datapath's (issue 13): a TCP flow is timed by `tcp_established` once the environment
-acknowledged the SYN/ACK and while neither side sent FIN or RST, by `tcp_transitory` otherwise;
-UDP by `udp`, ICMP by `icmp`. A flow is expired when its idle time is strictly greater than its
-timeout, and live when it is not expired, has been seen, and (TCP) was not reset. The check_*
-functions raise InvalidInput naming the setting, for the CLI's option callbacks, `apply -f` and
-the State operations alike.
+Contract: mirrors bpf/eniplane.c (flow_timeout, flow_live, flow_claimable) and bpf/types.h
+(FLOW_S_*), bpf/consts.h (DEFAULT_TIMEOUT_*, TAKEOVER_GRACE_NS); tests/unit/test_consts.py holds
+the numbers equal to the C. A flow's state is the set of TCP events seen (FLOW_S_* bits); its
+name here is what `eniplane flows` shows. Times are nanoseconds of the coarse monotonic clock
+(CLOCK_MONOTONIC_COARSE, what bpf_ktime_get_coarse_ns reads). The settings' checks
+(validate_timeouts, check_seconds, check_flow_limit) raise InvalidInput naming the setting, for the
+CLI's option callbacks, `apply -f`, the State's operations and the datapath alike.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Mapping
 
 from .errors import InvalidInput
 
-PROTO_TCP, PROTO_UDP, PROTO_ICMP = 6, 17, 1
+FLOW_S_SYN, FLOW_S_SYNACK, FLOW_S_EST = 1, 2, 4
+FLOW_S_FIN_OUT, FLOW_S_FIN_IN, FLOW_S_RST = 8, 16, 32
 
-# struct flow's `state` bits (bpf/types.h)
-FLOW_S_SYN = 1       # SYN from the environment
-FLOW_S_SYNACK = 2    # SYN+ACK from the VPC
-FLOW_S_EST = 4       # the environment's ACK after the SYN/ACK
-FLOW_S_FIN_OUT = 8   # FIN from the environment
-FLOW_S_FIN_IN = 16   # FIN from the VPC
-FLOW_S_RST = 32      # RST either way
-
-# AWS's values: NAT gateway and Lambda's Hyperplane ENIs time an idle established TCP connection
-# out after 350 s; RFC 5382 / 4787 fill in what AWS leaves unsaid.
-DEFAULT_TIMEOUTS: dict[str, int] = {"tcp_established": 350, "tcp_transitory": 240, "udp": 350,
-                                    "icmp": 60}
+# consts.h's DEFAULT_TIMEOUT_*, by the names `eniplane timeouts` uses (whole seconds)
+DEFAULT_TIMEOUTS = {"tcp_established": 350, "tcp_transitory": 240, "udp": 350, "icmp": 60}
 TIMEOUT_NAMES = tuple(DEFAULT_TIMEOUTS)
-# A Hyperplane ENI's connection limit.
+# node_cfg's field for each timeout
+TIMEOUT_FIELDS = {name: f"timeout_{name}" for name in TIMEOUT_NAMES}
+# AWS: 65,000 connections per Hyperplane ENI (RFC 6888 REQ-3/4 ask for a limit)
 DEFAULT_FLOWS_PER_ENI = 65000
-# The maps hold both as u32.
-U32_MAX = (1 << 32) - 1
-NS = 1_000_000_000
+TAKEOVER_GRACE_NS = 100_000_000
+NSEC_PER_SEC = 1_000_000_000
+U32_MAX = 0xFFFFFFFF  # node_cfg holds timeouts and limits as u32
+
+STATE_NAMES = ("syn_sent", "syn_received", "established", "fin_wait", "closed", "reset", "active")
 
 
 def state_name(proto: int, bits: int) -> str:
-    """The name `flows` shows for a flow's state bits."""
-    if proto != PROTO_TCP:
+    """What a flow's state bits say, in one word."""
+    if proto != socket.IPPROTO_TCP:
         return "active"
     if bits & FLOW_S_RST:
         return "reset"
@@ -57,32 +51,46 @@ def state_name(proto: int, bits: int) -> str:
     return "syn_sent"
 
 
-def timeout_kind(proto: int, bits: int) -> str:
-    """Which of the four timeouts judges a flow."""
-    if proto == PROTO_TCP:
-        ended = bits & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN | FLOW_S_RST)
-        return "tcp_established" if bits & FLOW_S_EST and not ended else "tcp_transitory"
-    return "udp" if proto == PROTO_UDP else "icmp"
+def timeout_name(proto: int, bits: int) -> str:
+    """Which of the node's timeouts a flow is judged by."""
+    if proto == socket.IPPROTO_TCP:
+        done = FLOW_S_FIN_OUT | FLOW_S_FIN_IN | FLOW_S_RST
+        return "tcp_established" if bits & (FLOW_S_EST | done) == FLOW_S_EST else "tcp_transitory"
+    return "udp" if proto == socket.IPPROTO_UDP else "icmp"
 
 
-def timeout_s(proto: int, bits: int, timeouts: Mapping[str, int]) -> int:
-    """A flow's idle timeout in seconds under the given settings."""
-    return timeouts[timeout_kind(proto, bits)]
+def timeout_ns(proto: int, bits: int, timeouts: Mapping[str, int]) -> int:
+    return timeouts[timeout_name(proto, bits)] * NSEC_PER_SEC
 
 
-def expired(proto: int, bits: int, idle_ns: int, timeouts: Mapping[str, int]) -> bool:
-    return idle_ns > timeout_s(proto, bits, timeouts) * NS
+def idle_ns(last_seen_ns: int, now_ns: int) -> int:
+    return now_ns - last_seen_ns
 
 
 def is_live(proto: int, bits: int, last_seen_ns: int, now_ns: int,
             timeouts: Mapping[str, int]) -> bool:
-    """Would the datapath still forward this flow's packets as an established flow?"""
-    if not last_seen_ns or (proto == PROTO_TCP and bits & FLOW_S_RST):
-        return False
-    return not expired(proto, bits, max(0, now_ns - last_seen_ns), timeouts)
+    """flow_live: seen (0 is an entry changing hands), not idle past its timeout, not reset."""
+    return (last_seen_ns != 0 and idle_ns(last_seen_ns, now_ns) <= timeout_ns(proto, bits, timeouts)
+            and not bits & FLOW_S_RST)
 
 
-# ---- settings --------------------------------------------------------------------------------
+def is_expired(proto: int, bits: int, last_seen_ns: int, now_ns: int,
+               timeouts: Mapping[str, int]) -> bool:
+    """Idle past its timeout: its port may go to another tuple (after the grace) and the sweeper
+    may remove it. A reset flow that is not expired yet is dead but keeps its port."""
+    return last_seen_ns != 0 and idle_ns(last_seen_ns, now_ns) > timeout_ns(proto, bits, timeouts)
+
+
+def validate_timeouts(values: Mapping[str, object]) -> dict[str, int]:
+    """Some timeouts by name, checked; an unknown name is an error, never ignored."""
+    out = {}
+    for name, v in values.items():
+        if name not in DEFAULT_TIMEOUTS:
+            raise InvalidInput(f"unknown timeout {name!r} (known: {', '.join(TIMEOUT_NAMES)})")
+        out[name] = check_seconds(f"timeout {name}", v)
+    return out
+
+
 def check_seconds(what: str, value: object) -> int:
     """One timeout: whole seconds, at least 1 (a test may use 1 s; 0 would expire everything).
     Messages are "{what}: {problem}", as model.py's parsers say them."""
@@ -91,16 +99,6 @@ def check_seconds(what: str, value: object) -> int:
     if not 1 <= value <= U32_MAX:
         raise InvalidInput(f"{what}: {value} s is outside 1-{U32_MAX}")
     return value
-
-
-def check_timeouts(changes: Mapping[str, object]) -> dict[str, int]:
-    """Some of the four timeouts, checked; an unknown name is an error, never ignored."""
-    out = {}
-    for name, value in changes.items():
-        if name not in DEFAULT_TIMEOUTS:
-            raise InvalidInput(f"no timeout named {name!r} (timeouts: {', '.join(TIMEOUT_NAMES)})")
-        out[name] = check_seconds(f"timeout {name}", value)
-    return out
 
 
 def check_flow_limit(what: str, value: object, zero: str | None = None) -> int:

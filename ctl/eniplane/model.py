@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import AlreadyExists, InvalidInput, NotFound
-from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, check_flow_limit, check_timeouts
+from .lifecycle import (DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, check_flow_limit,
+                        validate_timeouts)
 from .sgcompile import PROTO_NUMBERS, Rule
 
 # consts.h's MAX_SG_PER_ENI and MAX_RULES_PER_SG (per direction): tests/unit/test_consts.py
@@ -210,7 +211,7 @@ class State:
         """Change some of the idle timeouts; returns all four."""
         if not seconds:
             raise InvalidInput("no timeout given")
-        self.timeouts.update(check_timeouts(seconds))
+        self.timeouts.update(validate_timeouts(seconds))
         return dict(self.timeouts)
 
     def set_flows_per_eni(self, n: int) -> None:

@@ -169,7 +169,7 @@ def test_an_idle_flow_expires_is_listed_with_all_and_swept(world):
     assert f["proto"] == "udp" and f["state"] == "active" and f["live"] is True
     assert 0 <= f["idle_s"] < 5
     stats = json.loads(cli("stats", "-o", "json").stdout)
-    assert stats["live_flows"].get("active", 0) >= 1
+    assert stats["flow_states"].get("active", 0) >= 1
     assert set(LIFECYCLE_COUNTERS) <= set(stats["counters"])
     cli("timeouts", "set", "--udp", "1")
     try:
@@ -177,7 +177,7 @@ def test_an_idle_flow_expires_is_listed_with_all_and_swept(world):
         assert json.loads(cli("flows", "--eni", eni["id"], "-o", "json").stdout) == []
         (old,) = json.loads(cli("flows", "--all", "--eni", eni["id"], "-o", "json").stdout)
         assert old["live"] is False and old["idle_s"] >= 1 and old["nat"] == f["nat"]
-        assert json.loads(cli("stats", "-o", "json").stdout)["live_flows"].get("active", 0) == 0
+        assert json.loads(cli("stats", "-o", "json").stdout)["flow_states"].get("active", 0) == 0
         assert "(expired)" in cli("flows", "--all", "--eni", eni["id"]).stdout
         swept = json.loads(cli("flows", "sweep", "-o", "json").stdout)
         assert swept["removed"] >= 1

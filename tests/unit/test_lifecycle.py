@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 
 import pytest
@@ -19,8 +20,8 @@ from eniplane.errors import InvalidInput, NotFound
 from eniplane.model import State
 from eniplane.store import SCHEMA_VERSION, Store
 
-S = lc.NS
-TCP, UDP, ICMP = lc.PROTO_TCP, lc.PROTO_UDP, lc.PROTO_ICMP
+S = lc.NSEC_PER_SEC
+TCP, UDP, ICMP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP
 SYN, SYNACK, EST = lc.FLOW_S_SYN, lc.FLOW_S_SYNACK, lc.FLOW_S_EST
 FIN_OUT, FIN_IN, RST = lc.FLOW_S_FIN_OUT, lc.FLOW_S_FIN_IN, lc.FLOW_S_RST
 HANDSHAKE = SYN | SYNACK | EST
@@ -43,8 +44,8 @@ HANDSHAKE = SYN | SYNACK | EST
 ])
 def test_state_names_and_the_timeout_that_judges_them(proto, bits, name, timeout):
     assert lc.state_name(proto, bits) == name
-    assert lc.timeout_kind(proto, bits) == timeout
-    assert lc.timeout_s(proto, bits, {**lc.DEFAULT_TIMEOUTS, timeout: 7}) == 7
+    assert lc.timeout_name(proto, bits) == timeout
+    assert lc.timeout_ns(proto, bits, {**lc.DEFAULT_TIMEOUTS, timeout: 7}) == 7 * S
 
 
 def test_expiry_is_strictly_after_the_timeout():
@@ -52,7 +53,8 @@ def test_expiry_is_strictly_after_the_timeout():
     now = 1000 * S
     assert lc.is_live(UDP, 0, now - 30 * S, now, t)       # idle == timeout: still live
     assert not lc.is_live(UDP, 0, now - 30 * S - 1, now, t)
-    assert lc.expired(UDP, 0, 30 * S + 1, t) and not lc.expired(UDP, 0, 30 * S, t)
+    assert lc.is_expired(UDP, 0, now - 30 * S - 1, now, t)
+    assert not lc.is_expired(UDP, 0, now - 30 * S, now, t)
 
 
 def test_live_needs_a_last_seen_time_and_no_reset():
@@ -61,8 +63,8 @@ def test_live_needs_a_last_seen_time_and_no_reset():
     assert not lc.is_live(UDP, 0, 0, now, t)            # never seen: a claimed, unfinished entry
     assert lc.is_live(TCP, HANDSHAKE, now, now, t)
     assert not lc.is_live(TCP, HANDSHAKE | RST, now, now, t)   # reset: not live however recent
-    assert lc.is_live(UDP, RST, now, now, t)            # the bit means nothing for UDP
     assert lc.is_live(TCP, HANDSHAKE, now + S, now, t)  # a CPU's clock ahead of ours: not idle
+    assert not lc.is_expired(TCP, HANDSHAKE | RST, now, now, t)  # reset, but keeps its port
 
 
 def test_established_and_transitory_timeouts_differ():
@@ -81,10 +83,12 @@ def test_check_seconds(value, msg):
         lc.check_seconds("timeout udp", value)
 
 
-def test_check_timeouts_names_an_unknown_one():
-    with pytest.raises(InvalidInput, match="no timeout named 'tcp'"):
-        lc.check_timeouts({"tcp": 5})
-    assert lc.check_timeouts({"udp": 1}) == {"udp": 1}
+def test_validate_timeouts_names_an_unknown_one():
+    with pytest.raises(InvalidInput, match="unknown timeout 'tcp'"):
+        lc.validate_timeouts({"tcp": 5})
+    with pytest.raises(InvalidInput, match="timeout udp: 0 s is outside"):
+        lc.validate_timeouts({"udp": 0})
+    assert lc.validate_timeouts({"udp": 1}) == {"udp": 1}
 
 
 def test_flow_limits_take_zero_only_where_it_means_something():
