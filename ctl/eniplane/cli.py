@@ -177,7 +177,8 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
     else:
         with Datapath(node) as dp:
-            counters = {**dp.stats(), "flows_evicted": dp.flows_evicted()}
+            counters = {**dp.stats(), "flows_evicted": dp.flows_evicted(),
+                        "flows_swept": dp.flows_swept()}
             states = dp.flow_states()
         data = {"node": node, "counters": counters, "flow_states": states}
     if nonzero:  # for scripts as for people: -o json lists the same counters as the table

@@ -564,6 +564,10 @@ class Datapath:
         g = self.map("flow_guard").lookup(0)
         return g["evicted"] + max(0, g["count"] - self.map("flows").count())
 
+    def flows_swept(self) -> int:
+        """Expired entries the sweeper removed so far (flow_guard.swept)."""
+        return self.map("flow_guard").lookup(0)["swept"]
+
     def eni_counter_names(self) -> list[str]:
         """The names of the per-ENI counters, in the datapath's order."""
         return self.map("eni_stats").value_fields

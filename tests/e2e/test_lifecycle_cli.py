@@ -178,8 +178,11 @@ def test_an_idle_flow_expires_is_listed_with_all_and_swept(world):
         (old,) = json.loads(cli("flows", "--all", "--eni", eni["id"], "-o", "json").stdout)
         assert old["live"] is False and old["idle_s"] >= 1 and old["nat"] == f["nat"]
         assert json.loads(cli("stats", "-o", "json").stdout)["flow_states"].get("active", 0) == 0
+        before = json.loads(cli("stats", "-o", "json").stdout)["counters"]["flows_swept"]
         swept = json.loads(cli("flows", "sweep", "-o", "json").stdout)
         assert swept["removed"] >= 1
+        after = json.loads(cli("stats", "-o", "json").stdout)["counters"]["flows_swept"]
+        assert after == before + swept["removed"]
         assert json.loads(cli("flows", "--all", "--eni", eni["id"], "-o", "json").stdout) == []
         assert "swept 0 expired flows" in cli("flows", "sweep").stderr
     finally:
