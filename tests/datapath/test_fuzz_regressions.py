@@ -18,6 +18,9 @@ def test_regression(harness, case):
     doc = json.loads(case.read_text())
     harness.reset()
     for row in doc["packets"]:
+        if row["direction"] == "time":
+            harness.step("time", row["time"])
+            continue
         ifindex = harness.vpc_ifs[row["vpc"]]["ifindex"] if row["vpc"] else 0
         harness.step(row["direction"], bytes.fromhex(row["frame"]), ifindex)
     harness.check_invariants()
