@@ -35,6 +35,27 @@
 #define PORT_TRIES 16
 #define E_EXIST 17 /* EEXIST: what a BPF_NOEXIST insert of a taken key returns, negated */
 
+/* Idle timeouts in whole seconds when node_cfg leaves one at 0: AWS's NAT gateway and Lambda's
+ * Hyperplane ENIs keep an idle TCP connection 350 s; the transitory and UDP/ICMP values follow
+ * RFC 5382 (>= 4 min before a closing connection's port is reused) and RFC 4787. */
+#define DEFAULT_TIMEOUT_TCP_ESTABLISHED 350
+#define DEFAULT_TIMEOUT_TCP_TRANSITORY 240
+#define DEFAULT_TIMEOUT_UDP 350
+#define DEFAULT_TIMEOUT_ICMP 60
+#define NSEC_PER_SEC 1000000000ull
+/* How much longer than its timeout an entry must have been idle before another tuple may take
+ * it over. Each CPU's clock lags the true time by up to two ticks (coarse_now), so without a
+ * margin an owner's CPU could still judge the flow live, and refresh it, while another CPU
+ * rewrites it for a new owner. 100 ms is far beyond two ticks at any HZ. */
+#define TAKEOVER_GRACE_NS 100000000ull
+
+/* TCP header flags (byte 13), BSD names. */
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+#define INNER_TTL 64 /* the TTL of packets the node makes up inside the tunnel (TCP RSTs) */
+
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif

@@ -31,15 +31,20 @@ static __always_inline __u16 csum_replace2(__u16 check, __u16 from, __u16 to)
     return csum_fold32(s);
 }
 
-/* A fresh checksum for an option-less IPv4 header (20 bytes). */
-static __always_inline __u16 ipv4_csum20(struct iphdr *ip)
+/* `s` plus the 16-bit words of 20 bytes (an option-less IPv4 or TCP header), unfolded. */
+static __always_inline __u32 csum_add20(const void *p, __u32 s)
 {
-    __u16 *w = (__u16 *)ip;
-    __u32 s = 0;
+    const __u16 *w = p;
 #pragma unroll
     for (int i = 0; i < 10; i++)
         s += w[i];
-    return csum_fold32(s);
+    return s;
+}
+
+/* A fresh checksum for an option-less IPv4 header (20 bytes). */
+static __always_inline __u16 ipv4_csum20(struct iphdr *ip)
+{
+    return csum_fold32(csum_add20(ip, 0));
 }
 
 /* Decrement TTL; the checksum follows the (ttl, protocol) word. */

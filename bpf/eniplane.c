@@ -50,6 +50,39 @@ static __always_inline __u32 l4_reason(int rc, __u32 truncated)
     return truncated;
 }
 
+#ifdef ENIPLANE_TEST_HOOKS
+/* Test builds only: lets a datapath test change an ENI at the one point a concurrent control
+ * plane could, between reading the generation and reading the ENI (tests/datapath). */
+struct eni_race_hook {
+    __u32 armed;
+    __u32 vni;
+    struct eni eni;
+};
+BPF_TABLE_PINNED("array", __u32, struct eni_race_hook, eni_race, 1, PIN_DIR "/eni_race");
+static __always_inline void eni_race_point(struct node_cfg *cfg, __u32 vni)
+{
+    __u32 k = 0;
+    struct eni_race_hook *h = eni_race.lookup(&k);
+    if (h && h->armed && h->vni == vni) {
+        h->armed = 0;
+        enis.update(&vni, &h->eni);
+        __sync_fetch_and_add(&cfg->eni_gen, 1);
+    }
+}
+/* Test builds only: moves the datapath's clock forward, so that tests see flows expire without
+ * waiting for minutes (user space's Datapath.now_ns adds the same shift). */
+BPF_TABLE_PINNED("array", __u32, __u64, clock_shift, 1, PIN_DIR "/clock_shift");
+static __always_inline __u64 clock_shifted(__u64 ns)
+{
+    __u32 k = 0;
+    __u64 *d = clock_shift.lookup(&k);
+    return d ? ns + *d : ns;
+}
+#else
+#define eni_race_point(cfg, vni) do { } while (0)
+#define clock_shifted(ns) (ns)
+#endif
+
 /* The coarse monotonic time, from this CPU's clock cache (types.h) while the jiffy lasts. A CPU
  * that reads it between a tick's jiffies update and its clock update keeps the previous tick's
  * time for that jiffy: last_seen_ns is exact to within two ticks, as expiry needs no more. */
@@ -59,12 +92,12 @@ static __always_inline __u64 coarse_now(void)
     __u64 j = bpf_jiffies64();
     struct clock_cache *c = clock.lookup(&k);
     if (!c)
-        return bpf_ktime_get_coarse_ns();
+        return clock_shifted(bpf_ktime_get_coarse_ns());
     if (c->jiffies != j) {
         c->jiffies = j;
         c->ns = bpf_ktime_get_coarse_ns();
     }
-    return c->ns;
+    return clock_shifted(c->ns);
 }
 
 static __always_inline struct eni_stats *eni_stats_of(__u32 eni_idx)
@@ -146,28 +179,117 @@ static __always_inline int flow_owned_by(struct flow *f, ipv4_t worker, __u32 vn
     return f->worker == worker && f->vni == vni && f->env_addr == env && f->env_port == env_port;
 }
 
-#ifdef ENIPLANE_TEST_HOOKS
-/* Test builds only: lets a datapath test change an ENI at the one point a concurrent control
- * plane could, between reading the generation and reading the ENI (tests/datapath). */
-struct eni_race_hook {
-    __u32 armed;
-    __u32 vni;
-    struct eni eni;
-};
-BPF_TABLE_PINNED("array", __u32, struct eni_race_hook, eni_race, 1, PIN_DIR "/eni_race");
-static __always_inline void eni_race_point(struct node_cfg *cfg, __u32 vni)
+/* ---- Flow lifecycle (types.h: FLOW_S_*) ------------------------------------------------------
+ * A flow is live while it has not been idle longer than its timeout and no RST ended it. The
+ * kernel alone gives ports back: an entry that is no longer live is reopened in place by its own
+ * tuple, or taken over by another tuple's new flow once it has been idle past its timeout and
+ * TAKEOVER_GRACE_NS, so correctness never waits for the sweeper (user space), which only removes
+ * what nobody took. An entry changes hands by a compare-and-swap of last_seen_ns from the value
+ * read to 0: one CPU wins, and 0 reads as "not live" to everyone until the winner has rewritten
+ * the entry and stores the new time last (xchg). Readers load last_seen_ns before the fields
+ * that name the owner: on x86 (TSO) a reader that sees the new time sees the new owner. */
+
+/* All ones when cond is non-zero, without a branch (the verifier walks the flow walk's tail
+ * once per exit, and branches here would double that). */
+static __always_inline __u64 mask_if(__u64 cond)
 {
-    __u32 k = 0;
-    struct eni_race_hook *h = eni_race.lookup(&k);
-    if (h && h->armed && h->vni == vni) {
-        h->armed = 0;
-        enis.update(&vni, &h->eni);
-        __sync_fetch_and_add(&cfg->eni_gen, 1);
-    }
+    __u64 m = (__u64)0 - (__u64)(cond != 0);
+    asm volatile("" : "+r"(m));
+    return m;
 }
-#else
-#define eni_race_point(cfg, vni) do { } while (0)
-#endif
+
+/* The idle timeout of a flow in ns: established TCP (EST without FIN or RST), transitory TCP,
+ * UDP or ICMP. */
+static __always_inline __u64 flow_timeout(struct node_cfg *cfg, __u8 proto, __u8 state)
+{
+    __u64 est = cfg->timeout_tcp_established;
+    __u64 trans = cfg->timeout_tcp_transitory;
+    __u64 udp = cfg->timeout_udp;
+    __u64 icmp = cfg->timeout_icmp;
+    __u64 m_est = mask_if((state & (FLOW_S_EST | FLOW_S_FIN_OUT | FLOW_S_FIN_IN | FLOW_S_RST)) ==
+                          FLOW_S_EST);
+    __u64 tcp = (est & m_est) | (trans & ~m_est);
+    __u64 m_tcp = mask_if(proto == IPPROTO_TCP);
+    __u64 m_udp = mask_if(proto == IPPROTO_UDP);
+    __u64 other = (udp & m_udp) | (icmp & ~m_udp);
+    return ((tcp & m_tcp) | (other & ~m_tcp)) * NSEC_PER_SEC;
+}
+
+/* Live: seen (0 is an entry changing hands), idle no longer than its timeout, not reset. */
+static __always_inline int flow_live(struct node_cfg *cfg, __u8 proto, __u8 state, __u64 seen,
+                                     __u64 now)
+{
+    return seen && (__s64)(now - seen) <= (__s64)flow_timeout(cfg, proto, state) &&
+           !(state & FLOW_S_RST);
+}
+
+/* May another tuple take this entry over? Idle past its timeout and the grace (types.h). */
+static __always_inline int flow_claimable(struct node_cfg *cfg, __u8 proto, __u8 state,
+                                          __u64 seen, __u64 now)
+{
+    return seen &&
+           (__s64)(now - seen) > (__s64)(flow_timeout(cfg, proto, state) + TAKEOVER_GRACE_NS);
+}
+
+/* The state bits a packet adds, from the environment (out) or from the VPC (in). Branch-free:
+ * TCP flags are 0 for other protocols (parse_l4), which leaves their state at 0. */
+static __always_inline __u8 state_bits_out(__u8 fl, __u8 state)
+{
+    __u8 syn = (fl >> 1) & ~(fl >> 4) & 1;      /* SYN without ACK */
+    __u8 est = (fl >> 4) & (state >> 1) & 1;    /* ACK after the SYN+ACK */
+    return syn * FLOW_S_SYN | est * FLOW_S_EST | (fl & TH_FIN) * FLOW_S_FIN_OUT |
+           ((fl >> 2) & 1) * FLOW_S_RST;
+}
+
+static __always_inline __u8 state_bits_in(__u8 fl)
+{
+    __u8 synack = (fl >> 1) & (fl >> 4) & 1;
+    return synack * FLOW_S_SYNACK | (fl & TH_FIN) * FLOW_S_FIN_IN | ((fl >> 2) & 1) * FLOW_S_RST;
+}
+
+/* Take an entry whose last_seen_ns read `seen`: only one CPU's swap from that value succeeds. */
+static __always_inline int flow_claim(struct flow *f, __u64 seen)
+{
+    return seen && __sync_val_compare_and_swap(&f->last_seen_ns, seen, 0) == seen;
+}
+
+/* Rewrite a claimed entry for its new flow, the time last: it makes the entry live again. */
+static __always_inline void flow_publish(struct flow *f, struct flow *nf)
+{
+    f->tx_packets = nf->tx_packets;
+    f->tx_bytes = nf->tx_bytes;
+    f->rx_packets = 0;
+    f->rx_bytes = 0;
+    f->worker = nf->worker;
+    f->vni = nf->vni;
+    f->env_addr = nf->env_addr;
+    f->env_port = nf->env_port;
+    f->eni_idx = nf->eni_idx;
+    mac_copy(f->env_mac, nf->env_mac);
+    f->tunnel = nf->tunnel;
+    f->state = nf->state;
+    __sync_lock_test_and_set(&f->last_seen_ns, nf->last_seen_ns);
+}
+
+/* The flows an ENI holds against its limit (types.h: eni_flows_added). */
+static __always_inline int eni_full(__u32 eni_idx, __u32 limit)
+{
+    if (!limit)
+        return 0;
+    __u64 *added = eni_flows_added.lookup(&eni_idx);
+    __u64 *removed = eni_flows_removed.lookup(&eni_idx);
+    if (!added || !removed)
+        return 0;
+    return (__s64)(*added - *removed) >= (__s64)limit;
+}
+
+static __always_inline void eni_flows_add(__u32 eni_idx, __s64 n)
+{
+    __u64 *added = eni_flows_added.lookup(&eni_idx);
+    if (added)
+        __sync_fetch_and_add(added, (__u64)n);
+}
+
 
 /* The ENI of a VNI, from this CPU's eni_cache when the slot is current, else from `enis`
  * (copied into the slot for the next packet). The generation is read before the ENI: a change
@@ -371,6 +493,91 @@ struct tunnel_pkt {
     __u8 tunnel; /* enum tunnel_type */
 };
 
+/* A TCP segment from an environment that has no live flow (expired, reset, flushed) is
+ * answered as the remote end answers a segment for a connection it does not have: a RST (RFC 793,
+ * "Reset Generation"), built in place and sent back through the tunnel it came in. AWS's NAT
+ * gateway does this past its idle timeout: the client learns at once instead of retransmitting
+ * into a black hole. Only the environment sees it; the VPC sees nothing. */
+static __always_inline __u32 tcp_rst_answer(struct xdp_md *ctx, struct node_cfg *cfg,
+                                            struct tunnel_pkt *t, struct ethhdr *ieth,
+                                            struct iphdr *iip, struct tcphdr *th, int *action)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct tcphdr *nt = (void *)iip + sizeof(struct iphdr); /* options, payload: all dropped */
+    *action = XDP_DROP;
+    if ((void *)(nt + 1) > data_end || (void *)(th + 1) > data_end)
+        return STAT_drop_inner_truncated;
+    __u8 fl = ((__u8 *)th)[13];
+    __u32 hdrs = iip->ihl * 4 + th->doff * 4;
+    __u32 tot = bpf_ntohs(iip->tot_len);
+    __u32 seg = (tot > hdrs ? tot - hdrs : 0) + ((fl >> 1) & 1) + (fl & TH_FIN);
+    __be32 seq = 0, ack = 0;
+    __u8 rfl = TH_RST;
+    if (fl & TH_ACK) {
+        seq = th->ack_seq; /* <SEQ=SEG.ACK><CTL=RST> */
+    } else {
+        ack = bpf_htonl(bpf_ntohl(th->seq) + seg); /* <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK> */
+        rfl = TH_RST | TH_ACK;
+    }
+    __be16 sport = th->source, dport = th->dest;
+    ipv4_t env = iip->saddr, remote = iip->daddr;
+
+    mac_copy(ieth->h_dest, ieth->h_source);
+    mac_copy(ieth->h_source, cfg->gateway_mac);
+    iip->version = 4;
+    iip->ihl = 5;
+    iip->tos = 0;
+    iip->tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct tcphdr));
+    iip->id = 0;
+    iip->frag_off = 0;
+    iip->ttl = INNER_TTL;
+    iip->protocol = IPPROTO_TCP;
+    iip->check = 0;
+    iip->saddr = remote;
+    iip->daddr = env;
+    iip->check = ipv4_csum20(iip);
+    nt->source = dport;
+    nt->dest = sport;
+    nt->seq = seq;
+    nt->ack_seq = ack;
+    ((__u8 *)nt)[12] = 5 << 4; /* data offset 5, no options */
+    ((__u8 *)nt)[13] = rfl;
+    nt->window = 0;
+    nt->check = 0;
+    nt->urg_ptr = 0;
+    /* The pseudo header, in the same (memory order) words as the header itself. */
+    __u32 ps = (remote & 0xFFFF) + (remote >> 16) + (env & 0xFFFF) + (env >> 16) +
+               bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(struct tcphdr));
+    nt->check = csum_fold32(csum_add20(nt, ps));
+
+    /* Outer headers turned around: the same tunnel, ports and tags, back to the worker. */
+    __u8 tmp[6];
+    mac_copy(tmp, t->oeth->h_dest);
+    mac_copy(t->oeth->h_dest, t->oeth->h_source);
+    mac_copy(t->oeth->h_source, tmp);
+    struct iphdr *oip = t->oip;
+    ipv4_t a = oip->saddr; /* swapping two words leaves the header checksum as it is */
+    oip->saddr = oip->daddr;
+    oip->daddr = a;
+    __u32 len = (void *)(nt + 1) - data;
+    __be16 olen = bpf_htons(len - ((void *)oip - data));
+    oip->check = csum_replace2(oip->check, oip->tot_len, olen);
+    oip->tot_len = olen;
+    __u16 *ttl_word = (__u16 *)&oip->ttl;
+    __u16 old_word = *ttl_word;
+    oip->ttl = OUTER_TTL;
+    oip->check = csum_replace2(oip->check, old_word, *ttl_word);
+    t->oudp->len = bpf_htons(len - ((void *)t->oudp - data));
+    t->oudp->check = 0;
+    int delta = (int)len - (int)(data_end - data);
+    if (delta && bpf_xdp_adjust_tail(ctx, delta))
+        return STAT_drop_adjust_failed;
+    *action = XDP_TX;
+    return STAT_tx_tcp_rst;
+}
+
+
 /* Stage 1, outer headers: 0 when this is tunnel traffic for this node, else the pass_* reason
  * under which the kernel gets it (until then nothing is ours to drop). */
 static __always_inline __u32 parse_outer(struct cursor *c, struct node_cfg *cfg,
@@ -447,6 +654,7 @@ static __always_inline __u32 parse_inner_ip(struct cursor *c, struct iphdr **iip
 /* Stage 5, where the flow sits along its port probe (see the walk's comment below). */
 struct probe {
     struct flow *f;     /* the flow's entry, NULL when it has none yet */
+    __u64 seen;         /* f's last_seen_ns, read before its owner was */
     __be16 free_port;   /* the first empty slot along the probe; ports in range are never 0 */
     __u32 free_depth;
     int probed;         /* the flow sits past its probe's first port */
@@ -463,8 +671,11 @@ static __always_inline void flow_walk(struct flow_key *fk, struct flow_guard *g,
     __u32 tries = range < PORT_TRIES ? range : PORT_TRIES;
     /* The verifier walks the rest of the program once for each iteration this loop can leave
      * from, so it is one loop with little state, and PORT_TRIES (16) keeps xdp_fabric well
-     * inside the 1M instructions the verifier will walk; 32 did not fit. */
+     * inside the 1M instructions the verifier will walk; 32 did not fit. Looking for expired
+     * entries here too multiplied the states past the limit: that is a walk of its own
+     * (stale_walk), which only a new flow that finds no usable empty slot takes. */
     pr->f = NULL;
+    pr->seen = 0;
     pr->free_port = 0;
     pr->free_depth = 0;
     pr->probed = 0;
@@ -478,8 +689,11 @@ static __always_inline void flow_walk(struct flow_key *fk, struct flow_guard *g,
         fk->eni_port = p;
         struct flow *f = flows.lookup(fk);
         if (f) {
+            __u64 seen = *(volatile __u64 *)&f->last_seen_ns; /* before the owner: see above */
+            asm volatile("" ::: "memory");
             if (flow_owned_by(f, worker, vni, env, env_port)) {
                 pr->f = f;
+                pr->seen = seen;
                 pr->probed = i != 0;
                 break;
             }
@@ -497,11 +711,170 @@ static __always_inline void flow_walk(struct flow_key *fk, struct flow_guard *g,
     }
 }
 
-int xdp_fabric(struct xdp_md *ctx)
+/* The first entry along the probe that another tuple may take over (flow_claimable), found
+ * for a new flow that has no empty slot it may use: none along the probe, or its ENI at its
+ * limit. Returns its port, or 0. Walks the whole probe: only such new flows pay for it. */
+static __always_inline __be16 stale_walk(struct flow_key *fk, struct node_cfg *cfg, __u64 now,
+                                         __u32 lo, __u32 range, __u32 start)
+{
+    __u32 tries = range < PORT_TRIES ? range : PORT_TRIES;
+    __be16 found = 0;
+    for (__u32 i = 0; i < PORT_TRIES; i++) {
+        asm volatile("" : "+r"(i)); /* as in flow_walk */
+        if (i >= tries)
+            break;
+        __be16 p = probe_port(lo, range, start, i);
+        fk->eni_port = p;
+        struct flow *f = flows.lookup(fk);
+        if (f && flow_claimable(cfg, fk->proto, f->state, f->last_seen_ns, now)) {
+            found = p;
+            break;
+        }
+    }
+    return found;
+}
+
+/* A tunnel packet as stages 1-4 left it, for the stages after them. */
+struct fabric_pkt {
+    struct tunnel_pkt t;
+    void *inner;          /* the inner frame: what is left once the outer headers go */
+    struct ethhdr *ieth;
+    struct iphdr *iip;
+    struct l4 l4;
+    __u64 bytes;          /* the inner frame's length */
+};
+
+/* Stages 1-4: 0 with `p` filled for an environment's IPv4 packet, else the reason (and the
+ * action) for everything else. `first` is xdp_fabric's pass: it admits the worker and answers
+ * ARP; xdp_fabric_open parses again a packet that xdp_fabric already admitted. */
+static __always_inline __u32 fabric_front(struct xdp_md *ctx, struct stats *st,
+                                          struct node_cfg *cfg, struct fabric_pkt *p, int first,
+                                          int *action)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     struct cursor c = {.pos = data, .end = data_end};
+
+    /* 1. Outer headers: until we know this is tunnel traffic for us, the kernel gets it. */
+    __u32 reason = parse_outer(&c, cfg, &p->t);
+    if (reason)
+        return reason;
+    /* Tunnel traffic for this node: from here on every failure is a named drop. */
+    *action = XDP_DROP;
+
+    /* 2. The sender: a registered worker, speaking from the MAC it is known by. Every packet is
+     * checked (a direct-mapped slot, no hashing): replies go to that MAC, so a host that claims a
+     * worker's address gets nothing in and cannot draw the worker's replies to itself. */
+    ipv4_t worker = p->t.oip->saddr;
+    if (first) {
+        reason = worker_admit(st, worker, p->t.oeth, p->t.tags, p->t.depth, data_end);
+        if (reason)
+            return reason;
+    }
+
+    /* 3. Tunnel header: the VNI names the ENI. */
+    reason = parse_tunnel(&c, &p->t);
+    if (reason)
+        return reason;
+    __u32 vni = p->t.vni;
+
+    /* 4. Inner frame: ARP is answered as the gateway, IPv4 is translated. */
+    p->inner = c.pos;
+    p->bytes = data_end - c.pos;
+    struct ethhdr *ieth = CURSOR_TAKE(&c, struct ethhdr);
+    if (!ieth)
+        return STAT_drop_inner_truncated;
+    p->ieth = ieth;
+    if (ieth->h_proto == bpf_htons(ETH_P_ARPH) && first) {
+        if (!enis.lookup(&vni))
+            return STAT_drop_unknown_vni;
+        if (!worker_placed(worker, vni))
+            return STAT_drop_worker_not_placed;
+        return tunnel_arp(&c, cfg, p->t.oeth, p->t.oip, p->t.oudp, ieth, action);
+    }
+    if (ieth->h_proto != bpf_htons(ETH_P_IPV4))
+        return STAT_drop_inner_not_ipv4;
+    return parse_inner_ip(&c, &p->iip, &p->l4);
+}
+
+/* Stages 6-7 for a packet whose flow and port are settled: SNAT onto the ENI (source address
+ * and port, checksums, TTL, MACs), strip the outer headers, redirect into the VPC. Returns the
+ * reason, `reason` when all went well. */
+static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct fabric_pkt *p, __u32 vpc_idx,
+                                       __u32 eni_idx, ipv4_t eni_addr, __be16 nat_port,
+                                       __u32 reason, int *action)
+{
+    *action = XDP_DROP;
+    struct vpc *vpc = vpcs.lookup(&vpc_idx);
+    if (!vpc || !(vpc->flags & VPC_F_ACTIVE))
+        return STAT_drop_no_vpc;
+    if (!(vpc->flags & VPC_F_GW_MAC))
+        return STAT_drop_no_gateway_mac;
+
+    struct iphdr *iip = p->iip;
+    __be16 *sport = p->l4.sport;
+    ipv4_t old_src = iip->saddr;
+    __u16 old_port = *sport;
+    iip->saddr = eni_addr;
+    iip->check = csum_replace4(iip->check, old_src, eni_addr);
+    ipv4_dec_ttl(iip);
+    l4_csum_fix(iip->protocol, p->l4.check, old_src, eni_addr, old_port, nat_port);
+    *sport = nat_port;
+    mac_copy(p->ieth->h_dest, vpc->gateway_mac);
+    mac_copy(p->ieth->h_source, vpc->if_mac);
+
+    struct eni_stats *es = eni_stats_of(eni_idx);
+    if (es) {
+        es->tx_packets++;
+        es->tx_bytes += p->bytes;
+    }
+
+    __u32 egress = vpc->tx_slot;
+    void *data = (void *)(long)ctx->data;
+    if (bpf_xdp_adjust_head(ctx, (int)(p->inner - data)))
+        return STAT_drop_adjust_failed;
+    *action = tx_ports.redirect_map(egress, XDP_DROP);
+    return *action == XDP_REDIRECT ? reason : STAT_drop_no_tx_port;
+}
+
+/* The ENI behind a VNI, and the start of its flows' key. */
+static __always_inline struct eni *flow_key_of(struct node_cfg *cfg, struct fabric_pkt *p,
+                                               struct flow_key *fk)
+{
+    struct eni *eni = eni_of(cfg, p->t.vni);
+    __builtin_memset(fk, 0, sizeof(*fk));
+    if (eni) {
+        fk->vpc_idx = eni->vpc_idx;
+        fk->proto = p->iip->protocol;
+        fk->eni_addr = eni->addr;
+        fk->remote = p->iip->daddr;
+        fk->remote_port = p->l4.dport ? *p->l4.dport : 0;
+    }
+    return eni;
+}
+
+/* Where a flow's probe starts in its ENI's range (Lemire's multiply-shift maps the hash onto
+ * the range without a division). */
+static __always_inline __u32 probe_start(struct node_cfg *cfg, struct fabric_pkt *p,
+                                         struct flow_key *fk, __u32 range)
+{
+    return ((__u64)port_hash(cfg->port_secret, p->t.oip->saddr, p->t.vni, p->iip->saddr,
+                             *p->l4.sport, fk->remote, fk->remote_port, fk->proto) *
+            range) >> 32;
+}
+
+static __always_inline __u32 port_range(struct eni *eni)
+{
+    __u32 lo = eni->port_lo, hi = eni->port_hi;
+    return (lo && hi >= lo) ? hi - lo + 1 : 0;
+}
+
+/* xdp_fabric: the established path whole, and the stages before it. Anything else that an
+ * environment sends (a new flow, an expired one, a TCP segment with no live flow) goes on to
+ * xdp_fabric_open by a tail call: the verifier then walks each program on its own, where one
+ * program had to be walked once for every way the flow walk could end. */
+int xdp_fabric(struct xdp_md *ctx)
+{
     __u32 reason = STAT_pass_not_tunnel;
     int action = XDP_PASS;
     __u32 k0 = 0;
@@ -511,149 +884,234 @@ int xdp_fabric(struct xdp_md *ctx)
     struct node_cfg *cfg = config.lookup(&k0);
     if (!cfg || !cfg->fabric_ip)
         goto out;
-
-    /* 1. Outer headers: until we know this is tunnel traffic for us, the kernel gets it. */
-    struct tunnel_pkt t;
-    reason = parse_outer(&c, cfg, &t);
-    if (reason)
-        goto out;
-    /* Tunnel traffic for this node: from here on every failure is a named drop. */
-    action = XDP_DROP;
-
-    /* 2. The sender: a registered worker, speaking from the MAC it is known by. Every packet is
-     * checked (a direct-mapped slot, no hashing): replies go to that MAC, so a host that claims a
-     * worker's address gets nothing in and cannot draw the worker's replies to itself. */
-    ipv4_t worker = t.oip->saddr;
-    reason = worker_admit(st, worker, t.oeth, t.tags, t.depth, data_end);
+    struct fabric_pkt p;
+    reason = fabric_front(ctx, st, cfg, &p, 1, &action);
     if (reason)
         goto out;
 
-    /* 3. Tunnel header: the VNI names the ENI. */
-    reason = parse_tunnel(&c, &t);
-    if (reason)
-        goto out;
-    __u32 vni = t.vni;
-
-    /* 4. Inner frame: ARP is answered as the gateway, IPv4 is translated. */
-    void *inner = c.pos;
-    struct ethhdr *ieth = CURSOR_TAKE(&c, struct ethhdr);
-    if (!ieth) {
-        reason = STAT_drop_inner_truncated;
+    /* Where the headers are, for xdp_fabric_open: taken now, as plain numbers, so that the
+     * outer headers' pointers are not needed after the walk (the verifier then treats paths
+     * that differ only in where the outer headers were as one). */
+    struct open_scratch *os = open_scratch.lookup(&k0);
+    if (!os) {
+        reason = STAT_drop_tail_call;
         goto out;
     }
-    if (ieth->h_proto == bpf_htons(ETH_P_ARPH)) {
-        if (!enis.lookup(&vni)) {
-            reason = STAT_drop_unknown_vni;
-            goto out;
-        }
-        if (!worker_placed(worker, vni)) {
-            reason = STAT_drop_worker_not_placed;
-            goto out;
-        }
-        reason = tunnel_arp(&c, cfg, t.oeth, t.oip, t.oudp, ieth, &action);
-        goto out;
-    }
-    if (ieth->h_proto != bpf_htons(ETH_P_IPV4)) {
-        reason = STAT_drop_inner_not_ipv4;
-        goto out;
-    }
-    struct iphdr *iip;
-    struct l4 l4;
-    reason = parse_inner_ip(&c, &iip, &l4);
-    if (reason)
-        goto out;
-    __u8 l4proto = iip->protocol;
-    __be16 *sport = l4.sport;
-    __be16 dport = l4.dport ? *l4.dport : 0;
-    __u8 tcp_flags = l4.tcp_flags;
+    void *data = (void *)(long)ctx->data;
+    os->oip_off = (void *)p.t.oip - data;
+    os->oudp_off = (void *)p.t.oudp - data;
+    os->inner_off = p.inner - data;
+    os->l4_off = (void *)p.iip - data + p.iip->ihl * 4;
 
     /* 5. Flow lookup along the probe of the ENI's port range. */
-    struct eni *eni = eni_of(cfg, vni);
+    struct flow_key fk;
+    struct eni *eni = flow_key_of(cfg, &p, &fk);
     if (!eni) {
         reason = STAT_drop_unknown_vni;
         goto out;
     }
-    ipv4_t env = iip->saddr;
-    __be16 env_port = *sport;
-    struct flow_key fk;
-    __builtin_memset(&fk, 0, sizeof(fk));
-    fk.vpc_idx = eni->vpc_idx;
-    fk.proto = l4proto;
-    fk.eni_addr = eni->addr;
-    fk.remote = iip->daddr;
-    fk.remote_port = dport;
-
-    __u32 lo = eni->port_lo, hi = eni->port_hi;
-    __u32 range = (lo && hi >= lo) ? hi - lo + 1 : 0;
-    /* Lemire's multiply-shift maps the hash onto the range without a division. */
-    __u32 start = ((__u64)port_hash(cfg->port_secret, worker, vni, env, env_port, fk.remote,
-                                    dport, l4proto) * range) >> 32;
+    __u32 lo = eni->port_lo;
+    __u32 range = port_range(eni);
+    __u32 start = probe_start(cfg, &p, &fk, range);
+    __u32 vpc_idx = eni->vpc_idx;
+    __u32 eni_idx = eni->eni_idx;
+    ipv4_t eni_addr = eni->addr;
     struct flow_guard *g = flow_guard.lookup(&k0);
     __u64 now = coarse_now();
-    __u64 bytes = data_end - inner;
-    __u32 eni_idx = eni->eni_idx;
-    __u32 vpc_idx = eni->vpc_idx;
-    ipv4_t eni_addr = eni->addr;
     struct probe pr;
-    flow_walk(&fk, g, lo, range, start, worker, vni, env, env_port, &pr);
+    flow_walk(&fk, g, lo, range, start, p.t.oip->saddr, p.t.vni, p.iip->saddr, *p.l4.sport, &pr);
     struct flow *f = pr.f;
+    __u8 tcp_flags = p.l4.tcp_flags;
+    __u8 l4proto = fk.proto;
     if (f) {
-        /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py), so an
-         * entry found here was opened by a worker that is still placed. */
-        if (pr.probed)
-            count(st, STAT_flow_probed);
-        /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow), and these
-         * counters serve expiry and inspection, where a rare lost increment does no harm. */
-        if (now != f->last_seen_ns) /* store only what changed: fewer dirty lines to write */
-            f->last_seen_ns = now;
-        f->tx_packets++;
-        f->tx_bytes += bytes;
-        if (tcp_flags & ~f->tcp_flags)
-            f->tcp_flags |= tcp_flags;
-        if (!mac_equal(f->env_mac, ieth->h_source)) /* replies follow the environment's MAC */
-            mac_copy(f->env_mac, ieth->h_source);
-        reason = STAT_fwd_established;
+        __u8 state = f->state;
+        /* A live flow, unless it is a closed TCP connection that a SYN opens again. */
+        int reopens = l4proto == IPPROTO_TCP && (tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN &&
+                      (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
+        if (flow_live(cfg, l4proto, state, pr.seen, now) && !reopens) {
+            /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py),
+             * so an entry found here was opened by a worker that is still placed. */
+            if (pr.probed)
+                count(st, STAT_flow_probed);
+            /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow),
+             * and these counters serve expiry and inspection, where a rare lost increment
+             * does no harm. */
+            if (now != pr.seen) /* store only what changed: fewer dirty lines to write */
+                f->last_seen_ns = now;
+            f->tx_packets++;
+            f->tx_bytes += p.bytes;
+            __u8 add = state_bits_out(tcp_flags, state);
+            if (add & ~state)
+                f->state = state | add;
+            if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
+                mac_copy(f->env_mac, p.ieth->h_source);
+            reason = snat_emit(ctx, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
+                               STAT_fwd_established, &action);
+            goto out;
+        }
+    }
+    /* 5b. No live flow: xdp_fabric_open decides, with what the walk found. */
+    os->seen = pr.seen;
+    os->own_port = f ? fk.eni_port : 0;
+    os->free_port = pr.free_port;
+    os->free_depth = pr.free_depth;
+    os->now = now;
+    fabric_calls.call(ctx, FABRIC_CALL_OPEN);
+    reason = STAT_drop_tail_call; /* only reached when the tail call failed */
+out:
+    return record(st, reason, action);
+}
+
+/* The headers xdp_fabric parsed, found again at the offsets it left in open_scratch. Bounds
+ * are checked again (the verifier asks for it; the frame has not changed). */
+static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratch *os,
+                                          struct fabric_pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    p->t.oeth = data;
+    p->t.tags = NULL;
+    p->t.depth = 0;
+    p->t.oip = data + (os->oip_off & 0x3F);
+    p->t.oudp = data + (os->oudp_off & 0x7F);
+    p->inner = data + (os->inner_off & 0x1FF);
+    p->ieth = p->inner;
+    p->iip = p->inner + sizeof(struct ethhdr);
+    __u8 *l4 = data + (os->l4_off & 0x3FF);
+    if ((void *)(p->t.oeth + 1) > data_end || (void *)(p->t.oip + 1) > data_end ||
+        (void *)(p->t.oudp + 1) > data_end || (void *)(p->iip + 1) > data_end ||
+        (void *)(l4 + 8) > data_end)
+        return STAT_drop_tail_call;
+    __u8 *th = (__u8 *)(p->t.oudp + 1); /* VXLAN and GENEVE both carry the VNI in bytes 4-6 */
+    if ((void *)(th + 8) > data_end)
+        return STAT_drop_tail_call;
+    p->t.tunnel = p->t.oudp->dest == bpf_htons(GENEVE_PORT) ? TUNNEL_GENEVE : TUNNEL_VXLAN;
+    p->t.vni = ((__u32)th[4] << 16) | ((__u32)th[5] << 8) | th[6];
+    p->bytes = data_end - p->inner;
+    p->l4.tcp_flags = 0;
+    p->l4.dport = NULL;
+    __u8 proto = p->iip->protocol;
+    if (proto == IPPROTO_TCP) {
+        if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
+            return STAT_drop_tail_call;
+        p->l4.sport = (__be16 *)l4;
+        p->l4.dport = (__be16 *)(l4 + 2);
+        p->l4.check = (__u16 *)(l4 + 16);
+        p->l4.tcp_flags = l4[13];
+    } else if (proto == IPPROTO_UDP) {
+        p->l4.sport = (__be16 *)l4;
+        p->l4.dport = (__be16 *)(l4 + 2);
+        p->l4.check = (__u16 *)(l4 + 6);
     } else {
-        /* 5b. New flow: placement, security groups, a free port. */
-        if (!worker_placed(worker, vni)) {
-            reason = STAT_drop_worker_not_placed;
+        p->l4.sport = (__be16 *)(l4 + 4); /* the echo request's identifier */
+        p->l4.check = (__u16 *)(l4 + 2);
+    }
+    return 0;
+}
+
+/* xdp_fabric_open (entered only by xdp_fabric's tail call, never attached): a packet of an
+ * environment's tuple that has no live flow. It opens one (a new entry, the tuple's own entry
+ * again, or another tuple's expired entry taken over), or answers a TCP segment that does not
+ * open a connection with a RST, or drops with the reason. */
+int xdp_fabric_open(struct xdp_md *ctx)
+{
+    __u32 reason = STAT_drop_tail_call;
+    int action = XDP_DROP;
+    __u32 k0 = 0;
+
+    struct stats *st = stats.lookup(&k0);
+    struct node_cfg *cfg = config.lookup(&k0);
+    struct open_scratch *os = open_scratch.lookup(&k0);
+    if (!cfg || !os)
+        goto out;
+    struct fabric_pkt p;
+    reason = fabric_again(ctx, os, &p);
+    if (reason)
+        goto out;
+    struct flow_key fk;
+    struct eni *eni = flow_key_of(cfg, &p, &fk);
+    if (!eni) {
+        reason = STAT_drop_unknown_vni;
+        goto out;
+    }
+    ipv4_t worker = p.t.oip->saddr;
+    __u32 vni = p.t.vni;
+    ipv4_t env = p.iip->saddr;
+    __be16 env_port = *p.l4.sport;
+    __u8 l4proto = fk.proto;
+    __u8 tcp_flags = p.l4.tcp_flags;
+    __u32 eni_idx = eni->eni_idx;
+    __u64 now = os->now;
+    __u64 seen = os->seen;
+
+    if (!worker_placed(worker, vni)) {
+        reason = STAT_drop_worker_not_placed;
+        goto out;
+    }
+    /* A SYN without ACK opens a TCP connection; any other segment needs a live flow. */
+    if (l4proto == IPPROTO_TCP && (tcp_flags & (TH_SYN | TH_ACK)) != TH_SYN) {
+        if (tcp_flags & TH_RST) {
+            reason = STAT_drop_tcp_no_flow;
             goto out;
         }
-        struct eni_stats *nes = eni_stats_of(eni_idx);
-        if (!sg_allows(vni, l4proto, fk.remote, bpf_ntohs(dport))) {
-            if (nes)
-                nes->sg_denied++;
-            reason = STAT_drop_sg_denied;
+        reason = tcp_rst_answer(ctx, cfg, &p.t, p.ieth, p.iip, (struct tcphdr *)p.l4.sport,
+                                &action);
+        goto out;
+    }
+    struct eni_stats *nes = eni_stats_of(eni_idx);
+    if (!sg_allows(vni, l4proto, fk.remote, bpf_ntohs(fk.remote_port))) {
+        if (nes)
+            nes->sg_denied++;
+        reason = STAT_drop_sg_denied;
+        goto out;
+    }
+    struct flow nf;
+    __builtin_memset(&nf, 0, sizeof(nf));
+    nf.last_seen_ns = now;
+    nf.tx_packets = 1;
+    nf.tx_bytes = p.bytes;
+    nf.worker = worker;
+    nf.vni = vni;
+    nf.env_addr = env;
+    nf.env_port = env_port;
+    nf.eni_idx = eni_idx;
+    mac_copy(nf.env_mac, p.ieth->h_source);
+    nf.tunnel = p.t.tunnel;
+    nf.state = state_bits_out(tcp_flags, 0);
+    reason = STAT_fwd_new_flow;
+
+    if (os->own_port) {
+        /* The tuple's own entry, expired, reset or closed: opened again in place, if it is
+         * still as the walk saw it. */
+        fk.eni_port = os->own_port;
+        struct flow *f = flows.lookup(&fk);
+        if (!f || !flow_owned_by(f, worker, vni, env, env_port) || !flow_claim(f, seen)) {
+            reason = STAT_drop_port_race;
             goto out;
         }
-        struct flow nf;
-        __builtin_memset(&nf, 0, sizeof(nf));
-        nf.last_seen_ns = now;
-        nf.tx_packets = 1;
-        nf.tx_bytes = bytes;
-        nf.worker = worker;
-        nf.vni = vni;
-        nf.env_addr = env;
-        nf.env_port = env_port;
-        nf.eni_idx = eni_idx;
-        mac_copy(nf.env_mac, ieth->h_source);
-        nf.tunnel = t.tunnel;
-        nf.tcp_flags = tcp_flags;
-        /* Claim the first free slot with a BPF_NOEXIST insert. Losing it to another CPU that
+        flow_publish(f, &nf);
+        count(st, STAT_flow_reopened);
+        if (nes)
+            nes->flows_created++;
+        goto emit;
+    }
+    __u32 lo = eni->port_lo;
+    __u32 range = port_range(eni);
+    __u32 limit = eni->max_flows ?: cfg->flows_per_eni;
+    __be16 free_port = os->free_port;
+    int over = free_port && eni_full(eni_idx, limit);
+    if (free_port && !over) {
+        /* Claim the free slot with a BPF_NOEXIST insert. Losing it to another CPU that
          * opened this very flow means following that entry; losing it to another flow drops
          * this one packet (the next one walks again): rare, and it keeps the walk a single
          * loop, which is what keeps the program verifiable. */
-        if (!pr.free_port) {
-            if (nes)
-                nes->port_alloc_failed++;
-            reason = STAT_drop_port_exhausted;
-            goto out;
-        }
-        fk.eni_port = pr.free_port;
+        struct flow_guard *g = flow_guard.lookup(&k0);
+        fk.eni_port = free_port;
         guard_before_insert(g);
         long err = flows.insert(&fk, &nf);
         if (err == 0) {
-            guard_count(g, pr.free_depth);
+            guard_count(g, os->free_depth);
+            eni_flows_add(eni_idx, 1);
             if (nes)
                 nes->flows_created++;
         } else {
@@ -664,48 +1122,50 @@ int xdp_fabric(struct xdp_md *ctx)
             }
             count(st, STAT_flow_insert_race);
             __sync_fetch_and_add(&w->tx_packets, 1);
-            __sync_fetch_and_add(&w->tx_bytes, bytes);
+            __sync_fetch_and_add(&w->tx_bytes, p.bytes);
         }
-        reason = STAT_fwd_new_flow;
+        goto emit;
     }
-    __be16 nat_port = fk.eni_port;
-
-    struct vpc *vpc = vpcs.lookup(&vpc_idx);
-    if (!vpc || !(vpc->flags & VPC_F_ACTIVE)) {
-        reason = STAT_drop_no_vpc;
+    /* No empty slot it may use: an expired entry of another tuple along the probe, taken
+     * over as it is now or not at all (another CPU took it first). */
+    __be16 stale = stale_walk(&fk, cfg, now, lo, range, probe_start(cfg, &p, &fk, range));
+    if (stale) {
+        fk.eni_port = stale;
+        struct flow *sf = flows.lookup(&fk);
+        if (!sf) {
+            reason = STAT_drop_port_race;
+            goto out;
+        }
+        __u64 sseen = *(volatile __u64 *)&sf->last_seen_ns;
+        asm volatile("" ::: "memory");
+        __u32 old_idx = sf->eni_idx;
+        if (!flow_claimable(cfg, l4proto, sf->state, sseen, now) || !flow_claim(sf, sseen)) {
+            reason = STAT_drop_port_race;
+            goto out;
+        }
+        flow_publish(sf, &nf);
+        if (old_idx != eni_idx) { /* an address that changed ENIs: the entry changes too */
+            eni_flows_add(eni_idx, 1);
+            eni_flows_add(old_idx, -1);
+        }
+        count(st, STAT_flow_takeover);
+        if (nes)
+            nes->flows_created++;
+        goto emit;
+    }
+    if (over) {
+        if (nes)
+            nes->flows_limited++;
+        reason = STAT_drop_flow_limit;
         goto out;
     }
-    if (!(vpc->flags & VPC_F_GW_MAC)) {
-        reason = STAT_drop_no_gateway_mac;
-        goto out;
-    }
+    if (nes)
+        nes->port_alloc_failed++;
+    reason = STAT_drop_port_exhausted;
+    goto out;
 
-    /* 6. Translate: SNAT onto the ENI (source address and port, checksums, TTL, MACs). */
-    ipv4_t old_src = iip->saddr;
-    __u16 old_port = *sport;
-    iip->saddr = eni_addr;
-    iip->check = csum_replace4(iip->check, old_src, eni_addr);
-    ipv4_dec_ttl(iip);
-    l4_csum_fix(l4proto, l4.check, old_src, eni_addr, old_port, nat_port);
-    *sport = nat_port;
-    mac_copy(ieth->h_dest, vpc->gateway_mac);
-    mac_copy(ieth->h_source, vpc->if_mac);
-
-    struct eni_stats *es = eni_stats_of(eni_idx);
-    if (es) {
-        es->tx_packets++;
-        es->tx_bytes += bytes;
-    }
-
-    /* 7. Emit: strip the outer headers, redirect into the VPC. */
-    __u32 egress = vpc->tx_slot;
-    if (bpf_xdp_adjust_head(ctx, (int)(inner - data))) {
-        reason = STAT_drop_adjust_failed;
-        goto out;
-    }
-    action = tx_ports.redirect_map(egress, XDP_DROP);
-    if (action != XDP_REDIRECT)
-        reason = STAT_drop_no_tx_port;
+emit:
+    reason = snat_emit(ctx, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason, &action);
 out:
     return record(st, reason, action);
 }
@@ -839,6 +1299,14 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
+    __u64 seen = *(volatile __u64 *)&f->last_seen_ns; /* before the owner (flow lifecycle) */
+    asm volatile("" ::: "memory");
+    __u64 now = coarse_now();
+    __u8 state = f->state;
+    if (!flow_live(cfg, l4proto, state, seen, now)) {
+        reason = STAT_drop_flow_expired; /* its owner may be gone, its port another's soon */
+        goto out;
+    }
     struct worker *w = worker_of(f->worker);
     if (!w) {
         reason = STAT_drop_unknown_worker;
@@ -868,13 +1336,13 @@ int xdp_vpc(struct xdp_md *ctx)
     mac_copy(eth->h_dest, f->env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);
 
-    __u64 now = coarse_now();
-    if (now != f->last_seen_ns) /* stores only where something changed, as forward */
+    if (now != seen) /* stores only where something changed, as forward */
         f->last_seen_ns = now;
     f->rx_packets++; /* plain adds, as on the forward path */
     f->rx_bytes += frame_len;
-    if (tcp_flags & ~f->tcp_flags)
-        f->tcp_flags |= tcp_flags;
+    __u8 add = state_bits_in(tcp_flags);
+    if (add & ~state)
+        f->state = state | add;
     __u32 vni = f->vni;
     struct eni_stats *es = eni_stats_of(f->eni_idx);
     if (es) {

@@ -2,8 +2,8 @@
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
  * Writers: the control plane writes config, workers, worker_slots (owners), placements, enis,
  * eni_addrs,
- * vpcs, vpc_ifs, vpc_if_slots, sg_rules and tx_ports; the
- * datapath writes the flow tables, the counters, the clock cache, worker MACs and learned
+ * vpcs, vpc_ifs, vpc_if_slots, sg_rules, tx_ports, fabric_calls and eni_flows_removed; the
+ * datapath writes the flow tables, eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned
  * gateway MACs.
  */
 #ifndef ENIPLANE_MAPS_H
@@ -35,6 +35,15 @@ BPF_TABLE_PINNED("lpm_trie", struct sg_key, struct sg_ports, sg_rules, MAX_SG_PR
                  PIN_DIR "/sg_rules", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS, PIN_DIR "/flows");
 BPF_TABLE_PINNED("array", __u32, struct flow_guard, flow_guard, 1, PIN_DIR "/flow_guard");
+BPF_TABLE_PINNED("array", __u32, __u64, eni_flows_added, MAX_ENIS, PIN_DIR "/eni_flows_added");
+BPF_TABLE_PINNED("array", __u32, __u64, eni_flows_removed, MAX_ENIS, PIN_DIR "/eni_flows_removed");
+/* What xdp_fabric's walk found, handed to xdp_fabric_open: per CPU, since a tail call runs on
+ * the CPU that made it before anything else can. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct open_scratch, open_scratch, 1,
+                 PIN_DIR "/open_scratch");
+/* fabric_calls[FABRIC_CALL_OPEN] = xdp_fabric_open, filled by the loader. */
+#define FABRIC_CALL_OPEN 0
+BPF_TABLE_PINNED("prog", __u32, __u32, fabric_calls, 1, PIN_DIR "/fabric_calls");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, struct clock_cache, clock, 1, PIN_DIR "/clock");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,

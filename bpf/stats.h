@@ -36,15 +36,21 @@
     X(drop_port_exhausted)   /* no free SNAT port towards this destination */                    \
     X(drop_flow_insert)      /* the flow table refused the entry */                              \
     X(drop_port_race)        /* another CPU took the free port first; the next packet retries */ \
+    X(drop_flow_limit)       /* the ENI holds as many flows as its limit allows */              \
+    X(drop_tcp_no_flow)      /* a TCP RST with no live flow: nothing to answer (RFC 793) */     \
+    X(tx_tcp_rst)            /* TCP with no live flow (expired, reset, flushed): RST sent back */ \
     X(drop_no_vpc)           /* the ENI's VPC interface is not configured */                     \
     X(drop_no_gateway_mac)   /* the VPC gateway's MAC is not learned yet */                      \
     X(drop_no_tx_port)       /* the egress interface is missing from tx_ports */                 \
+    X(drop_tail_call)        /* xdp_fabric_open missing from fabric_calls (a load went wrong) */ \
     X(drop_arp_ignored)      /* ARP in the tunnel that needs no answer (probe, gratuitous, reply) */ \
     X(tx_arp_tunnel)         /* answered an environment's ARP as its gateway */                  \
     X(fwd_new_flow)                                                                              \
     X(fwd_established)                                                                           \
     X(flow_probed)           /* established packet whose flow sits past its probe's first port */ \
     X(flow_insert_race)      /* another CPU created the same flow first: its entry is used */    \
+    X(flow_takeover)         /* a new flow took over an expired entry (its port) of another tuple */ \
+    X(flow_reopened)         /* a tuple whose flow expired or closed opened it again in place */ \
     /* from the VPCs */                                                                          \
     X(rx_vpc)                                                                                    \
     X(pass_vpc_unknown_if)   /* interface not attached to a VPC */                               \
@@ -56,6 +62,7 @@
     X(drop_vpc_malformed)                                                                        \
     X(drop_vpc_fragment)                                                                         \
     X(drop_no_flow)          /* unsolicited: environments accept no inbound connections */       \
+    X(drop_flow_expired)     /* a reply into a flow that expired or was reset */                 \
     X(drop_fabric_mtu)       /* the encapsulated reply would exceed the fabric MTU */            \
     X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */        \
     X(rev_established)

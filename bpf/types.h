@@ -27,6 +27,13 @@ struct node_cfg {
     __u16 pad;
     __u32 port_secret; /* keys port_hash: chosen once per node, kept across reloads */
     __u32 eni_gen;     /* bumped by the control plane on every change to `enis` (eni_cache) */
+    /* Idle timeouts in whole seconds (0: the DEFAULT_TIMEOUT_* of consts.h). Judged on every
+     * packet, so a change applies at once to the flows that exist. */
+    __u32 timeout_tcp_established;
+    __u32 timeout_tcp_transitory;
+    __u32 timeout_udp;
+    __u32 timeout_icmp;
+    __u32 flows_per_eni; /* the node's default per-ENI flow limit (0: none); eni.max_flows overrides */
 };
 
 /* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
@@ -74,6 +81,7 @@ struct eni {
     ipv4_t addr;
     __u16 port_lo;     /* SNAT port range, host order, inclusive */
     __u16 port_hi;
+    __u32 max_flows;   /* this ENI's flow limit; 0: the node's flows_per_eni */
 };
 
 /* eni_cache[VNI % ENI_CACHE_SLOTS], per CPU: the ENIs this CPU used last, so that an
@@ -171,8 +179,25 @@ struct flow {
     __u16 eni_idx;    /* the ENI's per-ENI counters, so a reply needs no ENI lookup */
     mac_t env_mac;    /* where replies go inside the tunnel; follows the environment's frames */
     __u8 tunnel;      /* enum tunnel_type the flow arrived with */
-    __u8 tcp_flags;   /* union of the flags seen in both directions, for expiry */
+    __u8 state;       /* FLOW_S_*: what TCP has shown each way; 0 for UDP and ICMP */
 };
+/* A flow's TCP state is the set of events seen, not one of RFC 793's states: each bit is set
+ * once and never cleared until the entry serves a new flow, so two CPUs that add bits at once
+ * lose nothing that matters. The timeout follows from the bits: established (EST without
+ * FIN/RST) or transitory (everything else). */
+#define FLOW_S_SYN 1     /* SYN from the environment */
+#define FLOW_S_SYNACK 2  /* SYN+ACK from the VPC */
+#define FLOW_S_EST 4     /* the environment's ACK after the SYN+ACK */
+#define FLOW_S_FIN_OUT 8 /* FIN from the environment */
+#define FLOW_S_FIN_IN 16 /* FIN from the VPC */
+#define FLOW_S_RST 32    /* RST either way: the flow is dead at once, its port waits out the
+                          * transitory timeout */
+
+/* eni_flows_added[eni_idx] counts the entries the datapath created for an ENI (atomic adds),
+ * eni_flows_removed[eni_idx] those user space deleted (the sweeper, flushes): two maps, one
+ * writer each, since user space cannot add atomically to a value the datapath also writes.
+ * Their difference is what the ENI's flow limit is judged against. Taking over an expired
+ * entry moves no count: the key names the ENI's address, so the entry stays the ENI's. */
 
 /* clock[0], per CPU: the coarse monotonic time (what a flow's last_seen_ns holds) as of the jiffy
  * it was read in. bpf_ktime_get_coarse_ns() costs about 15 ns a call in a VM, bpf_jiffies64()
@@ -198,6 +223,23 @@ struct flow_guard {
     __u32 holes;
     __u32 pad;
     __u64 evicted; /* LRU evictions found by user space's recounts so far (count - entries) */
+    __u64 swept;   /* expired entries the sweeper removed so far (user space) */
+};
+
+/* open_scratch[0], per CPU: what xdp_fabric's flow walk found, for xdp_fabric_open. */
+struct open_scratch {
+    __u64 seen;       /* the tuple's own entry's last_seen_ns as the walk read it */
+    __u64 now;
+    __be16 own_port;  /* where the tuple's own entry sits (not live), 0 when it has none */
+    __be16 free_port; /* the first empty slot along the probe, 0 when none */
+    __u32 free_depth;
+    /* Where xdp_fabric's parse found the headers (offsets from the frame's start): the open
+     * path takes them as they are instead of parsing again, so the verifier walks it once per
+     * protocol rather than once per way the parse could go. */
+    __u16 oip_off;
+    __u16 oudp_off;
+    __u16 inner_off;
+    __u16 l4_off;
 };
 
 /* eni_stats[eni_idx], a per-CPU array. "tx" is towards the VPC, "rx" back towards the worker. */
@@ -209,20 +251,22 @@ struct eni_stats {
     __u64 flows_created;
     __u64 sg_denied;
     __u64 port_alloc_failed;
+    __u64 flows_limited; /* new flows dropped by the ENI's flow limit */
 };
 
 /* The layouts hold no implicit padding (keys hash the same bytes always) and user space reads
  * them from BTF: a size that changes here is a change of the maps' format, on purpose or not. */
-_Static_assert(sizeof(struct node_cfg) == 28, "node_cfg layout");
+_Static_assert(sizeof(struct node_cfg) == 48, "node_cfg layout");
 _Static_assert(sizeof(struct worker) == 16, "worker layout");
 _Static_assert(sizeof(struct worker_slot) == 20, "worker_slot layout");
 _Static_assert(sizeof(struct placement_key) == 8, "placement_key layout");
-_Static_assert(sizeof(struct eni) == 16, "eni layout");
-_Static_assert(sizeof(struct eni_cache_slot) == 24, "eni_cache_slot layout");
+_Static_assert(sizeof(struct eni) == 20, "eni layout");
+_Static_assert(sizeof(struct eni_cache_slot) == 28, "eni_cache_slot layout");
 _Static_assert(sizeof(struct vpc) == 28, "vpc layout");
 _Static_assert(sizeof(struct sg_key) == 16, "sg_key layout");
 _Static_assert(sizeof(struct flow_key) == 16, "flow_key layout");
 _Static_assert(sizeof(struct flow) == 64, "flow layout");
-_Static_assert(sizeof(struct flow_guard) == 32, "flow_guard layout");
+_Static_assert(sizeof(struct flow_guard) == 40, "flow_guard layout");
+_Static_assert(sizeof(struct open_scratch) == 32, "open_scratch layout");
 
 #endif

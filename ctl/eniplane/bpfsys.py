@@ -23,6 +23,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -238,6 +239,22 @@ def map_delete(fd: int, key: bytes) -> bool:
             return False
         raise
     return True
+
+
+def map_lookup_and_delete(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Remove an element and return the value it had when it went, in one step (hash maps,
+    Linux 5.14+): what was deleted is known exactly, however the datapath changed it since it
+    was last read."""
+    kb, ka = _buf(key)
+    vb = ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+             _MapElemAttr(map_fd=fd, key=ka, value=ctypes.addressof(vb)), "map lookup and delete")
+    except BpfError as e:
+        if e.errno == _errno.ENOENT:
+            return None
+        raise
+    return vb.raw
 
 
 def map_keys(fd: int, key_size: int, limit: int | None = None):

@@ -650,7 +650,7 @@ def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
             "remote": f"{f['remote']}:{f['remote_port']}",
             "nat": f"{f['eni_addr']}:{f['nat_port']}", "packets_out": f["tx_packets"],
             "bytes_out": f["tx_bytes"], "packets_in": f["rx_packets"], "bytes_in": f["rx_bytes"],
-            "tcp_flags": f["tcp_flags"], "last_seen_ns": f["last_seen_ns"]}
+            "state": f["state"], "idle_s": f.get("idle_s"), "last_seen_ns": f["last_seen_ns"]}
 
 
 def _flow_vnis(st, eni: Optional[str], vpc: Optional[str]) -> Optional[set[int]]:

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
+from collections import Counter
 from typing import Any, Collection, Iterable
 
-from . import paths, probe
+from . import lifecycle, paths, probe
 from .maps import PinnedMap, sum_percpu
-from .errors import InvalidInput
+from .bpfsys import BPF_NOEXIST
+from .errors import EniplaneError, InvalidInput
 from .netlink import in_netns
 from .sgcompile import Rule, compile_rules
 
 # Held equal to the C by tests/unit/test_consts.py: the pins of maps.h, types.h's VPC_F_* flags
 # and maps.h's TX_SLOT_FABRIC.
 MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
-             "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "stats", "eni_stats",
-             "clock", "tx_ports")
+             "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "eni_flows_added",
+             "eni_flows_removed", "open_scratch", "fabric_calls", "stats", "eni_stats", "clock",
+             "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8
 WORKER_F_MAC, WORKER_F_RELEARN, WORKER_F_STATIC = 1, 2, 4
 NO_MAC = "00:00:00:00:00:00"
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's clock id 6
 TX_SLOT_FABRIC = 0
 
 
@@ -61,14 +66,76 @@ class Datapath:
         old = self.map("config").lookup(0)
         secret = old["port_secret"] if old and old["port_secret"] else \
             int.from_bytes(os.urandom(4), "little") or 1
-        self.map("config").update(0, {"fabric_ip": fabric_ip,
-                                      "fabric_mac": fabric_mac, "gateway_mac": gateway_mac,
-                                      "fabric_mtu": fabric_mtu, "port_secret": secret,
-                                      "eni_gen": _next_gen(old["eni_gen"] if old else 0)})
+        cfg = {"fabric_ip": fabric_ip, "fabric_mac": fabric_mac, "gateway_mac": gateway_mac,
+               "fabric_mtu": fabric_mtu, "port_secret": secret,
+               "eni_gen": _next_gen(old["eni_gen"] if old else 0)}
+        # timeouts and the flow limit are kept (set_timeouts, set_flow_limit), or defaulted
+        for name, field in lifecycle.TIMEOUT_FIELDS.items():
+            cfg[field] = (old or {}).get(field) or lifecycle.DEFAULT_TIMEOUTS[name]
+        cfg["flows_per_eni"] = (old or {}).get("flows_per_eni") or lifecycle.DEFAULT_FLOWS_PER_ENI
+        self.map("config").update(0, cfg)
         self.set_tx_port(TX_SLOT_FABRIC, fabric_ifindex)
 
     def config(self) -> dict:
         return self.map("config").lookup(0)
+
+    def _set_config_fields(self, fields: dict[str, int]) -> None:
+        """Change some of node_cfg's fields, keeping the rest (the datapath reads them per
+        packet: a change applies at once)."""
+        m = self.map("config")
+        cfg = m.lookup(0)
+        cfg.update(fields)
+        m.update(0, cfg)
+
+    # ---- flow lifecycle --------------------------------------------------------------------
+    def timeouts(self) -> dict[str, int]:
+        """The idle timeouts in force, whole seconds, by name (lifecycle.TIMEOUT_NAMES)."""
+        cfg = self.config() or {}
+        return {name: cfg.get(field) or lifecycle.DEFAULT_TIMEOUTS[name]
+                for name, field in lifecycle.TIMEOUT_FIELDS.items()}
+
+    def set_timeouts(self, **seconds: int) -> dict[str, int]:
+        """Set some timeouts (whole seconds >= 1); existing flows are judged by them at once."""
+        vals = lifecycle.validate_timeouts(seconds)
+        self._set_config_fields({lifecycle.TIMEOUT_FIELDS[k]: v for k, v in vals.items()})
+        return self.timeouts()
+
+    def flow_limit(self) -> int:
+        """The node's default per-ENI flow limit (an ENI's max_flows overrides it)."""
+        return (self.config() or {}).get("flows_per_eni") or lifecycle.DEFAULT_FLOWS_PER_ENI
+
+    def set_flow_limit(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 0xFFFFFFFF:
+            raise InvalidInput(f"the flow limit per ENI must be a whole number >= 1, not {n!r}")
+        self._set_config_fields({"flows_per_eni": n})
+
+    def now_ns(self) -> int:
+        """The datapath's clock: CLOCK_MONOTONIC_COARSE, which bpf_ktime_get_coarse_ns reads,
+        plus the shift a test build's clock_shift map adds (eniplane.c)."""
+        now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        pin = paths.maps_dir(self.node) / "clock_shift"
+        if pin.exists():
+            now += self.map("clock_shift").lookup(0) or 0
+        return now
+
+    def eni_flow_entries(self) -> dict[int, int]:
+        """The flow entries each ENI holds against its limit (eni_flows_added - _removed), by
+        VNI."""
+        added, removed = self.map("eni_flows_added"), self.map("eni_flows_removed")
+        return {vni: max(0, added.lookup(e["eni_idx"]) - removed.lookup(e["eni_idx"]))
+                for vni, e in self.map("enis").items()}
+
+    def _count_removed(self, by_idx: Counter) -> None:
+        """Entries this process deleted, per ENI handle: what the limit no longer counts."""
+        m = self.map("eni_flows_removed")
+        for idx, n in by_idx.items():
+            if n and 0 <= idx < m.max_entries:
+                m.update(idx, (m.lookup(idx) or 0) + n)
+
+    def _reset_entries(self, idx: int) -> None:
+        """An ENI handle that goes (or serves another ENI) starts its counts again."""
+        self.map("eni_flows_added").update(idx, 0)
+        self.map("eni_flows_removed").update(idx, 0)
 
     def set_tx_port(self, slot: int, ifindex: int) -> None:
         with in_netns(self.netns):
@@ -261,7 +328,8 @@ class Datapath:
 
     # ---- ENIs ------------------------------------------------------------------------------
     def set_eni(self, vni: int, eni_idx: int, vpc_idx: int, addr: str,
-                port_lo: int = 1024, port_hi: int = 65535) -> None:
+                port_lo: int = 1024, port_hi: int = 65535, max_flows: int = 0) -> None:
+        """Program one ENI; max_flows is its flow limit (0: the node's flows_per_eni)."""
         old = self.map("enis").lookup(vni)
         if old and (old["vpc_idx"], old["addr"]) != (vpc_idx, addr):
             self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
@@ -272,10 +340,15 @@ class Datapath:
         if not 0 < eni_idx < self.map("eni_stats").max_entries:
             raise InvalidInput(f"ENI handle {eni_idx} is outside 1-"
                                f"{self.map('eni_stats').max_entries - 1} (MAX_ENIS)")
+        if not 0 <= max_flows <= 0xFFFFFFFF:
+            raise InvalidInput(f"max_flows {max_flows} is outside 0-4294967295")
         if old and old["eni_idx"] != eni_idx:
             self.map("eni_stats").update(old["eni_idx"], b"")
+        if old is None or old["eni_idx"] != eni_idx:
+            self._reset_entries(eni_idx)
         self.map("enis").update(vni, {"eni_idx": eni_idx, "vpc_idx": vpc_idx, "addr": addr,
-                                      "port_lo": port_lo, "port_hi": port_hi})
+                                      "port_lo": port_lo, "port_hi": port_hi,
+                                      "max_flows": max_flows})
         self.map("eni_addrs").update({"vpc_idx": vpc_idx, "addr": addr},
                                      {"vni": vni, "eni_idx": eni_idx})
         self._eni_changed()
@@ -321,29 +394,96 @@ class Datapath:
 
     def del_enis(self, vnis: Collection[int]) -> None:
         """Remove ENIs with their compiled groups and their flows, in one pass over each map."""
+        gone = []
         for vni in vnis:
             old = self.map("enis").lookup(vni)
             if old:
                 self.map("eni_addrs").delete({"vpc_idx": old["vpc_idx"], "addr": old["addr"]})
                 self.map("enis").delete(vni)
                 self.map("eni_stats").update(old["eni_idx"], b"")
+                gone.append(old["eni_idx"])
         self._eni_changed()
         if vnis:
             self.sync_sg_rules({}, scope=set(vnis))
             self.flush_flows(vnis=vnis)
+        for idx in gone:
+            self._reset_entries(idx)
 
     # ---- flows -----------------------------------------------------------------------------
-    def flows(self, vni: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def flows(self, vni: int | None = None, limit: int | None = None,
+              include_expired: bool = True) -> list[dict[str, Any]]:
         """Every flow as one record: the environment's side, the VPC's side, both directions'
-        counters (`tx` towards the VPC, `rx` back)."""
+        counters (`tx` towards the VPC, `rx` back), its state, idle seconds and whether it is
+        live. Entries that are no longer live (expired, reset) are left out unless
+        `include_expired`."""
         out = []
+        now, timeouts = self.now_ns(), self.timeouts()
         for k, v in self.map("flows").items():
             if vni is not None and v["vni"] != vni:
                 continue
-            out.append(flow_record(k, v))
+            f = flow_record(k, v, now, timeouts)
+            if not include_expired and not f["live"]:
+                continue
+            out.append(f)
             if limit is not None and len(out) >= limit:
                 break
         return out
+
+    def flow_states(self) -> dict[str, int]:
+        """Live flows by state name (lifecycle.STATE_NAMES), and "expired": entries kept that
+        are no longer live (until taken over, reopened or swept)."""
+        counts = Counter({name: 0 for name in lifecycle.STATE_NAMES})
+        counts["expired"] = 0
+        for f in self.flows():
+            counts[f["state"] if f["live"] else "expired"] += 1
+        return dict(counts)
+
+    def sweep(self) -> dict[str, Any]:
+        """Remove every entry idle past its timeout, which no packet took over or reopened: what
+        keeps listings, counts and the ENIs' limits true. The datapath needs no sweep to give
+        ports back (it takes expired entries over). Each entry goes by a lookup-and-delete,
+        which returns it as it was when it went: one that the datapath made live again in the
+        meantime is put back at once (BPF_NOEXIST, so nothing newer is overwritten)."""
+        t0 = time.perf_counter()
+        m = self.map("flows")
+        start = self.map("flow_guard").lookup(0)
+        timeouts = self.timeouts()
+        now = self.now_ns()
+        removed, restored, remaining, touched = 0, 0, [], set()
+        by_idx: Counter = Counter()
+        by_state: Counter = Counter()
+        scanned = 0
+        for k in list(m.keys_raw()):
+            v = m.lookup(k)
+            if v is None:
+                continue
+            scanned += 1
+            key = m.key_codec.decode(k)
+            if not lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now,
+                                        timeouts):
+                remaining.append(flow_record(key, v))
+                continue
+            gone = m.pop(k)
+            if gone is None:
+                continue
+            if not lifecycle.is_expired(key["proto"], gone["state"], gone["last_seen_ns"],
+                                        self.now_ns(), timeouts):
+                try:  # taken over between the read and the delete: give it back
+                    m.update(k, gone, flags=BPF_NOEXIST)
+                    restored += 1
+                    remaining.append(flow_record(key, gone))
+                    continue
+                except EniplaneError:
+                    pass  # a newer entry is there already: it stands
+            removed += 1
+            by_idx[gone["eni_idx"]] += 1
+            by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
+            touched.add(probe.dest(flow_record(key, gone)))
+        if removed:
+            self._count_removed(by_idx)
+            self.guard_resync(remaining, touched, start, deleted=removed, swept=removed)
+        return {"scanned": scanned, "removed": removed, "restored": restored,
+                "by_state": dict(by_state), "seconds": round(time.perf_counter() - t0, 6)}
 
     def find_flow(self, worker: str, vni: int, env_addr: str, env_port: int, remote: str,
                   remote_port: int, proto: int) -> dict[str, Any] | None:
@@ -372,6 +512,7 @@ class Datapath:
         m = self.map("flows")
         start = self.map("flow_guard").lookup(0)
         n, remaining, touched = 0, [], set()
+        by_idx: Counter = Counter()
         for k in list(m.keys_raw()):
             v = m.lookup(k)
             if v is None:
@@ -381,15 +522,17 @@ class Datapath:
                     and (pairs is None or (v["worker"], v["vni"]) in pairs)):
                 if m.delete(k):
                     n += 1
+                    by_idx[v["eni_idx"]] += 1
                     touched.add(probe.dest(f))
             else:
                 remaining.append(f)
+        self._count_removed(by_idx)
         self.guard_resync(remaining, touched, start, deleted=n)
         return n
 
     def guard_resync(self, flows: list[dict[str, Any]] | None = None,
                      touched: set[tuple] | None = None, start: dict | None = None,
-                     deleted: int = 0) -> dict:
+                     deleted: int = 0, swept: int = 0) -> dict:
         """After flows were deleted from here: write the flow_guard that probe.resync_guard
         computes. `flows` is the table as it is now (read here if not given); `touched` the
         destinations that lost flows (probe.dest; None checks every flow); `start` the guard as
@@ -404,6 +547,7 @@ class Datapath:
         new = probe.resync_guard(flows, enis, self.config()["port_secret"], start, g.lookup(0),
                                  touched, self.map("flows").max_entries,
                                  deleted)
+        new["swept"] = start.get("swept", 0) + swept
         g.update(0, new)
         return new
 
@@ -444,11 +588,20 @@ def _next_gen(gen: int) -> int:
     return gen % 0xFFFFFFFF + 1
 
 
-def flow_record(k: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
-    return {"worker": v["worker"], "vni": v["vni"], "env_addr": v["env_addr"],
-            "env_port": v["env_port"], "remote": k["remote"], "remote_port": k["remote_port"],
-            "proto": k["proto"], "vpc_idx": k["vpc_idx"], "eni_addr": k["eni_addr"],
-            "nat_port": k["eni_port"], "eni_idx": v["eni_idx"], "env_mac": v["env_mac"],
-            "tunnel": v["tunnel"], "tcp_flags": v["tcp_flags"], "tx_packets": v["tx_packets"],
-            "tx_bytes": v["tx_bytes"], "rx_packets": v["rx_packets"], "rx_bytes": v["rx_bytes"],
-            "last_seen_ns": v["last_seen_ns"]}
+def flow_record(k: dict[str, Any], v: dict[str, Any], now_ns: int | None = None,
+                timeouts: dict[str, int] | None = None) -> dict[str, Any]:
+    """One flow entry as a record; with the clock and the timeouts, also how long it has been
+    idle and whether it is live (lifecycle.is_live)."""
+    rec = {"worker": v["worker"], "vni": v["vni"], "env_addr": v["env_addr"],
+           "env_port": v["env_port"], "remote": k["remote"], "remote_port": k["remote_port"],
+           "proto": k["proto"], "vpc_idx": k["vpc_idx"], "eni_addr": k["eni_addr"],
+           "nat_port": k["eni_port"], "eni_idx": v["eni_idx"], "env_mac": v["env_mac"],
+           "tunnel": v["tunnel"], "state_bits": v["state"],
+           "state": lifecycle.state_name(k["proto"], v["state"]), "tx_packets": v["tx_packets"],
+           "tx_bytes": v["tx_bytes"], "rx_packets": v["rx_packets"], "rx_bytes": v["rx_bytes"],
+           "last_seen_ns": v["last_seen_ns"]}
+    if now_ns is not None and timeouts is not None:
+        rec["idle_s"] = round(max(0, now_ns - v["last_seen_ns"]) / 1e9, 3)
+        rec["live"] = lifecycle.is_live(k["proto"], v["state"], v["last_seen_ns"], now_ns,
+                                        timeouts)
+    return rec

@@ -23,7 +23,11 @@ from . import bpfsys, paths
 from .errors import LoadError
 
 # eniplane.c's entry points, pinned under these names (tests/unit/test_consts.py holds them equal)
-PROG_FABRIC, PROG_VPC = PROGRAMS = ("xdp_fabric", "xdp_vpc")
+PROG_FABRIC, PROG_VPC = ATTACHABLE = ("xdp_fabric", "xdp_vpc")
+# Entered only by a tail call from xdp_fabric, through fabric_calls[FABRIC_CALL_OPEN] (maps.h)
+PROG_FABRIC_OPEN = "xdp_fabric_open"
+PROGRAMS = ATTACHABLE + (PROG_FABRIC_OPEN,)
+FABRIC_CALL_OPEN = 0
 # consts.h's MAX_FLOWS when no -D gives one: `eniplane up`'s default (tests/unit/test_consts.py)
 DEFAULT_MAX_FLOWS = 262144
 
@@ -175,6 +179,13 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
             pin.unlink()
         bpfsys.obj_pin(fn.fd, str(pin))
         fds[name] = os.dup(fn.fd)
+    # The tail call's target, in the pinned program array: a reload swaps it with the rest.
+    calls = bpfsys.obj_get(str(maps_dir / "fabric_calls"))
+    try:
+        bpfsys.map_update(calls, FABRIC_CALL_OPEN.to_bytes(4, "little"),
+                          fds[PROG_FABRIC_OPEN].to_bytes(4, "little"))
+    finally:
+        os.close(calls)
     bpf.cleanup()  # the pins and attachments keep programs and maps alive
     return fds
 

@@ -126,6 +126,11 @@ class PinnedMap:
     def delete(self, key: Any) -> bool:
         return bpfsys.map_delete(self.fd, self._key(key))
 
+    def pop(self, key: Any) -> Any:
+        """Delete an element and return the value it had as it went (None if it was gone)."""
+        raw = bpfsys.map_lookup_and_delete(self.fd, self._key(key), self.value_size)
+        return None if raw is None else self._decode_value(raw)
+
     def keys_raw(self, limit: int | None = None) -> Iterator[bytes]:
         return bpfsys.map_keys(self.fd, self.key_size, limit)
 

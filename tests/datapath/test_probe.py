@@ -78,7 +78,7 @@ def test_a_flow_behind_a_hole_is_found_and_never_duplicated(env):
                                        "remote_port": 7})
     evicted = env.dp.map("flow_guard").lookup(0)["evicted"]
     assert env.dp.guard_resync(deleted=1) == {"count": 1, "holes": 1, "depths": 0b10,
-                                              "evicted": evicted}
+                                              "evicted": evicted, "swept": 0}
     got, out, d = env.run("xdp_fabric", pkt(second, VNI_TINY, DEST))
     assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
     assert Ether(out)[UDP].sport == port2  # the same translation, not a second entry
@@ -86,7 +86,7 @@ def test_a_flow_behind_a_hole_is_found_and_never_duplicated(env):
     # a new flow fills the hole; with no hole left, walks may stop at empty slots again
     got, _, d = env.run("xdp_fabric", pkt(first, VNI_TINY, DEST))
     assert (got, d.get("fwd_new_flow")) == ("REDIRECT", 1), d
-    assert env.dp.guard_resync() == {"count": 2, "holes": 0, "depths": 0b11, "evicted": evicted}
+    assert env.dp.guard_resync() == {"count": 2, "holes": 0, "depths": 0b11, "evicted": evicted, "swept": 0}
 
 
 def test_with_holes_a_walk_goes_only_as_deep_as_flows_sit(env):

@@ -112,7 +112,23 @@ def test_program_names_are_the_entry_points():
     src = c_source()
     entries = re.findall(r"^[ \t]*int\s+(\w+)\s*\(\s*struct\s+xdp_md\s*\*", src, re.M)
     assert sorted(loader.PROGRAMS) == sorted(entries)
-    assert (loader.PROG_FABRIC, loader.PROG_VPC) == loader.PROGRAMS
+    assert (loader.PROG_FABRIC, loader.PROG_VPC) == loader.ATTACHABLE
+    assert loader.PROGRAMS == loader.ATTACHABLE + (loader.PROG_FABRIC_OPEN,)
+    assert loader.FABRIC_CALL_OPEN == define("FABRIC_CALL_OPEN")
+    assert "fabric_calls.call(ctx, FABRIC_CALL_OPEN)" in c_source()
+
+
+def test_flow_lifecycle_is_the_datapaths():
+    """FLOW_S_* bits, the default timeouts and the takeover grace, as lifecycle.py has them."""
+    from eniplane import lifecycle
+
+    c = defines(r"FLOW_S_[A-Z_]+")
+    py = {k: v for k, v in vars(lifecycle).items() if re.fullmatch(r"FLOW_S_[A-Z_]+", k)}
+    assert py == c and len(c) == 6
+    assert {name: define(f"DEFAULT_TIMEOUT_{name.upper()}")
+            for name in lifecycle.TIMEOUT_NAMES} == lifecycle.DEFAULT_TIMEOUTS
+    assert define("TAKEOVER_GRACE_NS") == lifecycle.TAKEOVER_GRACE_NS
+    assert define("NSEC_PER_SEC") == lifecycle.NSEC_PER_SEC
 
 
 def test_protocols_are_the_datapaths():
