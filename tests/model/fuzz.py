@@ -26,14 +26,15 @@ sys.path.insert(0, str(HERE))
 REGRESSIONS = HERE.parent / "datapath" / "fuzz_regressions"
 
 
-def save_case(seq: list[tuple[str, bytes | dict, int]], vpc_of_ifindex: dict[int, int], why: str) -> Path:
+def save_case(seq: list[tuple[str, bytes | dict, int]], vpc_of_ifindex: dict[int, int], why: str,
+              secret: int) -> Path:
     REGRESSIONS.mkdir(parents=True, exist_ok=True)
     rows = [{"direction": d, "time": f} if d == "time" else
             {"direction": d, "frame": f.hex(), "vpc": vpc_of_ifindex.get(i)} for d, f, i in seq]
     h = hashlib.sha1(json.dumps(rows).encode()).hexdigest()[:12]
     p = REGRESSIONS / f"case-{h}.json"
     p.write_text(json.dumps({"found_by": "make fuzz", "disagreement": why.splitlines()[0],
-                             "packets": rows}, indent=1) + "\n")
+                             "secret": secret, "packets": rows}, indent=1) + "\n")
     return p
 
 
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         sent = seqs = bad = blurred = 0
         t0 = last = time.monotonic()
         while sent < a.packets and time.monotonic() - t0 < a.seconds:
-            h.reset()
             seed = rng.getrandbits(64)
+            h.set_secret(seed & 0xFFFFFFFF or 1)  # a probe layout of its own, kept with a case
             gen = P.Generator(random.Random(seed), h.model, h.vpc_ifs)
             seq = []
             try:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"inconclusive (seed {seed}), the machine stalled:\n{e}", file=sys.stderr)
             except Disagreement as e:
                 bad += 1
-                p = save_case(seq, vpc_of, str(e))
+                p = save_case(seq, vpc_of, str(e), h.secret)
                 print(f"DISAGREEMENT (seed {seed}) kept as {p.name}:\n{e}", file=sys.stderr)
             seqs += 1
             if time.monotonic() - last > 10:

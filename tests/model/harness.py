@@ -48,16 +48,16 @@ DEFINES = {"ENIPLANE_TEST_HOOKS": 1}  # the clock_shift map
 MARGIN_NS = 25_000_000
 # Small, distinct timeouts (seconds): which one a flow is judged by shows in what happens to it.
 TIMEOUTS = {"tcp_established": 5, "tcp_transitory": 3, "udp": 4, "icmp": 2}
-FLOWS_PER_ENI = 10  # the node's default limit, which VNI 100 and 300 use
+FLOWS_PER_ENI = 6  # the node's default limit, which VNI 100 uses
 
 
 ENIS = [  # vni, vpc, address, eni_idx, ports, max_flows, rules (proto, cidr, lo, hi)
     (100, 1, "10.0.1.4", 1, (1024, 65535), 0, [("tcp", "10.0.0.0/16", 80, 90),
                                                 ("udp", "10.0.0.0/24", 53, 53),
                                                 ("icmp", "10.0.0.0/16", 0, 65535)]),
-    (200, 2, "10.0.1.4", 2, (1024, 65535), 6, [("all", "0.0.0.0/0", 0, 65535)]),
+    (200, 2, "10.0.1.4", 2, (1024, 65535), 3, [("all", "0.0.0.0/0", 0, 65535)]),
     # three ports: exhaustion, and takeovers of expired entries, are drawn often
-    (300, 1, "10.0.1.5", 3, (2000, 2002), 12, [("all", "10.0.0.0/16", 0, 65535)]),
+    (300, 1, "10.0.1.5", 3, (2000, 2002), 5, [("all", "10.0.0.0/16", 0, 65535)]),
 ]
 
 
@@ -96,6 +96,14 @@ class Harness:
             os.close(fd)
         self.dp.close()
 
+    def set_secret(self, secret: int) -> None:
+        """The node's port secret (where probes start): a kept case replays with the layout it
+        was found with. Only between sequences: flows placed by the old secret are lost."""
+        cfg = self.dp.config()
+        cfg["port_secret"] = self.secret = secret
+        self.dp.map("config").update(0, cfg)
+        self.reset()
+
     def reset(self) -> None:
         self.dp.del_workers(P.WORKERS)  # forget learned MACs (and the workers' flows)
         for w in P.WORKERS:
@@ -115,6 +123,8 @@ class Harness:
                   for idx, v in self.vpc_ifs.items()},
             timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI)
         self.model = Model(cfg, self._probe)
+        # to look past a known datapath disagreement (reference.Model.takeover_past_empty)
+        self.model.takeover_past_empty = os.environ.get("ENIPLANE_FUZZ_TAKEOVER_PAST_EMPTY") == "1"
         self.sports: dict[tuple, int] = {}
 
     # ---- the clock -------------------------------------------------------------------------
@@ -261,6 +271,8 @@ class Harness:
             kernel[owner] = f
         for owner, f in kernel.items():
             # every port before the flow's own along its probe is held: a walk reaches it
+            if self.model.takeover_past_empty:
+                break  # the disagreement that mode looks past
             for port in self._probe(cfg.enis[owner[1]], owner):
                 if port == f["nat_port"]:
                     break

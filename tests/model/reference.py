@@ -221,6 +221,10 @@ class Model:
     def __init__(self, cfg: Config, probe: Callable[[Eni, tuple], Iterable[int]]):
         self.cfg = cfg
         self.probe = probe  # the ports a flow's probe visits, in order
+        # Issue 13's rule: an entry is taken over only where the walk would find it again,
+        # before the first empty slot along the new owner's probe. True mirrors a datapath
+        # that looks along the whole probe (to look past that one disagreement).
+        self.takeover_past_empty = False
         self.fwd: dict[tuple, Flow] = {}
         self.rev: dict[tuple, Flow] = {}
         self.worker_mac: dict[str, bytes] = {}
@@ -414,7 +418,8 @@ class Model:
         # and the first entry of another tuple that may be taken over is remembered on the way.
         own = cand = free = None
         probed = False
-        for i, port in enumerate(self.probe(eni, key)):
+        ports = list(self.probe(eni, key))
+        for i, port in enumerate(ports):
             e = self.rev.get(base[:3] + (port,) + base[4:])
             if e is None:
                 free = port
@@ -424,10 +429,11 @@ class Model:
                 break
             if cand is None and claimable(cfg, e, now):
                 cand = port
+        if self.takeover_past_empty and free is not None and cand is None:
+            cand = next((q for q in ports if (e := self.rev.get(base[:3] + (q,) + base[4:]))
+                         is not None and claimable(cfg, e, now)), None)
         extra: dict[str, int] = {}
         if own is not None:
-            if probed:
-                extra["flow_probed"] = 1
             closed = own.state & S_FIN_OUT and own.state & S_FIN_IN
             is_live = live(cfg, own, now)
             if proto == TCP and syn_only and (not is_live or closed) or \
@@ -444,36 +450,43 @@ class Model:
                 own.env_mac = env_mac  # replies go to the MAC of the latest forward packet
                 own.tx_packets += 1
                 own.tx_bytes += len(p) - inner
+                if probed:
+                    extra["flow_probed"] = 1
                 return self._forward(p, inner, iip, l4, own, "fwd_established", extra, False)
             if flags & F_RST:
                 return Result(DROP, "drop_tcp_no_flow", extra=extra)
             return self._rst(p, inner, udp_off, iip, l4, extra)
         if (worker, vni) not in cfg.placements:
             return Result(DROP, "drop_worker_not_placed")
-        if proto == TCP and flags & F_RST:
-            return Result(DROP, "drop_tcp_no_flow")
+        # A SYN without ACK opens a connection (whatever else it carries, as on reopen);
+        # any other segment needs a live flow: a RST is dropped, the rest answered by a RST.
         if proto == TCP and not syn_only:
+            if flags & F_RST:
+                return Result(DROP, "drop_tcp_no_flow")
             return self._rst(p, inner, udp_off, iip, l4, extra)
         if not sg_allows(eni, proto, iip["dst"], dport):
             return Result(DROP, "drop_sg_denied", extra={"eni:sg_denied": 1})
+        # An empty slot (under the ENI's limit) first; else an entry another tuple may take
+        # over; else the limit (when it was what kept the empty slot out of reach) or
+        # exhaustion.
         limit = cfg.flow_limit(eni)
-        over = bool(limit) and self.entries(eni) >= limit
+        over = free is not None and bool(limit) and self.entries(eni) >= limit
+        if free is not None and not over:
+            rkey = base[:3] + (free,) + base[4:]
+            flow = Flow(key, rkey, tunnel, env_mac, eni)
+            self._claim(flow, key, rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
+            self.rev[rkey] = flow
+            extra["eni:flows_created"] = 1
+            return self._forward(p, inner, iip, l4, flow, "fwd_new_flow", extra, True)
         if cand is not None:
             old = self.rev[base[:3] + (cand,) + base[4:]]
             del self.fwd[old.key]
             self._claim(old, key, old.rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
             extra.update({"flow_takeover": 1, "eni:flows_created": 1})
             return self._forward(p, inner, iip, l4, old, "fwd_new_flow", extra, True)
-        if free is None or over:
-            if over:
-                return Result(DROP, "drop_flow_limit", extra={"eni:flows_limited": 1})
-            return Result(DROP, "drop_port_exhausted", extra={"eni:port_alloc_failed": 1})
-        rkey = base[:3] + (free,) + base[4:]
-        flow = Flow(key, rkey, tunnel, env_mac, eni)
-        self._claim(flow, key, rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
-        self.rev[rkey] = flow
-        extra["eni:flows_created"] = 1
-        return self._forward(p, inner, iip, l4, flow, "fwd_new_flow", extra, True)
+        if over:
+            return Result(DROP, "drop_flow_limit", extra={"eni:flows_limited": 1})
+        return Result(DROP, "drop_port_exhausted", extra={"eni:port_alloc_failed": 1})
 
     def entries(self, eni: Eni) -> int:
         """The entries an ENI holds, live or not (what its limit counts)."""
@@ -543,7 +556,7 @@ class Model:
             rseq, rack, rflags = ack, 0, F_RST
         else:
             total = struct.unpack_from("!H", p, io + 2)[0]
-            plen = total - iip["ihl"] - (p[to + 12] >> 4) * 4
+            plen = max(0, total - iip["ihl"] - (p[to + 12] >> 4) * 4)
             rseq = 0
             rack = (seq + plen + bool(flags & F_SYN) + bool(flags & F_FIN)) & 0xFFFFFFFF
             rflags = F_RST | F_ACK
