@@ -225,6 +225,7 @@ class Model:
         # before the first empty slot along the new owner's probe. True mirrors a datapath
         # that looks along the whole probe (to look past that one disagreement).
         self.takeover_past_empty = False
+        self.took_past_empty = False  # it happened: the flow's next packets will not find it
         self.fwd: dict[tuple, Flow] = {}
         self.rev: dict[tuple, Flow] = {}
         self.worker_mac: dict[str, bytes] = {}
@@ -432,6 +433,9 @@ class Model:
         if self.takeover_past_empty and free is not None and cand is None:
             cand = next((q for q in ports if (e := self.rev.get(base[:3] + (q,) + base[4:]))
                          is not None and claimable(cfg, e, now)), None)
+            past_empty = cand is not None
+        else:
+            past_empty = False
         extra: dict[str, int] = {}
         if own is not None:
             closed = own.state & S_FIN_OUT and own.state & S_FIN_IN
@@ -483,6 +487,7 @@ class Model:
             del self.fwd[old.key]
             self._claim(old, key, old.rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
             extra.update({"flow_takeover": 1, "eni:flows_created": 1})
+            self.took_past_empty |= past_empty
             return self._forward(p, inner, iip, l4, old, "fwd_new_flow", extra, True)
         if over:
             return Result(DROP, "drop_flow_limit", extra={"eni:flows_limited": 1})
