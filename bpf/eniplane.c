@@ -78,9 +78,22 @@ static __always_inline __u64 clock_shifted(__u64 ns)
     __u64 *d = clock_shift.lookup(&k);
     return d ? ns + *d : ns;
 }
+/* Test builds only: when armed, another CPU's takeover lands between the open path's read of
+ * an expired entry and its compare-and-swap (tests/datapath/test_lifecycle.py). */
+BPF_TABLE_PINNED("array", __u32, __u32, takeover_race, 1, PIN_DIR "/takeover_race");
+static __always_inline void takeover_race_point(struct flow *f, __u64 now)
+{
+    __u32 k = 0;
+    __u32 *armed = takeover_race.lookup(&k);
+    if (armed && *armed) {
+        *armed = 0;
+        f->last_seen_ns = now; /* what the winner's flow_publish leaves */
+    }
+}
 #else
 #define eni_race_point(cfg, vni) do { } while (0)
 #define clock_shifted(ns) (ns)
+#define takeover_race_point(f, now) do { } while (0)
 #endif
 
 /* The coarse monotonic time, from this CPU's clock cache (types.h) while the jiffy lasts. A CPU
@@ -1139,6 +1152,7 @@ int xdp_fabric_open(struct xdp_md *ctx)
         __u64 sseen = *(volatile __u64 *)&sf->last_seen_ns;
         asm volatile("" ::: "memory");
         __u32 old_idx = sf->eni_idx;
+        takeover_race_point(sf, now);
         if (!flow_claimable(cfg, l4proto, sf->state, sseen, now) || !flow_claim(sf, sseen)) {
             reason = STAT_drop_port_race;
             goto out;

@@ -500,7 +500,7 @@ class Datapath:
             v = m.lookup(k)
             if v and (v["worker"], v["vni"], v["env_addr"], v["env_port"]) == \
                     (worker, vni, env_addr, env_port):
-                return flow_record(k, v)
+                return flow_record(k, v, self.now_ns(), self.timeouts())
         return None
 
     def flush_flows(self, vnis: Collection[int] | None = None,
