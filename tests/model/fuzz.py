@@ -44,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3600)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--max-seq", type=int, default=200)
-    ap.add_argument("--takeover-past-empty", action="store_true",
-                    help="mirror a datapath that takes over entries past an empty slot (a known "
-                         "disagreement), to look for others")
     a = ap.parse_args(argv)
-    if a.takeover_past_empty:
-        os.environ["ENIPLANE_FUZZ_TAKEOVER_PAST_EMPTY"] = "1"
     from eniplane.signals import exit_on_sigterm
 
     exit_on_sigterm()  # a killed run still removes its namespaces and pins
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         h = Harness(lab, node)
         vpc_of = {v["ifindex"]: idx for idx, v in h.vpc_ifs.items()}
         rng = random.Random(a.seed)
-        sent = seqs = bad = blurred = known = 0
+        sent = seqs = bad = blurred = 0
         t0 = last = time.monotonic()
         while sent < a.packets and time.monotonic() - t0 < a.seconds:
             seed = rng.getrandbits(64)
@@ -86,12 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 blurred += 1
                 print(f"inconclusive (seed {seed}), the machine stalled:\n{e}", file=sys.stderr)
             except AssertionError as e:  # a Disagreement, or the model's own consistency
-                if h.model.took_past_empty:
-                    known += 1  # what --takeover-past-empty looks past: not kept, not counted
-                else:
-                    bad += 1
-                    p = save_case(seq, vpc_of, str(e), h.secret)
-                    print(f"DISAGREEMENT (seed {seed}) kept as {p.name}:\n{e}", file=sys.stderr)
+                bad += 1
+                p = save_case(seq, vpc_of, str(e), h.secret)
+                print(f"DISAGREEMENT (seed {seed}) kept as {p.name}:\n{e}", file=sys.stderr)
             seqs += 1
             if time.monotonic() - last > 10:
                 last = time.monotonic()
@@ -100,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         h.close()
         el = time.monotonic() - t0
         print(f"fuzz: {sent:,} packets in {seqs:,} sequences, {bad} disagreements, "
-              f"{blurred} inconclusive, {el:.0f} s, seed {a.seed}" +
-              (f", {known} sequences ended by a takeover past an empty slot" if known else ""))
+              f"{blurred} inconclusive, {el:.0f} s, seed {a.seed}")
         print("paths drawn: " + ", ".join(f"{k} {v:,}" for k, v in sorted(h.drawn.items())))
         return 1 if bad else 0
     finally:

@@ -127,8 +127,6 @@ class Harness:
                   for idx, v in self.vpc_ifs.items()},
             timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI)
         self.model = Model(cfg, self._probe)
-        # to look past a known datapath disagreement (reference.Model.takeover_past_empty)
-        self.model.takeover_past_empty = os.environ.get("ENIPLANE_FUZZ_TAKEOVER_PAST_EMPTY") == "1"
         self.sports: dict[tuple, int] = {}
 
     # ---- the clock -------------------------------------------------------------------------
@@ -294,8 +292,6 @@ class Harness:
             kernel[owner] = f
         for owner, f in kernel.items():
             # every port before the flow's own along its probe is held: a walk reaches it
-            if self.model.takeover_past_empty:
-                break  # the disagreement that mode looks past
             for port in self._probe(cfg.enis[owner[1]], owner):
                 if port == f["nat_port"]:
                     break

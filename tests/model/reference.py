@@ -224,8 +224,6 @@ class Model:
         # Issue 13's rule: an entry is taken over only where the walk would find it again,
         # before the first empty slot along the new owner's probe. True mirrors a datapath
         # that looks along the whole probe (to look past that one disagreement).
-        self.takeover_past_empty = False
-        self.took_past_empty = False  # it happened: the flow's next packets will not find it
         self.fwd: dict[tuple, Flow] = {}
         self.rev: dict[tuple, Flow] = {}
         self.worker_mac: dict[str, bytes] = {}
@@ -413,7 +411,7 @@ class Model:
         if eni is None:
             return Result(DROP, "drop_unknown_vni")
         flags = l4["flags"]
-        syn_only = proto == TCP and flags & F_SYN and not flags & F_ACK
+        syn_only = proto == TCP and flags & (F_SYN | F_ACK | F_RST) == F_SYN
         base = (eni.vpc_idx, eni.addr, iip["dst"], None, dport, proto)
         # The walk along the flow's probe: its own entry ends it, the first empty slot ends it,
         # and the first entry of another tuple that may be taken over is remembered on the way.
@@ -430,12 +428,6 @@ class Model:
                 break
             if cand is None and claimable(cfg, e, now):
                 cand = port
-        if self.takeover_past_empty and free is not None and cand is None:
-            cand = next((q for q in ports if (e := self.rev.get(base[:3] + (q,) + base[4:]))
-                         is not None and claimable(cfg, e, now)), None)
-            past_empty = cand is not None
-        else:
-            past_empty = False
         extra: dict[str, int] = {}
         if own is not None:
             closed = own.state & S_FIN_OUT and own.state & S_FIN_IN
@@ -462,8 +454,8 @@ class Model:
             return self._rst(p, inner, udp_off, iip, l4, extra)
         if (worker, vni) not in cfg.placements:
             return Result(DROP, "drop_worker_not_placed")
-        # A SYN without ACK opens a connection (whatever else it carries, as on reopen);
-        # any other segment needs a live flow: a RST is dropped, the rest answered by a RST.
+        # A SYN without ACK or RST opens a connection; any other segment needs a live flow: a
+        # RST is dropped, the rest answered by a RST.
         if proto == TCP and not syn_only:
             if flags & F_RST:
                 return Result(DROP, "drop_tcp_no_flow")
@@ -487,7 +479,6 @@ class Model:
             del self.fwd[old.key]
             self._claim(old, key, old.rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
             extra.update({"flow_takeover": 1, "eni:flows_created": 1})
-            self.took_past_empty |= past_empty
             return self._forward(p, inner, iip, l4, old, "fwd_new_flow", extra, True)
         if over:
             return Result(DROP, "drop_flow_limit", extra={"eni:flows_limited": 1})
