@@ -392,3 +392,9 @@ def test_flow_records_show_state_and_idle_time(env):
     (f,) = env.dp.flows()
     assert f["state"] == "syn_sent" and f["live"] and 11.9 <= f["idle_s"] <= 12.1
     assert env.dp.flow_states()["syn_sent"] == 1
+
+
+def test_a_syn_with_rst_opens_nothing(env):
+    got, _, d = fwd(env, TCP(sport=45010, dport=80, flags="SR"))
+    assert (got, d.get("drop_tcp_no_flow"), d.get("fwd_new_flow")) == ("DROP", 1, None), d
+    assert env.dp.flows() == []
