@@ -358,13 +358,28 @@ def test_the_node_default_limit_and_an_enis_own(env):
 
 
 def test_at_its_limit_an_eni_takes_over_its_expired_entries_without_a_sweep(env):
+    """Only an expired entry before the first empty slot of the new flow's probe: the flow's own
+    walk stops at that slot, so an entry beyond it could never be found again."""
+    from eniplane.probe import probe_ports
+
     env.dp.set_eni(VNI_TINY, 3, 1, "10.0.2.4", 2000, 2001, max_flows=1)
     assert _udp_tiny(env, 43020)[2].get("fwd_new_flow") == 1
-    assert _udp_tiny(env, 43021)[2].get("drop_flow_limit") == 1
+    held = flow_port(env, 43020)
+    secret = env.dp.config()["port_secret"]
+
+    def starting_at(port: int) -> int:
+        return next(sp for sp in range(43021, 44000) if probe_ports(
+            secret, 2000, 2001, WORKER, VNI_TINY, ENV_IP, sp, DEST, 7, 17)[0] == port)
+
+    behind_empty, first_held = starting_at(4001 - held), starting_at(held)
+    assert _udp_tiny(env, first_held)[2].get("drop_flow_limit") == 1
     advance(env, 351 * S)
-    got, _, d = _udp_tiny(env, 43021)
+    got, _, d = _udp_tiny(env, behind_empty)  # the empty slot first: over the limit, no takeover
+    assert (got, d.get("drop_flow_limit")) == ("DROP", 1), d
+    got, out, d = _udp_tiny(env, first_held)
     assert (got, d.get("flow_takeover")) == ("REDIRECT", 1), d
-    assert env.dp.eni_flow_entries()[VNI_TINY] == 1
+    assert nat_port(out) == held and env.dp.eni_flow_entries()[VNI_TINY] == 1
+    assert _udp_tiny(env, first_held)[2].get("fwd_established") == 1  # and found again
 
 
 # ---- the sweeper -----------------------------------------------------------------------------
