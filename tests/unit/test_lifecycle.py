@@ -11,10 +11,8 @@ import sqlite3
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from eniplane import lifecycle as lc
-from eniplane.cli import app
 from eniplane.config import InvalidDocument, build_state, diff, export_doc, schema
 from eniplane.errors import InvalidInput, NotFound
 from eniplane.model import State
@@ -327,27 +325,14 @@ def said(text: str) -> str:
     return " ".join(re.sub(r"[│╭╮╰╯─┃━┏┓┗┛]", " ", text).split())
 
 
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("ENIPLANE_STATE_DIR", str(tmp_path))
-    runner = CliRunner()
-
-    def _run(*args: str, code: int = 0):
-        r = runner.invoke(app, [*args, "--node", "unit"])
-        assert r.exit_code == code, r.output
-        return r
-
-    return _run
-
-
-def test_timeouts_show_and_set(run):
-    assert json.loads(run("timeouts", "show", "-o", "json").stdout) == {
+def test_timeouts_show_and_set(cli):
+    assert json.loads(cli("timeouts", "show", "-o", "json").stdout) == {
         "tcp_established": 350, "tcp_transitory": 240, "udp": 350, "icmp": 60}
-    r = run("timeouts", "set", "--udp", "30", "--tcp-established", "20")
+    r = cli("timeouts", "set", "--udp", "30", "--tcp-established", "20")
     assert "not up" in r.stderr and "udp 30 s" in r.stderr
-    assert json.loads(run("timeouts", "show", "-o", "json").stdout) == {
+    assert json.loads(cli("timeouts", "show", "-o", "json").stdout) == {
         "tcp_established": 20, "tcp_transitory": 240, "udp": 30, "icmp": 60}
-    shown = run("timeouts", "show").stdout
+    shown = cli("timeouts", "show").stdout
     assert "tcp_transitory" in shown and "240" in shown
 
 
@@ -359,80 +344,80 @@ def test_timeouts_show_and_set(run):
     (["--udp", "4294967296"], "outside 1-4294967295"),
     ([], "give at least one of --tcp-established, --tcp-transitory, --udp, --icmp"),
 ])
-def test_timeouts_set_refuses_bad_values_with_exit_2(run, args, msg):
-    r = run("timeouts", "set", *args, code=2)
+def test_timeouts_set_refuses_bad_values_with_exit_2(cli, args, msg):
+    r = cli("timeouts", "set", *args, code=2)
     assert msg in said(r.stderr)
-    assert json.loads(run("timeouts", "show", "-o", "json").stdout) == lc.DEFAULT_TIMEOUTS
+    assert json.loads(cli("timeouts", "show", "-o", "json").stdout) == lc.DEFAULT_TIMEOUTS
 
 
-def test_limits_show_and_set(run):
-    assert json.loads(run("limits", "show", "-o", "json").stdout) == {"flows_per_eni": 65000}
-    run("limits", "set", "--flows-per-eni", "100")
-    assert json.loads(run("limits", "show", "-o", "json").stdout) == {"flows_per_eni": 100}
-    r = run("limits", "set", "--flows-per-eni", "0", code=2)
+def test_limits_show_and_set(cli):
+    assert json.loads(cli("limits", "show", "-o", "json").stdout) == {"flows_per_eni": 65000}
+    cli("limits", "set", "--flows-per-eni", "100")
+    assert json.loads(cli("limits", "show", "-o", "json").stdout) == {"flows_per_eni": 100}
+    r = cli("limits", "set", "--flows-per-eni", "0", code=2)
     assert "0 is outside 1-4294967295" in said(r.stderr)
-    assert "Missing option '--flows-per-eni'" in said(run("limits", "set", code=2).stderr)
+    assert "Missing option '--flows-per-eni'" in said(cli("limits", "set", code=2).stderr)
 
 
-def setup_eni(run) -> str:
-    run("vpc", "add", "v", "--cidr", "10.0.0.0/16", "--iface", "vpca", "--gateway", "10.0.0.1")
-    run("subnet", "add", "s", "--vpc", "v", "--cidr", "10.0.1.0/24")
-    run("sg", "add", "g", "--vpc", "v")
-    r = run("function", "attach", "f", "--subnet", "s", "--sg", "g", "-o", "json")
+def setup_eni(cli) -> str:
+    cli("vpc", "add", "v", "--cidr", "10.0.0.0/16", "--iface", "vpca", "--gateway", "10.0.0.1")
+    cli("subnet", "add", "s", "--vpc", "v", "--cidr", "10.0.1.0/24")
+    cli("sg", "add", "g", "--vpc", "v")
+    r = cli("function", "attach", "f", "--subnet", "s", "--sg", "g", "-o", "json")
     return json.loads(r.stdout)["enis"][0]["id"]
 
 
-def test_eni_set_max_flows_and_the_effective_limit(run):
-    eni = setup_eni(run)
-    (row,) = json.loads(run("eni", "list", "-o", "json").stdout)
+def test_eni_set_max_flows_and_the_effective_limit(cli):
+    eni = setup_eni(cli)
+    (row,) = json.loads(cli("eni", "list", "-o", "json").stdout)
     assert (row["max_flows"], row["flow_limit"], row["flow_entries"]) == (0, 65000, None)
-    run("eni", "set", eni, "--max-flows", "10")
-    shown = json.loads(run("eni", "show", eni, "-o", "json").stdout)
+    cli("eni", "set", eni, "--max-flows", "10")
+    shown = json.loads(cli("eni", "show", eni, "-o", "json").stdout)
     assert (shown["max_flows"], shown["flow_limit"], shown["flow_entries"]) == (10, 10, None)
-    run("limits", "set", "--flows-per-eni", "500")
-    run("eni", "set", eni, "--max-flows", "0")  # back to the node's
-    (row,) = json.loads(run("eni", "list", "-o", "json").stdout)
+    cli("limits", "set", "--flows-per-eni", "500")
+    cli("eni", "set", eni, "--max-flows", "0")  # back to the node's
+    (row,) = json.loads(cli("eni", "list", "-o", "json").stdout)
     assert (row["max_flows"], row["flow_limit"]) == (0, 500)
-    assert "- / 500" in said(run("eni", "list").stdout)
-    assert "max_flows: 0" not in run("export").stdout  # only real overrides are exported
+    assert "- / 500" in said(cli("eni", "list").stdout)
+    assert "max_flows: 0" not in cli("export").stdout  # only real overrides are exported
 
 
-def test_eni_set_refuses(run):
-    eni = setup_eni(run)
+def test_eni_set_refuses(cli):
+    eni = setup_eni(cli)
     assert "'--max-flows' / '-m': -1 is outside 0-4294967295 (0: the node default)" in \
-        said(run("eni", "set", eni, "--max-flows", "-1", code=2).stderr)
+        said(cli("eni", "set", eni, "--max-flows", "-1", code=2).stderr)
     assert "ENI eni-nope does not exist" in \
-        run("eni", "set", "eni-nope", "--max-flows", "5", code=1).stderr
-    assert "Missing option '--max-flows'" in said(run("eni", "set", eni, code=2).stderr)
+        cli("eni", "set", "eni-nope", "--max-flows", "5", code=1).stderr
+    assert "Missing option '--max-flows'" in said(cli("eni", "set", eni, code=2).stderr)
 
 
-def test_export_apply_round_trip_through_the_cli(run, tmp_path):
-    eni = setup_eni(run)
-    run("timeouts", "set", "--icmp", "5")
-    run("limits", "set", "--flows-per-eni", "42")
-    run("eni", "set", eni, "--max-flows", "9")
+def test_export_apply_round_trip_through_the_cli(cli, tmp_path):
+    eni = setup_eni(cli)
+    cli("timeouts", "set", "--icmp", "5")
+    cli("limits", "set", "--flows-per-eni", "42")
+    cli("eni", "set", eni, "--max-flows", "9")
     f = tmp_path / "c.yaml"
-    run("export", "--file", str(f))
+    cli("export", "--file", str(f))
     doc = yaml.safe_load(f.read_text())
     assert doc["timeouts"]["icmp"] == 5 and doc["limits"] == {"flows_per_eni": 42}
     assert doc["enis"] == [{"subnet": "s", "security_groups": ["g"], "max_flows": 9}]
-    assert json.loads(run("apply", "-f", str(f), "-o", "json").stdout)["changes"] == []
+    assert json.loads(cli("apply", "-f", str(f), "-o", "json").stdout)["changes"] == []
     doc["timeouts"]["icmp"] = 6
     doc["enis"][0]["max_flows"] = 0
     f.write_text(yaml.safe_dump(doc))
-    changes = json.loads(run("apply", "-f", str(f), "-o", "json").stdout)["changes"]
+    changes = json.loads(cli("apply", "-f", str(f), "-o", "json").stdout)["changes"]
     assert changes == [{"op": "change", "kind": "enis", "id": eni},
                        {"op": "change", "kind": "timeouts", "id": "icmp"}]
-    assert json.loads(run("timeouts", "show", "-o", "json").stdout)["icmp"] == 6
+    assert json.loads(cli("timeouts", "show", "-o", "json").stdout)["icmp"] == 6
     doc["timeouts"]["icmp"] = 0
     f.write_text(yaml.safe_dump(doc))
-    r = run("apply", "-f", str(f), code=1)  # a file's contents: InvalidInput, as for the rest
+    r = cli("apply", "-f", str(f), code=1)  # a file's contents: InvalidInput, as for the rest
     assert "timeouts.icmp: Input should be greater than or equal to 1" in r.stderr
-    assert set(json.loads(run("apply", "--schema").stdout)["properties"]) >= {
+    assert set(json.loads(cli("apply", "--schema").stdout)["properties"]) >= {
         "timeouts", "limits", "enis"}
 
 
-def test_flows_all_belongs_to_the_list(run):
-    r = run("flows", "--all", "sweep", code=2)
+def test_flows_all_belongs_to_the_list(cli):
+    r = cli("flows", "--all", "sweep", code=2)
     assert "--all applies to the flow list, not to `flows sweep`" in r.stderr
-    assert "node unit is not up" in run("flows", "sweep", code=1).stderr
+    assert "node unit is not up" in cli("flows", "sweep", code=1).stderr

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from eniplane.cli import app
 from eniplane.config import InvalidDocument, build_state, diff, export_doc, schema
 from eniplane.errors import AlreadyExists, InvalidInput, NotFound
 from eniplane.model import State
@@ -235,19 +233,6 @@ def test_peek_of_a_node_never_used(tmp_path, monkeypatch):
 
 
 # ---- through the command line --------------------------------------------------------------
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("ENIPLANE_STATE_DIR", str(tmp_path / "state"))
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):
-        r = runner.invoke(app, [*args, "--node", "unit"])
-        assert r.exit_code == code, r.output
-        return r
-
-    return run
-
-
 def test_a_typo_in_a_rule_applies_nothing(cli, tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump(world()))
