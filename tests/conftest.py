@@ -26,6 +26,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """The CLI run in-process (Typer's CliRunner) as `eniplane ARGS --node unit`, with the state
+    under tmp_path; asserts the exit code."""
+    from typer.testing import CliRunner
+
+    from eniplane.cli import app
+
+    monkeypatch.setenv("ENIPLANE_STATE_DIR", str(tmp_path / "state"))
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0):
+        r = runner.invoke(app, [*args, "--node", "unit"])
+        assert r.exit_code == code, r.output
+        return r
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def lab():
     from eniplane.lab import Lab

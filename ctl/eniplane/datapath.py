@@ -14,7 +14,7 @@ import ipaddress
 import os
 import time
 from collections import Counter
-from typing import Any, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from . import lifecycle, paths, probe
 from .maps import PinnedMap, sum_percpu
@@ -445,45 +445,80 @@ class Datapath:
         which returns it as it was when it went: one that the datapath made live again in the
         meantime is put back at once (BPF_NOEXIST, so nothing newer is overwritten)."""
         t0 = time.perf_counter()
-        m = self.map("flows")
-        start = self.map("flow_guard").lookup(0)
         timeouts = self.timeouts()
         now = self.now_ns()
-        removed, restored, remaining, touched = 0, 0, [], set()
+        scanned = 0
+
+        def expired(key: dict, v: dict) -> bool:
+            nonlocal scanned
+            scanned += 1
+            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now, timeouts)
+
+        def still_expired(key: dict, v: dict) -> bool:
+            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"],
+                                        self.now_ns(), timeouts)
+
+        removed, by_state, restored = self._remove_flows(expired, still_expired, swept=True)
+        return {"scanned": scanned, "removed": removed, "restored": restored,
+                "by_state": dict(by_state), "seconds": round(time.perf_counter() - t0, 6)}
+
+    def _remove_flows(self, doomed: Callable[[dict, dict], bool],
+                      still: Callable[[dict, dict], bool] | None = None,
+                      swept: bool = False) -> tuple[int, Counter, int]:
+        """Delete the entries that doomed(key, value) picks while the datapath goes on, keeping
+        the flow guard true (types.h). Walks are told to go past empty slots before the first
+        delete: a flow that opens behind a slot while it goes would otherwise be lost to its own
+        walk, and opened twice. Afterwards the table is read again, with whatever opened
+        meanwhile, and the guard recomputed from it (probe.resync_guard), for the destinations
+        that lost entries. With `still`, an entry is checked again as it was when it went (a
+        lookup-and-delete returns it): one that no longer qualifies is put back (BPF_NOEXIST).
+        Returns (entries removed, removed by state name, entries put back)."""
+        m, g = self.map("flows"), self.map("flow_guard")
+        start = g.lookup(0)
+        announced = False
+        removed = restored = 0
+        touched: set[tuple] = set()
         by_idx: Counter = Counter()
         by_state: Counter = Counter()
-        scanned = 0
         for k in list(m.keys_raw()):
             v = m.lookup(k)
             if v is None:
                 continue
-            scanned += 1
             key = m.key_codec.decode(k)
-            if not lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now,
-                                        timeouts):
-                remaining.append(flow_record(key, v))
+            if not doomed(key, v):
                 continue
+            if not announced and not start["holes"]:
+                g.update(0, {**g.lookup(0), "holes": 1})
+                announced = True
             gone = m.pop(k)
             if gone is None:
                 continue
-            if not lifecycle.is_expired(key["proto"], gone["state"], gone["last_seen_ns"],
-                                        self.now_ns(), timeouts):
-                try:  # taken over between the read and the delete: give it back
+            if still is not None and not still(key, gone):
+                try:
                     m.update(k, gone, flags=BPF_NOEXIST)
                     restored += 1
-                    remaining.append(flow_record(key, gone))
                     continue
                 except EniplaneError:
-                    pass  # a newer entry is there already: it stands
+                    pass  # a newer entry took the slot: it stands
             removed += 1
             by_idx[gone["eni_idx"]] += 1
             by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
             touched.add(probe.dest(flow_record(key, gone)))
-        if removed:
-            self._count_removed(by_idx)
-            self.guard_resync(remaining, touched, start, deleted=removed, swept=removed)
-        return {"scanned": scanned, "removed": removed, "restored": restored,
-                "by_state": dict(by_state), "seconds": round(time.perf_counter() - t0, 6)}
+        if not (removed or announced):
+            return 0, by_state, restored
+        self._count_removed(by_idx)
+        mid = g.lookup(0)
+        flows = [flow_record(k, v) for k, v in m.items()]
+        # as if the guard had been read just before the table: inserts up to `mid` are in it;
+        # the holes flag is the one from before this call (its own says nothing)
+        base = {**mid, "holes": start["holes"], "evicted": start["evicted"]}
+        now = {**g.lookup(0), "holes": start["holes"]}
+        new = probe.resync_guard(flows, dict(self.map("enis").items()),
+                                 self.config()["port_secret"], base, now, touched,
+                                 m.max_entries, removed)
+        new["swept"] = start["swept"] + (removed if swept else 0)
+        g.update(0, new)
+        return removed, by_state, restored
 
     def find_flow(self, worker: str, vni: int, env_addr: str, env_port: int, remote: str,
                   remote_port: int, proto: int) -> dict[str, Any] | None:
@@ -507,28 +542,13 @@ class Datapath:
                     workers: Collection[str] | None = None,
                     pairs: Collection[tuple[str, int]] | None = None) -> int:
         """Remove flows: all, or those of some ENIs (by VNI), workers, or (worker, VNI) pairs.
-        Returns how many. One pass over the table; the guard is then checked only where flows
-        went."""
-        m = self.map("flows")
-        start = self.map("flow_guard").lookup(0)
-        n, remaining, touched = 0, [], set()
-        by_idx: Counter = Counter()
-        for k in list(m.keys_raw()):
-            v = m.lookup(k)
-            if v is None:
-                continue
-            f = flow_record(m.key_codec.decode(k), v)
-            if ((vnis is None or v["vni"] in vnis) and (workers is None or v["worker"] in workers)
-                    and (pairs is None or (v["worker"], v["vni"]) in pairs)):
-                if m.delete(k):
-                    n += 1
-                    by_idx[v["eni_idx"]] += 1
-                    touched.add(probe.dest(f))
-            else:
-                remaining.append(f)
-        self._count_removed(by_idx)
-        self.guard_resync(remaining, touched, start, deleted=n)
-        return n
+        Returns how many. The guard is then checked only where flows went (_remove_flows)."""
+        def doomed(_: dict, v: dict) -> bool:
+            return ((vnis is None or v["vni"] in vnis) and
+                    (workers is None or v["worker"] in workers) and
+                    (pairs is None or (v["worker"], v["vni"]) in pairs))
+
+        return self._remove_flows(doomed)[0]
 
     def guard_resync(self, flows: list[dict[str, Any]] | None = None,
                      touched: set[tuple] | None = None, start: dict | None = None,

@@ -413,3 +413,39 @@ def test_a_syn_with_rst_opens_nothing(env):
     got, _, d = fwd(env, TCP(sport=45010, dport=80, flags="SR"))
     assert (got, d.get("drop_tcp_no_flow"), d.get("fwd_new_flow")) == ("DROP", 1, None), d
     assert env.dp.flows() == []
+
+
+def test_a_flow_opened_behind_an_entry_while_it_is_removed_is_never_lost(env):
+    """The datapath keeps opening flows while user space removes entries (sweep, flush). Here a
+    flow opens one port behind the entry at the very moment that entry is chosen for removal:
+    its next packets must still find it, never open it a second time."""
+    from eniplane.probe import probe_ports
+
+    secret = env.dp.config()["port_secret"]
+    first = {sp: probe_ports(secret, 2000, 2001, WORKER, VNI_TINY, ENV_IP, sp, DEST, 7, 17)[0]
+             for sp in range(46000, 46100)}
+    old = 46000
+    assert _udp_tiny(env, old)[2].get("fwd_new_flow") == 1
+    held = flow_port(env, old)
+    late = next(sp for sp, p in first.items() if p == held and sp != old)  # probes it first
+    assert env.dp.map("flow_guard").lookup(0)["holes"] == 0
+
+    def doomed(key: dict, v: dict) -> bool:
+        if v["env_port"] != old:
+            return False
+        got, out, d = _udp_tiny(env, late)  # opens now, one port behind `old`
+        assert d.get("fwd_new_flow") == 1 and nat_port(out) != held, d
+        return True
+
+    def gone(key: dict, v: dict) -> bool:  # `old` is deleted, the guard not yet recounted
+        got, _, d = _udp_tiny(env, late)
+        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+        return True
+
+    removed, _, _ = env.dp._remove_flows(doomed, gone)
+    assert removed == 1
+    for _ in range(3):
+        got, _, d = _udp_tiny(env, late)
+        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    assert [f["env_port"] for f in env.dp.flows()] == [late]
+    assert env.dp.map("flow_guard").lookup(0)["holes"] == 1  # it sits behind an empty port
