@@ -78,9 +78,22 @@ static __always_inline __u64 clock_shifted(__u64 ns)
     __u64 *d = clock_shift.lookup(&k);
     return d ? ns + *d : ns;
 }
+/* Test builds only: when armed, another CPU's takeover lands between the open path's read of
+ * an expired entry and its compare-and-swap (tests/datapath/test_lifecycle.py). */
+BPF_TABLE_PINNED("array", __u32, __u32, takeover_race, 1, PIN_DIR "/takeover_race");
+static __always_inline void takeover_race_point(struct flow *f, __u64 now)
+{
+    __u32 k = 0;
+    __u32 *armed = takeover_race.lookup(&k);
+    if (armed && *armed) {
+        *armed = 0;
+        f->last_seen_ns = now; /* what the winner's flow_publish leaves */
+    }
+}
 #else
 #define eni_race_point(cfg, vni) do { } while (0)
 #define clock_shifted(ns) (ns)
+#define takeover_race_point(f, now) do { } while (0)
 #endif
 
 /* The coarse monotonic time, from this CPU's clock cache (types.h) while the jiffy lasts. A CPU
@@ -119,13 +132,19 @@ static __always_inline void guard_before_insert(struct flow_guard *g)
         g->holes = 1;
 }
 
+/* A flow now sits at position `depth` of its probe: walks with holes must reach that deep. */
+static __always_inline void guard_depth(struct flow_guard *g, __u32 depth)
+{
+    __u64 bit = 1ull << (depth & 31);
+    if (g && !(g->depths & bit)) /* set once: an atomic on every insert would bounce the line */
+        __sync_fetch_and_or(&g->depths, bit);
+}
+
 static __always_inline void guard_count(struct flow_guard *g, __u32 depth)
 {
     if (g) {
         __sync_fetch_and_add(&g->count, 1);
-        __u64 bit = 1ull << (depth & 31);
-        if (!(g->depths & bit)) /* set once: an atomic on every insert would bounce the line */
-            __sync_fetch_and_or(&g->depths, bit);
+        guard_depth(g, depth);
     }
 }
 
@@ -281,6 +300,12 @@ static __always_inline int eni_full(__u32 eni_idx, __u32 limit)
     if (!added || !removed)
         return 0;
     return (__s64)(*added - *removed) >= (__s64)limit;
+}
+
+/* A SYN without ACK or RST: the one TCP segment that opens a connection. */
+static __always_inline int tcp_opens(__u8 flags)
+{
+    return (flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN;
 }
 
 static __always_inline void eni_flows_add(__u32 eni_idx, __s64 n)
@@ -711,23 +736,27 @@ static __always_inline void flow_walk(struct flow_key *fk, struct flow_guard *g,
     }
 }
 
-/* The first entry along the probe that another tuple may take over (flow_claimable), found
- * for a new flow that has no empty slot it may use: none along the probe, or its ENI at its
- * limit. Returns its port, or 0. Walks the whole probe: only such new flows pay for it. */
+/* The first entry along the probe, before position `below`, that another tuple may take over
+ * (flow_claimable), for a new flow that has no empty slot it may use: none along the probe, or
+ * its ENI at its limit. Never past the first empty slot: the flow's own walk stops there, so
+ * an entry beyond it would be one the flow could not find again. Returns its port (0: none)
+ * and its position. Only such new flows pay for this walk. */
 static __always_inline __be16 stale_walk(struct flow_key *fk, struct node_cfg *cfg, __u64 now,
-                                         __u32 lo, __u32 range, __u32 start)
+                                         __u32 lo, __u32 range, __u32 start, __u32 below,
+                                         __u32 *depth)
 {
     __u32 tries = range < PORT_TRIES ? range : PORT_TRIES;
     __be16 found = 0;
     for (__u32 i = 0; i < PORT_TRIES; i++) {
         asm volatile("" : "+r"(i)); /* as in flow_walk */
-        if (i >= tries)
+        if (i >= tries || i >= below)
             break;
         __be16 p = probe_port(lo, range, start, i);
         fk->eni_port = p;
         struct flow *f = flows.lookup(fk);
         if (f && flow_claimable(cfg, fk->proto, f->state, f->last_seen_ns, now)) {
             found = p;
+            *depth = i;
             break;
         }
     }
@@ -926,7 +955,7 @@ int xdp_fabric(struct xdp_md *ctx)
     if (f) {
         __u8 state = f->state;
         /* A live flow, unless it is a closed TCP connection that a SYN opens again. */
-        int reopens = l4proto == IPPROTO_TCP && (tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN &&
+        int reopens = l4proto == IPPROTO_TCP && tcp_opens(tcp_flags) &&
                       (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
         if (flow_live(cfg, l4proto, state, pr.seen, now) && !reopens) {
             /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py),
@@ -1048,8 +1077,9 @@ int xdp_fabric_open(struct xdp_md *ctx)
         reason = STAT_drop_worker_not_placed;
         goto out;
     }
-    /* A SYN without ACK opens a TCP connection; any other segment needs a live flow. */
-    if (l4proto == IPPROTO_TCP && (tcp_flags & (TH_SYN | TH_ACK)) != TH_SYN) {
+    /* A SYN without ACK (or RST) opens a TCP connection; any other segment needs a live
+     * flow, and a RST never gets one in answer. */
+    if (l4proto == IPPROTO_TCP && !tcp_opens(tcp_flags)) {
         if (tcp_flags & TH_RST) {
             reason = STAT_drop_tcp_no_flow;
             goto out;
@@ -1126,9 +1156,11 @@ int xdp_fabric_open(struct xdp_md *ctx)
         }
         goto emit;
     }
-    /* No empty slot it may use: an expired entry of another tuple along the probe, taken
-     * over as it is now or not at all (another CPU took it first). */
-    __be16 stale = stale_walk(&fk, cfg, now, lo, range, probe_start(cfg, &p, &fk, range));
+    /* No empty slot it may use: an expired entry of another tuple along the probe, before
+     * the first empty slot, taken over as it is now or not at all (another CPU took it). */
+    __u32 stale_depth = 0;
+    __be16 stale = stale_walk(&fk, cfg, now, lo, range, probe_start(cfg, &p, &fk, range),
+                              free_port ? os->free_depth : PORT_TRIES, &stale_depth);
     if (stale) {
         fk.eni_port = stale;
         struct flow *sf = flows.lookup(&fk);
@@ -1139,11 +1171,13 @@ int xdp_fabric_open(struct xdp_md *ctx)
         __u64 sseen = *(volatile __u64 *)&sf->last_seen_ns;
         asm volatile("" ::: "memory");
         __u32 old_idx = sf->eni_idx;
+        takeover_race_point(sf, now);
         if (!flow_claimable(cfg, l4proto, sf->state, sseen, now) || !flow_claim(sf, sseen)) {
             reason = STAT_drop_port_race;
             goto out;
         }
         flow_publish(sf, &nf);
+        guard_depth(flow_guard.lookup(&k0), stale_depth); /* where it sits on its own probe */
         if (old_idx != eni_idx) { /* an address that changed ENIs: the entry changes too */
             eni_flows_add(eni_idx, 1);
             eni_flows_add(old_idx, -1);

@@ -68,10 +68,10 @@ def harness(lab):
     from eniplane import loader, paths
 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "model"))
-    from harness import Harness
+    from harness import DEFINES, Harness
 
     name = f"{lab.prefix}-model"
-    for fd in loader.compile_and_pin(name).values():
+    for fd in loader.compile_and_pin(name, DEFINES).values():
         os.close(fd)
     h = Harness(lab, name)
     yield h

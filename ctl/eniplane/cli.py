@@ -74,6 +74,10 @@ worker_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Worker hosts
 function_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Functions and their ENIs.")
 eni_app = typer.Typer(cls=_SubGroup, no_args_is_help=True, help="Shared ENIs (derived).")
 flows_app = typer.Typer(cls=_SubGroup, invoke_without_command=True, help="Flows in the datapath.")
+timeouts_app = typer.Typer(cls=_SubGroup, no_args_is_help=True,
+                           help="Idle timeouts of flows (node-wide).")
+limits_app = typer.Typer(cls=_SubGroup, no_args_is_help=True,
+                         help="Flow limits (node-wide default per ENI).")
 app.add_typer(lab_app, name="lab")
 app.add_typer(maps_app, name="maps")
 app.add_typer(vpc_app, name="vpc")
@@ -84,6 +88,8 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(function_app, name="function")
 app.add_typer(eni_app, name="eni")
 app.add_typer(flows_app, name="flows")
+app.add_typer(timeouts_app, name="timeouts")
+app.add_typer(limits_app, name="limits")
 
 
 # ---- node life cycle ----------------------------------------------------------------------
@@ -103,7 +109,9 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
         raise typer.BadParameter("must be auto, native or generic", param_hint="--mode")
     from .reconcile import sync
 
-    rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows})
+    st = _state(node)  # its lifecycle settings hold from the first packet; sync does the rest
+    rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows},
+                     timeouts=st.timeouts, flows_per_eni=st.flows_per_eni)
     mode_used = rec.interfaces[fabric_if]["mode"]
     _report(sync(node))
     if mode_used == "generic":
@@ -157,7 +165,8 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
           eni: Optional[str] = typer.Option(None, "--eni", "-e", help="One ENI's counters."),
           nonzero: bool = typer.Option(False, "--nonzero", "-z", help="Hide counters at zero.")) -> None:
-    """Every datapath counter by name, summed over CPUs (or one ENI's counters)."""
+    """Every datapath counter by name, summed over CPUs, and live flows by state (or one ENI's
+    counters)."""
     from .datapath import Datapath
 
     if eni:
@@ -168,8 +177,10 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
     else:
         with Datapath(node) as dp:
-            counters = {**dp.stats(), "flows_evicted": dp.flows_evicted()}
-        data = {"node": node, "counters": counters}
+            counters = {**dp.stats(), "flows_evicted": dp.flows_evicted(),
+                        "flows_swept": dp.flows_swept()}
+            states = dp.flow_states()
+        data = {"node": node, "counters": counters, "flow_states": states}
     if nonzero:  # for scripts as for people: -o json lists the same counters as the table
         data["counters"] = {k: v for k, v in data["counters"].items() if v}
 
@@ -177,6 +188,9 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
         rows = [(k, f"{v:,}") for k, v in d["counters"].items()]
         output.table(f"node {node} counters" + (f", ENI {eni}" if eni else ""),
                      ["counter", "value"], rows)
+        if "flow_states" in d:  # live flows by state, and entries kept that are not live
+            output.table("flow entries by state", ["state", "flows"],
+                         [(k, f"{v:,}") for k, v in d["flow_states"].items()])
 
     output.emit(out, data, render)
 
@@ -600,33 +614,71 @@ def function_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
           " ".join(f"{e['id']} ({e['address']}, {e['vni']})" for e in r["enis"])) for r in d]))
 
 
+def _eni_flow_entries(node: str) -> Optional[dict[int, int]]:
+    """Flow entries per VNI, as the per-ENI limit counts them; None when the node is not up."""
+    from . import node as nodemod
+
+    if not nodemod.is_up(node):
+        return None
+    from .datapath import Datapath
+
+    with Datapath(node) as dp:
+        return dp.eni_flow_entries()
+
+
+def _eni_limits_doc(st, e, entries: Optional[dict[int, int]]) -> dict:
+    return {"max_flows": e.max_flows, "flow_limit": st.eni_flow_limit(e),
+            "flow_entries": None if entries is None else entries.get(e.vni, 0)}
+
+
+def _of_limit(r: dict) -> str:
+    entries = "-" if r["flow_entries"] is None else f"{r['flow_entries']:,}"
+    own = "" if r["max_flows"] else " (node)"
+    return f"{entries} / {r['flow_limit']:,}{own}"
+
+
 @eni_app.command("list")
 def eni_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Shared ENIs and the functions each one serves."""
+    """Shared ENIs, the functions each one serves, and its flow entries against its limit."""
     st = _state(node)
     users = st.eni_users()
-    rows = [{**_eni_doc(e), "functions": users[e.id]}
+    entries = _eni_flow_entries(node)
+    rows = [{**_eni_doc(e), "functions": users[e.id], **_eni_limits_doc(st, e, entries)}
             for e in sorted(st.enis.values(), key=lambda e: e.vni)]
     output.emit(out, rows, lambda d: output.table(
         f"{len(d)} ENIs serving {sum(len(r['functions']) for r in d)} function attachments",
-        ["ENI", "subnet", "address", "VNI", "groups", "functions"],
+        ["ENI", "subnet", "address", "VNI", "groups", "functions", "flows / limit"],
         [(r["id"], r["subnet"], r["address"], r["vni"], " ".join(r["security_groups"]),
-          " ".join(r["functions"])) for r in d]))
+          " ".join(r["functions"]), _of_limit(r)) for r in d]))
+
+
+@eni_app.command("set")
+def eni_set(eni_id: str = typer.Argument(..., metavar="ID"),
+            max_flows: int = typer.Option(..., "--max-flows", "-m",
+                                          callback=params.eni_flow_limit,
+                                          help="Its flows at most; 0: the node default "
+                                               "(`limits set --flows-per-eni`)."),
+            node: str = NODE_OPT) -> None:
+    """Set one ENI's own flow limit (it goes with the ENI when no function uses it any more)."""
+    _change(node, lambda st: st.set_eni_max_flows(eni_id, max_flows),
+            f"ENI {eni_id}: " + (f"at most {max_flows} flows" if max_flows
+                                 else "the node's flow limit"))
 
 
 @eni_app.command("show")
 def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_OPT,
              out: Format = OUT_OPT) -> None:
-    """One ENI: its functions, groups, flows in use and counters."""
+    """One ENI: its functions, groups, live flows, flow entries against its limit, counters."""
     from . import node as nodemod
     st = _state(node)
     e = st.eni(eni_id)
     doc = {**_eni_doc(e), "vpc": st.subnets[e.subnet].vpc, "functions": st.eni_functions(e.id),
-           "flows": None, "counters": None}
+           **_eni_limits_doc(st, e, None), "flows": None, "counters": None}
     if nodemod.is_up(node):
         from .datapath import Datapath
         with Datapath(node) as dp:
-            doc["flows"] = len(dp.flows(vni=e.vni))
+            doc["flows"] = len(dp.flows(vni=e.vni, include_expired=False))
+            doc["flow_entries"] = dp.eni_flow_entries().get(e.vni, 0)
             doc["counters"] = dp.eni_stats(e.vni).get(e.vni)
 
     def render(d: dict) -> None:
@@ -635,7 +687,8 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
             ("VNI", d["vni"]), ("port range", "-".join(map(str, d["port_range"]))),
             ("security groups", " ".join(d["security_groups"])),
             ("functions", " ".join(d["functions"])),
-            ("flows in use", "node not up" if d["flows"] is None else d["flows"])]
+            ("flows in use", "node not up" if d["flows"] is None else d["flows"]),
+            ("flow entries / limit", _of_limit(d))]
             + [(k, f"{v:,}") for k, v in (d["counters"] or {}).items()])
 
     output.emit(out, doc, render)
@@ -650,7 +703,8 @@ def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
             "remote": f"{f['remote']}:{f['remote_port']}",
             "nat": f"{f['eni_addr']}:{f['nat_port']}", "packets_out": f["tx_packets"],
             "bytes_out": f["tx_bytes"], "packets_in": f["rx_packets"], "bytes_in": f["rx_bytes"],
-            "state": f["state"], "idle_s": f.get("idle_s"), "last_seen_ns": f["last_seen_ns"]}
+            "state": f["state"], "state_bits": f["state_bits"], "idle_s": f["idle_s"],
+            "live": f["live"], "last_seen_ns": f["last_seen_ns"]}
 
 
 def _flow_vnis(st, eni: Optional[str], vpc: Optional[str]) -> Optional[set[int]]:
@@ -686,15 +740,19 @@ def flows(ctx: typer.Context,
           eni: Optional[str] = typer.Option(None, "--eni", "-e", help="Only this ENI's flows."),
           vpc: Optional[str] = typer.Option(None, "--vpc", "-v", help="Only this VPC's flows."),
           limit: int = typer.Option(100, "--limit", "-l", help="At most this many flows."),
+          show_all: bool = typer.Option(False, "--all", "-a",
+                                        help="Expired and reset flows too (not live: their next "
+                                             "packet is a new flow, a RST or a drop)."),
           node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """List flows (one entry each, both directions); `flows flush` removes them."""
+    """List live flows (one entry each, both directions) with state and idle seconds;
+    `flows sweep` removes expired ones, `flows flush` every one."""
     if ctx.invoked_subcommand:
         from .errors import UsageError
 
-        for opt in ("limit", "out"):
+        for opt, name in (("limit", "limit"), ("out", "output"), ("show_all", "all")):
             if getattr(ctx.get_parameter_source(opt), "name", "") == "COMMANDLINE":
-                raise UsageError(f"--{'output' if opt == 'out' else opt} applies to the flow "
-                                 f"list, not to `flows {ctx.invoked_subcommand}`")
+                raise UsageError(f"--{name} applies to the flow list, not to "
+                                 f"`flows {ctx.invoked_subcommand}`")
         return
     from .datapath import Datapath
     st = _state(node)
@@ -702,15 +760,17 @@ def flows(ctx: typer.Context,
     eni_ids = {e.vni: e.id for e in st.enis.values()}
     with Datapath(node) as dp:
         rows = []
-        for f in dp.flows():
+        for f in dp.flows(include_expired=show_all):
             if vnis is not None and f["vni"] not in vnis:
                 continue
             rows.append(_flow_doc(f, eni_ids))
             if len(rows) >= limit:
                 break
     output.emit(out, rows, lambda d: output.table(
-        f"{len(d)} flows", ["ENI", "proto", "environment", "via", "remote", "pkts out/in"],
+        f"{len(d)} flows" + ("" if show_all else " (live; --all for expired ones too)"),
+        ["ENI", "proto", "environment", "via", "remote", "state", "idle s", "pkts out/in"],
         [(r["eni"] or r["vni"], r["proto"], f"{r['env']} ({r['worker']})", r["nat"], r["remote"],
+          r["state"] + ("" if r["live"] else " (expired)"), r["idle_s"],
           f"{r['packets_out']}/{r['packets_in']}") for r in d]))
 
 
@@ -734,6 +794,79 @@ def flows_flush(ctx: typer.Context,
         n = dp.flush_flows(vnis=vnis) if vnis is None or vnis else 0
     scope = f"ENI {eni}" if eni else f"VPC {vpc}" if vpc else "all ENIs"
     output.info(f"flushed {n} flows of {scope} on node {node}")
+
+
+@flows_app.command("sweep")
+def flows_sweep(ctx: typer.Context, node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Remove expired flows now (ports come back without it; it keeps listings and counts true)."""
+    from . import node as nodemod
+    from .datapath import Datapath
+    from .errors import NotFound
+
+    node = _group_option(ctx, "node", node)
+    if not nodemod.is_up(node):
+        raise NotFound(f"node {node} is not up")
+    with Datapath(node) as dp:
+        result = dp.sweep()
+    output.emit(out, {"node": node, **result}, lambda d: output.info(
+        f"swept {d['removed']} expired flows on node {node}"))
+
+
+# ---- flow lifecycle settings ----------------------------------------------------------------
+_TIMEOUT_USE = {"tcp_established": "TCP after the handshake, until FIN or RST",
+                "tcp_transitory": "TCP before the handshake ends, or after FIN or RST",
+                "udp": "UDP", "icmp": "ICMP echo"}
+
+
+@timeouts_app.command("show")
+def timeouts_show(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """The idle timeouts in seconds: a flow idle longer is expired and its port free again."""
+    data = dict(_state(node).timeouts)
+    output.emit(out, data, lambda d: output.table(
+        f"node {node} idle timeouts", ["timeout", "seconds", "applies to"],
+        [(k, v, _TIMEOUT_USE[k]) for k, v in d.items()]))
+
+
+@timeouts_app.command("set")
+def timeouts_set(tcp_established: Optional[int] = typer.Option(
+                     None, "--tcp-established", "-e", callback=params.seconds, metavar="S",
+                     help="TCP after the handshake (default 350)."),
+                 tcp_transitory: Optional[int] = typer.Option(
+                     None, "--tcp-transitory", "-t", callback=params.seconds, metavar="S",
+                     help="TCP before the handshake ends, or after FIN or RST (default 240)."),
+                 udp: Optional[int] = typer.Option(None, "--udp", "-u", callback=params.seconds,
+                                                   metavar="S", help="UDP (default 350)."),
+                 icmp: Optional[int] = typer.Option(None, "--icmp", "-i", callback=params.seconds,
+                                                    metavar="S", help="ICMP echo (default 60)."),
+                 node: str = NODE_OPT) -> None:
+    """Change idle timeouts (whole seconds >= 1); existing flows are judged by the new values."""
+    from .errors import UsageError
+
+    given = {k: v for k, v in (("tcp_established", tcp_established),
+                               ("tcp_transitory", tcp_transitory), ("udp", udp), ("icmp", icmp))
+             if v is not None}
+    if not given:
+        raise UsageError("give at least one of --tcp-established, --tcp-transitory, --udp, --icmp")
+    _change(node, lambda st: st.set_timeouts(**given),
+            "timeouts set: " + ", ".join(f"{k} {v} s" for k, v in given.items()))
+
+
+@limits_app.command("show")
+def limits_show(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """The node's default flow limit per ENI (`eni set --max-flows` overrides it per ENI)."""
+    data = {"flows_per_eni": _state(node).flows_per_eni}
+    output.emit(out, data, lambda d: output.table(
+        f"node {node} limits", ["limit", "value"], [(k, f"{v:,}") for k, v in d.items()]))
+
+
+@limits_app.command("set")
+def limits_set(flows_per_eni: int = typer.Option(..., "--flows-per-eni", "-f",
+                                                 callback=params.flow_limit, metavar="N",
+                                                 help="Each ENI's flows at most (default 65000)."),
+               node: str = NODE_OPT) -> None:
+    """Set the default flow limit per ENI: a new flow over it is dropped (drop_flow_limit)."""
+    _change(node, lambda st: st.set_flows_per_eni(flows_per_eni),
+            f"limits set: flows_per_eni {flows_per_eni}")
 
 
 @app.command("sync")

@@ -7,8 +7,11 @@ checks the shape only and raises InvalidDocument with one line per problem, each
 (`security_groups[0].egress[1]: unknown key 'port' (did you mean 'ports'?)`). What the values mean
 (CIDRs, addresses, ports, references) is checked by the State operations in model.py, which
 `build_state` goes through exactly as the CLI does. `export_doc(state)` writes what an operator
-declares; ENIs are derived, never declared. `build_state(doc, current)` reuses the current state's
-ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and applying again
+declares; ENIs are derived, never declared: an `enis:` entry only sets the flow limit of the ENI
+some function's (subnet, group set) derives, and naming one no function uses is an error.
+`timeouts:` and `limits:` are node-wide; a key left out means its default (lifecycle.py), so a
+file is the whole configuration. `build_state(doc, current)` reuses the current state's ENIs
+(address, VNI) wherever the (subnet, group set) still exists, so exporting and applying again
 changes nothing. `diff(old, new)` lists what an apply would change. `read_doc`/`write_text` turn
 every file error into one FileError line.
 
@@ -17,10 +20,14 @@ every file error into one FileError line.
     security_groups: [{id, vpc, egress: [{proto, ports, cidr}], ingress: [...]}]
     workers:  [IP | {ip, mac}, ...]
     functions: [{name, subnets: [...], security_groups: [...], workers: [IP, ...]}]
+    enis:     [{subnet, security_groups: [...], max_flows}]
+    timeouts: {tcp_established, tcp_transitory, udp, icmp}   (seconds)
+    limits:   {flows_per_eni}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from contextlib import contextmanager
 from typing import Annotated, Any, Iterator, Optional
@@ -29,10 +36,12 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSch
                       model_validator)
 
 from .errors import EniplaneError, FileError, InvalidInput
-from .model import State
+from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, U32_MAX
+from .model import State, group_set
 from .sgcompile import PROTO_NUMBERS
 
-KINDS = ("vpcs", "subnets", "security_groups", "workers", "functions")
+KINDS = ("vpcs", "subnets", "security_groups", "workers", "functions")  # lists of named things
+SETTINGS = ("timeouts", "limits")  # node-wide mappings
 
 
 class InvalidDocument(InvalidInput):
@@ -107,6 +116,32 @@ class FunctionDoc(_Strict):
         None, description="The workers it is placed on: only they may send on its ENIs.")
 
 
+# Strict: `udp: "30"` or `udp: true` is a mistake to report, not a number to guess.
+Seconds = Annotated[int, Field(strict=True, ge=1, le=U32_MAX)]
+
+
+class EniDoc(_Strict):
+    """The flow limit of the ENI that functions using this (subnet, group set) share."""
+    subnet: str
+    security_groups: list[str]
+    max_flows: int = Field(strict=True, ge=0, le=U32_MAX,
+                           description="Its flows at most; 0: limits.flows_per_eni.")
+
+
+class TimeoutsDoc(_Strict):
+    """Idle timeouts in whole seconds: a flow idle longer is expired and its port free again."""
+    tcp_established: Seconds = DEFAULT_TIMEOUTS["tcp_established"]
+    tcp_transitory: Seconds = Field(DEFAULT_TIMEOUTS["tcp_transitory"],
+                                    description="SYN only, or after FIN or RST.")
+    udp: Seconds = DEFAULT_TIMEOUTS["udp"]
+    icmp: Seconds = DEFAULT_TIMEOUTS["icmp"]
+
+
+class LimitsDoc(_Strict):
+    flows_per_eni: int = Field(DEFAULT_FLOWS_PER_ENI, strict=True, ge=1, le=U32_MAX,
+                               description="Each ENI's flows at most, unless its own max_flows.")
+
+
 class Document(_Strict):
     """The desired state of one node, as `eniplane apply -f` takes it."""
 
@@ -116,6 +151,9 @@ class Document(_Strict):
     security_groups: Optional[list[SecurityGroupDoc]] = None
     workers: Optional[list[WorkerDoc]] = Field(None, description="Worker hosts.")
     functions: Optional[list[FunctionDoc]] = None
+    enis: Optional[list[EniDoc]] = Field(None, description="Per-ENI flow limits.")
+    timeouts: Optional[TimeoutsDoc] = None
+    limits: Optional[LimitsDoc] = None
 
 
 def schema() -> dict[str, Any]:
@@ -168,7 +206,7 @@ def _problem(err: dict[str, Any]) -> str:
     elif kind == "missing":
         where, msg = _path(loc[:-1]), f"missing required key {loc[-1]!r}"
     elif kind == "model_type" and not loc:
-        msg = (f"the file must be a mapping with {', '.join(KINDS)}, "
+        msg = (f"the file must be a mapping with {', '.join(Document.model_fields)}, "
                f"not {_yaml_type(err['input'])}")
     elif kind in ("model_type", "dict_type", "list_type", "string_type"):
         expected = {"list_type": "a list", "string_type": "a string"}.get(kind, "a mapping")
@@ -242,6 +280,11 @@ def export_doc(st: State) -> dict[str, Any]:
         "functions": [{"name": f.name, "subnets": list(f.subnets),
                        "security_groups": list(f.sgs), "workers": list(f.workers)}
                       for f in sorted(st.functions.values(), key=lambda f: f.name)],
+        "enis": [{"subnet": e.subnet, "security_groups": list(e.sgs), "max_flows": e.max_flows}
+                 for e in sorted(st.enis.values(), key=lambda e: (e.subnet, e.sgs))
+                 if e.max_flows],
+        "timeouts": dict(st.timeouts),
+        "limits": {"flows_per_eni": st.flows_per_eni},
     }
 
 
@@ -283,8 +326,9 @@ def build_state(doc: Any, current: State) -> State:
     for i, w in enumerate(d.workers or []):
         with _at(f"workers[{i}]"):
             st.add_worker(w.ip, w.mac)
-    # ENIs that still fit are offered first, so their addresses and VNIs survive
-    st.enis = {e.id: e for e in current.enis.values()
+    # ENIs that still fit are offered first, so their addresses and VNIs survive (their limits
+    # are the file's to say, below)
+    st.enis = {e.id: dataclasses.replace(e, max_flows=0) for e in current.enis.values()
                if e.subnet in st.subnets and all(g in st.sgs for g in e.sgs)}
     seen: set[str] = set()
     for i, fn in enumerate(d.functions or []):
@@ -297,11 +341,33 @@ def build_state(doc: Any, current: State) -> State:
         with _at(f"functions[{i}]"):
             st.place_function(fn.name, fn.workers or [])
     st._prune_enis()
+    _eni_limits(st, d.enis or [])
+    with _at("timeouts"):
+        st.set_timeouts(**(d.timeouts or TimeoutsDoc()).model_dump())
+    with _at("limits"):
+        st.set_flows_per_eni((d.limits or LimitsDoc()).flows_per_eni)
     return st
 
 
+def _eni_limits(st: State, entries: list[EniDoc]) -> None:
+    by_pair = {(e.subnet, e.sgs): e for e in st.enis.values()}
+    seen: set[tuple] = set()
+    for i, x in enumerate(entries):
+        pair = (x.subnet, group_set(x.security_groups))
+        with _at(f"enis[{i}]"):
+            if pair in seen:
+                raise InvalidInput(f"subnet {x.subnet} with security groups "
+                                   f"{', '.join(pair[1])} is declared twice")
+            seen.add(pair)
+            if pair not in by_pair:
+                raise InvalidInput(f"no function uses subnet {x.subnet} with security groups "
+                                   f"{', '.join(pair[1])}: an ENI exists only while one does")
+            st.set_eni_max_flows(by_pair[pair].id, x.max_flows)
+
+
 def diff(old: State, new: State) -> list[dict[str, str]]:
-    """[{op: add|change|delete, kind, id}] in a stable order."""
+    """[{op: add|change|delete, kind, id}] in a stable order; a setting changed is
+    {op: change, kind: timeouts|limits, id: its name}."""
     a, b = export_doc(old), export_doc(new)
     out: list[dict[str, str]] = []
     for kind in KINDS:
@@ -323,6 +389,12 @@ def diff(old: State, new: State) -> list[dict[str, str]]:
     eb = {e.id: e for e in new.enis.values()}
     for k in sorted(set(eb) - set(ea)):
         out.append({"op": "add", "kind": "enis", "id": k})
+    for k in sorted(set(ea) & set(eb)):
+        if ea[k].max_flows != eb[k].max_flows:
+            out.append({"op": "change", "kind": "enis", "id": k})
     for k in sorted(set(ea) - set(eb)):
         out.append({"op": "delete", "kind": "enis", "id": k})
+    for kind in SETTINGS:
+        out += [{"op": "change", "kind": kind, "id": k}
+                for k in a[kind] if a[kind][k] != b[kind][k]]
     return out

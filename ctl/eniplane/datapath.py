@@ -500,7 +500,7 @@ class Datapath:
             v = m.lookup(k)
             if v and (v["worker"], v["vni"], v["env_addr"], v["env_port"]) == \
                     (worker, vni, env_addr, env_port):
-                return flow_record(k, v)
+                return flow_record(k, v, self.now_ns(), self.timeouts())
         return None
 
     def flush_flows(self, vnis: Collection[int] | None = None,
@@ -563,6 +563,10 @@ class Datapath:
         `eniplane stats`, not for every packet."""
         g = self.map("flow_guard").lookup(0)
         return g["evicted"] + max(0, g["count"] - self.map("flows").count())
+
+    def flows_swept(self) -> int:
+        """Expired entries the sweeper removed so far (flow_guard.swept)."""
+        return self.map("flow_guard").lookup(0)["swept"]
 
     def eni_counter_names(self) -> list[str]:
         """The names of the per-ENI counters, in the datapath's order."""

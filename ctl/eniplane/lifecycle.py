@@ -4,13 +4,17 @@ Contract: mirrors bpf/eniplane.c (flow_timeout, flow_live, flow_claimable) and b
 (FLOW_S_*), bpf/consts.h (DEFAULT_TIMEOUT_*, TAKEOVER_GRACE_NS); tests/unit/test_consts.py holds
 the numbers equal to the C. A flow's state is the set of TCP events seen (FLOW_S_* bits); its
 name here is what `eniplane flows` shows. Times are nanoseconds of the coarse monotonic clock
-(CLOCK_MONOTONIC_COARSE, what bpf_ktime_get_coarse_ns reads).
+(CLOCK_MONOTONIC_COARSE, what bpf_ktime_get_coarse_ns reads). The settings' checks
+(validate_timeouts, check_seconds, check_flow_limit) raise InvalidInput naming the setting, for the
+CLI's option callbacks, `apply -f`, the State's operations and the datapath alike.
 """
 
 from __future__ import annotations
 
 import socket
 from typing import Mapping
+
+from .errors import InvalidInput
 
 FLOW_S_SYN, FLOW_S_SYNACK, FLOW_S_EST = 1, 2, 4
 FLOW_S_FIN_OUT, FLOW_S_FIN_IN, FLOW_S_RST = 8, 16, 32
@@ -24,6 +28,7 @@ TIMEOUT_FIELDS = {name: f"timeout_{name}" for name in TIMEOUT_NAMES}
 DEFAULT_FLOWS_PER_ENI = 65000
 TAKEOVER_GRACE_NS = 100_000_000
 NSEC_PER_SEC = 1_000_000_000
+U32_MAX = 0xFFFFFFFF  # node_cfg holds timeouts and limits as u32
 
 STATE_NAMES = ("syn_sent", "syn_received", "established", "fin_wait", "closed", "reset", "active")
 
@@ -76,13 +81,33 @@ def is_expired(proto: int, bits: int, last_seen_ns: int, now_ns: int,
     return last_seen_ns != 0 and idle_ns(last_seen_ns, now_ns) > timeout_ns(proto, bits, timeouts)
 
 
-def validate_timeouts(values: Mapping[str, int]) -> dict[str, int]:
-    """Timeouts by name, whole seconds >= 1 (ValueError otherwise)."""
+def validate_timeouts(values: Mapping[str, object]) -> dict[str, int]:
+    """Some timeouts by name, checked; an unknown name is an error, never ignored."""
     out = {}
     for name, v in values.items():
         if name not in DEFAULT_TIMEOUTS:
-            raise ValueError(f"unknown timeout {name!r} (known: {', '.join(TIMEOUT_NAMES)})")
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v > 0xFFFFFFFF:
-            raise ValueError(f"timeout {name} must be whole seconds >= 1, not {v!r}")
-        out[name] = v
+            raise InvalidInput(f"unknown timeout {name!r} (known: {', '.join(TIMEOUT_NAMES)})")
+        out[name] = check_seconds(f"timeout {name}", v)
     return out
+
+
+def check_seconds(what: str, value: object) -> int:
+    """One timeout: whole seconds, at least 1 (a test may use 1 s; 0 would expire everything).
+    Messages are "{what}: {problem}", as model.py's parsers say them."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what}: {value!r} is not a whole number of seconds")
+    if not 1 <= value <= U32_MAX:
+        raise InvalidInput(f"{what}: {value} s is outside 1-{U32_MAX}")
+    return value
+
+
+def check_flow_limit(what: str, value: object, zero: str | None = None) -> int:
+    """A flow limit: at least 1, or 0 when `zero` says what 0 means (an ENI's override: the
+    node default)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what}: {value!r} is not a whole number")
+    low = 0 if zero else 1
+    if not low <= value <= U32_MAX:
+        raise InvalidInput(f"{what}: {value} is outside {low}-{U32_MAX}"
+                           + (f" (0: {zero})" if zero else ""))
+    return value

@@ -164,6 +164,7 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
     except Exception as e:
         msg = "\n".join(ln for ln in cap.text.splitlines() if "error" in ln)[:2000]
         raise LoadError(f"cannot compile {src}: {msg or e}") from None
+    _check_pinned_layouts(bpf, maps_dir)
     fds: dict[str, int] = {}
     for name in PROGRAMS:
         cap = _CaptureStderr()
@@ -188,6 +189,32 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
         os.close(calls)
     bpf.cleanup()  # the pins and attachments keep programs and maps alive
     return fds
+
+
+def _check_pinned_layouts(bpf, maps_dir: Path) -> None:
+    """bcc reuses a pinned map whatever its layout; programs built for another one would read
+    past its values (the verifier then refuses them with an offset that explains nothing). Say
+    which map differs before anything is loaded. The sizes are the compiler's (bcc's table
+    description), not ctypes' rendering of them."""
+    from bcc import libbcc
+
+    lib = libbcc.lib
+    for fn in (lib.bpf_table_key_size, lib.bpf_table_leaf_size):
+        fn.restype, fn.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_char_p]
+    for name in sorted(p.name for p in maps_dir.iterdir()):
+        fd = lib.bpf_table_fd(bpf.module, name.encode())
+        if fd < 0:
+            continue
+        want_k = lib.bpf_table_key_size(bpf.module, name.encode())
+        want_v = lib.bpf_table_leaf_size(bpf.module, name.encode())
+        have = bpfsys.map_info(fd)
+        if want_v and (have.key_size, have.value_size) != (want_k, want_v):
+            bpf.cleanup()
+            raise LoadError(
+                f"the pinned map {name} has {have.key_size}-byte keys and {have.value_size}-byte "
+                f"values, this datapath's has {want_k} and {want_v}: it was made by another "
+                f"version of eniplane. `eniplane down` removes the node's maps (its flows go "
+                f"with them), then `eniplane up` makes them anew")
 
 
 def pinned_prog_fd(node: str, name: str) -> int:

@@ -5,7 +5,9 @@ Contract: a State is plain data plus the operations an operator performs on it. 
 validates first and changes nothing when it raises (InvalidInput, NotFound, AlreadyExists), so a
 caller can run several and persist the result only if all succeed. Following AWS Lambda, every
 function with the same (subnet, security-group set) shares one ENI; an ENI that no function uses
-any more is deleted. Addresses skip the first four and the last address of a subnet, as AWS does.
+any more is deleted, its own flow limit (max_flows) with it. Addresses skip the first four and
+the last address of a subnet, as AWS does. The node-wide flow lifecycle settings (idle timeouts,
+flows per ENI: lifecycle.py) are part of the State like the rest of the configuration.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import AlreadyExists, InvalidInput, NotFound
+from .lifecycle import (DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, check_flow_limit,
+                        validate_timeouts)
 from .sgcompile import PROTO_NUMBERS, Rule
 
 # consts.h's MAX_SG_PER_ENI and MAX_RULES_PER_SG (per direction): tests/unit/test_consts.py
@@ -141,6 +145,9 @@ class Eni:
     idx: int
     port_lo: int = DEFAULT_PORT_RANGE[0]
     port_hi: int = DEFAULT_PORT_RANGE[1]
+    # Its own flow limit; 0: the node's flows_per_eni. A field of the ENI, so it goes with it
+    # when the last function using the ENI does.
+    max_flows: int = 0
 
 
 @dataclass
@@ -160,6 +167,9 @@ class State:
     worker_macs: dict[str, str] = field(default_factory=dict)  # static MACs set by the operator
     enis: dict[str, Eni] = field(default_factory=dict)
     functions: dict[str, Function] = field(default_factory=dict)
+    # node-wide flow lifecycle settings (lifecycle.py): idle timeouts in seconds, per-ENI limit
+    timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    flows_per_eni: int = DEFAULT_FLOWS_PER_ENI
 
     def copy(self) -> "State":
         return copy.deepcopy(self)
@@ -191,6 +201,26 @@ class State:
     def eni_rules(self, e: Eni) -> list[Rule]:
         return [r.datapath_rule() for g in e.sgs for r in self.sgs[g].rules
                 if r.direction == "egress"]
+
+    def eni_flow_limit(self, e: Eni) -> int:
+        """The limit the datapath applies to an ENI: its own, else the node's."""
+        return e.max_flows or self.flows_per_eni
+
+    # ---- flow lifecycle --------------------------------------------------------------------
+    def set_timeouts(self, **seconds: int) -> dict[str, int]:
+        """Change some of the idle timeouts; returns all four."""
+        if not seconds:
+            raise InvalidInput("no timeout given")
+        self.timeouts.update(validate_timeouts(seconds))
+        return dict(self.timeouts)
+
+    def set_flows_per_eni(self, n: int) -> None:
+        self.flows_per_eni = check_flow_limit("flows per ENI", n)
+
+    def set_eni_max_flows(self, eid: str, n: int) -> Eni:
+        e = self.eni(eid)
+        e.max_flows = check_flow_limit(f"ENI {eid} max flows", n, zero="the node default")
+        return e
 
     # ---- VPCs ------------------------------------------------------------------------------
     def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str,

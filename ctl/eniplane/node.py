@@ -2,8 +2,9 @@
 
 Contract: `up` compiles and loads the datapath (the only path that compiles), pins it under the
 node's name, attaches xdp_fabric to the fabric interface in the node's namespace and records what
-it did in <state dir>/node.json. Any failure rolls back what this call did, so nothing is left
-half-attached or half-pinned. Every other function works from node.json and the pins alone.
+it did in <state dir>/node.json. The flow lifecycle settings (idle timeouts, flows per ENI) are
+written before the program is attached, so no packet meets a node without them. Any failure rolls
+back what this call did, so nothing is left half-attached or half-pinned. Every other function works from node.json and the pins alone.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from . import bpfsys, lock, netlink, paths
 from .datapath import TX_SLOT_FABRIC
 from .loader import PROG_FABRIC, PROG_VPC, PROGRAMS
 from .errors import AlreadyExists, EniplaneError, InvalidInput, NotFound
+from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS
 
 DEFAULT_GATEWAY_MAC = "02:e1:1a:00:00:01"
 
@@ -65,7 +68,9 @@ def is_up(node: str) -> bool:
 
 @lock.locked
 def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode: str = "auto",
-       gateway_mac: str = DEFAULT_GATEWAY_MAC, defines: dict[str, int] | None = None) -> NodeRecord:
+       gateway_mac: str = DEFAULT_GATEWAY_MAC, defines: dict[str, int] | None = None,
+       timeouts: Mapping[str, int] = DEFAULT_TIMEOUTS,
+       flows_per_eni: int = DEFAULT_FLOWS_PER_ENI) -> NodeRecord:
     from . import loader
     from .datapath import Datapath
 
@@ -88,6 +93,8 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
                          gateway_mac=gateway_mac)
         with Datapath(node, netns) as dp:
             dp.set_config(fabric_ip, fab["ifindex"], fab["mac"], gateway_mac, fab["mtu"])
+            dp.set_timeouts(**timeouts)
+            dp.set_flow_limit(flows_per_eni)
         m = netlink.xdp_attach(netns, fabric_if, fds[PROG_FABRIC], mode)
         attached = True
         rec.interfaces[fabric_if] = {"program": PROG_FABRIC, "mode": m,

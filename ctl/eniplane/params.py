@@ -1,27 +1,28 @@
-"""Command-line values checked where they are parsed: a malformed address, CIDR, port range or
-protocol is a usage error (exit 2) naming the option, before any command runs.
+"""Command-line values checked where they are parsed: a malformed address, CIDR, port range,
+protocol, timeout or flow limit is a usage error (exit 2) naming the option, before any command
+runs.
 
 Contract: each name here is a Typer option/argument callback; it returns the value unchanged when
 it is well formed and otherwise raises typer.BadParameter for that parameter, which click reports
-naming it, with exit code 2. The rules are model.py's own parsers, so the CLI and `apply -f` accept
-exactly the same spellings; what depends on other values (a gateway inside its VPC, ports with
-icmp) stays model.py's to check.
+naming it, with exit code 2. The rules are model.py's and lifecycle.py's own checks, so the CLI
+and `apply -f` accept exactly the same values; what depends on other values (a gateway inside its
+VPC, ports with icmp) stays model.py's to check.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from .errors import InvalidInput
+from .lifecycle import check_flow_limit, check_seconds
 from .model import parse_cidr, parse_ip, parse_mac, parse_ports
 from .sgcompile import PROTO_NUMBERS
 
 
-def _checked(check: Callable[[str], object]) -> Callable[..., Optional[str]]:
-    def callback(ctx: typer.Context, param: typer.CallbackParam,
-                 value: Optional[str]) -> Optional[str]:
+def _checked(check: Callable[[Any], object]) -> Callable[..., Any]:
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         if value is None or ctx.resilient_parsing:  # absent optional value; shell completion
             return value
         try:
@@ -46,3 +47,6 @@ cidr = _checked(lambda v: parse_cidr(v, ""))
 ports = _checked(lambda v: parse_ports(v, "tcp"))
 proto = _checked(_proto)
 mac = _checked(lambda v: parse_mac(v, ""))
+seconds = _checked(lambda v: check_seconds("", v))  # an idle timeout
+flow_limit = _checked(lambda v: check_flow_limit("", v))
+eni_flow_limit = _checked(lambda v: check_flow_limit("", v, zero="the node default"))

@@ -1,10 +1,11 @@
 """Make the maps say what the store says.
 
-Contract: `reconcile(node, state)` programs every map of a running node from a State: workers,
-VPC attachments (xdp_vpc on their interfaces, gateway MACs resolved by ARP), ENIs and their
-compiled security groups; what the state no longer has is removed, an ENI's flows with it. It is
-idempotent, so `eniplane sync` after a reboot, a reload or a crash brings the datapath back to
-exactly the stored state. `change()` runs one mutation under a store transaction and reconciles
+Contract: `reconcile(node, state)` programs every map of a running node from a State: the flow
+lifecycle settings (idle timeouts, flows per ENI), workers, VPC attachments (xdp_vpc on their
+interfaces, gateway MACs resolved by ARP), ENIs with their flow limits and compiled security
+groups; what the state no longer has is removed, an ENI's flows with it. It is idempotent, so
+`eniplane sync` after a reboot, a reload or a crash brings the datapath back to exactly the
+stored state. `change()` runs one mutation under a store transaction and reconciles
 before committing: when either fails, the store is rolled back and the maps re-synced to it.
 Both `change()` and `sync()` hold the node lock (lock.py) throughout, the failure path included:
 a re-sync to the committed store is only right while no other command can be between its own
@@ -44,6 +45,13 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
     rep = Report()
     rec = nodemod.NodeRecord.load(node)
     with Datapath(node, rec.netns) as dp:
+        # first: a shorter timeout or a lower limit holds before anything else changes
+        if dp.timeouts() != st.timeouts:
+            dp.set_timeouts(**st.timeouts)
+            rep.bump("timeouts programmed")
+        if dp.flow_limit() != st.flows_per_eni:
+            dp.set_flow_limit(st.flows_per_eni)
+            rep.bump("flow limits programmed")
         have = dp.workers()
         for w in sorted(st.workers):
             static = st.worker_macs.get(w)
@@ -88,9 +96,10 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             v = st.vpcs[st.subnets[e.subnet].vpc]
             wanted_vnis.add(e.vni)
             want = {"eni_idx": e.idx, "vpc_idx": v.idx, "addr": e.address, "port_lo": e.port_lo,
-                    "port_hi": e.port_hi}
+                    "port_hi": e.port_hi, "max_flows": e.max_flows}
             if enis_map.get(e.vni) != want:
-                dp.set_eni(e.vni, e.idx, v.idx, e.address, e.port_lo, e.port_hi)
+                dp.set_eni(e.vni, e.idx, v.idx, e.address, e.port_lo, e.port_hi,
+                           max_flows=e.max_flows)
                 rep.bump("ENIs programmed")
         dp.del_enis(set(enis_map) - wanted_vnis)
         rep.bump("ENIs removed", len(set(enis_map) - wanted_vnis))

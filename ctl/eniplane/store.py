@@ -3,7 +3,8 @@
 Contract: `load()` returns the whole State; `transaction()` yields a State to change and writes it
 back in one SQLite transaction when the body returns, or leaves the database untouched when the
 body raises (the body is where the maps get reconciled, so a failure there undoes both). The
-schema is normalised and versioned; the file is state.db in paths.state_dir(node). Writers are
+schema is normalised and versioned (an older store is upgraded by MIGRATIONS when a writer opens
+it; `peek` reads it upgraded in memory); the file is state.db in paths.state_dir(node). Writers are
 serialised by the node lock (lock.py), not by SQLite; SQLite's own locking only makes a reader
 wait out a commit (BUSY_TIMEOUT), and any SQLite error becomes one EniplaneError line.
 """
@@ -17,9 +18,10 @@ from typing import Iterator
 
 from . import paths
 from .errors import EniplaneError
+from .lifecycle import TIMEOUT_NAMES
 from .model import Eni, Function, SecurityGroup, SgRule, State, Subnet, Vpc
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vpcs (id TEXT PRIMARY KEY, idx INTEGER NOT NULL UNIQUE,
@@ -33,18 +35,26 @@ CREATE TABLE IF NOT EXISTS sg_rules (sg TEXT NOT NULL REFERENCES sgs(id), pos IN
 CREATE TABLE IF NOT EXISTS workers (ip TEXT PRIMARY KEY, mac TEXT);
 CREATE TABLE IF NOT EXISTS enis (id TEXT PRIMARY KEY, subnet TEXT NOT NULL REFERENCES subnets(id),
     sgs TEXT NOT NULL, address TEXT NOT NULL, vni INTEGER NOT NULL UNIQUE,
-    idx INTEGER NOT NULL UNIQUE, port_lo INTEGER NOT NULL, port_hi INTEGER NOT NULL);
+    idx INTEGER NOT NULL UNIQUE, port_lo INTEGER NOT NULL, port_hi INTEGER NOT NULL,
+    max_flows INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, subnets TEXT NOT NULL,
     sgs TEXT NOT NULL, workers TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 # Each step takes a store from the version before it to its own: static MACs and placement came
-# with version 2 (a version 1 store has neither: no worker was bound to an ENI then).
+# with version 2 (a version 1 store has neither: no worker was bound to an ENI then); the flow
+# lifecycle's settings and per-ENI limits with version 3 (SCHEMA creates the settings table: a
+# version 2 store has no row in it, which reads as the defaults it ran with).
 MIGRATIONS = {
     2: ("ALTER TABLE vpcs ADD COLUMN gateway_mac TEXT",
         "ALTER TABLE workers ADD COLUMN mac TEXT",
         "ALTER TABLE functions ADD COLUMN workers TEXT NOT NULL DEFAULT ''"),
+    3: ("ALTER TABLE enis ADD COLUMN max_flows INTEGER NOT NULL DEFAULT 0",),
 }
-TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers")
+TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers", "settings")
+# The settings table's keys: node-wide values, one row each.
+TIMEOUT_KEY = "timeout_{}"
+FLOWS_PER_ENI_KEY = "flows_per_eni"
 # Seconds a connection waits for another one's SQLite lock. With writers serialised by the node
 # lock this only covers a reader meeting a commit, which takes milliseconds.
 BUSY_TIMEOUT = 10.0
@@ -112,9 +122,18 @@ class Store:
             self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
             try:
                 row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is not None and int(row[0]) != SCHEMA_VERSION:
+                if row is not None and int(row[0]) > SCHEMA_VERSION:
                     raise EniplaneError(f"{path} has schema {row[0]}; this eniplane knows "
-                                        f"{SCHEMA_VERSION}")
+                                        f"{SCHEMA_VERSION} (a newer eniplane wrote it)")
+                if row is not None and int(row[0]) < SCHEMA_VERSION:
+                    # read an older store as its first writer will upgrade it, on a copy in
+                    # memory: listings work right after an upgrade, and a reader writes nothing
+                    mem = sqlite3.connect(":memory:", isolation_level=None)
+                    self.db.backup(mem)
+                    self.db.close()
+                    self.db = mem
+                    self.db.executescript(SCHEMA)
+                    self._migrate(int(row[0]))
                 return self.load()
             finally:
                 self.db.close()
@@ -142,12 +161,17 @@ class Store:
             st.workers.add(ip)
             if mac:
                 st.worker_macs[ip] = mac
-        for eid, sub, sgs, addr, vni, idx, lo, hi in q(
-                "SELECT id, subnet, sgs, address, vni, idx, port_lo, port_hi FROM enis"):
-            st.enis[eid] = Eni(eid, sub, tuple(sgs.split(",")), addr, vni, idx, lo, hi)
+        for eid, sub, sgs, addr, vni, idx, lo, hi, mf in q(
+                "SELECT id, subnet, sgs, address, vni, idx, port_lo, port_hi, max_flows "
+                "FROM enis"):
+            st.enis[eid] = Eni(eid, sub, tuple(sgs.split(",")), addr, vni, idx, lo, hi, mf)
         for name, subs, sgs, workers in q("SELECT name, subnets, sgs, workers FROM functions"):
             st.functions[name] = Function(name, subs.split(","), sgs.split(","),
                                           [w for w in workers.split(",") if w])
+        settings = dict(q("SELECT key, value FROM settings"))
+        for name in TIMEOUT_NAMES:
+            st.timeouts[name] = settings.get(TIMEOUT_KEY.format(name), st.timeouts[name])
+        st.flows_per_eni = settings.get(FLOWS_PER_ENI_KEY, st.flows_per_eni)
         return st
 
     def _write(self, st: State) -> None:
@@ -165,12 +189,15 @@ class Store:
                              for g in st.sgs.values() for i, r in enumerate(g.rules)])
         self.db.executemany("INSERT INTO workers VALUES (?,?)",
                             [(w, st.worker_macs.get(w)) for w in sorted(st.workers)])
-        self.db.executemany("INSERT INTO enis VALUES (?,?,?,?,?,?,?,?)",
+        self.db.executemany("INSERT INTO enis VALUES (?,?,?,?,?,?,?,?,?)",
                             [(e.id, e.subnet, ",".join(e.sgs), e.address, e.vni, e.idx, e.port_lo,
-                              e.port_hi) for e in st.enis.values()])
+                              e.port_hi, e.max_flows) for e in st.enis.values()])
         self.db.executemany("INSERT INTO functions VALUES (?,?,?,?)",
                             [(f.name, ",".join(f.subnets), ",".join(f.sgs), ",".join(f.workers))
                              for f in st.functions.values()])
+        self.db.executemany("INSERT INTO settings VALUES (?,?)",
+                            [(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()]
+                            + [(FLOWS_PER_ENI_KEY, st.flows_per_eni)])
 
     @contextmanager
     def transaction(self) -> Iterator[State]:

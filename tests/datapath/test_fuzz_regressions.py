@@ -16,8 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_regression(harness, case):
     doc = json.loads(case.read_text())
+    if doc.get("secret"):
+        harness.set_secret(doc["secret"])  # the probe layout the case was found with
     harness.reset()
     for row in doc["packets"]:
+        if row["direction"] == "time":
+            harness.step("time", row["time"])
+            continue
         ifindex = harness.vpc_ifs[row["vpc"]]["ifindex"] if row["vpc"] else 0
         harness.step(row["direction"], bytes.fromhex(row["frame"]), ifindex)
     harness.check_invariants()

@@ -69,3 +69,29 @@ def test_a_compiler_that_ends_the_process_still_says_why(lab, tmp_path):
     assert p.returncode != 0
     assert "the compiler ended the process" in p.stderr and "atomic" in p.stderr, p.stderr
     assert not paths.pin_dir(name).exists()
+
+
+def test_pinned_maps_of_another_layout_are_named_not_misread(lab, tmp_path, monkeypatch):
+    """Maps pinned by a datapath whose flow_guard was larger: loading this one says which map
+    differs and how, loads nothing, and leaves the existing pins alone (they hold flows)."""
+    other = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), other)
+    types = (other / "types.h").read_text()
+    types = types.replace("    __u64 swept;", "    __u64 swept;\n    __u64 extra;")
+    types = types.replace("sizeof(struct flow_guard) == 40", "sizeof(struct flow_guard) == 48")
+    (other / "types.h").write_text(types)
+    name = f"{lab.prefix}-layout"
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(other))
+    try:
+        for fd in loader.compile_and_pin(name).values():
+            import os
+            os.close(fd)
+        monkeypatch.delenv("ENIPLANE_BPF_DIR")
+        with pytest.raises(LoadError) as e:
+            loader.compile_and_pin(name)
+        msg = str(e.value)
+        assert "flow_guard" in msg and "48-byte values" in msg and "40" in msg, msg
+        assert "eniplane down" in msg
+        assert (paths.maps_dir(name) / "flows").exists()
+    finally:
+        shutil.rmtree(paths.pin_dir(name), ignore_errors=True)

@@ -1,15 +1,27 @@
 """Runs the same packets through the real programs (BPF_PROG_TEST_RUN) and the reference model
 and reports the first disagreement: verdict, output bytes, counters, or a broken invariant.
 
-Contract: `Harness(lab, node)` configures a loaded node and an equally configured model;
-`reset()` empties flows and learned state on both sides; `step()` runs one packet and raises
-Disagreement with a description and the frame (hex) that caused it; `check_invariants()` reads the
-kernel's flow tables and checks them against each other and against the model's.
+Contract: `Harness(lab, node)` configures a node built with `DEFINES` (its clock can be moved
+forward: the `clock_shift` test hook) and an equally configured model; `reset()` empties flows
+and learned state on both sides; `step()` runs one packet, or moves the clock (direction "time"),
+and raises Disagreement with a description and the frame (hex) that caused it, or Inconclusive
+when the kernel and the model disagree on a packet during which the machine stalled long enough
+to blur a timeout; `check_invariants()` reads the kernel's flow tables and checks them against
+each other and against the model's.
+
+Time: the model runs on the kernel's clock (Datapath.now_ns(), read before each packet). A flow
+it touched gets the last-seen time the kernel wrote, once that is checked to lie within the
+packet's run (`_witness`): only the kernel saw the instant. What remains blurred is the instant
+of the next packet (a 4 ms tick, the time a packet takes), so before each packet the clock is
+moved past any moment within MARGIN_NS of a flow's expiry or of the end of its takeover grace:
+kernel and model then judge every flow alike.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+from collections import Counter
 
 from eniplane import bpfsys, netlink, paths
 from eniplane.datapath import Datapath
@@ -18,7 +30,7 @@ from eniplane.probe import probe_ports
 from eniplane.sgcompile import PROTO_NUMBERS, Rule
 
 import packets as P
-from reference import Config, Eni, Model, Vpc
+from reference import NS, TAKEOVER_GRACE_NS, Config, Eni, Model, Vpc, state_name, timeout_s
 
 XDP = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 GATEWAY_MAC = "02:e1:1a:00:00:01"
@@ -29,12 +41,26 @@ class Disagreement(AssertionError):
     pass
 
 
-ENIS = [  # vni, vpc, address, eni_idx, ports, rules (proto, cidr, lo, hi)
-    (100, 1, "10.0.1.4", 1, (1024, 65535), [("tcp", "10.0.0.0/16", 80, 90),
-                                             ("udp", "10.0.0.0/24", 53, 53),
-                                             ("icmp", "10.0.0.0/16", 0, 65535)]),
-    (200, 2, "10.0.1.4", 2, (1024, 65535), [("all", "0.0.0.0/0", 0, 65535)]),
-    (300, 1, "10.0.1.5", 3, (2000, 2002), [("all", "10.0.0.0/16", 0, 65535)]),
+class Inconclusive(Exception):
+    """Kernel and model disagreed on a packet whose run took long enough (a stalled machine)
+    that the kernel's clock may have crossed a timeout the model did not: not evidence."""
+
+
+DEFINES = {"ENIPLANE_TEST_HOOKS": 1}  # the clock_shift map
+MARGIN_NS = 25_000_000
+TICK_NS = 8_000_000  # two ticks at HZ=250: the kernel's per-CPU clock cache may lag one
+# Small, distinct timeouts (seconds): which one a flow is judged by shows in what happens to it.
+TIMEOUTS = {"tcp_established": 5, "tcp_transitory": 3, "udp": 4, "icmp": 2}
+FLOWS_PER_ENI = 6  # the node's default limit, which VNI 100 uses
+
+
+ENIS = [  # vni, vpc, address, eni_idx, ports, max_flows, rules (proto, cidr, lo, hi)
+    (100, 1, "10.0.1.4", 1, (1024, 65535), 0, [("tcp", "10.0.0.0/16", 80, 90),
+                                                ("udp", "10.0.0.0/24", 53, 53),
+                                                ("icmp", "10.0.0.0/16", 0, 65535)]),
+    (200, 2, "10.0.1.4", 2, (1024, 65535), 3, [("all", "0.0.0.0/0", 0, 65535)]),
+    # three ports: exhaustion, and takeovers of expired entries, are drawn often
+    (300, 1, "10.0.1.5", 3, (2000, 2002), 5, [("all", "10.0.0.0/16", 0, 65535)]),
 ]
 
 
@@ -56,18 +82,31 @@ class Harness:
             info = netlink.link_get(lab.node_ns, ifname)
             self.vpc_ifs[idx] = {"ifindex": info["ifindex"], "mac": info["mac"],
                                  "gw_mac": GW_MACS[idx], "slot": idx}
-        for vni, vpc, addr, idx, (lo, hi), rules in ENIS:
-            self.dp.set_eni(vni, idx, vpc, addr, lo, hi)
+        for vni, vpc, addr, idx, (lo, hi), max_flows, rules in ENIS:
+            self.dp.set_eni(vni, idx, vpc, addr, lo, hi, max_flows=max_flows)
             self.dp.set_sg_rules(vni, [Rule.of(p, c, (a, b)) for p, c, a, b in rules])
+        self.dp.set_timeouts(**TIMEOUTS)
+        self.dp.set_flow_limit(FLOWS_PER_ENI)
+        self.shift = self.dp.map("clock_shift")
+        self.flows_map = self.dp.map("flows")
         self.fds = {p: bpfsys.obj_get(str(paths.progs_dir(node) / p))
                     for p in ("xdp_fabric", "xdp_vpc")}
         self.packets = 0
+        self.drawn: Counter[str] = Counter()  # the model's reasons and path counters so far
         self.reset()
 
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.dp.close()
+
+    def set_secret(self, secret: int) -> None:
+        """The node's port secret (where probes start): a kept case replays with the layout it
+        was found with. Only between sequences: flows placed by the old secret are lost."""
+        cfg = self.dp.config()
+        cfg["port_secret"] = self.secret = secret
+        self.dp.map("config").update(0, cfg)
+        self.reset()
 
     def reset(self) -> None:
         self.dp.del_workers(P.WORKERS)  # forget learned MACs (and the workers' flows)
@@ -82,58 +121,93 @@ class Harness:
             fabric_ip=P.FABRIC_IP, fabric_mac=P.FABRIC_MAC, gateway_mac=GATEWAY_MAC,
             fabric_mtu=self.fabric_mtu, workers=set(P.WORKERS), placements=set(PLACEMENTS),
             enis={vni: Eni(vni, addr, vpc, idx, lo, hi,
-                           [(PROTO_NUMBERS[p], c, a, b) for p, c, a, b in rules])
-                  for vni, vpc, addr, idx, (lo, hi), rules in ENIS},
+                           [(PROTO_NUMBERS[p], c, a, b) for p, c, a, b in rules], max_flows)
+                  for vni, vpc, addr, idx, (lo, hi), max_flows, rules in ENIS},
             vpcs={idx: Vpc(idx, v["ifindex"], P.GATEWAY_IP, v["gw_mac"], v["mac"])
-                  for idx, v in self.vpc_ifs.items()})
-        self.model = Model(cfg)
+                  for idx, v in self.vpc_ifs.items()},
+            timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI)
+        self.model = Model(cfg, self._probe)
         self.sports: dict[tuple, int] = {}
+
+    # ---- the clock -------------------------------------------------------------------------
+    def now(self) -> int:
+        return self.dp.now_ns()
+
+    def advance(self, ns: int) -> None:
+        """Moves the datapath's clock (and so Datapath.now_ns()) forward."""
+        if ns > 0:
+            cur = self.shift.lookup(0)
+            cur = cur if isinstance(cur, int) else struct.unpack("<Q", bytes(cur))[0]
+            self.shift.update(0, cur + ns)
+
+    def time_step(self, spec: dict) -> None:
+        """A step of the clock the generator drew: a plain advance, or to where one flow has
+        been idle for `idle_ns` (nothing when that flow is gone or already idle longer)."""
+        if "advance_ns" in spec:
+            self.advance(spec["advance_ns"])
+            return
+        f = self.model.fwd.get(tuple(spec["flow"]))
+        if f is not None:
+            self.advance(spec["idle_ns"] - (self.now() - f.last_seen))
+
+    def settle(self) -> int:
+        """The clock moved past every moment within MARGIN_NS of a flow's expiry or of the end
+        of its takeover grace; returns the time the next packet is judged at."""
+        cfg = self.model.cfg
+        while True:
+            now = self.now()
+            step = 0
+            for f in self.model.rev.values():
+                t = timeout_s(cfg, f.proto, f.state) * NS
+                idle = now - f.last_seen
+                for edge in (t, t + TAKEOVER_GRACE_NS):
+                    if edge - MARGIN_NS <= idle <= edge + MARGIN_NS:
+                        step = max(step, edge + MARGIN_NS + 1 - idle)
+            if not step:
+                return now
+            self.advance(step)
 
     def _counters(self) -> dict:
         c = self.dp.stats()
         es = self.dp.map("eni_stats")
-        for vni, _, _, idx, _, _ in ENIS:
+        for vni, _, _, idx, _, _, _ in ENIS:
             for k, v in sum_percpu(es.lookup(idx)).items():
                 c[f"eni{vni}:{k}"] = v
         return c
 
-    def step(self, direction: str, frame: bytes, ifindex: int = 0) -> str:
+    def step(self, direction: str, frame, ifindex: int = 0) -> str:
+        """One packet through kernel and model (or, for direction "time", a step of the clock
+        whose spec is `frame`); returns the model's reason."""
+        if direction == "time":
+            self.time_step(frame)
+            return "time"
         self.packets += 1
+        now = self.settle()
         before = self._counters()
         prog = "xdp_fabric" if direction == "fabric" else "xdp_vpc"
         with netlink.in_netns(self.lab.node_ns):
             rv, out, _ = bpfsys.prog_test_run(self.fds[prog], frame, out_size=len(frame) + 256,
                                               ingress_ifindex=ifindex)
+        t1 = self.now()
+        stalled = t1 - now > MARGIN_NS // 2
         after = self._counters()
         delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
         verdict = XDP.get(rv, str(rv))
 
-        def kernel_port(eni, key, base):
-            """The kernel's port, which must be the first one free for this destination along
-            the probe that port_hash starts (the datapath's rule, computed here in Python)."""
-            w, vni, src, dst, sport, dport, proto = key
-            f = self.dp.find_flow(w, vni, src, sport, dst, dport, proto)
-            if f is None:
-                raise Disagreement(f"model opened flow {key}; the kernel has no such flow")
-            used = {k[3] for k in self.model.rev if k[:3] == base[:3] and k[4:] == base[4:]}
-            want = next(p for p in self._probe(eni, key) if p not in used)
-            if f["nat_port"] != want:
-                raise Disagreement(f"flow {key} got port {f['nat_port']}, its probe says {want}")
-            return f["nat_port"]
-
         def kernel_sport(flow):
+            """Stable per entry: the kernel hashes the VPC's view of the flow."""
             at = 34 + len(self.model._outer_tags(out)) if len(out) >= 22 else len(out)
             sp = int.from_bytes(out[at:at + 2], "big") if len(out) >= at + 2 else -1
-            if self.sports.setdefault(flow.key, sp) != sp:
-                raise Disagreement(f"tunnel source port of {flow.key} changed: "
-                                   f"{self.sports[flow.key]} -> {sp}")
+            if self.sports.setdefault(flow.rkey, sp) != sp:
+                raise Disagreement(f"tunnel source port of {flow.rkey} changed: "
+                                   f"{self.sports[flow.rkey]} -> {sp}")
             return sp
 
         try:
             if direction == "fabric":
-                res = self.model.fabric(frame, kernel_port)
+                res = self.model.fabric(frame, now)
             else:
-                res = self.model.vpc(frame, ifindex, kernel_sport)
+                res = self.model.vpc(frame, ifindex, now, kernel_sport)
         except AssertionError as e:
             raise Disagreement(f"{e}\n  frame {frame.hex()}") from None
         rx = "rx_fabric" if direction == "fabric" else "rx_vpc"
@@ -143,11 +217,6 @@ class Harness:
             eni_vni = res.flow[1]
         elif direction == "fabric" and res.extra:
             eni_vni = self._vni_of(frame)
-        if direction == "fabric" and res.flow is not None and not res.new_flow:
-            # an established flow that sits past its probe's first port
-            flow = self.model.fwd[res.flow]
-            if flow.rkey[3] != next(self._probe(flow.eni, flow.key)):
-                want["flow_probed"] = 1
         for k, v in res.extra.items():
             if k.startswith("eni:"):
                 want[f"eni{eni_vni}:{k[4:]}"] = v
@@ -162,10 +231,33 @@ class Harness:
             problems.append("PASS changed the frame")
         if res.out is not None and verdict == res.verdict and out != res.out:
             problems.append(f"output:\n  kernel {out.hex()}\n  model  {res.out.hex()}")
+        if not problems and res.flow is not None and res.flow in self.model.fwd:
+            self._witness(self.model.fwd[res.flow], now, t1)
+        self.drawn[res.reason] += 1
+        self.drawn.update(k for k in res.extra if k.startswith("flow_"))
         if problems:
-            raise Disagreement(f"{direction} packet #{self.packets}: " + "; ".join(problems) +
-                               f"\n  frame {frame.hex()}")
+            msg = (f"{direction} packet #{self.packets}: " + "; ".join(problems) +
+                   f"\n  frame {frame.hex()}")
+            if stalled:
+                raise Inconclusive(msg)
+            raise Disagreement(msg)
         return res.reason
+
+    def _witness(self, flow, t0: int, t1: int) -> None:
+        """The model says a packet that touches a flow sets its last-seen time to when the
+        packet ran, which only the kernel saw: between t0 and t1 (less a tick of the kernel's
+        clock cache), or it is a disagreement. The model then goes on with the kernel's value,
+        so that the blur of one packet never adds up over a sequence."""
+        vpc_idx, eni_addr, remote, port, rport, proto = flow.rkey
+        v = self.flows_map.lookup({"vpc_idx": vpc_idx, "proto": proto, "eni_addr": eni_addr,
+                                   "remote": remote, "eni_port": port, "remote_port": rport})
+        if v is None:
+            return  # the invariants name it
+        seen = v["last_seen_ns"]
+        if not t0 - TICK_NS <= seen <= t1 + TICK_NS:
+            raise Disagreement(f"flow {flow.key}: the kernel's last seen {seen} is outside the "
+                               f"packet's run, {t0}-{t1}")
+        flow.last_seen = seen
 
     def _probe(self, eni, key):
         """The ports a flow's probe visits, in order (port_hash of eniplane.c)."""
@@ -183,14 +275,59 @@ class Harness:
         return int.from_bytes(frame[off + 8 + 4: off + 8 + 7], "big")
 
     def check_invariants(self) -> None:
-        kernel_flows = {}
-        for f in self.dp.flows():
+        """The kernel's table against itself and the model's: one entry per flow, each where
+        its probe finds it; entries per ENI as counted and within the ENI's limit; the same
+        owners, ports, states, counters and (within the clock's blur) last-seen times."""
+        cfg = self.model.cfg
+        kernel = {}
+        for f in self.dp.flows(include_expired=True):
             owner = (f["worker"], f["vni"], f["env_addr"], f["remote"], f["env_port"],
                      f["remote_port"], f["proto"])
-            if owner in kernel_flows:
+            if owner in kernel:
                 raise Disagreement(f"flow {owner} has two entries")
-            kernel_flows[owner] = (f["vpc_idx"], f["eni_addr"], f["remote"], f["nat_port"],
-                                   f["remote_port"], f["proto"])
-        model_flows = {k: f.rkey for k, f in self.model.fwd.items()}
-        if model_flows != kernel_flows:
-            raise Disagreement(f"flow tables differ: kernel {kernel_flows}, model {model_flows}")
+            eni = cfg.enis[f["vni"]]
+            probe = list(self._probe(eni, owner))
+            if f["nat_port"] not in probe:
+                raise Disagreement(f"flow {owner} sits on port {f['nat_port']}, off its probe")
+            kernel[owner] = f
+        for owner, f in kernel.items():
+            # every port before the flow's own along its probe is held: a walk reaches it
+            for port in self._probe(cfg.enis[owner[1]], owner):
+                if port == f["nat_port"]:
+                    break
+                if not any(g["nat_port"] == port and g["remote"] == f["remote"] and
+                           g["remote_port"] == f["remote_port"] and g["proto"] == f["proto"] and
+                           g["vpc_idx"] == f["vpc_idx"] and g["eni_addr"] == f["eni_addr"]
+                           for g in kernel.values()):
+                    raise Disagreement(f"flow {owner} on port {f['nat_port']} lies behind the "
+                                       f"empty port {port}: its walk stops before it")
+        m = self.model
+        for k, f in m.fwd.items():
+            assert f.key == k and m.rev.get(f.rkey) is f, f"model tables disagree on {k}"
+        assert len(m.fwd) == len(m.rev), "model: an entry without an owner"
+        model = {k: f.rkey for k, f in m.fwd.items()}
+        have = {k: (f["vpc_idx"], f["eni_addr"], f["remote"], f["nat_port"], f["remote_port"],
+                    f["proto"]) for k, f in kernel.items()}
+        if model != have:
+            raise Disagreement(f"flow tables differ: kernel {have}, model {model}")
+        for k, mf in m.fwd.items():
+            f = kernel[k]
+            got = (f["state_bits"], f["state"], f["tx_packets"], f["tx_bytes"], f["rx_packets"],
+                   f["rx_bytes"])
+            want = (mf.state, state_name(mf.proto, mf.state), mf.tx_packets, mf.tx_bytes,
+                    mf.rx_packets, mf.rx_bytes)
+            if got != want:
+                raise Disagreement(f"flow {k}: kernel (state, name, tx, tx bytes, rx, rx bytes) "
+                                   f"{got}, model {want}")
+            if f["last_seen_ns"] != mf.last_seen:
+                raise Disagreement(f"flow {k}: kernel last seen {f['last_seen_ns']}, model "
+                                   f"{mf.last_seen}")
+        entries = self.dp.eni_flow_entries()
+        for vni, eni in cfg.enis.items():
+            n = m.entries(eni)
+            if entries.get(vni, 0) != n:
+                raise Disagreement(f"ENI {vni}: the kernel counts {entries.get(vni, 0)} entries, "
+                                   f"the table holds {n}")
+            limit = cfg.flow_limit(eni)
+            if limit and n > limit:
+                raise Disagreement(f"ENI {vni} holds {n} entries, over its limit of {limit}")

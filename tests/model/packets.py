@@ -3,7 +3,11 @@
 Contract: frames are built with struct (scapy is far too slow for millions of packets), with
 correct checksums unless a mutation breaks them on purpose. `Generator(rng, model)` produces a mix
 of valid, slightly wrong and random frames in both directions, using the model's flows so that
-replies, repeats and collisions actually happen.
+replies, repeats and collisions actually happen, and steps of the clock: ("time", spec, 0) with
+spec {"advance_ns": n} or {"flow": key, "idle_ns": n}, drawn just before a flow's expiry, between
+its expiry and the end of its takeover grace, or after both, so that the RST answer, reopen,
+takeover and the drops of expired flows are all drawn. TCP flows open with a SYN (anything else
+without a flow is answered with a RST); the flags that follow depend on the flow's state.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import random
 import struct
 
-from reference import ETH_ARP, ETH_IPV4, ICMP, TCP, UDP, Model, checksum, ip2b, mac2b, ones_sum
+from reference import (ETH_ARP, ETH_IPV4, F_ACK, F_FIN, F_PSH, F_RST, F_SYN, ICMP, NS, S_FIN_IN,
+                       S_FIN_OUT, S_RST, S_SYN, S_SYNACK, TAKEOVER_GRACE_NS, TCP, UDP, Model,
+                       checksum, ip2b, mac2b, ones_sum, timeout_s)
 
 FABRIC_IP, FABRIC_MAC = "100.64.0.1", "02:00:00:00:00:01"
 WORKERS = ["100.64.0.11", "100.64.0.12"]
@@ -41,13 +47,15 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64, frag: in
 
 
 def l4(proto: int, src: str, dst: str, sport: int, dport: int, data: bytes = b"x",
-       icmp_type: int = 8, udp_csum: bool = True) -> bytes:
+       icmp_type: int = 8, udp_csum: bool = True, flags: int = F_SYN, seq: int = 1,
+       ack: int = 0) -> bytes:
     if proto == ICMP:
         h = bytearray(struct.pack("!BBHHH", icmp_type, 0, 0, sport, 1) + data)
         struct.pack_into("!H", h, 2, checksum(bytes(h)))
         return bytes(h)
     if proto == TCP:
-        h = bytearray(struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 512, 0, 0) + data)
+        h = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 512, 0, 0) +
+                      data)
     elif proto == UDP:
         h = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
     else:
@@ -91,23 +99,80 @@ class Generator:
         self.m = model
         self.vpc_ifs = vpc_ifs  # vpc_idx -> {"ifindex", "mac", "gw_mac"}
 
+    def tcp_flags(self, state: int | None, forward: bool) -> int:
+        """Flags for a segment of a flow in `state` (None: no entry): mostly what a TCP stack
+        would send next, sometimes anything."""
+        r = self.r
+        if r.random() < 0.08:
+            return r.randrange(256)
+        if forward:
+            if state is None or state & S_RST or (state & S_FIN_OUT and state & S_FIN_IN):
+                opts = [(F_SYN, 6), (F_ACK, 1), (F_PSH | F_ACK, 1), (F_RST, 0.5),
+                        (F_FIN | F_ACK, 0.5), (F_RST | F_ACK, 0.3)]
+            elif not state & S_SYNACK:
+                opts = [(F_SYN, 2), (F_ACK, 2), (F_PSH | F_ACK, 1), (F_FIN | F_ACK, 0.5),
+                        (F_RST, 0.3)]
+            else:
+                opts = [(F_ACK, 4), (F_PSH | F_ACK, 3), (F_FIN | F_ACK, 1.5), (F_SYN, 0.5),
+                        (F_RST | F_ACK, 0.3), (F_RST, 0.2)]
+        elif state is not None and state & S_SYN and not state & S_SYNACK:
+            opts = [(F_SYN | F_ACK, 6), (F_RST | F_ACK, 0.5), (F_ACK, 1)]
+        else:
+            opts = [(F_ACK, 4), (F_PSH | F_ACK, 3), (F_FIN | F_ACK, 1.5), (F_SYN | F_ACK, 0.5),
+                    (F_RST, 0.3), (F_RST | F_ACK, 0.2)]
+        return r.choices([f for f, _ in opts], [w for _, w in opts])[0]
+
+    def time(self) -> dict:
+        """A step of the clock: to just before, between or after a flow's edges (its expiry
+        and the end of its takeover grace), or a plain step, short or past every timeout."""
+        r = self.r
+        flows = list(self.m.fwd.values())
+        k = r.random()
+        if flows and k < 0.75:
+            f = r.choice(flows)
+            t = timeout_s(self.m.cfg, f.proto, f.state) * NS
+            edge = r.random()
+            if edge < 0.35:
+                idle = t - r.randrange(NS // 20, NS)  # still live
+            elif edge < 0.7:
+                idle = t + TAKEOVER_GRACE_NS // 2 + r.randrange(-NS // 100, NS // 100)
+            else:
+                idle = t + TAKEOVER_GRACE_NS + r.randrange(NS // 20, 2 * NS)
+            return {"flow": list(f.key), "idle_ns": idle}
+        if k < 0.9:
+            return {"advance_ns": r.randrange(0, NS)}
+        return {"advance_ns": (max(self.m.cfg.timeouts.values()) + 1) * NS}
+
     def forward(self) -> bytes:
         r = self.r
-        proto = r.choices([TCP, UDP, ICMP, 47], [5, 4, 2, 0.3])[0]
-        i = r.randrange(len(ENV_IPS))
-        src, dst = ENV_IPS[i], r.choice(REMOTES)
-        sport = r.choice([1000, 1001, 2000, 3000])
-        dport = r.choice(DPORTS)
+        flows = list(self.m.fwd)
+        if flows and r.random() < 0.4:  # a flow the table holds, live or not
+            worker, vni, src, dst, sport, dport, proto = r.choice(flows)
+            i = ENV_IPS.index(src) if src in ENV_IPS else 0  # a mutated frame's flow
+        else:
+            proto = r.choices([TCP, UDP, ICMP, 47], [5, 4, 2, 0.3])[0]
+            i = r.randrange(len(ENV_IPS))
+            src, dst = ENV_IPS[i], r.choice(REMOTES)
+            sport = r.choice([1000, 1001, 2000, 3000])
+            dport = r.choice(DPORTS)
+            worker = r.choice(WORKERS + [STRANGER] * (r.random() < 0.1))
+            vni = r.choice(VNIS) if r.random() < 0.2 else r.choice(VNIS[:3])
+            if vni == 300 and r.random() < 0.6:
+                # many tuples, one destination, three ports: exhaustion and takeovers
+                dst, dport = REMOTES[0], 80
         icmp_type = 8 if r.random() < 0.9 else r.choice([0, 3, 13])
-        payload = l4(proto, src, dst, sport, dport, b"d" * r.randrange(1, 40), icmp_type,
-                     udp_csum=r.random() < 0.8)
+        tcp = {}
+        if proto == TCP:
+            f = self.m.fwd.get((worker, vni, src, dst, sport, dport, proto))
+            tcp = {"flags": self.tcp_flags(f.state if f else None, True),
+                   "seq": r.getrandbits(32), "ack": r.getrandbits(32)}
+        payload = l4(proto, src, dst, sport, dport, b"d" * r.randrange(0, 40), icmp_type,
+                     udp_csum=r.random() < 0.8, **tcp)
         opts = b"\x01\x01\x01\x00" if r.random() < 0.05 else b""
         ttl = 1 if r.random() < 0.03 else 64
         frag = 0x2000 if r.random() < 0.03 else 0
         inner = eth("02:e1:1a:00:00:01", ENV_MACS[i], ETH_IPV4) + \
             ipv4(src, dst, proto, payload, ttl, frag, opts)
-        worker = r.choice(WORKERS + [STRANGER] * (r.random() < 0.1))
-        vni = r.choice(VNIS) if r.random() < 0.2 else r.choice(VNIS[:3])
         kind = "geneve" if r.random() < 0.3 else "vxlan"
         g_opts = bytes(r.randrange(256) for _ in range(4 * r.randrange(0, 3))) if kind == "geneve" else b""
         smac = ROGUE_MAC if r.random() < 0.03 else None
@@ -140,7 +205,13 @@ class Generator:
             eport = r.randrange(1024, 65536)
         vi = self.vpc_ifs[vpc_idx]
         icmp_type = 0 if r.random() < 0.9 else 8
-        pl = l4(proto, remote, eni_addr, rport, eport, b"r" * r.randrange(1, 40), icmp_type)
+        tcp = {}
+        if proto == TCP:
+            f = self.m.rev.get((vpc_idx, eni_addr, remote, eport, rport, proto))
+            tcp = {"flags": self.tcp_flags(f.state if f else None, False),
+                   "seq": r.getrandbits(32), "ack": r.getrandbits(32)}
+        pl = l4(proto, remote, eni_addr, rport, eport, b"r" * r.randrange(0, 40), icmp_type,
+                **tcp)
         ttl = 1 if r.random() < 0.03 else 64
         frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + ipv4(remote, eni_addr, proto, pl, ttl)
         return frame, vi["ifindex"]
@@ -162,9 +233,11 @@ class Generator:
             b[r.randrange(len(b))] = r.randrange(256)
         return bytes(b)
 
-    def packet(self) -> tuple[str, bytes, int]:
-        """('fabric'|'vpc', frame, ingress ifindex for the VPC side)."""
+    def packet(self) -> tuple[str, bytes | dict, int]:
+        """('fabric'|'vpc', frame, ingress ifindex for the VPC side) or ('time', spec, 0)."""
         r = self.r
+        if r.random() < 0.05:
+            return "time", self.time(), 0
         k = r.random()
         if k < 0.45:
             d, f, i = "fabric", self.forward(), 0

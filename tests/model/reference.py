@@ -2,11 +2,14 @@
 RFC 7348 (VXLAN), RFC 8926 (GENEVE), RFC 791/793/768/792 (IPv4, TCP, UDP, ICMP), RFC 1624
 (incremental checksum update), AWS security-group semantics and the datapath issue's text.
 
-Contract: given the configuration and the flows so far, `fabric(frame)` and `vpc(frame, ifindex)`
-say what must happen to one packet: the verdict, the output frame, the counters that move and the
-flow-table change. Where the kernel may choose (the SNAT port, the tunnel's UDP source port), the
-caller passes the choice in and the model checks it against the rule instead of predicting it.
-The model keeps its own flow tables; it never reads the kernel's.
+Contract: given the configuration, the flows so far and the time, `fabric(frame, now)` and
+`vpc(frame, ifindex, now, udp_sport)` say what must happen to one packet: the verdict, the output
+frame, the counters that move and the flow-table change. The flow lifecycle (TCP state, idle
+timeouts, the RST answer, reopen, takeover of a claimable entry, per-ENI limits) follows issue 13
+and RFC 793 / RFC 5382. The SNAT port is predicted: the caller gives the order of a flow's port
+probe (`probe`, RFC 6056 algorithm 3 with the node's secret) and the model walks it. Where the
+kernel may choose freely (the tunnel's UDP source port), the caller passes the choice in and the
+model checks it against the rule. The model keeps its own flow tables; it never reads the kernel's.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 VXLAN_PORT, GENEVE_PORT = 4789, 6081
 TCP, UDP, ICMP = 6, 17, 1
 ETH_IPV4, ETH_ARP, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x0806, 0x8100, 0x88A8, 0x6558
 PASS, DROP, TX, REDIRECT = "PASS", "DROP", "TX", "REDIRECT"
+# TCP header flags (RFC 793) and the flow states of issue 13 (bits of the flow's `state`)
+F_FIN, F_SYN, F_RST, F_PSH, F_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+S_SYN, S_SYNACK, S_EST, S_FIN_OUT, S_FIN_IN, S_RST = 1, 2, 4, 8, 16, 32
+NS = 1_000_000_000
+TAKEOVER_GRACE_NS = NS // 10  # an expired entry is left to late packets this long before reuse
+DEFAULT_TIMEOUTS = {"tcp_established": 350, "tcp_transitory": 240, "udp": 350, "icmp": 60}
 
 
 def ip2b(a: str) -> bytes:
@@ -65,6 +74,7 @@ class Eni:
     port_lo: int = 1024
     port_hi: int = 65535
     rules: list = field(default_factory=list)  # [(proto or 0, cidr, lo, hi)]
+    max_flows: int = 0  # 0: the node's flows_per_eni
 
 
 @dataclass
@@ -86,6 +96,11 @@ class Config:
     enis: dict[int, Eni]
     vpcs: dict[int, Vpc]
     placements: set[tuple[str, int]] = field(default_factory=set)  # (worker, VNI) allowed
+    timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))  # seconds
+    flows_per_eni: int = 0  # 0: no limit
+
+    def flow_limit(self, eni: Eni) -> int:
+        return eni.max_flows or self.flows_per_eni
 
     def vpc_by_ifindex(self, ifindex: int) -> Vpc | None:
         return next((v for v in self.vpcs.values() if v.ifindex == ifindex), None)
@@ -119,16 +134,96 @@ class Result:
 
 @dataclass
 class Flow:
+    """One entry of the flow table: the owner (`key`) and where it sits (`rkey`)."""
     key: tuple      # (worker, vni, src, dst, sport, dport, proto)
     rkey: tuple     # (vpc_idx, eni_addr, remote, eni_port, remote_port, proto)
     tunnel: str
     env_mac: bytes
     eni: Eni
+    last_seen: int = 0   # ns on the datapath's clock
+    state: int = 0       # S_* bits; UDP and ICMP stay 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+
+    @property
+    def proto(self) -> int:
+        return self.key[6]
+
+
+def timeout_s(cfg: Config, proto: int, state: int) -> int:
+    """The idle timeout that applies to a flow in this state (issue 13; AWS NAT gateway)."""
+    if proto == TCP:
+        if state & S_EST and not state & (S_FIN_OUT | S_FIN_IN | S_RST):
+            return cfg.timeouts["tcp_established"]
+        return cfg.timeouts["tcp_transitory"]
+    return cfg.timeouts["udp" if proto == UDP else "icmp"]
+
+
+def expired(cfg: Config, f: Flow, now: int) -> bool:
+    return now - f.last_seen > timeout_s(cfg, f.proto, f.state) * NS
+
+
+def live(cfg: Config, f: Flow, now: int) -> bool:
+    return f.last_seen != 0 and not expired(cfg, f, now) and not (f.proto == TCP and
+                                                                  f.state & S_RST)
+
+
+def claimable(cfg: Config, f: Flow, now: int) -> bool:
+    """Another tuple may take the entry over: idle past its timeout and the grace after it, so
+    that late packets of the old connection never reach the new one (RFC 5382 REQ-5)."""
+    return f.last_seen != 0 and now - f.last_seen > timeout_s(cfg, f.proto, f.state) * NS + \
+        TAKEOVER_GRACE_NS
+
+
+def fwd_state(flags: int, state: int) -> int:
+    """The state bits an environment's TCP segment adds."""
+    b = 0
+    if flags & F_SYN and not flags & F_ACK:
+        b |= S_SYN
+    if flags & F_ACK and state & S_SYNACK:
+        b |= S_EST
+    if flags & F_FIN:
+        b |= S_FIN_OUT
+    if flags & F_RST:
+        b |= S_RST
+    return b
+
+
+def rev_state(flags: int) -> int:
+    """The state bits a TCP segment from the VPC adds."""
+    b = 0
+    if flags & F_SYN and flags & F_ACK:
+        b |= S_SYNACK
+    if flags & F_FIN:
+        b |= S_FIN_IN
+    if flags & F_RST:
+        b |= S_RST
+    return b
+
+
+def state_name(proto: int, state: int) -> str:
+    if proto != TCP:
+        return "active"
+    if state & S_RST:
+        return "reset"
+    if state & S_FIN_OUT and state & S_FIN_IN:
+        return "closed"
+    if state & (S_FIN_OUT | S_FIN_IN):
+        return "fin_wait"
+    if state & S_EST:
+        return "established"
+    return "syn_received" if state & S_SYNACK else "syn_sent"
 
 
 class Model:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, probe: Callable[[Eni, tuple], Iterable[int]]):
         self.cfg = cfg
+        self.probe = probe  # the ports a flow's probe visits, in order
+        # Issue 13's rule: an entry is taken over only where the walk would find it again,
+        # before the first empty slot along the new owner's probe. True mirrors a datapath
+        # that looks along the whole probe (to look past that one disagreement).
         self.fwd: dict[tuple, Flow] = {}
         self.rev: dict[tuple, Flow] = {}
         self.worker_mac: dict[str, bytes] = {}
@@ -204,7 +299,7 @@ class Model:
         return ip, l4
 
     # ---- worker -> VPC ---------------------------------------------------------------------
-    def fabric(self, p: bytes, choose_port: Callable[[Eni, tuple, tuple], int]) -> Result:
+    def fabric(self, p: bytes, now: int) -> Result:
         cfg = self.cfg
         e = self._eth(p, 0, 2)
         if e is None:
@@ -244,7 +339,7 @@ class Model:
             return Result(DROP, "worker_mac_conflict")
         elif len(self.worker_tags.get(worker, b"")) != len(tags):
             self.worker_tags[worker] = tags
-        res = self._fabric_tunnel(p, off, udp_off, tport, worker, choose_port)
+        res = self._fabric_tunnel(p, off, udp_off, tport, worker, now)
         for k, v in learned.items():
             res.extra[k] = res.extra.get(k, 0) + v
         return res
@@ -261,7 +356,7 @@ class Model:
         return tags
 
     def _fabric_tunnel(self, p: bytes, off: int, udp_off: int, tport: int, worker: str,
-                       choose_port: Callable[[Eni, tuple, tuple], int]) -> Result:
+                       now: int) -> Result:
         """From the tunnel header on, once the sender is admitted."""
         cfg = self.cfg
         if tport == VXLAN_PORT:
@@ -312,35 +407,114 @@ class Model:
         sport = l4["id"] if proto == ICMP else l4["sport"]
         dport = 0 if proto == ICMP else l4["dport"]
         key = (worker, vni, iip["src"], iip["dst"], sport, dport, proto)
+        eni = cfg.enis.get(vni)
+        if eni is None:
+            return Result(DROP, "drop_unknown_vni")
+        flags = l4["flags"]
+        syn_only = proto == TCP and flags & (F_SYN | F_ACK | F_RST) == F_SYN
+        base = (eni.vpc_idx, eni.addr, iip["dst"], None, dport, proto)
+        # The walk along the flow's probe: its own entry ends it, the first empty slot ends it,
+        # and the first entry of another tuple that may be taken over is remembered on the way.
+        own = cand = free = None
+        probed = False
+        ports = list(self.probe(eni, key))
+        for i, port in enumerate(ports):
+            e = self.rev.get(base[:3] + (port,) + base[4:])
+            if e is None:
+                free = port
+                break
+            if e.key == key:
+                own, probed = e, i != 0
+                break
+            if cand is None and claimable(cfg, e, now):
+                cand = port
         extra: dict[str, int] = {}
-        flow = self.fwd.get(key)
-        new = False
-        if flow is None:
-            eni = cfg.enis.get(vni)
-            if eni is None:
-                return Result(DROP, "drop_unknown_vni")
-            if (worker, vni) not in cfg.placements:
-                return Result(DROP, "drop_worker_not_placed")
-            if not sg_allows(eni, proto, iip["dst"], dport):
-                return Result(DROP, "drop_sg_denied", extra={"eni:sg_denied": 1})
-            base = (eni.vpc_idx, eni.addr, iip["dst"], None, dport, proto)
-            used = {k[3] for k in self.rev if k[:3] == base[:3] and k[4:] == base[4:]}
-            if len(used) >= eni.port_hi - eni.port_lo + 1:
-                return Result(DROP, "drop_port_exhausted", extra={"eni:port_alloc_failed": 1})
-            port = choose_port(eni, key, base)
-            assert eni.port_lo <= port <= eni.port_hi, f"SNAT port {port} outside the ENI's range"
-            assert port not in used, f"SNAT port {port} already serves {iip['dst']}:{dport}"
-            rkey = base[:3] + (port,) + base[4:]
+        if own is not None:
+            closed = own.state & S_FIN_OUT and own.state & S_FIN_IN
+            is_live = live(cfg, own, now)
+            if proto == TCP and syn_only and (not is_live or closed) or \
+                    proto != TCP and not is_live:
+                res = self._admit(worker, eni, proto, iip["dst"], dport, extra)
+                if res is not None:
+                    return res
+                self._claim(own, key, own.rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
+                extra.update({"flow_reopened": 1, "eni:flows_created": 1})
+                return self._forward(p, inner, iip, l4, own, "fwd_new_flow", extra, True)
+            if is_live:
+                own.last_seen = now
+                own.state |= fwd_state(flags, own.state) if proto == TCP else 0
+                own.env_mac = env_mac  # replies go to the MAC of the latest forward packet
+                own.tx_packets += 1
+                own.tx_bytes += len(p) - inner
+                if probed:
+                    extra["flow_probed"] = 1
+                return self._forward(p, inner, iip, l4, own, "fwd_established", extra, False)
+            if flags & F_RST:
+                return Result(DROP, "drop_tcp_no_flow", extra=extra)
+            return self._rst(p, inner, udp_off, iip, l4, extra)
+        if (worker, vni) not in cfg.placements:
+            return Result(DROP, "drop_worker_not_placed")
+        # A SYN without ACK or RST opens a connection; any other segment needs a live flow: a
+        # RST is dropped, the rest answered by a RST.
+        if proto == TCP and not syn_only:
+            if flags & F_RST:
+                return Result(DROP, "drop_tcp_no_flow")
+            return self._rst(p, inner, udp_off, iip, l4, extra)
+        if not sg_allows(eni, proto, iip["dst"], dport):
+            return Result(DROP, "drop_sg_denied", extra={"eni:sg_denied": 1})
+        # An empty slot (under the ENI's limit) first; else an entry another tuple may take
+        # over; else the limit (when it was what kept the empty slot out of reach) or
+        # exhaustion.
+        limit = cfg.flow_limit(eni)
+        over = free is not None and bool(limit) and self.entries(eni) >= limit
+        if free is not None and not over:
+            rkey = base[:3] + (free,) + base[4:]
             flow = Flow(key, rkey, tunnel, env_mac, eni)
-            self.fwd[key] = flow
+            self._claim(flow, key, rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
             self.rev[rkey] = flow
-            new = True
             extra["eni:flows_created"] = 1
-        else:
-            flow.env_mac = env_mac  # replies go to the MAC of the latest forward packet
+            return self._forward(p, inner, iip, l4, flow, "fwd_new_flow", extra, True)
+        if cand is not None:
+            old = self.rev[base[:3] + (cand,) + base[4:]]
+            del self.fwd[old.key]
+            self._claim(old, key, old.rkey, tunnel, env_mac, eni, flags, now, len(p) - inner)
+            extra.update({"flow_takeover": 1, "eni:flows_created": 1})
+            return self._forward(p, inner, iip, l4, old, "fwd_new_flow", extra, True)
+        if over:
+            return Result(DROP, "drop_flow_limit", extra={"eni:flows_limited": 1})
+        return Result(DROP, "drop_port_exhausted", extra={"eni:port_alloc_failed": 1})
+
+    def entries(self, eni: Eni) -> int:
+        """The entries an ENI holds, live or not (what its limit counts)."""
+        return sum(1 for f in self.rev.values() if f.eni is eni)
+
+    def _admit(self, worker: str, eni: Eni, proto: int, dst: str, dport: int,
+               extra: dict[str, int]) -> Result | None:
+        """What a new flow must pass again when it reopens its tuple: placement, security groups."""
+        if (worker, eni.vni) not in self.cfg.placements:
+            return Result(DROP, "drop_worker_not_placed", extra=extra)
+        if not sg_allows(eni, proto, dst, dport):
+            return Result(DROP, "drop_sg_denied", extra={**extra, "eni:sg_denied": 1})
+        return None
+
+    def _claim(self, f: Flow, key: tuple, rkey: tuple, tunnel: str, env_mac: bytes, eni: Eni,
+               flags: int, now: int, nbytes: int) -> None:
+        """The entry (new, reopened or taken over) now holds this packet's flow and nothing of
+        what it held before."""
+        f.key, f.rkey, f.tunnel, f.env_mac, f.eni = key, rkey, tunnel, env_mac, eni
+        f.state = fwd_state(flags, 0) if key[6] == TCP else 0
+        f.tx_packets, f.tx_bytes, f.rx_packets, f.rx_bytes = 1, nbytes, 0, 0
+        f.last_seen = now
+        self.fwd[key] = f
+
+    def _forward(self, p: bytes, inner: int, iip: dict, l4: dict, flow: Flow, reason: str,
+                 extra: dict[str, int], new: bool) -> Result:
+        """The packet of a flow the table now holds: into the VPC, source-NATed."""
+        cfg = self.cfg
         eni = flow.eni
+        key = flow.key
+        proto = key[6]
         vpc = cfg.vpcs.get(eni.vpc_idx)
-        reason = "fwd_new_flow" if new else "fwd_established"
         if vpc is None:
             return Result(DROP, "drop_no_vpc", extra=extra, flow=key, new_flow=new)
         if vpc.gateway_mac is None:
@@ -364,6 +538,45 @@ class Model:
         q[6:12] = mac2b(vpc.if_mac)
         extra.update({"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner})
         return Result(REDIRECT, reason, bytes(q), extra, key, new)
+
+    def _rst(self, p: bytes, inner: int, udp_off: int, iip: dict, l4: dict,
+             extra: dict[str, int]) -> Result:
+        """RFC 793 (reset generation) for a segment that belongs to no live connection, sent back
+        through the tunnel it came by: what AWS does after its idle timeout, so that the client
+        learns at once instead of retransmitting into a black hole."""
+        o = self._eth(p, 0, 2)[1]
+        io, to = iip["off"], l4["sport_off"]
+        seq, ack = struct.unpack_from("!II", p, to + 4)
+        flags = l4["flags"]
+        if flags & F_ACK:
+            rseq, rack, rflags = ack, 0, F_RST
+        else:
+            total = struct.unpack_from("!H", p, io + 2)[0]
+            plen = max(0, total - iip["ihl"] - (p[to + 12] >> 4) * 4)
+            rseq = 0
+            rack = (seq + plen + bool(flags & F_SYN) + bool(flags & F_FIN)) & 0xFFFFFFFF
+            rflags = F_RST | F_ACK
+        src, dst = ip2b(iip["dst"]), ip2b(iip["src"])
+        tcp = bytearray(struct.pack("!HHIIBBHHH", l4["dport"], l4["sport"], rseq, rack, 0x50,
+                                    rflags, 0, 0, 0))
+        pseudo = src + dst + struct.pack("!BBH", 0, TCP, 20)
+        struct.pack_into("!H", tcp, 16, checksum(pseudo + bytes(tcp)))
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, TCP, 0, src, dst))
+        struct.pack_into("!H", ip, 10, checksum(bytes(ip)))
+        ieth = p[inner + 6:inner + 12] + mac2b(self.cfg.gateway_mac) + struct.pack("!H", ETH_IPV4)
+        q = bytearray(p[:inner]) + ieth + ip + tcp
+        q[0:6], q[6:12] = p[6:12], p[0:6]
+        # outer IPv4: addresses swapped (the checksum does not see a swap), length and TTL
+        # updated (RFC 1624); outer UDP: ports as received, length, no checksum
+        q[o + 12:o + 16], q[o + 16:o + 20] = p[o + 16:o + 20], p[o + 12:o + 16]
+        old = bytes(q[o + 2:o + 4]) + bytes(q[o + 8:o + 10])
+        struct.pack_into("!H", q, o + 2, len(q) - o)
+        q[o + 8] = 64
+        new = bytes(q[o + 2:o + 4]) + bytes(q[o + 8:o + 10])
+        struct.pack_into("!H", q, o + 10, incremental(struct.unpack_from("!H", q, o + 10)[0],
+                                                       old, new))
+        struct.pack_into("!HH", q, udp_off + 4, len(q) - udp_off, 0)
+        return Result(TX, "tx_tcp_rst", bytes(q), extra)
 
     @staticmethod
     def _l4_rewrite(q: bytearray, l4: dict, base: int, proto: int, old_addr: bytes,
@@ -407,7 +620,7 @@ class Model:
         return Result(TX, "tx_arp_tunnel", bytes(q))
 
     # ---- VPC -> worker ---------------------------------------------------------------------
-    def vpc(self, p: bytes, ifindex: int, udp_sport: Callable[[Flow], int]) -> Result:
+    def vpc(self, p: bytes, ifindex: int, now: int, udp_sport: Callable[[Flow], int]) -> Result:
         cfg = self.cfg
         vpc = cfg.vpc_by_ifindex(ifindex)
         if vpc is None:
@@ -436,11 +649,19 @@ class Model:
         flow = self.rev.get(rkey)
         if flow is None:
             return Result(DROP, "drop_no_flow")
+        if not live(self.cfg, flow, now):
+            # RFC 4787 REQ-5 / AWS: an expired mapping lets nothing in, and is not refreshed
+            return Result(DROP, "drop_flow_expired")
         worker = flow.key[0]
         if worker not in cfg.workers:
             return Result(DROP, "drop_unknown_worker")
         if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
             return Result(DROP, "drop_fabric_mtu")
+        flow.last_seen = now
+        if proto == TCP:
+            flow.state |= rev_state(l4["flags"])
+        flow.rx_packets += 1
+        flow.rx_bytes += len(p)
         q = bytearray(p)
         env_b = ip2b(flow.key[2])
         old_dst = bytes(q[30:34])

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from eniplane.cli import app
 from eniplane.config import InvalidDocument, build_state, diff, export_doc, schema
 from eniplane.errors import AlreadyExists, InvalidInput, NotFound
 from eniplane.model import State
@@ -110,7 +108,8 @@ def test_the_world_itself_is_valid():
 @pytest.mark.parametrize("doc,line", [
     ({**world(), "vpc": []}, "unknown key 'vpc' (did you mean 'vpcs'?)"),
     ({**world(), "bogus": []},
-     "unknown key 'bogus' (keys: vpcs, subnets, security_groups, workers, functions)"),
+     "unknown key 'bogus' (keys: vpcs, subnets, security_groups, workers, functions, enis, "
+     "timeouts, limits)"),
     (world(vpcs=[{**VPC, "ifaces": "i"}]), "vpcs[0]: unknown key 'ifaces' (did you mean 'iface'?)"),
     (world(subnets=[{**SUBNET, "cdir": "x"}]),
      "subnets[0]: unknown key 'cdir' (did you mean 'cidr'?)"),
@@ -123,6 +122,12 @@ def test_the_world_itself_is_valid():
      "security_groups[0].ingress[0]: unknown key 'protocol' (did you mean 'proto'?)"),
     (world(functions=[{**FUNCTION, "security_group": ["g"]}]),
      "functions[0]: unknown key 'security_group' (did you mean 'security_groups'?)"),
+    (world(timeouts={"tcp_establised": 5}),
+     "timeouts: unknown key 'tcp_establised' (did you mean 'tcp_established'?)"),
+    (world(limits={"flows_per_eni": 5, "max_flows": 5}),
+     "limits: unknown key 'max_flows' (keys: flows_per_eni)"),
+    (world(enis=[{"subnet": "s", "security_groups": ["g"], "maxflows": 5}]),
+     "enis[0]: unknown key 'maxflows' (did you mean 'max_flows'?)"),
 ])
 def test_unknown_keys_at_every_level(doc, line):
     assert line in problems(doc)
@@ -160,9 +165,10 @@ def test_every_problem_is_reported_once_with_its_path():
     ({"vpcs": {"id": 1}}, "vpcs: expected a list, got a mapping"),
     ({"vpcs": ["v"]}, "vpcs[0]: expected a mapping, got a string"),
     ("just a string", "the file must be a mapping with vpcs, subnets, security_groups, workers, "
-                      "functions, not a string"),
+                      "functions, enis, timeouts, limits, not a string"),
     ([1, 2], "the file must be a mapping with vpcs, subnets, security_groups, workers, "
-             "functions, not a list"),
+             "functions, enis, timeouts, limits, not a list"),
+    (world(timeouts=30), "timeouts: expected a mapping, got a number"),
 ])
 def test_wrong_types(doc, line):
     assert problems(doc) == [line]
@@ -205,7 +211,7 @@ def test_schema_forbids_unknown_keys_at_every_level():
     objects = [s, *s["$defs"].values()]
     assert {o["title"] for o in objects} == {"eniplane configuration", "VpcDoc", "SubnetDoc",
                                              "SecurityGroupDoc", "RuleDoc", "FunctionDoc",
-                                             "WorkerDoc"}
+                                             "WorkerDoc", "EniDoc", "TimeoutsDoc", "LimitsDoc"}
     assert all(o["additionalProperties"] is False for o in objects)
 
 
@@ -227,19 +233,6 @@ def test_peek_of_a_node_never_used(tmp_path, monkeypatch):
 
 
 # ---- through the command line --------------------------------------------------------------
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("ENIPLANE_STATE_DIR", str(tmp_path / "state"))
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):
-        r = runner.invoke(app, [*args, "--node", "unit"])
-        assert r.exit_code == code, r.output
-        return r
-
-    return run
-
-
 def test_a_typo_in_a_rule_applies_nothing(cli, tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump(world()))
