@@ -1,8 +1,12 @@
-"""python -m bench [throughput|cost|scale|control|all] [--smoke] [--json FILE] [--png FILE]"""
+"""python -m bench [throughput|cost|scale|control|all|lifecycle] [--smoke] [--json FILE] [--png FILE]
+
+`lifecycle` (not part of `all`) times the flow lifecycle: with --old CHECKOUT it compares that
+checkout's datapath with this one's, in interleaved rounds."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,7 +19,7 @@ from . import report
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("what", nargs="*", metavar="STEP",
-                    help="all (default), throughput, cost, scale or control")
+                    help="all (default), throughput, cost, scale or control; lifecycle")
     ap.add_argument("--smoke", action="store_true",
                     help="a few thousand packets per step: proves the harness works, not speed")
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one measured run")
@@ -28,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--enis", type=int, default=10_000, help="ENIs for the apply step")
     ap.add_argument("--generator", choices=["auto", "xdp", "pktgen"], default="auto",
                     help="auto: pktgen where the kernel has it, XDP live frames otherwise")
+    ap.add_argument("--old", type=Path, metavar="CHECKOUT",
+                    help="lifecycle: a checkout of an earlier eniplane to compare with "
+                         "(git worktree add /tmp/old095 095c6ad)")
+    ap.add_argument("--rounds", type=int, default=7, help="lifecycle: interleaved rounds")
+    ap.add_argument("--sweep-flows", type=int, default=100_000,
+                    help="lifecycle: flows the sweep is timed over")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--png", type=Path, help="write the throughput chart here")
     ap.add_argument("--update-doc", type=Path, metavar="MD",
@@ -36,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     from eniplane.signals import exit_on_sigterm
 
     exit_on_sigterm()  # a killed run still removes its namespaces and pins
-    bad = set(a.what) - {"all", "throughput", "cost", "scale", "control"}
+    bad = set(a.what) - {"all", "throughput", "cost", "scale", "control", "lifecycle"}
     if bad:
         ap.error(f"unknown step {sorted(bad)[0]!r}")
     what = {"throughput", "cost", "scale", "control"} if not a.what or "all" in a.what \
         else set(a.what)
+    if "lifecycle" in a.what:
+        what.add("lifecycle")
     if a.smoke:
         a.seconds, a.repeats, a.flows, a.fill, a.enis = 0.05, 1, "1,16", 2000, 20
     flows = [int(x) for x in a.flows.split(",")]
@@ -73,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if "control" in what:
         from . import control
         doc["control"] = control.run(a.enis, repeats=1 if a.smoke else 5, progress=progress)
+    if "lifecycle" in what:
+        from . import lifecycle
+        batch = 300 if a.smoke else 3000
+        doc["lifecycle"] = lifecycle.run(a.old, 5000 if a.smoke else a.sweep_flows,
+                                         1 if a.smoke else a.rounds, batch, progress)
+        print(json.dumps(doc["lifecycle"], indent=1, default=str))
     report.tables(doc)
     if a.json:
         report.write_json(doc, a.json)
