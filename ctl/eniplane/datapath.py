@@ -132,6 +132,22 @@ class Datapath:
             if n and 0 <= idx < m.max_entries:
                 m.update(idx, (m.lookup(idx) or 0) + n)
 
+    def _entries_added(self) -> dict[int, int]:
+        """eni_flows_added of every programmed ENI, by handle."""
+        m = self.map("eni_flows_added")
+        return {e["eni_idx"]: m.lookup(e["eni_idx"]) for _, e in self.map("enis").items()}
+
+    def _recount_entries(self, added: dict[int, int], held: Counter) -> None:
+        """What the LRU evicted leaves no trace in eni_flows_removed: after reading the whole
+        table, raise each ENI's removed count to what the table holds (`added` read before the
+        table, so a flow that opened meanwhile makes the count high, never low: the limit may
+        act a little early until the next recount, never late)."""
+        m = self.map("eni_flows_removed")
+        for idx, n in added.items():
+            gone = n - held[idx]
+            if gone > (m.lookup(idx) or 0):
+                m.update(idx, gone)
+
     def _reset_entries(self, idx: int) -> None:
         """An ENI handle that goes (or serves another ENI) starts its counts again."""
         self.map("eni_flows_added").update(idx, 0)
@@ -475,6 +491,8 @@ class Datapath:
         Returns (entries removed, removed by state name, entries put back)."""
         m, g = self.map("flows"), self.map("flow_guard")
         start = g.lookup(0)
+        added = self._entries_added()
+        held: Counter = Counter()  # what the table holds per ENI handle, as this pass saw it
         announced = False
         removed = restored = 0
         touched: set[tuple] = set()
@@ -486,6 +504,7 @@ class Datapath:
                 continue
             key = m.key_codec.decode(k)
             if not doomed(key, v):
+                held[v["eni_idx"]] += 1
                 continue
             if not announced and not start["holes"]:
                 g.update(0, {**g.lookup(0), "holes": 1})
@@ -497,6 +516,7 @@ class Datapath:
                 try:
                     m.update(k, gone, flags=BPF_NOEXIST)
                     restored += 1
+                    held[gone["eni_idx"]] += 1
                     continue
                 except EniplaneError:
                     pass  # a newer entry took the slot: it stands
@@ -504,11 +524,17 @@ class Datapath:
             by_idx[gone["eni_idx"]] += 1
             by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
             touched.add(probe.dest(flow_record(key, gone)))
+            if removed % 256 == 0:  # a long sweep gives the ENIs' limits back as it goes
+                self._count_removed(by_idx)
+                by_idx.clear()
         if not (removed or announced):
+            self._recount_entries(added, held)
             return 0, by_state, restored
         self._count_removed(by_idx)
+        added = self._entries_added()
         mid = g.lookup(0)
         flows = [flow_record(k, v) for k, v in m.items()]
+        self._recount_entries(added, Counter(f["eni_idx"] for f in flows))
         # as if the guard had been read just before the table: inserts up to `mid` are in it;
         # the holes flag is the one from before this call (its own says nothing)
         base = {**mid, "holes": start["holes"], "evicted": start["evicted"]}

@@ -449,3 +449,20 @@ def test_a_flow_opened_behind_an_entry_while_it_is_removed_is_never_lost(env):
         assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
     assert [f["env_port"] for f in env.dp.flows()] == [late]
     assert env.dp.map("flow_guard").lookup(0)["holes"] == 1  # it sits behind an empty port
+
+
+def test_a_sweep_gives_an_eni_back_what_the_lru_took(env):
+    """An entry that goes without user space deleting it (the LRU evicts; here a direct delete
+    stands for it) still counted against its ENI's limit until the next sweep recounts."""
+    env.dp.set_eni(VNI_A, 1, 1, "10.0.1.4", 1024, 65535, max_flows=2)
+    for sport in (47000, 47001):
+        fwd(env, UDP(sport=sport, dport=7) / Raw(b"e"))
+    f = flow(env, 47000, proto=17, dport=7)
+    assert env.dp.map("flows").delete({"vpc_idx": 1, "proto": 17, "eni_addr": "10.0.1.4",
+                                       "remote": SERVER, "eni_port": f["nat_port"],
+                                       "remote_port": 7})
+    assert env.dp.eni_flow_entries()[VNI_A] == 2
+    assert fwd(env, UDP(sport=47002, dport=7) / Raw(b"e"))[2].get("drop_flow_limit") == 1
+    assert env.dp.sweep()["removed"] == 0
+    assert env.dp.eni_flow_entries()[VNI_A] == 1
+    assert fwd(env, UDP(sport=47002, dport=7) / Raw(b"e"))[2].get("fwd_new_flow") == 1

@@ -357,10 +357,6 @@ def test_100k_short_connections_reuse_ports_with_no_sweep(world, shortconn):
     assert sum(v for k, v in states.items() if k != "expired") == 0, states
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Datapath.sweep() deletes entries while flow_guard says no holes: a live flow sitting past "
-    "a slot it empties is not found (its next segment is answered with a RST), and it credits "
-    "eni_flows_removed only when the whole sweep ends (new flows meet the ENI limit meanwhile)"))
 def test_100k_short_connections_with_the_sweeper_keep_the_eni_small(world, shortconn):
     """The same load from two other addresses while a sweeper runs as the agent would: the
     ENI's entries (what its limit counts) stay within the connections of the last timeout's
