@@ -1,6 +1,6 @@
 /* Short TCP connections, one after another, as a function talking to a database would open them.
  *
- * Contract (compiled by tests/e2e/test_lifecycle.py with the system's cc; no library but libc):
+ * Contract (compiled by tests/e2e/test_lifecycle_traffic.py with the system's cc; no library but libc):
  *   shortconn serve ADDR PORT
  *       answers each connection's first byte with one byte and closes once the client has
  *       closed; connections are served at once (epoll). Runs until killed.

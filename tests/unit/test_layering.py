@@ -44,3 +44,13 @@ def test_the_check_sees_a_raw_read():
     src = PKG / "datapath.py"
     assert any("flag bits" in o for o in offences(src))
     assert any("Datapath.map()" in o for o in offences(src))
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test files by basename (no packages): two tiers with the same file name
+    stop the whole run at collection."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in (Path(__file__).parents[1]).rglob("test_*.py"))
+    assert [n for n, c in names.items() if c > 1] == []
