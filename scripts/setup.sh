@@ -7,8 +7,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.eniplane-installed"
-# ruby only parses the Vagrantfile in the tests; the VM itself cannot boot on every host.
-PKGS=(python3-bpfcc iproute2 python3-venv ethtool nftables iputils-ping ruby)
+# ruby only parses the Vagrantfile in the tests; the VM itself cannot boot on every host. gcc and
+# libc6-dev build the e2e tests' short-connection client (tests/e2e/shortconn.c).
+PKGS=(python3-bpfcc iproute2 python3-venv ethtool nftables iputils-ping ruby gcc libc6-dev)
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*" >&2; }
