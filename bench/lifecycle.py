@@ -82,6 +82,13 @@ class Side:
     def fwd(self, pkts: list[bytes]) -> list[int]:
         return self.r.durations(self.r.fds["xdp_fabric"], pkts)
 
+    def run_time(self) -> tuple[int, int]:
+        """The kernel's run-time accounting of both programs together: (ns, runs). A tail call
+        runs inside its caller's account."""
+        from eniplane import bpfsys
+        infos = [bpfsys.prog_info(fd) for fd in self.r.fds.values()]
+        return sum(i.run_time_ns for i in infos), sum(i.run_cnt for i in infos)
+
     def ret(self, pkts: list[bytes]) -> list[int]:
         return self.r.durations(self.r.fds["xdp_vpc"], pkts, self.t.ifindex[("node", "vpca")])
 
@@ -141,20 +148,31 @@ def tmean(ds: list[int]) -> float:
     return sum(mid) / len(mid)
 
 
-def _summary(per_round: dict[str, list[tuple[float, float]]]) -> dict:
+def _summary(per_round: dict[str, list[tuple[float, float, float]]]) -> dict:
+    """Per round: (median duration, trimmed mean duration, run-time mean). The run-time mean
+    (kernel.bpf_stats_enabled: run_time_ns / run_cnt over the batch) has no 10 ns steps; it
+    includes the accounting's own cost, the same on both sides."""
     old, new = per_round["old"], per_round["new"]
     ratios = [n[1] / o[1] for o, n in zip(old, new) if o[1]]
+    rt = [n[2] / o[2] for o, n in zip(old, new) if o[2]]
     return {"old_ns": statistics.median(o[0] for o in old),
             "new_ns": statistics.median(n[0] for n in new),
             "old_tmean_ns": statistics.median(o[1] for o in old),
             "new_tmean_ns": statistics.median(n[1] for n in new),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-            "ratio_max": max(ratios)}
+            "ratio_max": max(ratios),
+            "old_run_time_ns": statistics.median(o[2] for o in old),
+            "new_run_time_ns": statistics.median(n[2] for n in new),
+            "run_time_ratio": statistics.median(rt), "run_time_ratio_min": min(rt),
+            "run_time_ratio_max": max(rt)}
 
 
 def compare(old: Path, new: Path = ROOT, rounds: int = 7, batch: int = 3000, rules: int = 60,
             max_flows: int = 262144, progress=print) -> dict:
+    from eniplane import bpfsys
+
     sides = {}
+    stats_fd = bpfsys.enable_run_time_stats()  # run_time_ns/run_cnt while this runs
     try:
         for name, checkout in (("old", old), ("new", new)):
             sides[name] = Side(name, checkout, rules, max_flows)
@@ -170,13 +188,19 @@ def compare(old: Path, new: Path = ROOT, rounds: int = 7, batch: int = 3000, rul
             for i in range(rounds):
                 order = ("old", "new") if i % 2 == 0 else ("new", "old")
                 for n in order:
+                    t0, c0 = sides[n].run_time()
                     ds = fn(sides[n], i)
-                    res[metric][n].append((statistics.median(ds), tmean(ds)))
+                    t1, c1 = sides[n].run_time()
+                    res[metric][n].append((statistics.median(ds), tmean(ds),
+                                           (t1 - t0) / max(1, c1 - c0)))
             s = _summary(res[metric])
             res[metric] = s
             progress(f"{metric}: median old {s['old_ns']:.0f} ns, new {s['new_ns']:.0f} ns; "
                      f"trimmed mean old {s['old_tmean_ns']:.1f} ns, new {s['new_tmean_ns']:.1f} "
-                     f"ns, new/old {s['ratio']:.3f} ({s['ratio_min']:.3f}-{s['ratio_max']:.3f})")
+                     f"ns, new/old {s['ratio']:.3f} ({s['ratio_min']:.3f}-{s['ratio_max']:.3f}); "
+                     f"run time old {s['old_run_time_ns']:.1f} ns, new "
+                     f"{s['new_run_time_ns']:.1f} ns, new/old {s['run_time_ratio']:.3f} "
+                     f"({s['run_time_ratio_min']:.3f}-{s['run_time_ratio_max']:.3f})")
 
         interleave("est_fwd_1", lambda s, i: s.fwd([s.hot] * batch))
         interleave("return_1", lambda s, i: s.ret([hot_reply[s.name]] * batch))
@@ -199,6 +223,7 @@ def compare(old: Path, new: Path = ROOT, rounds: int = 7, batch: int = 3000, rul
     finally:
         for s in sides.values():
             s.close()
+        os.close(stats_fd)
 
 
 def _takeover(dp, side: "Side", progress) -> dict:

@@ -35,9 +35,10 @@
 #define PORT_TRIES 16
 #define E_EXIST 17 /* EEXIST: what a BPF_NOEXIST insert of a taken key returns, negated */
 
-/* Idle timeouts in whole seconds when node_cfg leaves one at 0: AWS's NAT gateway and Lambda's
- * Hyperplane ENIs keep an idle TCP connection 350 s; the transitory and UDP/ICMP values follow
- * RFC 5382 (>= 4 min before a closing connection's port is reused) and RFC 4787. */
+/* The idle timeouts a node starts with, whole seconds (user space writes them into node_cfg;
+ * lifecycle.DEFAULT_TIMEOUTS is held equal by tests/unit/test_consts.py): AWS's NAT gateway and
+ * Lambda's Hyperplane ENIs keep an idle TCP connection 350 s; the transitory and UDP/ICMP values
+ * follow RFC 5382 (>= 4 min before a closing connection's port is reused) and RFC 4787. */
 #define DEFAULT_TIMEOUT_TCP_ESTABLISHED 350
 #define DEFAULT_TIMEOUT_TCP_TRANSITORY 240
 #define DEFAULT_TIMEOUT_UDP 350

@@ -234,12 +234,15 @@ static __always_inline __u64 flow_timeout(struct node_cfg *cfg, __u8 proto, __u8
     return ((tcp & m_tcp) | (other & ~m_tcp)) * NSEC_PER_SEC;
 }
 
-/* Live: seen (0 is an entry changing hands), idle no longer than its timeout, not reset. */
+/* Live: seen (0 is an entry changing hands), idle no longer than its timeout, not reset. No
+ * timeout is under a second, so a flow seen within one (most packets) needs no more. */
 static __always_inline int flow_live(struct node_cfg *cfg, __u8 proto, __u8 state, __u64 seen,
                                      __u64 now)
 {
-    return seen && (__s64)(now - seen) <= (__s64)flow_timeout(cfg, proto, state) &&
-           !(state & FLOW_S_RST);
+    __s64 idle = (__s64)(now - seen);
+    if (!seen || (state & FLOW_S_RST))
+        return 0;
+    return idle < (__s64)NSEC_PER_SEC || idle <= (__s64)flow_timeout(cfg, proto, state);
 }
 
 /* May another tuple take this entry over? Idle past its timeout and the grace (types.h). */
@@ -264,6 +267,17 @@ static __always_inline __u8 state_bits_in(__u8 fl)
 {
     __u8 synack = (fl >> 1) & (fl >> 4) & 1;
     return synack * FLOW_S_SYNACK | (fl & TH_FIN) * FLOW_S_FIN_IN | ((fl >> 2) & 1) * FLOW_S_RST;
+}
+
+/* An entry's last_seen_ns, read before any of its other fields (see the lifecycle's comment):
+ * the empty asm takes the pointer as changed by the time just read, so the compiler cannot move
+ * a load through it above the read, and costs no instruction (a "memory" clobber would make it
+ * reload everything it holds). */
+static __always_inline __u64 flow_seen(struct flow **f)
+{
+    __u64 seen = *(volatile __u64 *)&(*f)->last_seen_ns;
+    asm volatile("" : "+r"(*f) : "r"(seen));
+    return seen;
 }
 
 /* Take an entry whose last_seen_ns read `seen`: only one CPU's swap from that value succeeds. */
@@ -714,8 +728,7 @@ static __always_inline void flow_walk(struct flow_key *fk, struct flow_guard *g,
         fk->eni_port = p;
         struct flow *f = flows.lookup(fk);
         if (f) {
-            __u64 seen = *(volatile __u64 *)&f->last_seen_ns; /* before the owner: see above */
-            asm volatile("" ::: "memory");
+            __u64 seen = flow_seen(&f); /* before the owner: see above */
             if (flow_owned_by(f, worker, vni, env, env_port)) {
                 pr->f = f;
                 pr->seen = seen;
@@ -1168,8 +1181,7 @@ int xdp_fabric_open(struct xdp_md *ctx)
             reason = STAT_drop_port_race;
             goto out;
         }
-        __u64 sseen = *(volatile __u64 *)&sf->last_seen_ns;
-        asm volatile("" ::: "memory");
+        __u64 sseen = flow_seen(&sf);
         __u32 old_idx = sf->eni_idx;
         takeover_race_point(sf, now);
         if (!flow_claimable(cfg, l4proto, sf->state, sseen, now) || !flow_claim(sf, sseen)) {
@@ -1333,8 +1345,7 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
-    __u64 seen = *(volatile __u64 *)&f->last_seen_ns; /* before the owner (flow lifecycle) */
-    asm volatile("" ::: "memory");
+    __u64 seen = flow_seen(&f); /* before the owner (flow lifecycle) */
     __u64 now = coarse_now();
     __u8 state = f->state;
     if (!flow_live(cfg, l4proto, state, seen, now)) {

@@ -27,8 +27,9 @@ struct node_cfg {
     __u16 pad;
     __u32 port_secret; /* keys port_hash: chosen once per node, kept across reloads */
     __u32 eni_gen;     /* bumped by the control plane on every change to `enis` (eni_cache) */
-    /* Idle timeouts in whole seconds (0: the DEFAULT_TIMEOUT_* of consts.h). Judged on every
-     * packet, so a change applies at once to the flows that exist. */
+    /* Idle timeouts in whole seconds, >= 1: user space writes them with the rest (the
+     * DEFAULT_TIMEOUT_* of consts.h unless the operator set others). Judged on every packet,
+     * so a change applies at once to the flows that exist. */
     __u32 timeout_tcp_established;
     __u32 timeout_tcp_transitory;
     __u32 timeout_udp;
