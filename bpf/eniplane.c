@@ -982,9 +982,11 @@ int xdp_fabric(struct xdp_md *ctx)
                 f->last_seen_ns = now;
             f->tx_packets++;
             f->tx_bytes += p.bytes;
-            __u8 add = state_bits_out(tcp_flags, state);
-            if (add & ~state)
-                f->state = state | add;
+            if (tcp_flags) { /* TCP only (0 for the rest) */
+                __u8 add = state_bits_out(tcp_flags, state);
+                if (add & ~state)
+                    f->state = state | add;
+            }
             if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
                 mac_copy(f->env_mac, p.ieth->h_source);
             reason = snat_emit(ctx, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
@@ -1385,9 +1387,11 @@ int xdp_vpc(struct xdp_md *ctx)
         f->last_seen_ns = now;
     f->rx_packets++; /* plain adds, as on the forward path */
     f->rx_bytes += frame_len;
-    __u8 add = state_bits_in(tcp_flags);
-    if (add & ~state)
-        f->state = state | add;
+    if (tcp_flags) { /* TCP only (0 for the rest): what it shows each way */
+        __u8 add = state_bits_in(tcp_flags);
+        if (add & ~state)
+            f->state = state | add;
+    }
     __u32 vni = f->vni;
     struct eni_stats *es = eni_stats_of(f->eni_idx);
     if (es) {
