@@ -1259,6 +1259,97 @@ static __always_inline __u32 vpc_arp(struct cursor *c, struct stats *st, struct 
     return STAT_tx_arp_vpc;
 }
 
+/* ICMP errors (RFC 792: destination unreachable, time exceeded, parameter problem) quote the
+ * head of the packet they are about. For a packet an ENI sent, that is a flow's forward packet
+ * after SNAT: its source is the ENI's address and the flow's port, so the quote names the flow
+ * the way a reply does, with the roles swapped. */
+struct icmp_err {
+    struct icmphdr *ih;
+    struct iphdr *eip;  /* the quoted IPv4 header */
+    __u8 *el4;          /* the quoted transport header's first 8 bytes */
+    __be16 nat_port;    /* the quoted source port, or echo identifier */
+    __be16 remote_port;
+    __u8 proto;
+};
+
+static __always_inline int icmp_is_error(__u8 type)
+{
+    return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
+}
+
+/* The quoted packet of an ICMP error sent to `ip->daddr`: 0 with `ie` filled, or the reason. */
+static __always_inline __u32 icmp_error_parse(struct cursor *c, struct iphdr *ip,
+                                              struct icmp_err *ie)
+{
+    struct icmphdr *ih = CURSOR_TAKE(c, struct icmphdr);
+    if (!ih)
+        return STAT_drop_icmp_error_malformed;
+    ie->ih = ih;
+    struct iphdr *eip = c->pos;
+    if ((void *)(eip + 1) > c->end || eip->version != 4 || eip->ihl < 5)
+        return STAT_drop_icmp_error_malformed;
+    __u8 *el4 = (void *)eip + eip->ihl * 4;
+    if ((void *)(el4 + 8) > c->end) /* RFC 792: the header and 64 bits of data at least */
+        return STAT_drop_icmp_error_malformed;
+    ie->eip = eip;
+    ie->el4 = el4;
+    ie->proto = eip->protocol;
+    /* Only a packet the ENI sent, and one that carried its ports (not a later fragment). */
+    if (eip->saddr != ip->daddr || (eip->frag_off & bpf_htons(0x1FFF)))
+        return STAT_drop_icmp_error_no_flow;
+    if (ie->proto == IPPROTO_TCP || ie->proto == IPPROTO_UDP) {
+        ie->nat_port = *(__be16 *)el4;
+        ie->remote_port = *(__be16 *)(el4 + 2);
+    } else if (ie->proto == IPPROTO_ICMP && el4[0] == ICMP_ECHO && el4[1] == 0) {
+        ie->nat_port = *(__be16 *)(el4 + 4);
+        ie->remote_port = 0;
+    } else {
+        return STAT_drop_icmp_error_no_flow;
+    }
+    return 0;
+}
+
+/* RFC 5508 REQ-3/4: the error goes to the environment as if the environment's own packet had
+ * caused it. The outer destination, the quoted source address and port become the
+ * environment's; the quoted IPv4 header's checksum, the quoted transport checksum (when the
+ * error carries it) and the ICMP checksum over the whole message follow every change. */
+static __always_inline void icmp_error_translate(struct iphdr *ip, struct icmp_err *ie,
+                                                 ipv4_t env, __be16 env_port, void *data_end)
+{
+    ipv4_t eni = ip->daddr;
+    ip->daddr = env;
+    ip->check = csum_replace4(ip->check, eni, env);
+    ipv4_dec_ttl(ip);
+
+    __u16 ic = ie->ih->checksum;
+    struct iphdr *eip = ie->eip;
+    __u16 old_ech = eip->check;
+    eip->saddr = env;
+    eip->check = csum_replace4(old_ech, eni, env);
+    ic = csum_replace4(ic, eni, env);
+    ic = csum_replace2(ic, old_ech, eip->check);
+
+    __u8 *el4 = ie->el4;
+    __be16 *port = (__be16 *)(ie->proto == IPPROTO_ICMP ? el4 + 4 : el4);
+    __be16 old_port = *port;
+    *port = env_port;
+    ic = csum_replace2(ic, old_port, env_port);
+
+    __u16 *check = NULL;
+    if (ie->proto == IPPROTO_UDP)
+        check = (__u16 *)(el4 + 6);
+    else if (ie->proto == IPPROTO_ICMP)
+        check = (__u16 *)(el4 + 2);
+    else if ((void *)(el4 + 18) <= data_end) /* TCP's checksum, if the error quotes it */
+        check = (__u16 *)(el4 + 16);
+    if (check && (void *)(check + 1) <= data_end) {
+        __u16 old = *check;
+        l4_csum_fix(ie->proto, check, eni, env, old_port, env_port);
+        ic = csum_replace2(ic, old, *check);
+    }
+    ie->ih->checksum = ic;
+}
+
 int xdp_vpc(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -1301,6 +1392,8 @@ int xdp_vpc(struct xdp_md *ctx)
      * (the kernel's) is asked only when no flow answers: a flow exists only for an ENI
      * address, so an established reply needs no ENI lookup. */
     struct eni_addr_key ak = {.vpc_idx = vpc_idx, .addr = ip->daddr};
+    struct icmp_err ie;
+    int is_err = 0;
     __u32 bad = 0;
     __u8 l4proto = 0, tcp_flags = 0;
     __be16 *dport_p = NULL, sport = 0;
@@ -1314,9 +1407,15 @@ int xdp_vpc(struct xdp_md *ctx)
         bad = STAT_drop_ttl_expired;
     } else {
         l4proto = ip->protocol;
-        rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
-        if (rc != PARSE_OK || !l4.dport)
-            bad = l4_reason(rc, STAT_drop_vpc_malformed);
+        struct icmphdr *ih = c.pos;
+        if (l4proto == IPPROTO_ICMP && (void *)(ih + 1) <= data_end && icmp_is_error(ih->type)) {
+            is_err = 1;
+            bad = icmp_error_parse(&c, ip, &ie);
+        } else {
+            rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
+            if (rc != PARSE_OK || !l4.dport)
+                bad = l4_reason(rc, STAT_drop_vpc_malformed);
+        }
     }
     if (bad) {
         if (eni_addrs.lookup(&ak)) {
@@ -1325,23 +1424,31 @@ int xdp_vpc(struct xdp_md *ctx)
         }
         goto out;
     }
-    dport_p = l4.dport;
-    sport = l4.sport ? *l4.sport : 0;
-    tcp_flags = l4.tcp_flags;
 
     struct flow_key fk;
     __builtin_memset(&fk, 0, sizeof(fk));
     fk.vpc_idx = vpc_idx;
-    fk.proto = l4proto;
     fk.eni_addr = ip->daddr;
-    fk.remote = ip->saddr;
-    fk.eni_port = *dport_p;
-    fk.remote_port = sport;
+    if (is_err) { /* the quoted packet, the flow's own way round */
+        fk.proto = ie.proto;
+        fk.remote = ie.eip->daddr;
+        fk.eni_port = ie.nat_port;
+        fk.remote_port = ie.remote_port;
+    } else {
+        dport_p = l4.dport;
+        sport = l4.sport ? *l4.sport : 0;
+        tcp_flags = l4.tcp_flags;
+        fk.proto = l4proto;
+        fk.remote = ip->saddr;
+        fk.eni_port = *dport_p;
+        fk.remote_port = sport;
+    }
     struct flow *f = flows.lookup(&fk);
     if (!f) {
         if (eni_addrs.lookup(&ak)) {
             action = XDP_DROP;
-            reason = STAT_drop_no_flow; /* unsolicited: environments accept no inbound */
+            /* unsolicited: environments accept no inbound */
+            reason = is_err ? STAT_drop_icmp_error_no_flow : STAT_drop_no_flow;
         }
         goto out;
     }
@@ -1350,8 +1457,9 @@ int xdp_vpc(struct xdp_md *ctx)
     __u64 seen = flow_seen(&f); /* before the owner (flow lifecycle) */
     __u64 now = coarse_now();
     __u8 state = f->state;
-    if (!flow_live(cfg, l4proto, state, seen, now)) {
-        reason = STAT_drop_flow_expired; /* its owner may be gone, its port another's soon */
+    if (!flow_live(cfg, fk.proto, state, seen, now)) {
+        /* its owner may be gone, its port another's soon */
+        reason = is_err ? STAT_drop_icmp_error_no_flow : STAT_drop_flow_expired;
         goto out;
     }
     struct worker *w = worker_of(f->worker);
@@ -1372,26 +1480,32 @@ int xdp_vpc(struct xdp_md *ctx)
         goto out;
     }
 
-    /* Reverse translation: destination back to the environment's address and port. */
-    ipv4_t old_dst = ip->daddr;
-    __u16 old_port = *dport_p;
-    ip->daddr = f->env_addr;
-    ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
-    ipv4_dec_ttl(ip);
-    l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
-    *dport_p = f->env_port;
+    if (is_err) {
+        /* An error about the flow: translated, delivered, and no sign of the flow's life. */
+        icmp_error_translate(ip, &ie, f->env_addr, f->env_port, data_end);
+        reason = STAT_rev_icmp_error;
+    } else {
+        /* Reverse translation: destination back to the environment's address and port. */
+        ipv4_t old_dst = ip->daddr;
+        __u16 old_port = *dport_p;
+        ip->daddr = f->env_addr;
+        ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
+        ipv4_dec_ttl(ip);
+        l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
+        *dport_p = f->env_port;
+        if (now != seen) /* stores only where something changed, as forward */
+            f->last_seen_ns = now;
+        if (tcp_flags) { /* TCP only (0 for the rest): what it shows each way */
+            __u8 add = state_bits_in(tcp_flags);
+            if (add & ~state)
+                f->state = state | add;
+        }
+        reason = STAT_rev_established;
+    }
     mac_copy(eth->h_dest, f->env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);
-
-    if (now != seen) /* stores only where something changed, as forward */
-        f->last_seen_ns = now;
     f->rx_packets++; /* plain adds, as on the forward path */
     f->rx_bytes += frame_len;
-    if (tcp_flags) { /* TCP only (0 for the rest): what it shows each way */
-        __u8 add = state_bits_in(tcp_flags);
-        if (add & ~state)
-            f->state = state | add;
-    }
     __u32 vni = f->vni;
     struct eni_stats *es = eni_stats_of(f->eni_idx);
     if (es) {
@@ -1475,7 +1589,6 @@ int xdp_vpc(struct xdp_md *ctx)
     th[6] = vni;
     th[7] = 0;
 
-    reason = STAT_rev_established;
     action = tx_ports.redirect_map(TX_SLOT_FABRIC, XDP_DROP);
     if (action != XDP_REDIRECT)
         reason = STAT_drop_no_tx_port;

@@ -30,7 +30,7 @@
     X(drop_inner_bad_ip)     /* version, IHL or total length (vs header, frame) invalid */       \
     X(drop_inner_fragment)   /* fragments carry no ports to translate (not supported yet) */     \
     X(drop_proto_unsupported) /* neither TCP, UDP nor ICMP */                                    \
-    X(drop_icmp_unsupported) /* ICMP other than echo request (fabric) or echo reply (VPC) */     \
+    X(drop_icmp_unsupported) /* ICMP other than echo request (fabric), echo reply or an error (VPC) */ \
     X(drop_ttl_expired)                                                                          \
     X(drop_sg_denied)        /* no rule of any of the ENI's groups allows the new flow */        \
     X(drop_port_exhausted)   /* no free SNAT port towards this destination */                    \
@@ -63,9 +63,12 @@
     X(drop_vpc_fragment)                                                                         \
     X(drop_no_flow)          /* unsolicited: environments accept no inbound connections */       \
     X(drop_flow_expired)     /* a reply into a flow that expired or was reset */                 \
+    X(drop_icmp_error_no_flow) /* an ICMP error about a packet of no live flow */                \
+    X(drop_icmp_error_malformed) /* an ICMP error whose quoted packet is cut short or invalid */ \
     X(drop_fabric_mtu)       /* the encapsulated reply would exceed the fabric MTU */            \
     X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */        \
-    X(rev_established)
+    X(rev_established)                                                                           \
+    X(rev_icmp_error)        /* an ICMP error about a flow, translated back to its environment */
 
 #define ENIPLANE_STAT_ENUM(n) STAT_##n,
 enum stat_id { ENIPLANE_STATS(ENIPLANE_STAT_ENUM) STAT__MAX };
