@@ -498,11 +498,9 @@ class Datapath:
         touched: set[tuple] = set()
         by_idx: Counter = Counter()
         by_state: Counter = Counter()
-        for k in list(m.keys_raw()):
-            v = m.lookup(k)
-            if v is None:
-                continue
-            key = m.key_codec.decode(k)
+        for k, raw in m.items_raw():  # batches: deleting as it goes never restarts the walk
+            v = m.decode_value(raw)
+            key = m.decode_key(k)
             if not doomed(key, v):
                 held[v["eni_idx"]] += 1
                 continue
