@@ -471,8 +471,9 @@ class Datapath:
             return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now, timeouts)
 
         def still_expired(key: dict, v: dict) -> bool:
-            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"],
-                                        self.now_ns(), timeouts)
+            # the sweep's own start time will do: an entry a packet touched since is newer
+            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now,
+                                        timeouts)
 
         removed, by_state, restored = self._remove_flows(expired, still_expired, swept=True)
         return {"scanned": scanned, "removed": removed, "restored": restored,
