@@ -71,6 +71,51 @@ static __always_inline void l4_csum_fix(__u8 proto, __u16 *check, __u32 old_addr
     *check = c;
 }
 
+/* TCP's MSS option (RFC 9293 3.7.1) lowered to `mss` when it is larger, the checksum following.
+ * Options are walked within the header's data offset, at most 8 of them: SYNs carry MSS first
+ * or second. A field at an odd offset from the header's start sits across two checksum words,
+ * so its words are swapped for the update (RFC 1624 works on aligned words). */
+static __always_inline void tcp_clamp_mss(struct tcphdr *th, void *data_end, __u16 mss)
+{
+    __u8 *opt = (__u8 *)(th + 1);
+    __u32 optlen = th->doff * 4;
+    if ((void *)(th + 1) > data_end || optlen <= sizeof(*th))
+        return;
+    optlen -= sizeof(*th);
+    __u32 off = 0;
+    for (int i = 0; i < 8; i++) {
+        if (off + 4 > optlen)
+            break;
+        __u8 *o = opt + (off & 63);
+        if ((void *)(o + 4) > data_end)
+            break;
+        if (o[0] == 0) /* end of options */
+            break;
+        if (o[0] == 1) { /* no-operation */
+            off++;
+            continue;
+        }
+        if (o[0] == 2 && o[1] == 4) {
+            __u16 cur = ((__u16)o[2] << 8) | o[3];
+            if (cur > mss) {
+                __u16 was = o[2] | ((__u16)o[3] << 8); /* the word as memory holds it */
+                o[2] = mss >> 8;
+                o[3] = mss & 0xFF;
+                __u16 now = o[2] | ((__u16)o[3] << 8);
+                if (off & 1) { /* the option starts at an odd offset: so does its value */
+                    was = (was >> 8) | (was << 8);
+                    now = (now >> 8) | (now << 8);
+                }
+                th->check = csum_replace2(th->check, was, now);
+            }
+            break;
+        }
+        if (o[1] < 2)
+            break;
+        off += o[1];
+    }
+}
+
 static __always_inline void mac_copy(void *dst, const void *src)
 {
     __builtin_memcpy(dst, src, 6);

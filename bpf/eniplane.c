@@ -877,18 +877,33 @@ static __always_inline __u32 vpc_emit(struct xdp_md *ctx, struct fabric_pkt *p, 
     return *action == XDP_REDIRECT ? reason : STAT_drop_no_tx_port;
 }
 
+/* The largest TCP segment that fits both the VPC's link and the tunnel (the fabric's MTU less
+ * the outer IPv4, UDP, tunnel and inner Ethernet headers), less 40 bytes of IPv4 and TCP
+ * headers: what a SYN or SYN/ACK may announce (MSS clamping). */
+static __always_inline __u16 mss_of(struct node_cfg *cfg, struct vpc *vpc)
+{
+    __u32 mtu = cfg->fabric_mtu > ENCAP_LEN + 40 ? cfg->fabric_mtu - ENCAP_LEN : 1500;
+    if (vpc->mtu && vpc->mtu < mtu)
+        mtu = vpc->mtu;
+    return mtu > 40 + 536 ? mtu - 40 : 536; /* never below the IPv4 default (RFC 9293) */
+}
+
 /* Stages 6-7 for a packet whose flow and port are settled: SNAT onto the ENI (source address
- * and port, checksums, TTL), then into the VPC. Returns the reason, `reason` when all went
- * well. */
-static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct fabric_pkt *p, __u32 vpc_idx,
-                                       __u32 eni_idx, ipv4_t eni_addr, __be16 nat_port,
-                                       __u32 reason, int *action)
+ * and port, checksums, TTL, a SYN's MSS), then into the VPC. Returns the reason, `reason` when
+ * all went well. */
+static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct node_cfg *cfg,
+                                       struct fabric_pkt *p, __u32 vpc_idx, __u32 eni_idx,
+                                       ipv4_t eni_addr, __be16 nat_port, __u32 reason,
+                                       int *action)
 {
     *action = XDP_DROP;
     struct vpc *vpc = NULL;
     __u32 bad = vpc_ready(vpc_idx, &vpc);
     if (bad || !vpc)
         return bad ?: STAT_drop_no_vpc;
+    if (p->l4.tcp_flags & TH_SYN) /* every SYN, a retransmitted one too */
+        tcp_clamp_mss((struct tcphdr *)p->l4.sport, (void *)(long)ctx->data_end,
+                      mss_of(cfg, vpc));
 
     struct iphdr *iip = p->iip;
     __be16 *sport = p->l4.sport;
@@ -1038,7 +1053,7 @@ int xdp_fabric(struct xdp_md *ctx)
             }
             if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
                 mac_copy(f->env_mac, p.ieth->h_source);
-            reason = snat_emit(ctx, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
+            reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
                                STAT_fwd_established, &action);
             goto out;
         }
@@ -1262,7 +1277,8 @@ int xdp_fabric_open(struct xdp_md *ctx)
     goto out;
 
 emit:
-    reason = snat_emit(ctx, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason, &action);
+    reason = snat_emit(ctx, cfg, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason,
+                       &action);
 out:
     return record(st, reason, action);
 }
@@ -1642,6 +1658,8 @@ int xdp_vpc(struct xdp_md *ctx)
         ipv4_dec_ttl(ip);
         l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
         *dport_p = f->env_port;
+        if (tcp_flags & TH_SYN) /* the SYN/ACK: what the environment may send fits the path */
+            tcp_clamp_mss((struct tcphdr *)l4.sport, data_end, mss_of(cfg, vpc));
         if (now != seen) /* stores only where something changed, as forward */
             f->last_seen_ns = now;
         if (tcp_flags) { /* TCP only (0 for the rest): what it shows each way */

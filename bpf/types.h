@@ -114,6 +114,8 @@ struct vpc {
     mac_t if_mac;      /* the node's own MAC on that interface */
     __u32 flags;
     __u32 tx_slot;     /* this interface's slot in tx_ports */
+    __u16 mtu;         /* the interface's MTU (IPv4 packet size), read at attach; 0: unknown */
+    __u16 pad;
 };
 #define VPC_F_GW_MAC 1     /* gateway_mac is known; it is then kept (see vpc_arp) */
 #define VPC_F_ACTIVE 2     /* the slot is configured (array slots always exist) */
@@ -263,7 +265,7 @@ _Static_assert(sizeof(struct worker_slot) == 20, "worker_slot layout");
 _Static_assert(sizeof(struct placement_key) == 8, "placement_key layout");
 _Static_assert(sizeof(struct eni) == 20, "eni layout");
 _Static_assert(sizeof(struct eni_cache_slot) == 28, "eni_cache_slot layout");
-_Static_assert(sizeof(struct vpc) == 28, "vpc layout");
+_Static_assert(sizeof(struct vpc) == 32, "vpc layout");
 _Static_assert(sizeof(struct sg_key) == 16, "sg_key layout");
 _Static_assert(sizeof(struct flow_key) == 16, "flow_key layout");
 _Static_assert(sizeof(struct flow) == 64, "flow layout");

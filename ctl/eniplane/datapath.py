@@ -255,10 +255,11 @@ class Datapath:
 
     # ---- VPC attachments -------------------------------------------------------------------
     def set_vpc(self, ifindex: int, vpc_idx: int, gateway_ip: str, if_mac: str, tx_slot: int,
-                gateway_mac: str | None = None) -> None:
+                gateway_mac: str | None = None, mtu: int = 0) -> None:
         """vpcs[vpc_idx] and vpc_ifs[ifindex]. `gateway_mac` pins the gateway's MAC (static);
         without it a MAC already known for the same gateway is kept (learned MACs are kept
-        until `vpc relearn`), else the datapath learns it from the gateway's first ARP."""
+        until `vpc relearn`), else the datapath learns it from the gateway's first ARP. `mtu`
+        is the interface's (0: unknown), which bounds the MSS that SYNs may announce."""
         m = self.map("vpcs")
         old = m.lookup(vpc_idx)
         flags = VPC_F_ACTIVE
@@ -274,7 +275,7 @@ class Datapath:
         self.set_tx_port(tx_slot, ifindex)
         m.update(vpc_idx, {"ifindex": ifindex, "gateway_ip": gateway_ip,
                            "gateway_mac": gateway_mac or NO_MAC, "if_mac": if_mac,
-                           "flags": flags, "tx_slot": tx_slot})
+                           "flags": flags, "tx_slot": tx_slot, "mtu": mtu})
         self._map_if(ifindex, vpc_idx)
 
     def relearn_gateway(self, vpc_idx: int) -> None:

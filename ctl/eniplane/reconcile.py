@@ -71,9 +71,10 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
             old = vpcs_map.get(v.idx)
             if (not old or old["ifindex"] != info["ifindex"] or old["gateway_ip"] != v.gateway
                     or old["tx_slot"] != info["slot"] or old["if_mac"] != info["mac"]
+                    or old["mtu"] != (info["mtu"] or 0)
                     or not _static_as_stored(dp.gateway(v.idx), v.gateway_mac)):
                 dp.set_vpc(info["ifindex"], v.idx, v.gateway, info["mac"], info["slot"],
-                           gateway_mac=v.gateway_mac)
+                           gateway_mac=v.gateway_mac, mtu=info["mtu"] or 0)
                 rep.bump("VPCs programmed")
             if dp.gateway(v.idx)["mac"] is None:
                 try:

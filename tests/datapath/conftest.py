@@ -100,7 +100,8 @@ def make_env(lab, node_name: str) -> Env:
     for slot, (v, idx, gw) in enumerate([("a", 1, GW_A), ("b", 2, GW_B)], start=1):
         info = netlink.link_get(lab.node_ns, lab.vpc_if(v))
         e.vpc_if[lab.vpc_if(v)] = info
-        dp.set_vpc(info["ifindex"], idx, "10.0.0.1", info["mac"], slot, gateway_mac=gw)
+        dp.set_vpc(info["ifindex"], idx, "10.0.0.1", info["mac"], slot, gateway_mac=gw,
+                   mtu=info["mtu"])
     dp.add_worker(WORKER)
     dp.set_eni(VNI_A, 1, 1, ENI_A)
     dp.set_eni(VNI_B, 2, 2, ENI_B)
