@@ -143,7 +143,7 @@ def down(keep_maps: bool = typer.Option(False, "--keep-maps",
 
 @app.command()
 def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Programs, hook and mode per interface, and each map's fill level."""
+    """Programs, hook, mode, MTU and MSS clamp per interface, and each map's fill level."""
     from . import node as nodemod
 
     st = nodemod.status(node)
@@ -151,9 +151,11 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     def render(d: dict) -> None:
         output.info(f"node {d['node']}  namespace {d['netns'] or '-'}  fabric {d['fabric_if']} "
                     f"{d['fabric_ip']}")
-        output.table("interfaces", ["interface", "program", "hook", "mode", "prog id", "attached"],
+        output.table("interfaces", ["interface", "program", "hook", "mode", "prog id", "attached",
+                                    "mtu", "mss clamp"],
                      [(i["ifname"], i["program"], i["hook"], i["mode"], i["prog_id"],
-                       "yes" if i["attached"] else "NO") for i in d["interfaces"]])
+                       "yes" if i["attached"] else "NO", i.get("mtu") or "-",
+                       i.get("mss_clamp") or "-") for i in d["interfaces"]])
         output.table("maps", ["map", "type", "entries", "max", "fill"],
                      [(m["name"], m["type"], m["entries"], m["max_entries"],
                        f"{m['fill'] * 100:.1f}%") for m in d["maps"]])

@@ -278,6 +278,20 @@ class Datapath:
                            "flags": flags, "tx_slot": tx_slot, "mtu": mtu})
         self._map_if(ifindex, vpc_idx)
 
+    def mss_clamps(self) -> dict[int, int]:
+        """The MSS that SYNs and SYN/ACKs through each VPC's interface may announce, by ifindex:
+        mss_of in eniplane.c (the smaller of the interface's MTU and the fabric's less 50 bytes
+        of tunnel headers, less 40; never below 536). tests/datapath/test_mss.py holds the two
+        equal."""
+        fabric = (self.config() or {}).get("fabric_mtu", 0)
+        tunnel = fabric - 50 if fabric > 50 + 40 else 1500
+        out = {}
+        for _, v in self.map("vpcs").items():
+            if v["flags"] & VPC_F_ACTIVE:
+                mtu = min(v["mtu"], tunnel) if v["mtu"] else tunnel
+                out[v["ifindex"]] = mtu - 40 if mtu > 40 + 536 else 536
+        return out
+
     def relearn_gateway(self, vpc_idx: int) -> None:
         """Adopt the next MAC the VPC's gateway shows in ARP (`vpc relearn`); the MAC known so
         far stays in use until then."""

@@ -230,15 +230,22 @@ def status(node: str) -> dict:
             pinned[name] = bpfsys.prog_info(fd).id
         finally:
             os.close(fd)
+    from .datapath import Datapath
+
+    with Datapath(node) as dp:
+        clamps = dp.mss_clamps()
     ifaces = []
     for ifname, entry in rec.interfaces.items():
         row = {"ifname": ifname, "program": entry["program"], "hook": "xdp",
-               "mode": entry["mode"], "attached": False, "prog_id": 0}
+               "mode": entry["mode"], "attached": False, "prog_id": 0, "mtu": None,
+               "mss_clamp": None}
         try:
             info = netlink.link_get(rec.netns, ifname)
             row["prog_id"] = info["xdp_prog_id"]
             row["mode"] = info["xdp_mode"] or entry["mode"]
             row["attached"] = info["xdp_prog_id"] == pinned[entry["program"]]
+            row["mtu"] = info["mtu"]
+            row["mss_clamp"] = clamps.get(info["ifindex"])
         except NotFound:
             row["error"] = "interface not found"
         ifaces.append(row)

@@ -76,6 +76,21 @@ def test_the_tunnel_bounds_it_when_the_vpc_link_is_larger(env, vpc_mtu):
     fabric = env.dp.config()["fabric_mtu"]
     got, out, _ = env.run("xdp_fabric", bytes(syn(39020, [("MSS", 8960)])))
     assert got == "REDIRECT" and mss_of(Ether(out)) == fabric - 50 - 40 and checksums_hold(out)
+    assert env.dp.mss_clamps()[env.vpc_if["vpca"]["ifindex"]] == fabric - 90  # what status says
+
+
+@pytest.mark.parametrize("vpc, fabric", [(1400, 3000), (0, 1400), (9000, 600), (1500, 1500)])
+def test_status_says_what_the_datapath_clamps_to(env, vpc_mtu, vpc, fabric):
+    """Datapath.mss_clamps (what `status` shows) against the datapath's own clamp."""
+    cfg = env.dp.config()
+    vpc_mtu(vpc)
+    env.dp.map("config").update(0, {**cfg, "fabric_mtu": fabric})
+    try:
+        got, out, _ = env.run("xdp_fabric", bytes(syn(39050 + vpc % 7 + fabric % 11,
+                                                      [("MSS", 65000)])))
+        assert mss_of(Ether(out)) == env.dp.mss_clamps()[env.vpc_if["vpca"]["ifindex"]]
+    finally:
+        env.dp.map("config").update(0, cfg)
 
 
 def test_a_retransmitted_syn_is_clamped_too_and_other_segments_never(env, vpc_mtu):
