@@ -7,7 +7,10 @@ replies, repeats and collisions actually happen, and steps of the clock: ("time"
 spec {"advance_ns": n} or {"flow": key, "idle_ns": n}, drawn just before a flow's expiry, between
 its expiry and the end of its takeover grace, or after both, so that the RST answer, reopen,
 takeover and the drops of expired flows are all drawn. TCP flows open with a SYN (anything else
-without a flow is answered with a RST); the flags that follow depend on the flow's state.
+without a flow is answered with a RST); the flags that follow depend on the flow's state. ICMP
+errors from the VPC (RFC 792 types 3, 11 and 12) quote what an ENI sent: a flow's forward packet
+(whole or cut to the IPv4 header and 8 bytes), a packet of no flow, one another host sent, a later
+fragment, an echo request, another error, or a quote cut short.
 """
 
 from __future__ import annotations
@@ -216,6 +219,73 @@ class Generator:
         frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + ipv4(remote, eni_addr, proto, pl, ttl)
         return frame, vi["ifindex"]
 
+    # RFC 792 / RFC 1191: what routers report about a datagram (type, code)
+    ERRORS = [(3, c) for c in range(6)] + [(11, 0), (11, 1), (12, 0)]
+
+    def icmp_error(self) -> tuple[bytes, int]:
+        """An ICMP error from the VPC to an ENI address about a datagram the ENI (mostly) sent."""
+        r = self.r
+        flows = list(self.m.rev.items())
+        vpc_idx = r.choice(list(self.vpc_ifs))
+        if flows and r.random() < 0.8:  # about a flow the table holds, live or expired
+            rkey, flow = r.choice(flows)
+            if r.random() < 0.9:
+                vpc_idx = rkey[0]
+            _, eni_addr, remote, nat, rport, proto = rkey
+            if r.random() < 0.08:
+                nat = r.randrange(1024, 65536)  # a port no flow holds, mostly
+        else:
+            proto = r.choice([TCP, UDP, ICMP])
+            eni_addr, remote = r.choice(["10.0.1.4", "10.0.1.5", "10.0.9.9"]), r.choice(REMOTES)
+            nat, rport = r.randrange(1024, 65536), r.choice(DPORTS) if proto != ICMP else 0
+        vi = self.vpc_ifs[vpc_idx]
+        # the quoted datagram, as the ENI's packet left the node (or not quite)
+        qsrc = eni_addr if r.random() < 0.93 else r.choice(["10.0.1.99", "10.0.1.4", "10.0.1.5",
+                                                             ENV_IPS[0]])
+        qproto = proto if r.random() < 0.97 else r.choice([47, TCP, UDP, ICMP])
+        big = r.random() < 0.02  # whole, it no longer fits the tunnel
+        mtu = self.m.cfg.fabric_mtu
+        data = b"q" * (r.randrange(mtu - 80, mtu) if big else r.randrange(0, 40))
+        echo = 8 if r.random() < 0.85 else r.choice([0, 3, 11, 13])  # a quoted ICMP: mostly echo
+        tcp = {"flags": r.choice([F_SYN, F_ACK, F_PSH | F_ACK, F_FIN | F_ACK]),
+               "seq": r.getrandbits(32), "ack": r.getrandbits(32)} if qproto == TCP else {}
+        ql4 = l4(qproto, qsrc, remote, nat, rport, data, echo, udp_csum=r.random() < 0.85, **tcp)
+        k = r.random()
+        qfrag = 0x4000 if k < 0.4 else 0x2000 if k < 0.45 else \
+            r.randrange(1, 0x2000) | r.choice([0, 0x2000]) if k < 0.5 else 0  # later fragments
+        qopts = b"\x01\x01\x01\x00" if r.random() < 0.05 else b""
+        quoted = bytearray(ipv4(qsrc, remote, qproto, ql4, r.choice([63, 1]), qfrag, qopts))
+        if r.random() < 0.03:  # not an IPv4 header as RFC 791 has it
+            quoted[0] = r.choice([0x65, 0x44, 0x40, 0x05])
+        hl = 20 + len(qopts)
+        k = r.random()
+        if k < 0.4:
+            cut = len(quoted)  # whole (RFC 1812 4.3.2.3: as much as fits in 576 bytes)
+        elif k < 0.8:
+            cut = hl + 8  # RFC 792: the header and 64 bits of data
+        elif k < 0.9:
+            cut = hl + r.randrange(8, max(9, len(quoted) - hl + 1))
+        else:
+            cut = r.randrange(0, hl + 8)  # cut short
+        typ, code = r.choice(self.ERRORS)
+        if (typ, code) == (3, 4):
+            rest = struct.pack("!HH", 0, r.choice([1400, 1280, 576, 1500]))  # next-hop MTU
+        elif typ == 12:
+            rest = bytes([r.randrange(20)]) + bytes(3)  # pointer
+        else:
+            rest = bytes(4) if r.random() < 0.9 else bytes(r.randrange(256) for _ in range(4))
+        msg = bytearray(bytes([typ, code, 0, 0]) + rest + bytes(quoted[:cut]))
+        struct.pack_into("!H", msg, 2, checksum(bytes(msg)))
+        router = r.choice([GATEWAY_IP, remote, "10.0.0.254"])
+        ttl = 1 if r.random() < 0.02 else 64
+        frag = 0x2000 if r.random() < 0.02 else 0
+        opts = b"\x01\x01\x01\x00" if r.random() < 0.03 else b""
+        frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + \
+            ipv4(router, eni_addr, ICMP, bytes(msg), ttl, frag, opts)
+        if r.random() < 0.03:
+            frame += bytes(r.randrange(1, 12))  # Ethernet padding after the datagram
+        return frame, vi["ifindex"]
+
     def vpc_arp(self) -> tuple[bytes, int]:
         r = self.r
         vpc_idx = r.choice(list(self.vpc_ifs))
@@ -243,8 +313,11 @@ class Generator:
             d, f, i = "fabric", self.forward(), 0
         elif k < 0.5:
             d, f, i = "fabric", self.tunnel_arp(), 0
-        elif k < 0.8:
+        elif k < 0.7:
             f, i = self.reply()
+            d = "vpc"
+        elif k < 0.8:
+            f, i = self.icmp_error()
             d = "vpc"
         else:
             f, i = self.vpc_arp()

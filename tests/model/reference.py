@@ -1,12 +1,14 @@
 """A reference model of the eniplane datapath, in pure Python, written from the specification:
 RFC 7348 (VXLAN), RFC 8926 (GENEVE), RFC 791/793/768/792 (IPv4, TCP, UDP, ICMP), RFC 1624
-(incremental checksum update), AWS security-group semantics and the datapath issue's text.
+(incremental checksum update), RFC 5508 (NAT behaviour for ICMP), AWS security-group semantics
+and the datapath issues' text.
 
 Contract: given the configuration, the flows so far and the time, `fabric(frame, now)` and
 `vpc(frame, ifindex, now, udp_sport)` say what must happen to one packet: the verdict, the output
 frame, the counters that move and the flow-table change. The flow lifecycle (TCP state, idle
 timeouts, the RST answer, reopen, takeover of a claimable entry, per-ENI limits) follows issue 13
-and RFC 793 / RFC 5382. The SNAT port is predicted: the caller gives the order of a flow's port
+and RFC 793 / RFC 5382. ICMP errors from the VPC about a live flow's packet (issue 14) go back to
+its environment translated as RFC 5508 REQ-3/4 asks. The SNAT port is predicted: the caller gives the order of a flow's port
 probe (`probe`, RFC 6056 algorithm 3 with the node's secret) and the model walks it. Where the
 kernel may choose freely (the tunnel's UDP source port), the caller passes the choice in and the
 model checks it against the rule. The model keeps its own flow tables; it never reads the kernel's.
@@ -21,6 +23,9 @@ from typing import Callable, Iterable
 
 VXLAN_PORT, GENEVE_PORT = 4789, 6081
 TCP, UDP, ICMP = 6, 17, 1
+# RFC 792: the ICMP messages that report a problem with a datagram and quote its head
+ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMPROB, ICMP_ECHO = 3, 11, 12, 8
+ICMP_ERRORS = (ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMPROB)
 ETH_IPV4, ETH_ARP, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x0806, 0x8100, 0x88A8, 0x6558
 PASS, DROP, TX, REDIRECT = "PASS", "DROP", "TX", "REDIRECT"
 # TCP header flags (RFC 793) and the flow states of issue 13 (bits of the flow's `state`)
@@ -51,6 +56,21 @@ def ones_sum(data: bytes) -> int:
 
 def checksum(data: bytes) -> int:
     return ~ones_sum(data) & 0xFFFF
+
+
+def adjusted(check: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3 with m and m' the sums of the whole region the checksum covers, before and
+    after every change (the checksum's own field zeroed in both): a wrong checksum stays exactly
+    as wrong, as the RFC asks of a translator, and no single field needs naming."""
+    s = (~check & 0xFFFF) + (~ones_sum(old) & 0xFFFF) + ones_sum(new)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def zeroed(data: bytes | bytearray, at: int) -> bytes:
+    """`data` with the 16-bit field at `at` set to 0 (a checksum left out of its own sum)."""
+    return bytes(data[:at]) + b"\0\0" + bytes(data[at + 2:])
 
 
 def incremental(check: int, old: bytes, new: bytes) -> int:
@@ -130,6 +150,7 @@ class Result:
     extra: dict[str, int] = field(default_factory=dict)  # informational counters
     flow: tuple | None = None          # the forward key the packet belongs to
     new_flow: bool = False
+    refreshed: bool = True             # the packet set its flow's last-seen time
 
 
 @dataclass
@@ -285,6 +306,13 @@ class Model:
     def _ip_l4(self, p: bytes, off: int, echo_type: int, names: dict[str, str]):
         """The IPv4 and L4 checks both directions share (RFC 791: fragments carry no ports,
         TTL 1 cannot be forwarded); `names` are the side's counters. (ip, l4) or (Result, None)."""
+        ip, off = self._ip(p, off, names)
+        if isinstance(ip, Result):
+            return ip, None
+        return self._l4_of(p, ip, off, echo_type, names)
+
+    def _ip(self, p: bytes, off: int, names: dict[str, str]):
+        """The IPv4 checks: (ip, offset after its header) or (Result, None)."""
         ip, off = self._ipv4(p, off)
         if isinstance(ip, str):
             return Result(DROP, names[ip]), None
@@ -292,6 +320,9 @@ class Model:
             return Result(DROP, names["fragment"]), None
         if ip["ttl"] <= 1:
             return Result(DROP, "drop_ttl_expired"), None
+        return ip, off
+
+    def _l4_of(self, p: bytes, ip: dict, off: int, echo_type: int, names: dict[str, str]):
         st, l4 = self._l4(p, off, ip["proto"], echo_type)
         if st != "ok":
             return Result(DROP, {"truncated": names["truncated"], "icmp": "drop_icmp_unsupported",
@@ -637,9 +668,14 @@ class Model:
         eni = cfg.eni_at(vpc.idx, dst)
         if eni is None:
             return Result(PASS, "pass_vpc_not_eni")
-        ip, l4 = self._ip_l4(p, 14, 0, {"truncated": "drop_vpc_malformed",
-                                        "invalid": "drop_vpc_malformed",
-                                        "fragment": "drop_vpc_fragment"})
+        names = {"truncated": "drop_vpc_malformed", "invalid": "drop_vpc_malformed",
+                 "fragment": "drop_vpc_fragment"}
+        ip, off = self._ip(p, 14, names)
+        if isinstance(ip, Result):
+            return ip
+        if ip["proto"] == ICMP and len(p) > off and p[off] in ICMP_ERRORS:
+            return self._icmp_error(p, vpc, ip, off, now, udp_sport)
+        ip, l4 = self._l4_of(p, ip, off, 0, names)
         if isinstance(ip, Result):
             return ip
         proto = ip["proto"]
@@ -673,6 +709,15 @@ class Model:
         struct.pack_into("!H", q, 24, ck)
         self._l4_rewrite(q, l4, 0, proto, old_dst, env_b, "dport" if proto != ICMP else "id",
                          flow.key[4])
+        extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
+        return Result(REDIRECT, "rev_established", self._encap(flow, q, udp_sport), extra,
+                      flow.key)
+
+    def _encap(self, flow: Flow, q: bytearray, udp_sport: Callable[[Flow], int]) -> bytes:
+        """The translated frame `q` towards the flow's environment: inner MACs, then the tunnel
+        the flow came by, to its worker, with the flow's VNI."""
+        cfg = self.cfg
+        worker = flow.key[0]
         q[0:6] = flow.env_mac
         q[6:12] = mac2b(cfg.gateway_mac)
         sp = udp_sport(flow)
@@ -691,8 +736,86 @@ class Model:
         outer = (self.worker_mac.get(worker, bytes(6)) + mac2b(cfg.fabric_mac) +
                  self.worker_tags.get(worker, b"") + struct.pack("!H", ETH_IPV4) + bytes(outer_ip) +
                  struct.pack("!HHHH", sp, dport, total - 20, 0) + th)
-        extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
-        return Result(REDIRECT, "rev_established", outer + bytes(q), extra, flow.key)
+        return outer + bytes(q)
+
+    def _icmp_error(self, p: bytes, vpc: Vpc, ip: dict, off: int, now: int,
+                    udp_sport: Callable[[Flow], int]) -> Result:
+        """An ICMP error (RFC 792: destination unreachable, time exceeded, parameter problem)
+        sent to an ENI address, `off` at its ICMP header. It quotes the head of the datagram it
+        is about; for a datagram the ENI sent, that is a flow's forward packet after SNAT (source:
+        the ENI and the flow's port), so the quote names the flow as a reply would, roles swapped.
+        RFC 5508 REQ-3/4: the error then reaches the environment as if about its own packet.
+        Bounds are the frame's, as everywhere in the datapath (padding after a short IPv4 total
+        length counts as quote)."""
+        cfg = self.cfg
+        eni_addr = ip["dst"]
+        malformed = Result(DROP, "drop_icmp_error_malformed")
+        no_flow = Result(DROP, "drop_icmp_error_no_flow")
+        # RFC 792: an 8-byte ICMP header, then the quoted IPv4 header and 64 bits of its data
+        q = off + 8
+        if len(p) < q + 20 or p[q] >> 4 != 4 or p[q] & 0xF < 5:
+            return malformed
+        ql4 = q + (p[q] & 0xF) * 4
+        if len(p) < ql4 + 8:
+            return malformed
+        qproto = p[q + 9]
+        qdst = str(ipaddress.IPv4Address(p[q + 16:q + 20]))
+        # only the ENI's own datagram, and only the piece of it that carried the ports
+        if p[q + 12:q + 16] != ip2b(eni_addr) or struct.unpack_from("!H", p, q + 6)[0] & 0x1FFF:
+            return no_flow
+        if qproto in (TCP, UDP):
+            port_at = ql4
+            nat, rport = struct.unpack_from("!HH", p, ql4)
+            check_at = ql4 + (6 if qproto == UDP else 16)
+        elif qproto == ICMP and p[ql4] == ICMP_ECHO and p[ql4 + 1] == 0:
+            # an echo request's identifier is its flow's port (RFC 5508 3.1), no remote port;
+            # errors are never about errors (RFC 1122 3.2.2), nor about replies
+            port_at = ql4 + 4
+            nat, rport = struct.unpack_from("!H", p, port_at)[0], 0
+            check_at = ql4 + 2
+        else:
+            return no_flow
+        flow = self.rev.get((vpc.idx, eni_addr, qdst, nat, rport, qproto))
+        if flow is None or not live(cfg, flow, now):
+            return no_flow
+        if flow.key[0] not in cfg.workers:
+            return Result(DROP, "drop_unknown_worker")
+        if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
+            return Result(DROP, "drop_fabric_mtu")
+        env_b = ip2b(flow.key[2])
+        new = bytearray(p)
+        # the outer header: to the environment, one hop less
+        new[30:34] = env_b
+        new[22] -= 1
+        o_end = 14 + ip["ihl"]
+        struct.pack_into("!H", new, 24, adjusted(struct.unpack_from("!H", p, 24)[0],
+                                                 zeroed(p[14:o_end], 10),
+                                                 zeroed(new[14:o_end], 10)))
+        # the quote: the environment's own datagram, its source and port put back
+        new[q + 12:q + 16] = env_b
+        struct.pack_into("!H", new, port_at, flow.key[4])
+        struct.pack_into("!H", new, q + 10, adjusted(struct.unpack_from("!H", p, q + 10)[0],
+                                                     zeroed(p[q:ql4], 10),
+                                                     zeroed(new[q:ql4], 10)))
+        # its transport checksum, when the quote carries it: TCP's and UDP's cover the
+        # addresses (RFC 793/768 pseudo header), an echo's only the message; UDP's 0 means none
+        check = struct.unpack_from("!H", p, check_at)[0] if len(p) >= check_at + 2 else None
+        if check is not None and not (qproto == UDP and check == 0):
+            pseudo = (lambda b: bytes(b[q + 12:q + 20]) + bytes([0, qproto])) \
+                if qproto != ICMP else (lambda b: b"")
+            c = adjusted(check, pseudo(p) + zeroed(p[ql4:], check_at - ql4),
+                         pseudo(new) + zeroed(new[ql4:], check_at - ql4))
+            struct.pack_into("!H", new, check_at, 0xFFFF if qproto == UDP and c == 0 else c)
+        # RFC 792: the ICMP checksum covers the whole message, whatever changed in it
+        struct.pack_into("!H", new, off + 2, adjusted(struct.unpack_from("!H", p, off + 2)[0],
+                                                      zeroed(p[off:], 2),
+                                                      zeroed(new[off:], 2)))
+        # reported to the flow's counters, but it is not the flow's traffic: no sign of life
+        flow.rx_packets += 1
+        flow.rx_bytes += len(p)
+        extra = {"eni:rx_packets": 1, "eni:rx_bytes": len(p)}
+        return Result(REDIRECT, "rev_icmp_error", self._encap(flow, new, udp_sport), extra,
+                      flow.key, refreshed=False)
 
     def _vpc_arp(self, p: bytes, vpc: Vpc) -> Result:
         if len(p) < 14 + 28:

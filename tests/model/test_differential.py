@@ -37,8 +37,8 @@ def test_kernel_and_model_agree(harness, seed, length):
 
 def test_long_flowing_sequence_covers_every_path(harness):
     """One long sequence, the clock moving between packets: the model must have seen new,
-    established, reopened and taken-over flows, replies and replies to expired flows, RST answers,
-    denials, exhaustion, per-ENI limits, ARP both ways and malformed frames, so agreement means
+    established, reopened and taken-over flows, replies and replies to expired flows, ICMP errors
+    about live flows and about none, malformed ones, RST answers, denials, exhaustion, per-ENI limits, ARP both ways and malformed frames, so agreement means
     something. The invariants are checked along the way, not only at the end."""
     for attempt in range(2):
         harness.reset()
@@ -58,5 +58,6 @@ def test_long_flowing_sequence_covers_every_path(harness):
     assert {"fwd_new_flow", "fwd_established", "rev_established", "drop_sg_denied",
             "drop_port_exhausted", "drop_no_flow", "tx_arp_tunnel", "tx_arp_vpc",
             "drop_unknown_vni", "pass_vpc_not_eni", "tx_tcp_rst", "drop_tcp_no_flow",
-            "drop_flow_expired", "drop_flow_limit", "flow_reopened", "flow_takeover"} <= seen, \
+            "drop_flow_expired", "drop_flow_limit", "flow_reopened", "flow_takeover",
+            "rev_icmp_error", "drop_icmp_error_no_flow", "drop_icmp_error_malformed"} <= seen, \
         sorted(seen)
