@@ -316,6 +316,12 @@ static __always_inline int eni_full(__u32 eni_idx, __u32 limit)
     return (__s64)(*added - *removed) >= (__s64)limit;
 }
 
+/* RFC 792's error messages: destination unreachable, time exceeded, parameter problem. */
+static __always_inline int icmp_is_error(__u8 type)
+{
+    return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
+}
+
 /* A SYN without ACK or RST: the one TCP segment that opens a connection. */
 static __always_inline int tcp_opens(__u8 flags)
 {
@@ -839,19 +845,50 @@ static __always_inline __u32 fabric_front(struct xdp_md *ctx, struct stats *st,
     return parse_inner_ip(&c, &p->iip, &p->l4);
 }
 
-/* Stages 6-7 for a packet whose flow and port are settled: SNAT onto the ENI (source address
- * and port, checksums, TTL, MACs), strip the outer headers, redirect into the VPC. Returns the
- * reason, `reason` when all went well. */
-static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct fabric_pkt *p, __u32 vpc_idx,
-                                       __u32 eni_idx, ipv4_t eni_addr, __be16 nat_port,
-                                       __u32 reason, int *action)
+/* The ENI's VPC, if a packet can go into it: 0, or the reason it cannot. */
+static __always_inline __u32 vpc_ready(__u32 vpc_idx, struct vpc **out)
 {
-    *action = XDP_DROP;
     struct vpc *vpc = vpcs.lookup(&vpc_idx);
     if (!vpc || !(vpc->flags & VPC_F_ACTIVE))
         return STAT_drop_no_vpc;
     if (!(vpc->flags & VPC_F_GW_MAC))
         return STAT_drop_no_gateway_mac;
+    *out = vpc;
+    return 0;
+}
+
+/* Stage 7 for a translated packet: the VPC's MACs, the ENI's counters, the outer headers
+ * stripped, redirected into the VPC. Returns `reason` when all went well. */
+static __always_inline __u32 vpc_emit(struct xdp_md *ctx, struct fabric_pkt *p, struct vpc *vpc,
+                                      __u32 eni_idx, __u32 reason, int *action)
+{
+    mac_copy(p->ieth->h_dest, vpc->gateway_mac);
+    mac_copy(p->ieth->h_source, vpc->if_mac);
+    struct eni_stats *es = eni_stats_of(eni_idx);
+    if (es) {
+        es->tx_packets++;
+        es->tx_bytes += p->bytes;
+    }
+    __u32 egress = vpc->tx_slot;
+    void *data = (void *)(long)ctx->data;
+    if (bpf_xdp_adjust_head(ctx, (int)(p->inner - data)))
+        return STAT_drop_adjust_failed;
+    *action = tx_ports.redirect_map(egress, XDP_DROP);
+    return *action == XDP_REDIRECT ? reason : STAT_drop_no_tx_port;
+}
+
+/* Stages 6-7 for a packet whose flow and port are settled: SNAT onto the ENI (source address
+ * and port, checksums, TTL), then into the VPC. Returns the reason, `reason` when all went
+ * well. */
+static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct fabric_pkt *p, __u32 vpc_idx,
+                                       __u32 eni_idx, ipv4_t eni_addr, __be16 nat_port,
+                                       __u32 reason, int *action)
+{
+    *action = XDP_DROP;
+    struct vpc *vpc = NULL;
+    __u32 bad = vpc_ready(vpc_idx, &vpc);
+    if (bad || !vpc)
+        return bad ?: STAT_drop_no_vpc;
 
     struct iphdr *iip = p->iip;
     __be16 *sport = p->l4.sport;
@@ -862,21 +899,7 @@ static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct fabric_pkt *p,
     ipv4_dec_ttl(iip);
     l4_csum_fix(iip->protocol, p->l4.check, old_src, eni_addr, old_port, nat_port);
     *sport = nat_port;
-    mac_copy(p->ieth->h_dest, vpc->gateway_mac);
-    mac_copy(p->ieth->h_source, vpc->if_mac);
-
-    struct eni_stats *es = eni_stats_of(eni_idx);
-    if (es) {
-        es->tx_packets++;
-        es->tx_bytes += p->bytes;
-    }
-
-    __u32 egress = vpc->tx_slot;
-    void *data = (void *)(long)ctx->data;
-    if (bpf_xdp_adjust_head(ctx, (int)(p->inner - data)))
-        return STAT_drop_adjust_failed;
-    *action = tx_ports.redirect_map(egress, XDP_DROP);
-    return *action == XDP_REDIRECT ? reason : STAT_drop_no_tx_port;
+    return vpc_emit(ctx, p, vpc, eni_idx, reason, action);
 }
 
 /* The ENI behind a VNI, and the start of its flows' key. */
@@ -911,6 +934,28 @@ static __always_inline __u32 port_range(struct eni *eni)
     return (lo && hi >= lo) ? hi - lo + 1 : 0;
 }
 
+/* An environment's ICMP packet that is not an echo request: an error (RFC 792) goes on to
+ * xdp_fabric_icmp, with where its headers are; anything else is unsupported. */
+static __always_inline __u32 icmp_error_call(struct xdp_md *ctx, struct fabric_pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u8 *l4 = (void *)p->iip + p->iip->ihl * 4;
+    if ((void *)(l4 + 1) > data_end || !icmp_is_error(l4[0]))
+        return STAT_drop_icmp_unsupported;
+    __u32 k0 = 0;
+    struct open_scratch *os = open_scratch.lookup(&k0);
+    if (!os)
+        return STAT_drop_tail_call;
+    os->oip_off = (void *)p->t.oip - data;
+    os->oudp_off = (void *)p->t.oudp - data;
+    os->inner_off = p->inner - data;
+    os->l4_off = (void *)l4 - data;
+    os->now = coarse_now();
+    fabric_calls.call(ctx, FABRIC_CALL_ICMP);
+    return STAT_drop_tail_call; /* only reached when the tail call failed */
+}
+
 /* xdp_fabric: the established path whole, and the stages before it. Anything else that an
  * environment sends (a new flow, an expired one, a TCP segment with no live flow) goes on to
  * xdp_fabric_open by a tail call: the verifier then walks each program on its own, where one
@@ -928,6 +973,10 @@ int xdp_fabric(struct xdp_md *ctx)
         goto out;
     struct fabric_pkt p;
     reason = fabric_front(ctx, st, cfg, &p, 1, &action);
+    if (reason == STAT_drop_icmp_unsupported) {
+        reason = icmp_error_call(ctx, &p); /* an environment's ICMP error: xdp_fabric_icmp */
+        goto out;
+    }
     if (reason)
         goto out;
 
@@ -1272,11 +1321,6 @@ struct icmp_err {
     __u8 proto;
 };
 
-static __always_inline int icmp_is_error(__u8 type)
-{
-    return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
-}
-
 /* The quoted packet of an ICMP error sent to `ip->daddr`: 0 with `ie` filled, or the reason. */
 static __always_inline __u32 icmp_error_parse(struct cursor *c, struct iphdr *ip,
                                               struct icmp_err *ie)
@@ -1348,6 +1392,111 @@ static __always_inline void icmp_error_translate(struct iphdr *ip, struct icmp_e
         ic = csum_replace2(ic, old, *check);
     }
     ie->ih->checksum = ic;
+}
+
+/* xdp_fabric_icmp (entered only by xdp_fabric's tail call, never attached): an ICMP error
+ * that an environment sends about a packet it received from the VPC, say port unreachable for
+ * a UDP reply. The quote is that reply as the environment saw it (remote -> environment); the
+ * flow is the one the environment's own packets to that remote use, found by the same probe
+ * walk. RFC 5508 REQ-3/4 the other way: the error leaves from the ENI address, quoting the
+ * packet as the VPC sent it (to the ENI address and the flow's port), every checksum right. */
+int xdp_fabric_icmp(struct xdp_md *ctx)
+{
+    __u32 reason = STAT_drop_tail_call;
+    int action = XDP_DROP;
+    __u32 k0 = 0;
+
+    struct stats *st = stats.lookup(&k0);
+    struct node_cfg *cfg = config.lookup(&k0);
+    struct open_scratch *os = open_scratch.lookup(&k0);
+    if (!cfg || !os)
+        goto out;
+    struct fabric_pkt p;
+    reason = fabric_again(ctx, os, &p);
+    if (reason)
+        goto out;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct icmphdr *ih = data + (os->l4_off & 0x3FF);
+    struct iphdr *eip = (void *)(ih + 1);
+    if ((void *)(eip + 1) > data_end || eip->version != 4 || eip->ihl < 5) {
+        reason = STAT_drop_icmp_error_malformed;
+        goto out;
+    }
+    __u8 *el4 = (void *)eip + eip->ihl * 4;
+    if ((void *)(el4 + 8) > data_end) {
+        reason = STAT_drop_icmp_error_malformed;
+        goto out;
+    }
+    struct iphdr *iip = p.iip;
+    ipv4_t env = iip->saddr;
+    __u8 proto = eip->protocol;
+    /* A packet the environment received, with its ports (TCP or UDP, not a later fragment). */
+    if (eip->daddr != env || (eip->frag_off & bpf_htons(0x1FFF)) ||
+        (proto != IPPROTO_TCP && proto != IPPROTO_UDP)) {
+        reason = STAT_drop_icmp_error_no_flow;
+        goto out;
+    }
+    struct eni *eni = eni_of(cfg, p.t.vni);
+    if (!eni) {
+        reason = STAT_drop_unknown_vni;
+        goto out;
+    }
+    __be16 env_port = *(__be16 *)(el4 + 2);
+    struct flow_key fk;
+    __builtin_memset(&fk, 0, sizeof(fk));
+    fk.vpc_idx = eni->vpc_idx;
+    fk.proto = proto;
+    fk.eni_addr = eni->addr;
+    fk.remote = eip->saddr;
+    fk.remote_port = *(__be16 *)el4;
+    __u32 lo = eni->port_lo;
+    __u32 range = port_range(eni);
+    __u32 start = ((__u64)port_hash(cfg->port_secret, p.t.oip->saddr, p.t.vni, env, env_port,
+                                    fk.remote, fk.remote_port, proto) * range) >> 32;
+    struct probe pr;
+    flow_walk(&fk, flow_guard.lookup(&k0), lo, range, start, p.t.oip->saddr, p.t.vni, env,
+              env_port, &pr);
+    if (!pr.f || !flow_live(cfg, proto, pr.f->state, pr.seen, os->now)) {
+        reason = STAT_drop_icmp_error_no_flow;
+        goto out;
+    }
+    struct vpc *vpc = NULL;
+    reason = vpc_ready(eni->vpc_idx, &vpc);
+    if (reason || !vpc) {
+        reason = reason ?: STAT_drop_no_vpc;
+        goto out;
+    }
+
+    ipv4_t eni_addr = eni->addr;
+    __be16 nat_port = fk.eni_port;
+    iip->saddr = eni_addr;
+    iip->check = csum_replace4(iip->check, env, eni_addr);
+    ipv4_dec_ttl(iip);
+    __u16 ic = ih->checksum;
+    __u16 old_ech = eip->check;
+    eip->daddr = eni_addr;
+    eip->check = csum_replace4(old_ech, env, eni_addr);
+    ic = csum_replace4(ic, env, eni_addr);
+    ic = csum_replace2(ic, old_ech, eip->check);
+    *(__be16 *)(el4 + 2) = nat_port;
+    ic = csum_replace2(ic, env_port, nat_port);
+    __u16 *check = NULL;
+    if (proto == IPPROTO_UDP)
+        check = (__u16 *)(el4 + 6);
+    else if ((void *)(el4 + 18) <= data_end) /* TCP's checksum, if the error quotes it */
+        check = (__u16 *)(el4 + 16);
+    if (check && (void *)(check + 1) <= data_end) {
+        __u16 old = *check;
+        l4_csum_fix(proto, check, env, eni_addr, env_port, nat_port);
+        ic = csum_replace2(ic, old, *check);
+    }
+    ih->checksum = ic;
+    pr.f->tx_packets++; /* counted with the flow, which it does not keep alive */
+    pr.f->tx_bytes += p.bytes;
+    reason = vpc_emit(ctx, &p, vpc, eni->eni_idx, STAT_fwd_icmp_error, &action);
+out:
+    return record(st, reason, action);
 }
 
 int xdp_vpc(struct xdp_md *ctx)

@@ -41,9 +41,11 @@ BPF_TABLE_PINNED("array", __u32, __u64, eni_flows_removed, MAX_ENIS, PIN_DIR "/e
  * the CPU that made it before anything else can. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct open_scratch, open_scratch, 1,
                  PIN_DIR "/open_scratch");
-/* fabric_calls[FABRIC_CALL_OPEN] = xdp_fabric_open, filled by the loader. */
+/* fabric_calls[FABRIC_CALL_OPEN] = xdp_fabric_open, [FABRIC_CALL_ICMP] = xdp_fabric_icmp,
+ * filled by the loader. */
 #define FABRIC_CALL_OPEN 0
-BPF_TABLE_PINNED("prog", __u32, __u32, fabric_calls, 1, PIN_DIR "/fabric_calls");
+#define FABRIC_CALL_ICMP 1
+BPF_TABLE_PINNED("prog", __u32, __u32, fabric_calls, 2, PIN_DIR "/fabric_calls");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, struct clock_cache, clock, 1, PIN_DIR "/clock");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,

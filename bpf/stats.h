@@ -42,13 +42,14 @@
     X(drop_no_vpc)           /* the ENI's VPC interface is not configured */                     \
     X(drop_no_gateway_mac)   /* the VPC gateway's MAC is not learned yet */                      \
     X(drop_no_tx_port)       /* the egress interface is missing from tx_ports */                 \
-    X(drop_tail_call)        /* xdp_fabric_open missing from fabric_calls (a load went wrong) */ \
+    X(drop_tail_call)        /* a program missing from fabric_calls (a load went wrong) */    \
     X(drop_arp_ignored)      /* ARP in the tunnel that needs no answer (probe, gratuitous, reply) */ \
     X(tx_arp_tunnel)         /* answered an environment's ARP as its gateway */                  \
     X(fwd_new_flow)                                                                              \
     X(fwd_established)                                                                           \
     X(flow_probed)           /* established packet whose flow sits past its probe's first port */ \
     X(flow_insert_race)      /* another CPU created the same flow first: its entry is used */    \
+    X(fwd_icmp_error)        /* an environment's ICMP error about a flow, translated into the VPC */ \
     X(flow_takeover)         /* a new flow took over an expired entry (its port) of another tuple */ \
     X(flow_reopened)         /* a tuple whose flow expired or closed opened it again in place */ \
     /* from the VPCs */                                                                          \

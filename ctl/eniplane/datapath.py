@@ -471,8 +471,9 @@ class Datapath:
             return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now, timeouts)
 
         def still_expired(key: dict, v: dict) -> bool:
-            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"],
-                                        self.now_ns(), timeouts)
+            # the sweep's own start time will do: an entry a packet touched since is newer
+            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now,
+                                        timeouts)
 
         removed, by_state, restored = self._remove_flows(expired, still_expired, swept=True)
         return {"scanned": scanned, "removed": removed, "restored": restored,
@@ -498,11 +499,9 @@ class Datapath:
         touched: set[tuple] = set()
         by_idx: Counter = Counter()
         by_state: Counter = Counter()
-        for k in list(m.keys_raw()):
-            v = m.lookup(k)
-            if v is None:
-                continue
-            key = m.key_codec.decode(k)
+        for k, raw in m.items_raw():  # batches: deleting as it goes never restarts the walk
+            v = m.decode_value(raw)
+            key = m.decode_key(k)
             if not doomed(key, v):
                 held[v["eni_idx"]] += 1
                 continue

@@ -24,10 +24,11 @@ from .errors import LoadError
 
 # eniplane.c's entry points, pinned under these names (tests/unit/test_consts.py holds them equal)
 PROG_FABRIC, PROG_VPC = ATTACHABLE = ("xdp_fabric", "xdp_vpc")
-# Entered only by a tail call from xdp_fabric, through fabric_calls[FABRIC_CALL_OPEN] (maps.h)
-PROG_FABRIC_OPEN = "xdp_fabric_open"
-PROGRAMS = ATTACHABLE + (PROG_FABRIC_OPEN,)
-FABRIC_CALL_OPEN = 0
+# Entered only by tail calls from xdp_fabric, through fabric_calls (maps.h)
+PROG_FABRIC_OPEN, PROG_FABRIC_ICMP = "xdp_fabric_open", "xdp_fabric_icmp"
+PROGRAMS = ATTACHABLE + (PROG_FABRIC_OPEN, PROG_FABRIC_ICMP)
+FABRIC_CALL_OPEN, FABRIC_CALL_ICMP = 0, 1
+FABRIC_CALLS = {FABRIC_CALL_OPEN: PROG_FABRIC_OPEN, FABRIC_CALL_ICMP: PROG_FABRIC_ICMP}
 # consts.h's MAX_FLOWS when no -D gives one: `eniplane up`'s default (tests/unit/test_consts.py)
 DEFAULT_MAX_FLOWS = 262144
 
@@ -183,8 +184,8 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
     # The tail call's target, in the pinned program array: a reload swaps it with the rest.
     calls = bpfsys.obj_get(str(maps_dir / "fabric_calls"))
     try:
-        bpfsys.map_update(calls, FABRIC_CALL_OPEN.to_bytes(4, "little"),
-                          fds[PROG_FABRIC_OPEN].to_bytes(4, "little"))
+        for slot, name in FABRIC_CALLS.items():
+            bpfsys.map_update(calls, slot.to_bytes(4, "little"), fds[name].to_bytes(4, "little"))
     finally:
         os.close(calls)
     bpf.cleanup()  # the pins and attachments keep programs and maps alive

@@ -143,3 +143,59 @@ def test_an_error_for_an_address_that_is_no_enis_goes_to_the_kernel(env):
         IPerror(src="10.0.9.9", dst=SERVER) / UDPerror(sport=1, dport=7)
     got, out, d = env.run("xdp_vpc", bytes(pkt), "vpca")
     assert (got, d.get("pass_vpc_not_eni"), out) == ("PASS", 1, bytes(pkt))
+
+
+# ---- from an environment, about a packet it received from the VPC ----------------------------
+def _env_error(quote: bytes, icmp: ICMP, src=ENV_IP) -> bytes:
+    return bytes(tunnel(Ether(src=ENV_MAC, dst=GATEWAY_MAC) / IP(src=src, dst=SERVER, ttl=64) /
+                        icmp / Raw(quote)))
+
+
+@pytest.mark.parametrize("l4, env_port, quote_bytes", [
+    (UDP(sport=38001, dport=7) / Raw(b"question"), 38001, None),   # port unreachable, whole
+    (TCP(sport=38002, dport=80, flags="S"), 38002, None),
+    (UDP(sport=38003, dport=7) / Raw(b"long answer"), 38003, 28),  # header + 8 bytes only
+], ids=["udp-whole", "tcp-whole", "udp-short"])
+def test_an_environments_error_about_a_reply_reaches_the_vpc_exactly(env, l4, env_port,
+                                                                      quote_bytes):
+    fwd = open_flow(env, l4)
+    nat_port = fwd[IP].payload.sport
+    r4 = (UDP(sport=7, dport=nat_port) / Raw(b"answer") if UDP in fwd else
+          TCP(sport=80, dport=nat_port, flags="SA", seq=9, ack=1))
+    rep = Ether(src=GW_A, dst=env.vpc_if["vpca"]["mac"]) / IP(src=SERVER, dst=ENI_A, ttl=64) / r4
+    got, back, _ = env.run("xdp_vpc", bytes(rep), "vpca")
+    assert got == "REDIRECT"
+    seen = bytes(Ether(back)[VXLAN].payload[IP])  # the reply as the environment got it
+    quote = seen if quote_bytes is None else seen[:quote_bytes]
+    got, out, d = env.run("xdp_fabric", _env_error(quote, ICMP(type=3, code=3)))
+    assert (got, d.get("fwd_icmp_error"), d.get("xdp_redirect")) == ("REDIRECT", 1, 1), d
+    # the VPC sees the error from the ENI, quoting what it sent (to the ENI's address and port)
+    q = IP(bytes(rep[IP]))
+    q.ttl = 63  # the node's hop, as the environment quoted it
+    del q.chksum
+    if quote_bytes is None:
+        del q.payload.chksum
+        qraw = bytes(q)
+    else:
+        qraw = bytes(q)[:quote_bytes]  # the transport checksum as the VPC sent it
+    icmp = bytes([3, 3, 0, 0, 0, 0, 0, 0]) + qraw
+    icmp = icmp[:2] + checksum(icmp).to_bytes(2, "big") + icmp[4:]
+    want = bytes(Ether(src=env.vpc_if["vpca"]["mac"], dst=GW_A) /
+                 IP(src=ENI_A, dst=SERVER, ttl=63, proto=1) / Raw(icmp))
+    assert out == want, (Ether(out).show(dump=True), Ether(want).show(dump=True))
+
+
+def test_an_environments_error_about_nothing_it_received_is_dropped(env):
+    fwd = open_flow(env, UDP(sport=38010, dport=7) / Raw(b"x"))
+    unknown = bytes(IP(src=SERVER, dst=ENV_IP) / UDP(sport=7, dport=38011))  # no such flow
+    other_dst = bytes(IP(src=SERVER, dst="172.16.9.9") / UDP(sport=7, dport=38010))
+    for quote, icmp, reason in (
+            (unknown, ICMP(type=3, code=3), "drop_icmp_error_no_flow"),
+            (other_dst, ICMP(type=3, code=3), "drop_icmp_error_no_flow"),
+            (unknown[:24], ICMP(type=3, code=3), "drop_icmp_error_malformed"),
+            (b"", ICMP(type=11, code=0), "drop_icmp_error_malformed")):
+        got, _, d = env.run("xdp_fabric", _env_error(quote, icmp))
+        assert (got, d.get(reason)) == ("DROP", 1), (reason, d)
+    got, _, d = env.run("xdp_fabric", _env_error(b"", ICMP(type=13)))  # a timestamp request
+    assert (got, d.get("drop_icmp_unsupported")) == ("DROP", 1), d
+    assert fwd  # the flow itself is untouched

@@ -113,9 +113,11 @@ def test_program_names_are_the_entry_points():
     entries = re.findall(r"^[ \t]*int\s+(\w+)\s*\(\s*struct\s+xdp_md\s*\*", src, re.M)
     assert sorted(loader.PROGRAMS) == sorted(entries)
     assert (loader.PROG_FABRIC, loader.PROG_VPC) == loader.ATTACHABLE
-    assert loader.PROGRAMS == loader.ATTACHABLE + (loader.PROG_FABRIC_OPEN,)
-    assert loader.FABRIC_CALL_OPEN == define("FABRIC_CALL_OPEN")
-    assert "fabric_calls.call(ctx, FABRIC_CALL_OPEN)" in c_source()
+    assert loader.PROGRAMS == loader.ATTACHABLE + tuple(loader.FABRIC_CALLS.values())
+    for slot, name in loader.FABRIC_CALLS.items():
+        macro = "FABRIC_CALL_" + name.removeprefix("xdp_fabric_").upper()
+        assert define(macro) == slot
+        assert f"fabric_calls.call(ctx, {macro})" in c_source()
 
 
 def test_flow_lifecycle_is_the_datapaths():
