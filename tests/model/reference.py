@@ -7,8 +7,8 @@ Contract: given the configuration, the flows so far and the time, `fabric(frame,
 `vpc(frame, ifindex, now, udp_sport)` say what must happen to one packet: the verdict, the output
 frame, the counters that move and the flow-table change. The flow lifecycle (TCP state, idle
 timeouts, the RST answer, reopen, takeover of a claimable entry, per-ENI limits) follows issue 13
-and RFC 793 / RFC 5382. ICMP errors from the VPC about a live flow's packet (issue 14) go back to
-its environment translated as RFC 5508 REQ-3/4 asks. The SNAT port is predicted: the caller gives the order of a flow's port
+and RFC 793 / RFC 5382. ICMP errors about a live flow's packet (issue 14) cross the node both
+ways translated as RFC 5508 REQ-3/4 asks. The SNAT port is predicted: the caller gives the order of a flow's port
 probe (`probe`, RFC 6056 algorithm 3 with the node's secret) and the model walks it. Where the
 kernel may choose freely (the tunnel's UDP source port), the caller passes the choice in and the
 model checks it against the rule. The model keeps its own flow tables; it never reads the kernel's.
@@ -303,16 +303,10 @@ class Model:
                       "dport_off": off + 2, "sport": sport, "dport": dport,
                       "flags": p[off + 13] if proto == TCP else 0}
 
-    def _ip_l4(self, p: bytes, off: int, echo_type: int, names: dict[str, str]):
-        """The IPv4 and L4 checks both directions share (RFC 791: fragments carry no ports,
-        TTL 1 cannot be forwarded); `names` are the side's counters. (ip, l4) or (Result, None)."""
-        ip, off = self._ip(p, off, names)
-        if isinstance(ip, Result):
-            return ip, None
-        return self._l4_of(p, ip, off, echo_type, names)
-
     def _ip(self, p: bytes, off: int, names: dict[str, str]):
-        """The IPv4 checks: (ip, offset after its header) or (Result, None)."""
+        """The IPv4 checks both directions share (RFC 791: fragments carry no ports, TTL 1
+        cannot be forwarded); `names` are the side's counters. (ip, offset after its header) or
+        (Result, None)."""
         ip, off = self._ipv4(p, off)
         if isinstance(ip, str):
             return Result(DROP, names[ip]), None
@@ -323,6 +317,7 @@ class Model:
         return ip, off
 
     def _l4_of(self, p: bytes, ip: dict, off: int, echo_type: int, names: dict[str, str]):
+        """The transport header's checks: (ip, l4) or (Result, None)."""
         st, l4 = self._l4(p, off, ip["proto"], echo_type)
         if st != "ok":
             return Result(DROP, {"truncated": names["truncated"], "icmp": "drop_icmp_unsupported",
@@ -429,9 +424,15 @@ class Model:
             return self._tunnel_arp(p, inner, off, udp_off)
         if iet != ETH_IPV4:
             return Result(DROP, "drop_inner_not_ipv4")
-        iip, l4 = self._ip_l4(p, off, 8, {"truncated": "drop_inner_truncated",
-                                          "invalid": "drop_inner_bad_ip",
-                                          "fragment": "drop_inner_fragment"})
+        names = {"truncated": "drop_inner_truncated", "invalid": "drop_inner_bad_ip",
+                 "fragment": "drop_inner_fragment"}
+        iip, off = self._ip(p, off, names)
+        if isinstance(iip, Result):
+            return iip
+        # an ICMP header cut short is the inner packet's truncation here (issue 14's commit)
+        if iip["proto"] == ICMP and len(p) >= off + 8 and p[off] in ICMP_ERRORS:
+            return self._fabric_icmp_error(p, inner, iip, off, worker, vni, now)
+        iip, l4 = self._l4_of(p, iip, off, 8, names)
         if isinstance(iip, Result):
             return iip
         proto = iip["proto"]
@@ -673,6 +674,7 @@ class Model:
         ip, off = self._ip(p, 14, names)
         if isinstance(ip, Result):
             return ip
+        # an ICMP header cut short is the error's malformation here (the spec of issue 14)
         if ip["proto"] == ICMP and len(p) > off and p[off] in ICMP_ERRORS:
             return self._icmp_error(p, vpc, ip, off, now, udp_sport)
         ip, l4 = self._l4_of(p, ip, off, 0, names)
@@ -738,43 +740,82 @@ class Model:
                  struct.pack("!HHHH", sp, dport, total - 20, 0) + th)
         return outer + bytes(q)
 
-    def _icmp_error(self, p: bytes, vpc: Vpc, ip: dict, off: int, now: int,
-                    udp_sport: Callable[[Flow], int]) -> Result:
-        """An ICMP error (RFC 792: destination unreachable, time exceeded, parameter problem)
-        sent to an ENI address, `off` at its ICMP header. It quotes the head of the datagram it
-        is about; for a datagram the ENI sent, that is a flow's forward packet after SNAT (source:
-        the ENI and the flow's port), so the quote names the flow as a reply would, roles swapped.
-        RFC 5508 REQ-3/4: the error then reaches the environment as if about its own packet.
-        Bounds are the frame's, as everywhere in the datapath (padding after a short IPv4 total
-        length counts as quote)."""
-        cfg = self.cfg
-        eni_addr = ip["dst"]
-        malformed = Result(DROP, "drop_icmp_error_malformed")
-        no_flow = Result(DROP, "drop_icmp_error_no_flow")
-        # RFC 792: an 8-byte ICMP header, then the quoted IPv4 header and 64 bits of its data
+    @staticmethod
+    def _quote(p: bytes, off: int) -> dict | str:
+        """The datagram an ICMP error (RFC 792: destination unreachable, time exceeded,
+        parameter problem) quotes, `off` at its ICMP header: 'malformed' unless an IPv4 header
+        and 64 bits of its data follow the 8-byte ICMP header, else its fields. Bounds are the
+        frame's, as everywhere in the datapath (padding after a short IPv4 total length counts as
+        quote)."""
         q = off + 8
         if len(p) < q + 20 or p[q] >> 4 != 4 or p[q] & 0xF < 5:
-            return malformed
+            return "malformed"
         ql4 = q + (p[q] & 0xF) * 4
         if len(p) < ql4 + 8:
-            return malformed
-        qproto = p[q + 9]
-        qdst = str(ipaddress.IPv4Address(p[q + 16:q + 20]))
+            return "malformed"
+        return {"icmp": off, "q": q, "l4": ql4, "proto": p[q + 9], "src": p[q + 12:q + 16],
+                "dst": p[q + 16:q + 20], "later": bool(struct.unpack_from("!H", p, q + 6)[0] &
+                                                       0x1FFF),
+                "sport": struct.unpack_from("!H", p, ql4)[0],
+                "dport": struct.unpack_from("!H", p, ql4 + 2)[0]}
+
+    @staticmethod
+    def _rewrite_error(p: bytes, io: int, qt: dict, outer_at: int, quote_at: int, port_at: int,
+                       addr: bytes, port: int) -> bytearray:
+        """RFC 5508 REQ-3/4: the error as if about the receiver's own datagram. The outer
+        address at `io + outer_at` and the quoted one at `quote_at` (within the quoted header)
+        become `addr`, the quoted port at `port_at` becomes `port`, the outer TTL drops by one,
+        and every checksum involved follows: outer IPv4, quoted IPv4, the quoted transport
+        checksum when the quote carries it (TCP's and UDP's over the RFC 793/768 pseudo header,
+        an echo's over the message only; UDP's 0 means none), and ICMP's over the whole message."""
+        q, ql4, proto, icmp = qt["q"], qt["l4"], qt["proto"], qt["icmp"]
+        new = bytearray(p)
+        new[io + outer_at:io + outer_at + 4] = addr
+        new[io + 8] -= 1
+        new[q + quote_at:q + quote_at + 4] = addr
+        struct.pack_into("!H", new, port_at, port)
+        for start, end, at in ((io, icmp, io + 10), (q, ql4, q + 10)):
+            struct.pack_into("!H", new, at, adjusted(struct.unpack_from("!H", p, at)[0],
+                                                     zeroed(p[start:end], at - start),
+                                                     zeroed(new[start:end], at - start)))
+        check_at = ql4 + {TCP: 16, UDP: 6, ICMP: 2}[proto]
+        check = struct.unpack_from("!H", p, check_at)[0] if len(p) >= check_at + 2 else None
+        if check is not None and not (proto == UDP and check == 0):
+            def pseudo(b):
+                return bytes(b[q + 12:q + 20]) + bytes([0, proto]) if proto != ICMP else b""
+            c = adjusted(check, pseudo(p) + zeroed(p[ql4:], check_at - ql4),
+                         pseudo(new) + zeroed(new[ql4:], check_at - ql4))
+            struct.pack_into("!H", new, check_at, 0xFFFF if proto == UDP and c == 0 else c)
+        struct.pack_into("!H", new, icmp + 2, adjusted(struct.unpack_from("!H", p, icmp + 2)[0],
+                                                       zeroed(p[icmp:], 2),
+                                                       zeroed(new[icmp:], 2)))
+        return new
+
+    def _icmp_error(self, p: bytes, vpc: Vpc, ip: dict, off: int, now: int,
+                    udp_sport: Callable[[Flow], int]) -> Result:
+        """An ICMP error from the VPC to an ENI address. For a datagram the ENI sent, the quote
+        is a flow's forward packet after SNAT (source: the ENI and the flow's port), so it names
+        the flow as a reply would, roles swapped; the error then reaches the environment as if
+        about its own packet."""
+        cfg = self.cfg
+        eni_addr = ip["dst"]
+        qt = self._quote(p, off)
+        if qt == "malformed":
+            return Result(DROP, "drop_icmp_error_malformed")
+        no_flow = Result(DROP, "drop_icmp_error_no_flow")
         # only the ENI's own datagram, and only the piece of it that carried the ports
-        if p[q + 12:q + 16] != ip2b(eni_addr) or struct.unpack_from("!H", p, q + 6)[0] & 0x1FFF:
+        if qt["src"] != ip2b(eni_addr) or qt["later"]:
             return no_flow
+        qproto, ql4 = qt["proto"], qt["l4"]
         if qproto in (TCP, UDP):
-            port_at = ql4
-            nat, rport = struct.unpack_from("!HH", p, ql4)
-            check_at = ql4 + (6 if qproto == UDP else 16)
+            port_at, nat, rport = ql4, qt["sport"], qt["dport"]
         elif qproto == ICMP and p[ql4] == ICMP_ECHO and p[ql4 + 1] == 0:
             # an echo request's identifier is its flow's port (RFC 5508 3.1), no remote port;
             # errors are never about errors (RFC 1122 3.2.2), nor about replies
-            port_at = ql4 + 4
-            nat, rport = struct.unpack_from("!H", p, port_at)[0], 0
-            check_at = ql4 + 2
+            port_at, nat, rport = ql4 + 4, struct.unpack_from("!H", p, ql4 + 4)[0], 0
         else:
             return no_flow
+        qdst = str(ipaddress.IPv4Address(qt["dst"]))
         flow = self.rev.get((vpc.idx, eni_addr, qdst, nat, rport, qproto))
         if flow is None or not live(cfg, flow, now):
             return no_flow
@@ -782,40 +823,55 @@ class Model:
             return Result(DROP, "drop_unknown_worker")
         if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
             return Result(DROP, "drop_fabric_mtu")
-        env_b = ip2b(flow.key[2])
-        new = bytearray(p)
-        # the outer header: to the environment, one hop less
-        new[30:34] = env_b
-        new[22] -= 1
-        o_end = 14 + ip["ihl"]
-        struct.pack_into("!H", new, 24, adjusted(struct.unpack_from("!H", p, 24)[0],
-                                                 zeroed(p[14:o_end], 10),
-                                                 zeroed(new[14:o_end], 10)))
-        # the quote: the environment's own datagram, its source and port put back
-        new[q + 12:q + 16] = env_b
-        struct.pack_into("!H", new, port_at, flow.key[4])
-        struct.pack_into("!H", new, q + 10, adjusted(struct.unpack_from("!H", p, q + 10)[0],
-                                                     zeroed(p[q:ql4], 10),
-                                                     zeroed(new[q:ql4], 10)))
-        # its transport checksum, when the quote carries it: TCP's and UDP's cover the
-        # addresses (RFC 793/768 pseudo header), an echo's only the message; UDP's 0 means none
-        check = struct.unpack_from("!H", p, check_at)[0] if len(p) >= check_at + 2 else None
-        if check is not None and not (qproto == UDP and check == 0):
-            pseudo = (lambda b: bytes(b[q + 12:q + 20]) + bytes([0, qproto])) \
-                if qproto != ICMP else (lambda b: b"")
-            c = adjusted(check, pseudo(p) + zeroed(p[ql4:], check_at - ql4),
-                         pseudo(new) + zeroed(new[ql4:], check_at - ql4))
-            struct.pack_into("!H", new, check_at, 0xFFFF if qproto == UDP and c == 0 else c)
-        # RFC 792: the ICMP checksum covers the whole message, whatever changed in it
-        struct.pack_into("!H", new, off + 2, adjusted(struct.unpack_from("!H", p, off + 2)[0],
-                                                      zeroed(p[off:], 2),
-                                                      zeroed(new[off:], 2)))
+        new = self._rewrite_error(p, 14, qt, 16, 12, port_at, ip2b(flow.key[2]), flow.key[4])
         # reported to the flow's counters, but it is not the flow's traffic: no sign of life
         flow.rx_packets += 1
         flow.rx_bytes += len(p)
         extra = {"eni:rx_packets": 1, "eni:rx_bytes": len(p)}
         return Result(REDIRECT, "rev_icmp_error", self._encap(flow, new, udp_sport), extra,
                       flow.key, refreshed=False)
+
+    def _fabric_icmp_error(self, p: bytes, inner: int, iip: dict, off: int, worker: str,
+                           vni: int, now: int) -> Result:
+        """An ICMP error an environment sends about a datagram it received from the VPC (say
+        port unreachable for a UDP reply), `off` at its ICMP header. The quote is that reply as
+        the environment got it (remote -> environment), so it names the flow the environment's
+        own packets to that remote use, found where they find it; the error goes into the VPC
+        from the ENI address, quoting the datagram as the VPC sent it (RFC 5508 REQ-3/4)."""
+        cfg = self.cfg
+        qt = self._quote(p, off)
+        if qt == "malformed":
+            return Result(DROP, "drop_icmp_error_malformed")
+        env = iip["src"]
+        if qt["dst"] != ip2b(env) or qt["later"] or qt["proto"] not in (TCP, UDP):
+            return Result(DROP, "drop_icmp_error_no_flow")
+        eni = cfg.enis.get(vni)
+        if eni is None:
+            return Result(DROP, "drop_unknown_vni")
+        proto, remote = qt["proto"], str(ipaddress.IPv4Address(qt["src"]))
+        key = (worker, vni, env, remote, qt["dport"], qt["sport"], proto)
+        flow = None
+        for port in self.probe(eni, key):
+            e = self.rev.get((eni.vpc_idx, eni.addr, remote, port, qt["sport"], proto))
+            if e is None or e.key == key:
+                flow = e
+                break
+        if flow is None or not live(cfg, flow, now):
+            return Result(DROP, "drop_icmp_error_no_flow")
+        vpc = cfg.vpcs.get(eni.vpc_idx)
+        if vpc is None:
+            return Result(DROP, "drop_no_vpc")
+        if vpc.gateway_mac is None:
+            return Result(DROP, "drop_no_gateway_mac")
+        new = self._rewrite_error(p, iip["off"], qt, 12, 16, qt["l4"] + 2, ip2b(eni.addr),
+                                  flow.rkey[3])
+        new[inner:inner + 6] = mac2b(vpc.gateway_mac)
+        new[inner + 6:inner + 12] = mac2b(vpc.if_mac)
+        flow.tx_packets += 1  # counted with the flow, which it does not keep alive
+        flow.tx_bytes += len(p) - inner
+        extra = {"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner}
+        return Result(REDIRECT, "fwd_icmp_error", bytes(new[inner:]), extra, flow.key,
+                      refreshed=False)
 
     def _vpc_arp(self, p: bytes, vpc: Vpc) -> Result:
         if len(p) < 14 + 28:

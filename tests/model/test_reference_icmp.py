@@ -85,3 +85,36 @@ def test_an_error_quoting_another_hosts_packet_is_about_no_flow():
     msg = msg[:2] + checksum(msg).to_bytes(2, "big") + msg[4:]
     err = P.eth(IF_MAC, GW_MAC, P.ETH_IPV4) + P.ipv4(P.GATEWAY_IP, ENI, 1, msg)
     assert m.vpc(err, IFINDEX, 2, lambda f: 50000).reason == "drop_icmp_error_no_flow"
+
+
+@pytest.mark.parametrize("proto, l4, cut", [
+    (17, P.l4(17, ENV, REMOTE, 1000, 53, b"question"), None),
+    (17, P.l4(17, ENV, REMOTE, 1000, 53, b"question"), 28),
+    (6, P.l4(6, ENV, REMOTE, 1000, 80, b"syn data"), None),
+], ids=["udp", "udp-cut", "tcp"])
+def test_an_environments_error_reaches_the_vpc_with_every_checksum_right(proto, l4, cut):
+    m = model()
+    opened(m, l4, proto)
+    # the reply the VPC sends, and what the environment gets of it
+    sent = P.ipv4(REMOTE, ENI, proto, P.l4(proto, REMOTE, ENI, l4[2] * 256 + l4[3], NAT,
+                                           b"answer", flags=0x12))
+    res = m.vpc(P.eth(IF_MAC, GW_MAC, P.ETH_IPV4) + sent, IFINDEX, 2, lambda f: 50000)
+    assert res.reason == "rev_established", res
+    got = bytes(Ether(res.out)[VXLAN].payload[IP])
+    quote = got if cut is None else got[:cut]
+    msg = bytes([3, 3, 0, 0, 0, 0, 0, 0]) + quote
+    msg = msg[:2] + checksum(msg).to_bytes(2, "big") + msg[4:]
+    inner = P.eth("02:e1:1a:00:00:01", P.ENV_MACS[0], P.ETH_IPV4) + P.ipv4(ENV, REMOTE, 1, msg)
+    res = m.fabric(P.tunnel(P.WORKERS[0], 100, inner), 3)
+    assert res.reason == "fwd_icmp_error", res
+    out = Ether(res.out)
+    assert (out.dst, out.src, out[IP].src, out[IP].dst, out[IP].ttl) == \
+        (GW_MAC, IF_MAC, ENI, REMOTE, 63)
+    ip = bytes(out[IP])
+    assert checksum(ip[:20]) == 0 and checksum(ip[20:]) == 0
+    # the quote is what the VPC sent, as the environment's hop left it (TTL one less)
+    want = IP(sent)
+    want.ttl -= 1
+    del want.chksum
+    assert ip[28:] == bytes(want)[:len(quote)]
+    assert m.fwd[next(iter(m.fwd))].last_seen == 2  # the reply's time, not the error's
