@@ -231,7 +231,8 @@ class Harness:
             problems.append("PASS changed the frame")
         if res.out is not None and verdict == res.verdict and out != res.out:
             problems.append(f"output:\n  kernel {out.hex()}\n  model  {res.out.hex()}")
-        if not problems and res.flow is not None and res.flow in self.model.fwd:
+        if not problems and res.refreshed and res.flow is not None and \
+                res.flow in self.model.fwd:
             self._witness(self.model.fwd[res.flow], now, t1)
         self.drawn[res.reason] += 1
         self.drawn.update(k for k in res.extra if k.startswith("flow_"))

@@ -7,7 +7,11 @@ replies, repeats and collisions actually happen, and steps of the clock: ("time"
 spec {"advance_ns": n} or {"flow": key, "idle_ns": n}, drawn just before a flow's expiry, between
 its expiry and the end of its takeover grace, or after both, so that the RST answer, reopen,
 takeover and the drops of expired flows are all drawn. TCP flows open with a SYN (anything else
-without a flow is answered with a RST); the flags that follow depend on the flow's state.
+without a flow is answered with a RST); the flags that follow depend on the flow's state. ICMP
+errors from the VPC (RFC 792 types 3, 11 and 12) quote what an ENI sent: a flow's forward packet
+(whole or cut to the IPv4 header and 8 bytes), a packet of no flow, one another host sent, a later
+fragment, an echo request, another error, or a quote cut short; environments send errors about
+what they received through a flow, or about what no flow brought them.
 """
 
 from __future__ import annotations
@@ -216,6 +220,129 @@ class Generator:
         frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + ipv4(remote, eni_addr, proto, pl, ttl)
         return frame, vi["ifindex"]
 
+    # RFC 792 / RFC 1191: what routers report about a datagram (type, code)
+    ERRORS = [(3, c) for c in range(6)] + [(11, 0), (11, 1), (12, 0)]
+
+    def _error_msg(self, quoted: bytearray, hl: int) -> bytes:
+        """An ICMP error message (RFC 792, RFC 1191's next-hop MTU) quoting `quoted` (IPv4
+        header of `hl` bytes), whole, cut to the header and 8 bytes, or cut short."""
+        r = self.r
+        if r.random() < 0.03:  # not an IPv4 header as RFC 791 has it
+            quoted[0] = r.choice([0x65, 0x44, 0x40, 0x05])
+        k = r.random()
+        if k < 0.4:
+            cut = len(quoted)  # whole (RFC 1812 4.3.2.3: as much as fits in 576 bytes)
+        elif k < 0.8:
+            cut = hl + 8  # RFC 792: the header and 64 bits of data
+        elif k < 0.9:
+            cut = hl + r.randrange(8, max(9, len(quoted) - hl + 1))
+        else:
+            cut = r.randrange(0, hl + 8)  # cut short
+        typ, code = r.choice(self.ERRORS)
+        if (typ, code) == (3, 4):
+            rest = struct.pack("!HH", 0, r.choice([1400, 1280, 576, 1500]))  # next-hop MTU
+        elif typ == 12:
+            rest = bytes([r.randrange(20)]) + bytes(3)  # pointer
+        else:
+            rest = bytes(4) if r.random() < 0.9 else bytes(r.randrange(256) for _ in range(4))
+        msg = bytearray(bytes([typ, code, 0, 0]) + rest + bytes(quoted[:cut]))
+        struct.pack_into("!H", msg, 2, checksum(bytes(msg)))
+        return bytes(msg)
+
+    def _quoted_frag(self) -> int:
+        """The quoted datagram's flags and offset: DF, a first fragment, or a later one."""
+        r = self.r
+        k = r.random()
+        if k < 0.4:
+            return 0x4000
+        if k < 0.45:
+            return 0x2000
+        if k < 0.5:
+            return r.randrange(1, 0x2000) | r.choice([0, 0x2000])
+        return 0
+
+    def env_error(self) -> bytes:
+        """An ICMP error from an environment about a datagram it (mostly) received from the VPC
+        through a flow, as its stack would send it: port unreachable and the rest."""
+        r = self.r
+        flows = list(self.m.fwd)
+        if flows and r.random() < 0.8:
+            worker, vni, env, remote, env_port, rport, proto = r.choice(flows)
+            if r.random() < 0.05:
+                worker = r.choice(WORKERS)
+            if r.random() < 0.05:
+                vni = r.choice(VNIS)
+            if r.random() < 0.08:
+                env_port = r.choice([1000, 1001, 2000, 3000, r.randrange(1, 65536)])
+        else:
+            proto = r.choice([TCP, UDP, ICMP])
+            env, remote = r.choice(ENV_IPS), r.choice(REMOTES)
+            env_port, rport = r.choice([1000, 1001, 2000, 3000]), r.choice(DPORTS)
+            worker, vni = r.choice(WORKERS), r.choice(VNIS)
+        i = ENV_IPS.index(env) if env in ENV_IPS else 0
+        qdst = env if r.random() < 0.93 else r.choice(ENV_IPS + ["172.16.9.9"])
+        qproto = proto if r.random() < 0.95 else r.choice([47, TCP, UDP, ICMP])
+        tcp = {"flags": r.choice([F_SYN | F_ACK, F_ACK, F_PSH | F_ACK, F_FIN | F_ACK]),
+               "seq": r.getrandbits(32), "ack": r.getrandbits(32)} if qproto == TCP else {}
+        data = b"a" * r.randrange(0, 40)
+        ql4 = l4(qproto, remote, qdst, rport, env_port, data, 0, udp_csum=r.random() < 0.85,
+                 **tcp)
+        qopts = b"\x01\x01\x01\x00" if r.random() < 0.05 else b""
+        quoted = bytearray(ipv4(remote, qdst, qproto, ql4, r.choice([63, 1]), self._quoted_frag(),
+                                qopts))
+        msg = self._error_msg(quoted, 20 + len(qopts))
+        ttl = 1 if r.random() < 0.02 else 64
+        frag = 0x2000 if r.random() < 0.02 else 0
+        opts = b"\x01\x01\x01\x00" if r.random() < 0.03 else b""
+        inner = eth("02:e1:1a:00:00:01", ENV_MACS[i], ETH_IPV4) + \
+            ipv4(env, remote, ICMP, msg, ttl, frag, opts)
+        if r.random() < 0.03:
+            inner += bytes(r.randrange(1, 12))  # padding after the datagram
+        kind = "geneve" if r.random() < 0.3 else "vxlan"
+        return tunnel(worker, vni, inner, kind, vlans=r.choice([0, 0, 0, 1, 2]))
+
+    def icmp_error(self) -> tuple[bytes, int]:
+        """An ICMP error from the VPC to an ENI address about a datagram the ENI (mostly) sent."""
+        r = self.r
+        flows = list(self.m.rev.items())
+        vpc_idx = r.choice(list(self.vpc_ifs))
+        if flows and r.random() < 0.8:  # about a flow the table holds, live or expired
+            rkey, flow = r.choice(flows)
+            if r.random() < 0.9:
+                vpc_idx = rkey[0]
+            _, eni_addr, remote, nat, rport, proto = rkey
+            if r.random() < 0.08:
+                nat = r.randrange(1024, 65536)  # a port no flow holds, mostly
+        else:
+            proto = r.choice([TCP, UDP, ICMP])
+            eni_addr, remote = r.choice(["10.0.1.4", "10.0.1.5", "10.0.9.9"]), r.choice(REMOTES)
+            nat, rport = r.randrange(1024, 65536), r.choice(DPORTS) if proto != ICMP else 0
+        vi = self.vpc_ifs[vpc_idx]
+        # the quoted datagram, as the ENI's packet left the node (or not quite)
+        qsrc = eni_addr if r.random() < 0.93 else r.choice(["10.0.1.99", "10.0.1.4", "10.0.1.5",
+                                                             ENV_IPS[0]])
+        qproto = proto if r.random() < 0.97 else r.choice([47, TCP, UDP, ICMP])
+        big = r.random() < 0.02  # whole, it no longer fits the tunnel
+        mtu = self.m.cfg.fabric_mtu
+        data = b"q" * (r.randrange(mtu - 80, mtu) if big else r.randrange(0, 40))
+        echo = 8 if r.random() < 0.85 else r.choice([0, 3, 11, 13])  # a quoted ICMP: mostly echo
+        tcp = {"flags": r.choice([F_SYN, F_ACK, F_PSH | F_ACK, F_FIN | F_ACK]),
+               "seq": r.getrandbits(32), "ack": r.getrandbits(32)} if qproto == TCP else {}
+        ql4 = l4(qproto, qsrc, remote, nat, rport, data, echo, udp_csum=r.random() < 0.85, **tcp)
+        qopts = b"\x01\x01\x01\x00" if r.random() < 0.05 else b""
+        quoted = bytearray(ipv4(qsrc, remote, qproto, ql4, r.choice([63, 1]), self._quoted_frag(),
+                                qopts))
+        msg = self._error_msg(quoted, 20 + len(qopts))
+        router = r.choice([GATEWAY_IP, remote, "10.0.0.254"])
+        ttl = 1 if r.random() < 0.02 else 64
+        frag = 0x2000 if r.random() < 0.02 else 0
+        opts = b"\x01\x01\x01\x00" if r.random() < 0.03 else b""
+        frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + \
+            ipv4(router, eni_addr, ICMP, msg, ttl, frag, opts)
+        if r.random() < 0.03:
+            frame += bytes(r.randrange(1, 12))  # Ethernet padding after the datagram
+        return frame, vi["ifindex"]
+
     def vpc_arp(self) -> tuple[bytes, int]:
         r = self.r
         vpc_idx = r.choice(list(self.vpc_ifs))
@@ -242,9 +369,14 @@ class Generator:
         if k < 0.45:
             d, f, i = "fabric", self.forward(), 0
         elif k < 0.5:
+            d, f, i = "fabric", self.env_error(), 0
+        elif k < 0.54:
             d, f, i = "fabric", self.tunnel_arp(), 0
-        elif k < 0.8:
+        elif k < 0.73:
             f, i = self.reply()
+            d = "vpc"
+        elif k < 0.83:
+            f, i = self.icmp_error()
             d = "vpc"
         else:
             f, i = self.vpc_arp()

@@ -1,12 +1,14 @@
 """A reference model of the eniplane datapath, in pure Python, written from the specification:
 RFC 7348 (VXLAN), RFC 8926 (GENEVE), RFC 791/793/768/792 (IPv4, TCP, UDP, ICMP), RFC 1624
-(incremental checksum update), AWS security-group semantics and the datapath issue's text.
+(incremental checksum update), RFC 5508 (NAT behaviour for ICMP), AWS security-group semantics
+and the datapath issues' text.
 
 Contract: given the configuration, the flows so far and the time, `fabric(frame, now)` and
 `vpc(frame, ifindex, now, udp_sport)` say what must happen to one packet: the verdict, the output
 frame, the counters that move and the flow-table change. The flow lifecycle (TCP state, idle
 timeouts, the RST answer, reopen, takeover of a claimable entry, per-ENI limits) follows issue 13
-and RFC 793 / RFC 5382. The SNAT port is predicted: the caller gives the order of a flow's port
+and RFC 793 / RFC 5382. ICMP errors about a live flow's packet (issue 14) cross the node both
+ways translated as RFC 5508 REQ-3/4 asks. The SNAT port is predicted: the caller gives the order of a flow's port
 probe (`probe`, RFC 6056 algorithm 3 with the node's secret) and the model walks it. Where the
 kernel may choose freely (the tunnel's UDP source port), the caller passes the choice in and the
 model checks it against the rule. The model keeps its own flow tables; it never reads the kernel's.
@@ -21,6 +23,9 @@ from typing import Callable, Iterable
 
 VXLAN_PORT, GENEVE_PORT = 4789, 6081
 TCP, UDP, ICMP = 6, 17, 1
+# RFC 792: the ICMP messages that report a problem with a datagram and quote its head
+ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMPROB, ICMP_ECHO = 3, 11, 12, 8
+ICMP_ERRORS = (ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMPROB)
 ETH_IPV4, ETH_ARP, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x0806, 0x8100, 0x88A8, 0x6558
 PASS, DROP, TX, REDIRECT = "PASS", "DROP", "TX", "REDIRECT"
 # TCP header flags (RFC 793) and the flow states of issue 13 (bits of the flow's `state`)
@@ -51,6 +56,21 @@ def ones_sum(data: bytes) -> int:
 
 def checksum(data: bytes) -> int:
     return ~ones_sum(data) & 0xFFFF
+
+
+def adjusted(check: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3 with m and m' the sums of the whole region the checksum covers, before and
+    after every change (the checksum's own field zeroed in both): a wrong checksum stays exactly
+    as wrong, as the RFC asks of a translator, and no single field needs naming."""
+    s = (~check & 0xFFFF) + (~ones_sum(old) & 0xFFFF) + ones_sum(new)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def zeroed(data: bytes | bytearray, at: int) -> bytes:
+    """`data` with the 16-bit field at `at` set to 0 (a checksum left out of its own sum)."""
+    return bytes(data[:at]) + b"\0\0" + bytes(data[at + 2:])
 
 
 def incremental(check: int, old: bytes, new: bytes) -> int:
@@ -130,6 +150,7 @@ class Result:
     extra: dict[str, int] = field(default_factory=dict)  # informational counters
     flow: tuple | None = None          # the forward key the packet belongs to
     new_flow: bool = False
+    refreshed: bool = True             # the packet set its flow's last-seen time
 
 
 @dataclass
@@ -282,9 +303,10 @@ class Model:
                       "dport_off": off + 2, "sport": sport, "dport": dport,
                       "flags": p[off + 13] if proto == TCP else 0}
 
-    def _ip_l4(self, p: bytes, off: int, echo_type: int, names: dict[str, str]):
-        """The IPv4 and L4 checks both directions share (RFC 791: fragments carry no ports,
-        TTL 1 cannot be forwarded); `names` are the side's counters. (ip, l4) or (Result, None)."""
+    def _ip(self, p: bytes, off: int, names: dict[str, str]):
+        """The IPv4 checks both directions share (RFC 791: fragments carry no ports, TTL 1
+        cannot be forwarded); `names` are the side's counters. (ip, offset after its header) or
+        (Result, None)."""
         ip, off = self._ipv4(p, off)
         if isinstance(ip, str):
             return Result(DROP, names[ip]), None
@@ -292,6 +314,10 @@ class Model:
             return Result(DROP, names["fragment"]), None
         if ip["ttl"] <= 1:
             return Result(DROP, "drop_ttl_expired"), None
+        return ip, off
+
+    def _l4_of(self, p: bytes, ip: dict, off: int, echo_type: int, names: dict[str, str]):
+        """The transport header's checks: (ip, l4) or (Result, None)."""
         st, l4 = self._l4(p, off, ip["proto"], echo_type)
         if st != "ok":
             return Result(DROP, {"truncated": names["truncated"], "icmp": "drop_icmp_unsupported",
@@ -398,9 +424,15 @@ class Model:
             return self._tunnel_arp(p, inner, off, udp_off)
         if iet != ETH_IPV4:
             return Result(DROP, "drop_inner_not_ipv4")
-        iip, l4 = self._ip_l4(p, off, 8, {"truncated": "drop_inner_truncated",
-                                          "invalid": "drop_inner_bad_ip",
-                                          "fragment": "drop_inner_fragment"})
+        names = {"truncated": "drop_inner_truncated", "invalid": "drop_inner_bad_ip",
+                 "fragment": "drop_inner_fragment"}
+        iip, off = self._ip(p, off, names)
+        if isinstance(iip, Result):
+            return iip
+        # an ICMP header cut short is the inner packet's truncation here (issue 14's commit)
+        if iip["proto"] == ICMP and len(p) >= off + 8 and p[off] in ICMP_ERRORS:
+            return self._fabric_icmp_error(p, inner, iip, off, worker, vni, now)
+        iip, l4 = self._l4_of(p, iip, off, 8, names)
         if isinstance(iip, Result):
             return iip
         proto = iip["proto"]
@@ -637,9 +669,15 @@ class Model:
         eni = cfg.eni_at(vpc.idx, dst)
         if eni is None:
             return Result(PASS, "pass_vpc_not_eni")
-        ip, l4 = self._ip_l4(p, 14, 0, {"truncated": "drop_vpc_malformed",
-                                        "invalid": "drop_vpc_malformed",
-                                        "fragment": "drop_vpc_fragment"})
+        names = {"truncated": "drop_vpc_malformed", "invalid": "drop_vpc_malformed",
+                 "fragment": "drop_vpc_fragment"}
+        ip, off = self._ip(p, 14, names)
+        if isinstance(ip, Result):
+            return ip
+        # an ICMP header cut short is the error's malformation here (the spec of issue 14)
+        if ip["proto"] == ICMP and len(p) > off and p[off] in ICMP_ERRORS:
+            return self._icmp_error(p, vpc, ip, off, now, udp_sport)
+        ip, l4 = self._l4_of(p, ip, off, 0, names)
         if isinstance(ip, Result):
             return ip
         proto = ip["proto"]
@@ -673,6 +711,15 @@ class Model:
         struct.pack_into("!H", q, 24, ck)
         self._l4_rewrite(q, l4, 0, proto, old_dst, env_b, "dport" if proto != ICMP else "id",
                          flow.key[4])
+        extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
+        return Result(REDIRECT, "rev_established", self._encap(flow, q, udp_sport), extra,
+                      flow.key)
+
+    def _encap(self, flow: Flow, q: bytearray, udp_sport: Callable[[Flow], int]) -> bytes:
+        """The translated frame `q` towards the flow's environment: inner MACs, then the tunnel
+        the flow came by, to its worker, with the flow's VNI."""
+        cfg = self.cfg
+        worker = flow.key[0]
         q[0:6] = flow.env_mac
         q[6:12] = mac2b(cfg.gateway_mac)
         sp = udp_sport(flow)
@@ -691,8 +738,140 @@ class Model:
         outer = (self.worker_mac.get(worker, bytes(6)) + mac2b(cfg.fabric_mac) +
                  self.worker_tags.get(worker, b"") + struct.pack("!H", ETH_IPV4) + bytes(outer_ip) +
                  struct.pack("!HHHH", sp, dport, total - 20, 0) + th)
-        extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
-        return Result(REDIRECT, "rev_established", outer + bytes(q), extra, flow.key)
+        return outer + bytes(q)
+
+    @staticmethod
+    def _quote(p: bytes, off: int) -> dict | str:
+        """The datagram an ICMP error (RFC 792: destination unreachable, time exceeded,
+        parameter problem) quotes, `off` at its ICMP header: 'malformed' unless an IPv4 header
+        and 64 bits of its data follow the 8-byte ICMP header, else its fields. Bounds are the
+        frame's, as everywhere in the datapath (padding after a short IPv4 total length counts as
+        quote)."""
+        q = off + 8
+        if len(p) < q + 20 or p[q] >> 4 != 4 or p[q] & 0xF < 5:
+            return "malformed"
+        ql4 = q + (p[q] & 0xF) * 4
+        if len(p) < ql4 + 8:
+            return "malformed"
+        return {"icmp": off, "q": q, "l4": ql4, "proto": p[q + 9], "src": p[q + 12:q + 16],
+                "dst": p[q + 16:q + 20], "later": bool(struct.unpack_from("!H", p, q + 6)[0] &
+                                                       0x1FFF),
+                "sport": struct.unpack_from("!H", p, ql4)[0],
+                "dport": struct.unpack_from("!H", p, ql4 + 2)[0]}
+
+    @staticmethod
+    def _rewrite_error(p: bytes, io: int, qt: dict, outer_at: int, quote_at: int, port_at: int,
+                       addr: bytes, port: int) -> bytearray:
+        """RFC 5508 REQ-3/4: the error as if about the receiver's own datagram. The outer
+        address at `io + outer_at` and the quoted one at `quote_at` (within the quoted header)
+        become `addr`, the quoted port at `port_at` becomes `port`, the outer TTL drops by one,
+        and every checksum involved follows: outer IPv4, quoted IPv4, the quoted transport
+        checksum when the quote carries it (TCP's and UDP's over the RFC 793/768 pseudo header,
+        an echo's over the message only; UDP's 0 means none), and ICMP's over the whole message."""
+        q, ql4, proto, icmp = qt["q"], qt["l4"], qt["proto"], qt["icmp"]
+        new = bytearray(p)
+        new[io + outer_at:io + outer_at + 4] = addr
+        new[io + 8] -= 1
+        new[q + quote_at:q + quote_at + 4] = addr
+        struct.pack_into("!H", new, port_at, port)
+        for start, end, at in ((io, icmp, io + 10), (q, ql4, q + 10)):
+            struct.pack_into("!H", new, at, adjusted(struct.unpack_from("!H", p, at)[0],
+                                                     zeroed(p[start:end], at - start),
+                                                     zeroed(new[start:end], at - start)))
+        check_at = ql4 + {TCP: 16, UDP: 6, ICMP: 2}[proto]
+        check = struct.unpack_from("!H", p, check_at)[0] if len(p) >= check_at + 2 else None
+        if check is not None and not (proto == UDP and check == 0):
+            def pseudo(b):
+                return bytes(b[q + 12:q + 20]) + bytes([0, proto]) if proto != ICMP else b""
+            c = adjusted(check, pseudo(p) + zeroed(p[ql4:], check_at - ql4),
+                         pseudo(new) + zeroed(new[ql4:], check_at - ql4))
+            struct.pack_into("!H", new, check_at, 0xFFFF if proto == UDP and c == 0 else c)
+        struct.pack_into("!H", new, icmp + 2, adjusted(struct.unpack_from("!H", p, icmp + 2)[0],
+                                                       zeroed(p[icmp:], 2),
+                                                       zeroed(new[icmp:], 2)))
+        return new
+
+    def _icmp_error(self, p: bytes, vpc: Vpc, ip: dict, off: int, now: int,
+                    udp_sport: Callable[[Flow], int]) -> Result:
+        """An ICMP error from the VPC to an ENI address. For a datagram the ENI sent, the quote
+        is a flow's forward packet after SNAT (source: the ENI and the flow's port), so it names
+        the flow as a reply would, roles swapped; the error then reaches the environment as if
+        about its own packet."""
+        cfg = self.cfg
+        eni_addr = ip["dst"]
+        qt = self._quote(p, off)
+        if qt == "malformed":
+            return Result(DROP, "drop_icmp_error_malformed")
+        no_flow = Result(DROP, "drop_icmp_error_no_flow")
+        # only the ENI's own datagram, and only the piece of it that carried the ports
+        if qt["src"] != ip2b(eni_addr) or qt["later"]:
+            return no_flow
+        qproto, ql4 = qt["proto"], qt["l4"]
+        if qproto in (TCP, UDP):
+            port_at, nat, rport = ql4, qt["sport"], qt["dport"]
+        elif qproto == ICMP and p[ql4] == ICMP_ECHO and p[ql4 + 1] == 0:
+            # an echo request's identifier is its flow's port (RFC 5508 3.1), no remote port;
+            # errors are never about errors (RFC 1122 3.2.2), nor about replies
+            port_at, nat, rport = ql4 + 4, struct.unpack_from("!H", p, ql4 + 4)[0], 0
+        else:
+            return no_flow
+        qdst = str(ipaddress.IPv4Address(qt["dst"]))
+        flow = self.rev.get((vpc.idx, eni_addr, qdst, nat, rport, qproto))
+        if flow is None or not live(cfg, flow, now):
+            return no_flow
+        if flow.key[0] not in cfg.workers:
+            return Result(DROP, "drop_unknown_worker")
+        if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
+            return Result(DROP, "drop_fabric_mtu")
+        new = self._rewrite_error(p, 14, qt, 16, 12, port_at, ip2b(flow.key[2]), flow.key[4])
+        # reported to the flow's counters, but it is not the flow's traffic: no sign of life
+        flow.rx_packets += 1
+        flow.rx_bytes += len(p)
+        extra = {"eni:rx_packets": 1, "eni:rx_bytes": len(p)}
+        return Result(REDIRECT, "rev_icmp_error", self._encap(flow, new, udp_sport), extra,
+                      flow.key, refreshed=False)
+
+    def _fabric_icmp_error(self, p: bytes, inner: int, iip: dict, off: int, worker: str,
+                           vni: int, now: int) -> Result:
+        """An ICMP error an environment sends about a datagram it received from the VPC (say
+        port unreachable for a UDP reply), `off` at its ICMP header. The quote is that reply as
+        the environment got it (remote -> environment), so it names the flow the environment's
+        own packets to that remote use, found where they find it; the error goes into the VPC
+        from the ENI address, quoting the datagram as the VPC sent it (RFC 5508 REQ-3/4)."""
+        cfg = self.cfg
+        qt = self._quote(p, off)
+        if qt == "malformed":
+            return Result(DROP, "drop_icmp_error_malformed")
+        env = iip["src"]
+        if qt["dst"] != ip2b(env) or qt["later"] or qt["proto"] not in (TCP, UDP):
+            return Result(DROP, "drop_icmp_error_no_flow")
+        eni = cfg.enis.get(vni)
+        if eni is None:
+            return Result(DROP, "drop_unknown_vni")
+        proto, remote = qt["proto"], str(ipaddress.IPv4Address(qt["src"]))
+        key = (worker, vni, env, remote, qt["dport"], qt["sport"], proto)
+        flow = None
+        for port in self.probe(eni, key):
+            e = self.rev.get((eni.vpc_idx, eni.addr, remote, port, qt["sport"], proto))
+            if e is None or e.key == key:
+                flow = e
+                break
+        if flow is None or not live(cfg, flow, now):
+            return Result(DROP, "drop_icmp_error_no_flow")
+        vpc = cfg.vpcs.get(eni.vpc_idx)
+        if vpc is None:
+            return Result(DROP, "drop_no_vpc")
+        if vpc.gateway_mac is None:
+            return Result(DROP, "drop_no_gateway_mac")
+        new = self._rewrite_error(p, iip["off"], qt, 12, 16, qt["l4"] + 2, ip2b(eni.addr),
+                                  flow.rkey[3])
+        new[inner:inner + 6] = mac2b(vpc.gateway_mac)
+        new[inner + 6:inner + 12] = mac2b(vpc.if_mac)
+        flow.tx_packets += 1  # counted with the flow, which it does not keep alive
+        flow.tx_bytes += len(p) - inner
+        extra = {"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner}
+        return Result(REDIRECT, "fwd_icmp_error", bytes(new[inner:]), extra, flow.key,
+                      refreshed=False)
 
     def _vpc_arp(self, p: bytes, vpc: Vpc) -> Result:
         if len(p) < 14 + 28:

@@ -35,28 +35,34 @@ def test_kernel_and_model_agree(harness, seed, length):
     harness.check_invariants()
 
 
-def test_long_flowing_sequence_covers_every_path(harness):
-    """One long sequence, the clock moving between packets: the model must have seen new,
-    established, reopened and taken-over flows, replies and replies to expired flows, RST answers,
-    denials, exhaustion, per-ENI limits, ARP both ways and malformed frames, so agreement means
-    something. The invariants are checked along the way, not only at the end."""
-    for attempt in range(2):
+NEED = {"fwd_new_flow", "fwd_established", "rev_established", "drop_sg_denied",
+        "drop_port_exhausted", "drop_no_flow", "tx_arp_tunnel", "tx_arp_vpc", "drop_unknown_vni",
+        "pass_vpc_not_eni", "tx_tcp_rst", "drop_tcp_no_flow", "drop_flow_expired",
+        "drop_flow_limit", "flow_reopened", "flow_takeover", "rev_icmp_error", "fwd_icmp_error",
+        "drop_icmp_error_no_flow", "drop_icmp_error_malformed"}
+
+
+def test_long_flowing_sequences_cover_every_path(harness):
+    """Long sequences, the clock moving between packets: the model must have seen new,
+    established, reopened and taken-over flows, replies and replies to expired flows, ICMP errors
+    both ways about live flows and about none, malformed ones, RST answers, denials, exhaustion,
+    per-ENI limits, ARP both ways and malformed frames, so agreement means something. Sequences
+    of 4,000 packets from fixed seeds until every path was drawn (at most six): which seed draws
+    a rare one (exhaustion) moves whenever the generator changes. The invariants are checked
+    along the way, not only at the end."""
+    harness.drawn.clear()
+    for seed in range(7, 13):
         harness.reset()
-        harness.drawn.clear()
-        gen = P.Generator(random.Random(7 + attempt), harness.model, harness.vpc_ifs)
+        gen = P.Generator(random.Random(seed), harness.model, harness.vpc_ifs)
         try:
             for n in range(4000):
                 d, frame, ifindex = gen.packet()
                 harness.step(d, frame, ifindex)
                 if n % 500 == 499:
                     harness.check_invariants()
-            break
         except Inconclusive:
             continue
-    harness.check_invariants()
-    seen = set(harness.drawn)
-    assert {"fwd_new_flow", "fwd_established", "rev_established", "drop_sg_denied",
-            "drop_port_exhausted", "drop_no_flow", "tx_arp_tunnel", "tx_arp_vpc",
-            "drop_unknown_vni", "pass_vpc_not_eni", "tx_tcp_rst", "drop_tcp_no_flow",
-            "drop_flow_expired", "drop_flow_limit", "flow_reopened", "flow_takeover"} <= seen, \
-        sorted(seen)
+        harness.check_invariants()
+        if NEED <= set(harness.drawn):
+            break
+    assert NEED <= set(harness.drawn), sorted(NEED - set(harness.drawn))
