@@ -1349,7 +1349,10 @@ static __always_inline __u32 icmp_error_parse(struct cursor *c, struct iphdr *ip
     if ((void *)(eip + 1) > c->end || eip->version != 4 || eip->ihl < 5)
         return STAT_drop_icmp_error_malformed;
     __u8 *el4 = (void *)eip + eip->ihl * 4;
-    if ((void *)(el4 + 8) > c->end) /* RFC 792: the header and 64 bits of data at least */
+    /* RFC 792: the header and 64 bits of data at least, within the IPv4 packet (what follows
+     * it in the frame is Ethernet padding, not quote) */
+    if ((void *)(el4 + 8) > c->end ||
+        (long)((void *)(el4 + 8) - (void *)ip) > (long)bpf_ntohs(ip->tot_len))
         return STAT_drop_icmp_error_malformed;
     ie->eip = eip;
     ie->el4 = el4;
@@ -1400,7 +1403,8 @@ static __always_inline void icmp_error_translate(struct iphdr *ip, struct icmp_e
         check = (__u16 *)(el4 + 6);
     else if (ie->proto == IPPROTO_ICMP)
         check = (__u16 *)(el4 + 2);
-    else if ((void *)(el4 + 18) <= data_end) /* TCP's checksum, if the error quotes it */
+    else if ((void *)(el4 + 18) <= data_end && /* TCP's checksum, if the error quotes it */
+             (long)((void *)(el4 + 18) - (void *)ip) <= (long)bpf_ntohs(ip->tot_len))
         check = (__u16 *)(el4 + 16);
     if (check && (void *)(check + 1) <= data_end) {
         __u16 old = *check;
@@ -1440,11 +1444,12 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
         goto out;
     }
     __u8 *el4 = (void *)eip + eip->ihl * 4;
-    if ((void *)(el4 + 8) > data_end) {
+    struct iphdr *iip = p.iip;
+    long quoted = (long)bpf_ntohs(iip->tot_len); /* beyond it: Ethernet padding, not quote */
+    if ((void *)(el4 + 8) > data_end || (long)((void *)(el4 + 8) - (void *)iip) > quoted) {
         reason = STAT_drop_icmp_error_malformed;
         goto out;
     }
-    struct iphdr *iip = p.iip;
     ipv4_t env = iip->saddr;
     __u8 proto = eip->protocol;
     /* A packet the environment received, with its ports (TCP or UDP, not a later fragment). */
@@ -1500,7 +1505,8 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     __u16 *check = NULL;
     if (proto == IPPROTO_UDP)
         check = (__u16 *)(el4 + 6);
-    else if ((void *)(el4 + 18) <= data_end) /* TCP's checksum, if the error quotes it */
+    else if ((void *)(el4 + 18) <= data_end && /* TCP's checksum, if the error quotes it */
+             (long)((void *)(el4 + 18) - (void *)iip) <= quoted)
         check = (__u16 *)(el4 + 16);
     if (check && (void *)(check + 1) <= data_end) {
         __u16 old = *check;

@@ -199,3 +199,21 @@ def test_an_environments_error_about_nothing_it_received_is_dropped(env):
     got, _, d = env.run("xdp_fabric", _env_error(b"", ICMP(type=13)))  # a timestamp request
     assert (got, d.get("drop_icmp_unsupported")) == ("DROP", 1), d
     assert fwd  # the flow itself is untouched
+
+
+def test_ethernet_padding_is_no_part_of_a_quote(env):
+    """An error whose IPv4 length ends inside the quoted transport header is cut short, whatever
+    the frame's padding holds (RFC 792 asks for 8 bytes of the quoted datagram), both ways."""
+    fwd = open_flow(env, UDP(sport=37030, dport=7) / Raw(b"pad"))
+    quote = bytes(fwd[IP])[:24]  # the quoted header and half the UDP header
+    rest = bytes(fwd[IP])[24:28]
+    err = (Ether(src=GW_A, dst=env.vpc_if["vpca"]["mac"]) /
+           IP(src=ROUTER, dst=ENI_A, len=20 + 8 + 24) / ICMP(type=3, code=3) / Raw(quote + rest))
+    got, _, d = env.run("xdp_vpc", bytes(err), "vpca")
+    assert (got, d.get("drop_icmp_error_malformed")) == ("DROP", 1), d
+    # from the environment: a quote of a reply it got, cut the same way
+    seen = bytes(IP(src=SERVER, dst=ENV_IP) / UDP(sport=7, dport=37030) / Raw(b"answer"))
+    inner = (Ether(src=ENV_MAC, dst=GATEWAY_MAC) / IP(src=ENV_IP, dst=SERVER, len=20 + 8 + 24) /
+             ICMP(type=3, code=3) / Raw(seen[:28]))
+    got, _, d = env.run("xdp_fabric", bytes(tunnel(inner)))
+    assert (got, d.get("drop_icmp_error_malformed")) == ("DROP", 1), d

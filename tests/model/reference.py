@@ -281,7 +281,7 @@ class Model:
         if len(p) < off + ihl:
             return "truncated", 0
         frag = struct.unpack_from("!H", p, off + 6)[0]
-        return {"off": off, "ihl": ihl, "ttl": p[off + 8], "proto": p[off + 9],
+        return {"off": off, "ihl": ihl, "total": total, "ttl": p[off + 8], "proto": p[off + 9],
                 "frag": bool(frag & 0x3FFF), "src": str(ipaddress.IPv4Address(p[off + 12:off + 16])),
                 "dst": str(ipaddress.IPv4Address(p[off + 16:off + 20]))}, off + ihl
 
@@ -674,8 +674,8 @@ class Model:
         ip, off = self._ip(p, 14, names)
         if isinstance(ip, Result):
             return ip
-        # an ICMP header cut short is the error's malformation here (the spec of issue 14)
-        if ip["proto"] == ICMP and len(p) > off and p[off] in ICMP_ERRORS:
+        # an ICMP header cut short is this side's truncation, as for any transport header
+        if ip["proto"] == ICMP and len(p) >= off + 8 and p[off] in ICMP_ERRORS:
             return self._icmp_error(p, vpc, ip, off, now, udp_sport)
         ip, l4 = self._l4_of(p, ip, off, 0, names)
         if isinstance(ip, Result):
@@ -741,19 +741,20 @@ class Model:
         return outer + bytes(q)
 
     @staticmethod
-    def _quote(p: bytes, off: int) -> dict | str:
+    def _quote(p: bytes, off: int, end: int) -> dict | str:
         """The datagram an ICMP error (RFC 792: destination unreachable, time exceeded,
-        parameter problem) quotes, `off` at its ICMP header: 'malformed' unless an IPv4 header
-        and 64 bits of its data follow the 8-byte ICMP header, else its fields. Bounds are the
-        frame's, as everywhere in the datapath (padding after a short IPv4 total length counts as
-        quote)."""
+        parameter problem) quotes, `off` at its ICMP header, `end` where the error's IPv4
+        datagram ends (its total length: what follows in the frame is Ethernet padding, not
+        quote): 'malformed' unless an IPv4 header and 64 bits of its data follow the 8-byte ICMP
+        header within it, else its fields."""
         q = off + 8
         if len(p) < q + 20 or p[q] >> 4 != 4 or p[q] & 0xF < 5:
             return "malformed"
         ql4 = q + (p[q] & 0xF) * 4
-        if len(p) < ql4 + 8:
+        if min(len(p), end) < ql4 + 8:
             return "malformed"
-        return {"icmp": off, "q": q, "l4": ql4, "proto": p[q + 9], "src": p[q + 12:q + 16],
+        return {"icmp": off, "q": q, "l4": ql4, "end": end, "proto": p[q + 9],
+                "src": p[q + 12:q + 16],
                 "dst": p[q + 16:q + 20], "later": bool(struct.unpack_from("!H", p, q + 6)[0] &
                                                        0x1FFF),
                 "sport": struct.unpack_from("!H", p, ql4)[0],
@@ -779,7 +780,8 @@ class Model:
                                                      zeroed(p[start:end], at - start),
                                                      zeroed(new[start:end], at - start)))
         check_at = ql4 + {TCP: 16, UDP: 6, ICMP: 2}[proto]
-        check = struct.unpack_from("!H", p, check_at)[0] if len(p) >= check_at + 2 else None
+        check = struct.unpack_from("!H", p, check_at)[0] \
+            if min(len(p), qt["end"]) >= check_at + 2 else None  # TCP's: if quoted
         if check is not None and not (proto == UDP and check == 0):
             def pseudo(b):
                 return bytes(b[q + 12:q + 20]) + bytes([0, proto]) if proto != ICMP else b""
@@ -799,7 +801,7 @@ class Model:
         about its own packet."""
         cfg = self.cfg
         eni_addr = ip["dst"]
-        qt = self._quote(p, off)
+        qt = self._quote(p, off, ip["off"] + ip["total"])
         if qt == "malformed":
             return Result(DROP, "drop_icmp_error_malformed")
         no_flow = Result(DROP, "drop_icmp_error_no_flow")
@@ -839,7 +841,7 @@ class Model:
         own packets to that remote use, found where they find it; the error goes into the VPC
         from the ENI address, quoting the datagram as the VPC sent it (RFC 5508 REQ-3/4)."""
         cfg = self.cfg
-        qt = self._quote(p, off)
+        qt = self._quote(p, off, iip["off"] + iip["total"])
         if qt == "malformed":
             return Result(DROP, "drop_icmp_error_malformed")
         env = iip["src"]
