@@ -364,6 +364,7 @@ def test_100k_short_connections_with_the_sweeper_keep_the_eni_small(world, short
     vni = w.vni["a"]
     with w.dp() as dp:
         before = dp.stats()
+        held_before = dp.eni_flow_entries()[vni]
         prog = Progress(w.tmp / "progress-2")
         p = _run_client(w, shortconn, N_SHORT, 10000, ENV_A[2:], prog.path)
         samples, sweeps = [], []
@@ -382,9 +383,9 @@ def test_100k_short_connections_with_the_sweeper_keep_the_eni_small(world, short
         assert res["rc"] == 0 and res["ok"] == N_SHORT and res["failed"] == 0, res
         assert d.get("tx_tcp_rst", 0) == 0 and d.get("drop_flow_limit", 0) == 0, d
         assert len(samples) >= 3, samples
-        # the first sweep found the previous test's 64k entries; from the second on, the ENI
-        # holds only what the window allows
-        assert sweeps[0]["removed"] > 0
+        # the first sweep found what an earlier test left (64k entries when the test without a
+        # sweeper ran first); from the second on, the ENI holds only what the window allows
+        assert sweeps[0]["removed"] >= min(held_before, 1)
         assert all(e <= b and live <= b for e, live, b, _ in samples[1:]), samples
         assert d["fwd_new_flow"] == N_SHORT, d
         time.sleep(WINDOW + 0.5)
