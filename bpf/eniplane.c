@@ -1117,23 +1117,32 @@ static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratc
     return 0;
 }
 
+/* What a program that xdp_fabric tail-calls starts from: the node's configuration, what
+ * xdp_fabric left in open_scratch, and the headers found again. 0, or the reason. */
+static __always_inline __u32 tail_enter(struct xdp_md *ctx, struct node_cfg **cfg,
+                                        struct open_scratch **os, struct fabric_pkt *p)
+{
+    __u32 k0 = 0;
+    *cfg = config.lookup(&k0);
+    *os = open_scratch.lookup(&k0);
+    if (!*cfg || !*os)
+        return STAT_drop_tail_call;
+    return fabric_again(ctx, *os, p);
+}
+
 /* xdp_fabric_open (entered only by xdp_fabric's tail call, never attached): a packet of an
  * environment's tuple that has no live flow. It opens one (a new entry, the tuple's own entry
  * again, or another tuple's expired entry taken over), or answers a TCP segment that does not
  * open a connection with a RST, or drops with the reason. */
 int xdp_fabric_open(struct xdp_md *ctx)
 {
-    __u32 reason = STAT_drop_tail_call;
     int action = XDP_DROP;
     __u32 k0 = 0;
-
     struct stats *st = stats.lookup(&k0);
-    struct node_cfg *cfg = config.lookup(&k0);
-    struct open_scratch *os = open_scratch.lookup(&k0);
-    if (!cfg || !os)
-        goto out;
+    struct node_cfg *cfg;
+    struct open_scratch *os;
     struct fabric_pkt p;
-    reason = fabric_again(ctx, os, &p);
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p);
     if (reason)
         goto out;
     struct flow_key fk;
@@ -1422,17 +1431,13 @@ static __always_inline void icmp_error_translate(struct iphdr *ip, struct icmp_e
  * packet as the VPC sent it (to the ENI address and the flow's port), every checksum right. */
 int xdp_fabric_icmp(struct xdp_md *ctx)
 {
-    __u32 reason = STAT_drop_tail_call;
     int action = XDP_DROP;
     __u32 k0 = 0;
-
     struct stats *st = stats.lookup(&k0);
-    struct node_cfg *cfg = config.lookup(&k0);
-    struct open_scratch *os = open_scratch.lookup(&k0);
-    if (!cfg || !os)
-        goto out;
+    struct node_cfg *cfg;
+    struct open_scratch *os;
     struct fabric_pkt p;
-    reason = fabric_again(ctx, os, &p);
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p);
     if (reason)
         goto out;
     void *data = (void *)(long)ctx->data;
