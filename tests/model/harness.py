@@ -35,6 +35,9 @@ from reference import NS, TAKEOVER_GRACE_NS, Config, Eni, Model, Vpc, state_name
 XDP = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 GATEWAY_MAC = "02:e1:1a:00:00:01"
 GW_MACS = {1: "02:0a:00:00:00:01", 2: "02:0b:00:00:00:01"}
+# The VPC interfaces' MTUs as the datapath is told them: one link smaller than the tunnel allows,
+# one unknown, so that SYNs through each are clamped to a different MSS.
+VPC_MTUS = {1: 1400, 2: 0}
 
 
 class Disagreement(AssertionError):
@@ -116,14 +119,15 @@ class Harness:
         self.dp.flush_flows()
         for idx, v in self.vpc_ifs.items():
             self.dp.set_vpc(v["ifindex"], idx, P.GATEWAY_IP, v["mac"], v["slot"],
-                            gateway_mac=v["gw_mac"])
+                            gateway_mac=v["gw_mac"], mtu=VPC_MTUS[idx])
         cfg = Config(
             fabric_ip=P.FABRIC_IP, fabric_mac=P.FABRIC_MAC, gateway_mac=GATEWAY_MAC,
             fabric_mtu=self.fabric_mtu, workers=set(P.WORKERS), placements=set(PLACEMENTS),
             enis={vni: Eni(vni, addr, vpc, idx, lo, hi,
                            [(PROTO_NUMBERS[p], c, a, b) for p, c, a, b in rules], max_flows)
                   for vni, vpc, addr, idx, (lo, hi), max_flows, rules in ENIS},
-            vpcs={idx: Vpc(idx, v["ifindex"], P.GATEWAY_IP, v["gw_mac"], v["mac"])
+            vpcs={idx: Vpc(idx, v["ifindex"], P.GATEWAY_IP, v["gw_mac"], v["mac"],
+                           VPC_MTUS[idx])
                   for idx, v in self.vpc_ifs.items()},
             timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI)
         self.model = Model(cfg, self._probe)
@@ -184,6 +188,7 @@ class Harness:
         self.packets += 1
         now = self.settle()
         before = self._counters()
+        clamped = self.model.mss_clamped
         prog = "xdp_fabric" if direction == "fabric" else "xdp_vpc"
         with netlink.in_netns(self.lab.node_ns):
             rv, out, _ = bpfsys.prog_test_run(self.fds[prog], frame, out_size=len(frame) + 256,
@@ -235,6 +240,8 @@ class Harness:
                 res.flow in self.model.fwd:
             self._witness(self.model.fwd[res.flow], now, t1)
         self.drawn[res.reason] += 1
+        if self.model.mss_clamped != clamped:
+            self.drawn[f"mss_clamped_{direction}"] += 1
         self.drawn.update(k for k in res.extra if k.startswith("flow_"))
         if problems:
             msg = (f"{direction} packet #{self.packets}: " + "; ".join(problems) +

@@ -11,7 +11,9 @@ without a flow is answered with a RST); the flags that follow depend on the flow
 errors from the VPC (RFC 792 types 3, 11 and 12) quote what an ENI sent: a flow's forward packet
 (whole or cut to the IPv4 header and 8 bytes), a packet of no flow, one another host sent, a later
 fragment, an echo request, another error, or a quote cut short; environments send errors about
-what they received through a flow, or about what no flow brought them.
+what they received through a flow, or about what no flow brought them. TCP segments carry
+drawn options (`tcp_options`): SYNs and SYN/ACKs mostly, with an MSS for the clamp to lower or
+leave, other segments sometimes.
 """
 
 from __future__ import annotations
@@ -52,14 +54,18 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64, frag: in
 
 def l4(proto: int, src: str, dst: str, sport: int, dport: int, data: bytes = b"x",
        icmp_type: int = 8, udp_csum: bool = True, flags: int = F_SYN, seq: int = 1,
-       ack: int = 0) -> bytes:
+       ack: int = 0, options: bytes = b"", doff: int | None = None) -> bytes:
+    """A transport header and `data`, checksummed. TCP's `options` (a multiple of 4 bytes) sit
+    before the data; `doff` overrides the data offset they imply (cutting them, or reading data
+    as options)."""
     if proto == ICMP:
         h = bytearray(struct.pack("!BBHHH", icmp_type, 0, 0, sport, 1) + data)
         struct.pack_into("!H", h, 2, checksum(bytes(h)))
         return bytes(h)
     if proto == TCP:
-        h = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 512, 0, 0) +
-                      data)
+        off = 5 + len(options) // 4 if doff is None else doff
+        h = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, 512, 0,
+                                  0) + options + data)
     elif proto == UDP:
         h = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
     else:
@@ -126,6 +132,46 @@ class Generator:
                     (F_RST, 0.3), (F_RST | F_ACK, 0.2)]
         return r.choices([f for f, _ in opts], [w for _, w in opts])[0]
 
+    # MSS values around each clamp (1360 through the 1,400-byte VPC link, the fabric's MTU less
+    # 90 through the other) and far from them
+    MSS_VALUES = [65535, 9000, 8960, 1460, 1411, 1410, 1409, 1361, 1360, 1359, 1200, 536, 535, 1, 0]
+
+    def tcp_options(self, syn: bool) -> tuple[bytes, int | None]:
+        """TCP options and, sometimes, a data offset that disagrees with them: a SYN's as stacks
+        send them (MSS first, or after NOPs at odd offsets, or none), and what a clamp must walk
+        past or stop at (lengths below 2, End of Option List, more than 8 options, an MSS of the
+        wrong length, one cut by the data offset or in its last 3 bytes). Other segments
+        mostly carry none, sometimes timestamps or an MSS that must not be touched."""
+        r = self.r
+        if r.random() < (0.2 if syn else 0.85):
+            return b"", None
+        mss = struct.pack("!BBH", 2, 4, r.choice(self.MSS_VALUES + [r.randrange(65536)]))
+        k = r.random()
+        if k < 0.3:  # Linux: MSS, SACK permitted, timestamps, NOP, window scale
+            o = mss + bytes([4, 2, 8, 10]) + r.randbytes(8) + bytes([1, 3, 3, 7])
+        elif k < 0.5:  # MSS after NOPs and other options, at odd or even offsets
+            pre = r.choice([b"\x01", b"\x01\x01\x01", bytes([4, 2, 1]), bytes([3, 3, 7]),
+                            bytes([8, 10]) + r.randbytes(8) + b"\x01", b"\x01" * 7,
+                            b"\x01" * 8, b"\x01" * 6 + bytes([4, 2])])
+            o = pre + mss + (b"\x01" + bytes([3, 3, 9]) if r.random() < 0.5 else b"")
+        elif k < 0.6:  # no MSS at all
+            o = r.choice([bytes([1, 3, 3, 7]), bytes([4, 2]), bytes([8, 10]) + r.randbytes(8)])
+        elif k < 0.8:  # malformed: before the MSS, or the MSS itself
+            bad = r.choice([bytes([2, 3, 0x23]), bytes([2, 5, 0x23, 0x28, 0]), bytes([2, 0]),
+                            bytes([2, 1]), bytes([9, 0]), bytes([9, 1]), bytes([0]),
+                            bytes([30, 2]), bytes([30, 40])])
+            o = r.choice([bad + mss, mss + bad, b"\x01" + bad + mss])
+        elif k < 0.9:  # two MSS options: only the first counts
+            o = mss + struct.pack("!BBH", 2, 4, r.choice(self.MSS_VALUES))
+        else:
+            o = r.randbytes(r.randrange(1, 41))
+        o = o[:40]
+        o += r.choice([b"\0", b"\x01"]) * (-len(o) % 4)
+        doff = None
+        if r.random() < 0.15:  # the header says less (or more) than the options take
+            doff = r.choice([5, 5 + len(o) // 4 - 1, 6, 7, 15, r.randrange(0, 16)])
+        return o, doff
+
     def time(self) -> dict:
         """A step of the clock: to just before, between or after a flow's edges (its expiry
         and the end of its takeover grace), or a plain step, short or past every timeout."""
@@ -170,6 +216,7 @@ class Generator:
             f = self.m.fwd.get((worker, vni, src, dst, sport, dport, proto))
             tcp = {"flags": self.tcp_flags(f.state if f else None, True),
                    "seq": r.getrandbits(32), "ack": r.getrandbits(32)}
+            tcp["options"], tcp["doff"] = self.tcp_options(bool(tcp["flags"] & F_SYN))
         payload = l4(proto, src, dst, sport, dport, b"d" * r.randrange(0, 40), icmp_type,
                      udp_csum=r.random() < 0.8, **tcp)
         opts = b"\x01\x01\x01\x00" if r.random() < 0.05 else b""
@@ -214,10 +261,13 @@ class Generator:
             f = self.m.rev.get((vpc_idx, eni_addr, remote, eport, rport, proto))
             tcp = {"flags": self.tcp_flags(f.state if f else None, False),
                    "seq": r.getrandbits(32), "ack": r.getrandbits(32)}
+            tcp["options"], tcp["doff"] = self.tcp_options(bool(tcp["flags"] & F_SYN))
         pl = l4(proto, remote, eni_addr, rport, eport, b"r" * r.randrange(0, 40), icmp_type,
                 **tcp)
         ttl = 1 if r.random() < 0.03 else 64
         frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + ipv4(remote, eni_addr, proto, pl, ttl)
+        if r.random() < 0.03:
+            frame += bytes(r.randrange(1, 12))  # Ethernet padding after the datagram
         return frame, vi["ifindex"]
 
     # RFC 792 / RFC 1191: what routers report about a datagram (type, code)

@@ -8,10 +8,12 @@ Contract: given the configuration, the flows so far and the time, `fabric(frame,
 frame, the counters that move and the flow-table change. The flow lifecycle (TCP state, idle
 timeouts, the RST answer, reopen, takeover of a claimable entry, per-ENI limits) follows issue 13
 and RFC 793 / RFC 5382. ICMP errors about a live flow's packet (issue 14) cross the node both
-ways translated as RFC 5508 REQ-3/4 asks. The SNAT port is predicted: the caller gives the order of a flow's port
-probe (`probe`, RFC 6056 algorithm 3 with the node's secret) and the model walks it. Where the
-kernel may choose freely (the tunnel's UDP source port), the caller passes the choice in and the
-model checks it against the rule. The model keeps its own flow tables; it never reads the kernel's.
+ways translated as RFC 5508 REQ-3/4 asks. SYNs both ways announce no more MSS than the path
+carries (issue 14's clamp, RFC 9293 3.7.1 and RFC 879). The SNAT port is predicted: the caller
+gives the order of a flow's port probe (`probe`, RFC 6056 algorithm 3 with the node's secret)
+and the model walks it. Where the kernel may choose freely (the tunnel's UDP source port), the
+caller passes the choice in and the model checks it against the rule. The model keeps its own
+flow tables; it never reads the kernel's.
 """
 
 from __future__ import annotations
@@ -84,6 +86,65 @@ def incremental(check: int, old: bytes, new: bytes) -> int:
     return ~s & 0xFFFF
 
 
+# ---- MSS clamping (issue 14; RFC 9293 3.7.1, RFC 879) --------------------------------------------
+TUNNEL_OVERHEAD = 50  # outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14
+MSS_FLOOR = 536       # RFC 9293's default send MSS: never announce less
+MSS_MAX_OPTIONS = 8   # SYNs carry MSS first or second; the datapath looks no further than 8
+
+
+def mss_clamp(fabric_mtu: int, vpc_mtu: int) -> int:
+    """The largest segment that crosses both the VPC's link and the tunnel, less the 40 bytes
+    of option-less IPv4 and TCP headers. An unknown (0) VPC MTU does not bound it; a fabric MTU
+    too small to hold the tunnel's headers is taken as Ethernet's 1500 before the overhead."""
+    path = fabric_mtu - TUNNEL_OVERHEAD if fabric_mtu > TUNNEL_OVERHEAD + 40 else 1500
+    if vpc_mtu:
+        path = min(path, vpc_mtu)
+    return max(MSS_FLOOR, path - 40)
+
+
+def mss_option_at(seg: bytes) -> int | None:
+    """Where the MSS option's value sits in `seg` (a TCP header onward, as far as the frame
+    goes), or None. The options are read as RFC 9293 3.1 lays them out: a kind byte, then a
+    length byte counting both (except End of Option List, which ends them, and No-Operation, one
+    byte); the list ends at the data offset or the frame, whichever is first. A reader trusts no
+    length below 2 (it could not advance) and needs 4 bytes for anything it acts on, and reads
+    only the first 8 options."""
+    if len(seg) < 20:
+        return None
+    end = min((seg[12] >> 4) * 4, len(seg))
+    at = 20
+    for _ in range(MSS_MAX_OPTIONS):
+        if end - at < 4:
+            return None
+        kind, length = seg[at], seg[at + 1]
+        if kind == 0:
+            return None
+        if kind == 1:
+            at += 1
+        elif kind == 2 and length == 4:
+            return at + 2
+        elif length < 2:
+            return None
+        else:
+            at += length
+    return None
+
+
+def clamp_mss(q: bytearray, tcp_off: int, mss: int) -> bool:
+    """A SYN's MSS option in frame `q` (TCP header at `tcp_off`) lowered to `mss` if larger;
+    TCP's checksum follows by RFC 1624 over the header's sum before and after (the pseudo
+    header does not change), so that a wrong checksum stays as wrong. True if it lowered it."""
+    at = mss_option_at(bytes(q[tcp_off:]))
+    if at is None or struct.unpack_from("!H", q, tcp_off + at)[0] <= mss:
+        return False
+    ck_at = tcp_off + 16
+    old = zeroed(q[tcp_off:], 16)
+    struct.pack_into("!H", q, tcp_off + at, mss)
+    struct.pack_into("!H", q, ck_at, adjusted(struct.unpack_from("!H", q, ck_at)[0], old,
+                                              zeroed(q[tcp_off:], 16)))
+    return True
+
+
 # ---- configuration ------------------------------------------------------------------------------
 @dataclass
 class Eni:
@@ -104,6 +165,7 @@ class Vpc:
     gateway_ip: str
     gateway_mac: str | None
     if_mac: str
+    mtu: int = 0  # the interface's; 0: unknown (then only the tunnel bounds the MSS)
 
 
 @dataclass
@@ -249,6 +311,7 @@ class Model:
         self.rev: dict[tuple, Flow] = {}
         self.worker_mac: dict[str, bytes] = {}
         self.worker_tags: dict[str, bytes] = {}  # the outer VLAN tags (TPID, TCI) as they came
+        self.mss_clamped = 0  # SYNs whose MSS the model lowered (to show the fuzz drew them)
 
     # ---- parsing helpers -------------------------------------------------------------------
     @staticmethod
@@ -566,6 +629,9 @@ class Model:
         nat = flow.rkey[3]
         self._l4_rewrite(q, l4, inner, proto, old_src, eni_b, "sport" if proto != ICMP else "id",
                          nat)
+        if proto == TCP and l4["flags"] & F_SYN:  # every SYN, a retransmitted one too
+            self.mss_clamped += clamp_mss(q, l4["sport_off"] - inner,
+                                          mss_clamp(cfg.fabric_mtu, vpc.mtu))
         q[0:6] = mac2b(vpc.gateway_mac)
         q[6:12] = mac2b(vpc.if_mac)
         extra.update({"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner})
@@ -711,6 +777,8 @@ class Model:
         struct.pack_into("!H", q, 24, ck)
         self._l4_rewrite(q, l4, 0, proto, old_dst, env_b, "dport" if proto != ICMP else "id",
                          flow.key[4])
+        if proto == TCP and l4["flags"] & F_SYN:  # the SYN/ACK: what the environment may send
+            self.mss_clamped += clamp_mss(q, l4["sport_off"], mss_clamp(cfg.fabric_mtu, vpc.mtu))
         extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
         return Result(REDIRECT, "rev_established", self._encap(flow, q, udp_sport), extra,
                       flow.key)
