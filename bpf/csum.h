@@ -72,10 +72,12 @@ static __always_inline void l4_csum_fix(__u8 proto, __u16 *check, __u32 old_addr
 }
 
 /* TCP's MSS option (RFC 9293 3.7.1) lowered to `mss` when it is larger, the checksum following.
- * Options are walked within the header's data offset, at most 8 of them: SYNs carry MSS first
+ * Options are walked within the header's data offset and the segment's length (`seg_len`: the
+ * IPv4 total length less its header), at most 8 of them: SYNs carry MSS first
  * or second. A field at an odd offset from the header's start sits across two checksum words,
  * so its words are swapped for the update (RFC 1624 works on aligned words). */
-static __always_inline void tcp_clamp_mss(struct tcphdr *th, void *data_end, __u16 mss)
+static __always_inline void tcp_clamp_mss(struct tcphdr *th, void *data_end, __u32 seg_len,
+                                          __u16 mss)
 {
     __u8 *opt = (__u8 *)(th + 1);
     __u32 optlen = th->doff * 4;
@@ -84,7 +86,9 @@ static __always_inline void tcp_clamp_mss(struct tcphdr *th, void *data_end, __u
     optlen -= sizeof(*th);
     __u32 off = 0;
     for (int i = 0; i < 8; i++) {
-        if (off + 4 > optlen)
+        /* within the data offset, and within the segment: what follows in the frame is
+         * Ethernet padding, not options */
+        if (off + 4 > optlen || sizeof(*th) + off + 4 > seg_len)
             break;
         __u8 *o = opt + (off & 63);
         if ((void *)(o + 4) > data_end)

@@ -903,7 +903,7 @@ static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct node_cfg *cfg,
         return bad ?: STAT_drop_no_vpc;
     if (p->l4.tcp_flags & TH_SYN) /* every SYN, a retransmitted one too */
         tcp_clamp_mss((struct tcphdr *)p->l4.sport, (void *)(long)ctx->data_end,
-                      mss_of(cfg, vpc));
+                      bpf_ntohs(p->iip->tot_len) - p->iip->ihl * 4, mss_of(cfg, vpc));
 
     struct iphdr *iip = p->iip;
     __be16 *sport = p->l4.sport;
@@ -1670,7 +1670,8 @@ int xdp_vpc(struct xdp_md *ctx)
         l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
         *dport_p = f->env_port;
         if (tcp_flags & TH_SYN) /* the SYN/ACK: what the environment may send fits the path */
-            tcp_clamp_mss((struct tcphdr *)l4.sport, data_end, mss_of(cfg, vpc));
+            tcp_clamp_mss((struct tcphdr *)l4.sport, data_end,
+                          bpf_ntohs(ip->tot_len) - ip->ihl * 4, mss_of(cfg, vpc));
         if (now != seen) /* stores only where something changed, as forward */
             f->last_seen_ns = now;
         if (tcp_flags) { /* TCP only (0 for the rest): what it shows each way */

@@ -116,3 +116,20 @@ def test_a_syn_ack_from_the_vpc_is_clamped_for_the_environment(env, vpc_mtu):
     assert (i[IP].dst, i[TCP].dport, mss_of(i)) == (ENV_IP, 39040, 1360)
     assert checksums_hold(inner)
     assert VNI_A == Ether(out)[VXLAN].vni
+
+
+def test_an_mss_in_the_ethernet_padding_is_no_option(env, vpc_mtu):
+    """A data offset that reaches past the IPv4 datagram: the bytes after it are padding, and
+    an MSS option there is left alone (the checksum does not cover it)."""
+    from scapy.packet import Raw
+
+    vpc_mtu(1400)
+    tcp = bytearray(bytes(TCP(sport=39060, dport=80, flags="S", options=[("NOP", None)] * 4)))
+    tcp[12] = 7 << 4  # 28 bytes of header claimed; the datagram holds 24
+    padding = bytes([2, 4, 0x23, 0x00])  # MSS 8960, after the datagram
+    inner = Ether(bytes(env_frame(Raw(bytes(tcp)))))
+    inner[IP].proto, inner[IP].len = 6, 20 + len(tcp)
+    frame = bytes(tunnel(Raw(bytes(inner) + padding)))
+    got, out, d = env.run("xdp_fabric", frame)
+    assert got == "REDIRECT", d
+    assert out.endswith(padding)

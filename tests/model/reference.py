@@ -103,10 +103,10 @@ def mss_clamp(fabric_mtu: int, vpc_mtu: int) -> int:
 
 
 def mss_option_at(seg: bytes) -> int | None:
-    """Where the MSS option's value sits in `seg` (a TCP header onward, as far as the frame
-    goes), or None. The options are read as RFC 9293 3.1 lays them out: a kind byte, then a
+    """Where the MSS option's value sits in `seg` (a TCP segment: its header onward, as far as
+    the IPv4 datagram goes; Ethernet padding after it is no part of it), or None. The options are read as RFC 9293 3.1 lays them out: a kind byte, then a
     length byte counting both (except End of Option List, which ends them, and No-Operation, one
-    byte); the list ends at the data offset or the frame, whichever is first. A reader trusts no
+    byte); the list ends at the data offset or the segment, whichever is first. A reader trusts no
     length below 2 (it could not advance) and needs 4 bytes for anything it acts on, and reads
     only the first 8 options."""
     if len(seg) < 20:
@@ -130,11 +130,12 @@ def mss_option_at(seg: bytes) -> int | None:
     return None
 
 
-def clamp_mss(q: bytearray, tcp_off: int, mss: int) -> bool:
-    """A SYN's MSS option in frame `q` (TCP header at `tcp_off`) lowered to `mss` if larger;
-    TCP's checksum follows by RFC 1624 over the header's sum before and after (the pseudo
-    header does not change), so that a wrong checksum stays as wrong. True if it lowered it."""
-    at = mss_option_at(bytes(q[tcp_off:]))
+def clamp_mss(q: bytearray, tcp_off: int, seg_end: int, mss: int) -> bool:
+    """A SYN's MSS option in frame `q` (TCP header at `tcp_off`, the IPv4 datagram ending at
+    `seg_end`) lowered to `mss` if larger; TCP's checksum follows by RFC 1624 over the header's
+    sum before and after (the pseudo header does not change), so that a wrong checksum stays as
+    wrong. True if it lowered it."""
+    at = mss_option_at(bytes(q[tcp_off:seg_end]))
     if at is None or struct.unpack_from("!H", q, tcp_off + at)[0] <= mss:
         return False
     ck_at = tcp_off + 16
@@ -631,6 +632,7 @@ class Model:
                          nat)
         if proto == TCP and l4["flags"] & F_SYN:  # every SYN, a retransmitted one too
             self.mss_clamped += clamp_mss(q, l4["sport_off"] - inner,
+                                          iip["off"] - inner + iip["total"],
                                           mss_clamp(cfg.fabric_mtu, vpc.mtu))
         q[0:6] = mac2b(vpc.gateway_mac)
         q[6:12] = mac2b(vpc.if_mac)
@@ -778,7 +780,8 @@ class Model:
         self._l4_rewrite(q, l4, 0, proto, old_dst, env_b, "dport" if proto != ICMP else "id",
                          flow.key[4])
         if proto == TCP and l4["flags"] & F_SYN:  # the SYN/ACK: what the environment may send
-            self.mss_clamped += clamp_mss(q, l4["sport_off"], mss_clamp(cfg.fabric_mtu, vpc.mtu))
+            self.mss_clamped += clamp_mss(q, l4["sport_off"], ip["off"] + ip["total"],
+                                          mss_clamp(cfg.fabric_mtu, vpc.mtu))
         extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
         return Result(REDIRECT, "rev_established", self._encap(flow, q, udp_sport), extra,
                       flow.key)
