@@ -935,12 +935,20 @@ static __always_inline struct eni *flow_key_of(struct node_cfg *cfg, struct fabr
 
 /* Where a flow's probe starts in its ENI's range (Lemire's multiply-shift maps the hash onto
  * the range without a division). */
+static __always_inline __u32 probe_start_of(struct node_cfg *cfg, struct fabric_pkt *p,
+                                            ipv4_t env, __be16 env_port, struct flow_key *fk,
+                                            __u32 range)
+{
+    return ((__u64)port_hash(cfg->port_secret, p->t.oip->saddr, p->t.vni, env, env_port,
+                             fk->remote, fk->remote_port, fk->proto) *
+            range) >> 32;
+}
+
+/* The same for the environment's packet itself (its source address and port). */
 static __always_inline __u32 probe_start(struct node_cfg *cfg, struct fabric_pkt *p,
                                          struct flow_key *fk, __u32 range)
 {
-    return ((__u64)port_hash(cfg->port_secret, p->t.oip->saddr, p->t.vni, p->iip->saddr,
-                             *p->l4.sport, fk->remote, fk->remote_port, fk->proto) *
-            range) >> 32;
+    return probe_start_of(cfg, p, p->iip->saddr, *p->l4.sport, fk, range);
 }
 
 static __always_inline __u32 port_range(struct eni *eni)
@@ -1381,46 +1389,59 @@ static __always_inline __u32 icmp_error_parse(struct cursor *c, struct iphdr *ip
     return 0;
 }
 
-/* RFC 5508 REQ-3/4: the error goes to the environment as if the environment's own packet had
- * caused it. The outer destination, the quoted source address and port become the
- * environment's; the quoted IPv4 header's checksum, the quoted transport checksum (when the
- * error carries it) and the ICMP checksum over the whole message follow every change. */
-static __always_inline void icmp_error_translate(struct iphdr *ip, struct icmp_err *ie,
-                                                 ipv4_t env, __be16 env_port, void *data_end)
+/* RFC 5508 REQ-3/4, either way: one address becomes `to` in the outer header (*oaddr) and
+ * in the quote (*qaddr, the same address there), and the quoted port (*qport) becomes
+ * `to_port`, as if the receiver's own packet had caused the error. The outer IPv4 checksum and
+ * TTL, the quoted IPv4 header's checksum, the quoted transport checksum (when the quote, within
+ * the error's IPv4 length, carries it) and the ICMP checksum over the whole message follow
+ * every change. */
+static __always_inline void icmp_error_rewrite(struct iphdr *ip, ipv4_t *oaddr,
+                                               struct icmphdr *ih, struct iphdr *eip,
+                                               ipv4_t *qaddr, __u8 *el4, __u8 proto,
+                                               __be16 *qport, ipv4_t to, __be16 to_port,
+                                               void *data_end)
 {
-    ipv4_t eni = ip->daddr;
-    ip->daddr = env;
-    ip->check = csum_replace4(ip->check, eni, env);
+    ipv4_t from = *oaddr;
+    *oaddr = to;
+    ip->check = csum_replace4(ip->check, from, to);
     ipv4_dec_ttl(ip);
 
-    __u16 ic = ie->ih->checksum;
-    struct iphdr *eip = ie->eip;
+    __u16 ic = ih->checksum;
     __u16 old_ech = eip->check;
-    eip->saddr = env;
-    eip->check = csum_replace4(old_ech, eni, env);
-    ic = csum_replace4(ic, eni, env);
+    *qaddr = to;
+    eip->check = csum_replace4(old_ech, from, to);
+    ic = csum_replace4(ic, from, to);
     ic = csum_replace2(ic, old_ech, eip->check);
 
-    __u8 *el4 = ie->el4;
-    __be16 *port = (__be16 *)(ie->proto == IPPROTO_ICMP ? el4 + 4 : el4);
-    __be16 old_port = *port;
-    *port = env_port;
-    ic = csum_replace2(ic, old_port, env_port);
+    __be16 from_port = *qport;
+    *qport = to_port;
+    ic = csum_replace2(ic, from_port, to_port);
 
     __u16 *check = NULL;
-    if (ie->proto == IPPROTO_UDP)
+    if (proto == IPPROTO_UDP)
         check = (__u16 *)(el4 + 6);
-    else if (ie->proto == IPPROTO_ICMP)
+    else if (proto == IPPROTO_ICMP)
         check = (__u16 *)(el4 + 2);
     else if ((void *)(el4 + 18) <= data_end && /* TCP's checksum, if the error quotes it */
              (long)((void *)(el4 + 18) - (void *)ip) <= (long)bpf_ntohs(ip->tot_len))
         check = (__u16 *)(el4 + 16);
     if (check && (void *)(check + 1) <= data_end) {
         __u16 old = *check;
-        l4_csum_fix(ie->proto, check, eni, env, old_port, env_port);
+        l4_csum_fix(proto, check, from, to, from_port, to_port);
         ic = csum_replace2(ic, old, *check);
     }
-    ie->ih->checksum = ic;
+    ih->checksum = ic;
+}
+
+/* An error from the VPC about a flow, for its environment: the ENI's address (the outer
+ * destination, the quoted source) and the flow's port become the environment's. */
+static __always_inline void icmp_error_translate(struct iphdr *ip, struct icmp_err *ie,
+                                                 ipv4_t env, __be16 env_port, void *data_end)
+{
+    __u8 *el4 = ie->el4;
+    __be16 *port = (__be16 *)(ie->proto == IPPROTO_ICMP ? el4 + 4 : el4);
+    icmp_error_rewrite(ip, &ip->daddr, ie->ih, ie->eip, &ie->eip->saddr, el4, ie->proto, port,
+                       env, env_port, data_end);
 }
 
 /* xdp_fabric_icmp (entered only by xdp_fabric's tail call, never attached): an ICMP error
@@ -1478,8 +1499,7 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     fk.remote_port = *(__be16 *)el4;
     __u32 lo = eni->port_lo;
     __u32 range = port_range(eni);
-    __u32 start = ((__u64)port_hash(cfg->port_secret, p.t.oip->saddr, p.t.vni, env, env_port,
-                                    fk.remote, fk.remote_port, proto) * range) >> 32;
+    __u32 start = probe_start_of(cfg, &p, env, env_port, &fk, range);
     struct probe pr;
     flow_walk(&fk, flow_guard.lookup(&k0), lo, range, start, p.t.oip->saddr, p.t.vni, env,
               env_port, &pr);
@@ -1494,31 +1514,10 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
         goto out;
     }
 
-    ipv4_t eni_addr = eni->addr;
-    __be16 nat_port = fk.eni_port;
-    iip->saddr = eni_addr;
-    iip->check = csum_replace4(iip->check, env, eni_addr);
-    ipv4_dec_ttl(iip);
-    __u16 ic = ih->checksum;
-    __u16 old_ech = eip->check;
-    eip->daddr = eni_addr;
-    eip->check = csum_replace4(old_ech, env, eni_addr);
-    ic = csum_replace4(ic, env, eni_addr);
-    ic = csum_replace2(ic, old_ech, eip->check);
-    *(__be16 *)(el4 + 2) = nat_port;
-    ic = csum_replace2(ic, env_port, nat_port);
-    __u16 *check = NULL;
-    if (proto == IPPROTO_UDP)
-        check = (__u16 *)(el4 + 6);
-    else if ((void *)(el4 + 18) <= data_end && /* TCP's checksum, if the error quotes it */
-             (long)((void *)(el4 + 18) - (void *)iip) <= quoted)
-        check = (__u16 *)(el4 + 16);
-    if (check && (void *)(check + 1) <= data_end) {
-        __u16 old = *check;
-        l4_csum_fix(proto, check, env, eni_addr, env_port, nat_port);
-        ic = csum_replace2(ic, old, *check);
-    }
-    ih->checksum = ic;
+    /* the environment's address (outer source, quoted destination) and port become the
+     * ENI's address and the flow's port */
+    icmp_error_rewrite(iip, &iip->saddr, ih, eip, &eip->daddr, el4, proto, (__be16 *)(el4 + 2),
+                       eni->addr, fk.eni_port, data_end);
     pr.f->tx_packets++; /* counted with the flow, which it does not keep alive */
     pr.f->tx_bytes += p.bytes;
     reason = vpc_emit(ctx, &p, vpc, eni->eni_idx, STAT_fwd_icmp_error, &action);
