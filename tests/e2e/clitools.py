@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 PY = sys.executable
 
@@ -19,3 +21,22 @@ def node_cli(node: str, timeout: float = 120) -> Callable[..., subprocess.Comple
         return p
 
     return cli
+
+
+@contextmanager
+def configured_node(lab, node: str, doc: dict[str, Any], tmp: Path, up_args: tuple[str, ...] = (),
+                    timeout: float = 60) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """A node up in the lab's node namespace (with `up_args` added to `up`) and configured by
+    `apply -f` from `doc` (written to tmp/conf.yaml), as an operator would; taken down
+    afterwards. Yields its CLI runner."""
+    import yaml
+
+    cli = node_cli(node, timeout=timeout)
+    cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if, "--fabric-ip", lab.fabric_ip,
+        *up_args)
+    try:
+        (tmp / "conf.yaml").write_text(yaml.safe_dump(doc))
+        cli("apply", "-f", str(tmp / "conf.yaml"))
+        yield cli
+    finally:
+        cli("down", check=False)

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import node_cli
-import yaml
+from clitools import configured_node, node_cli
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
@@ -141,11 +140,7 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     with Lab.create() as lab:
         w = World(lab, f"{lab.prefix}-hostile", tmp)
-        w.cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
-              "--fabric-ip", lab.fabric_ip)
-        try:
-            (tmp / "conf.yaml").write_text(yaml.safe_dump(configuration()))
-            w.cli("apply", "-f", str(tmp / "conf.yaml"))
+        with configured_node(lab, w.node, configuration(), tmp):
             vni = {e["functions"][0]: e["vni"] for e in w.json("eni", "list")}
             w.vni = {"acme": vni["acme-api"], "globex": vni["globex-report"]}
             w.eni_addr = {e["functions"][0]: e["address"] for e in w.json("eni", "list")}
@@ -162,8 +157,6 @@ def world(tmp_path_factory):
                 "node-vpca": netlink.link_get(lab.node_ns, lab.vpc_if("a"))["mac"],
             }
             yield w
-        finally:
-            w.cli("down", check=False)
 
 
 def test_each_tenant_works_from_the_worker_it_is_placed_on(world):

@@ -6,12 +6,12 @@ a lab and a node of its own (it narrows a VPC link)."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
-import yaml
 
-from clitools import node_cli
+from clitools import configured_node
 from eniplane.datapath import Datapath
 from eniplane.lab import VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
 
@@ -78,18 +78,10 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ipv4")
     with Lab.create() as lab:
         node = f"{lab.prefix}-ipv4"
-        cli = node_cli(node, timeout=60)
-        cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
-            "--fabric-ip", lab.fabric_ip)
-        try:
-            (tmp / "conf.yaml").write_text(yaml.safe_dump(configuration()))
-            cli("apply", "-f", str(tmp / "conf.yaml"))
-            import json
+        with configured_node(lab, node, configuration(), tmp) as cli:
             (eni,) = json.loads(cli("eni", "list", "-o", "json").stdout)
             lab.add_env("a", "w1", eni["vni"], ENV)
             yield {"lab": lab, "node": node, "cli": cli, "env": lab.envs["a"]["ns"]}
-        finally:
-            cli("down", check=False)
 
 
 def stats(world) -> dict[str, int]:
@@ -114,7 +106,7 @@ def test_a_download_through_a_narrower_vpc_link_completes(world):
     lab.start(lab.vpc_ns("a"), [PY, "-c", BULK_SERVER, VPC_SERVER, str(BULK_PORT), str(size)])
     lab.exec(lab.node_ns, ["ip", "link", "set", "dev", "vpca", "mtu", str(NARROW)])
     cli("sync")  # reads the interface's MTU again
-    status = __import__("json").loads(cli("status", "-o", "json").stdout)
+    status = json.loads(cli("status", "-o", "json").stdout)
     (vpca,) = [i for i in status["interfaces"] if i["ifname"] == "vpca"]
     assert (vpca["mtu"], vpca["mss_clamp"]) == (NARROW, NARROW - 40)
     import time

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from clitools import node_cli
+from clitools import configured_node, node_cli
 
 from eniplane.datapath import Datapath
 from eniplane.lab import VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
@@ -157,11 +156,7 @@ def world(tmp_path_factory, shortconn):
     tmp = tmp_path_factory.mktemp("lifecycle")
     with Lab.create() as lab:
         w = World(lab, f"{lab.prefix}-life", tmp)
-        w.cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
-              "--fabric-ip", lab.fabric_ip)
-        try:
-            (tmp / "conf.yaml").write_text(yaml.safe_dump(configuration()))
-            w.cli("apply", "-f", str(tmp / "conf.yaml"))
+        with configured_node(lab, w.node, configuration(), tmp):
             enis = {e["functions"][0]: e for e in w.json("eni", "list")}
             w.vni = {t: enis[f"fn-{t}"]["vni"] for t in "ab"}
             w.eni_addr = {t: enis[f"fn-{t}"]["address"] for t in "ab"}
@@ -181,8 +176,6 @@ def world(tmp_path_factory, shortconn):
             with w.dp() as dp:
                 dp.set_timeouts(**TIMEOUTS)
             yield w
-        finally:
-            w.cli("down", check=False)
 
 
 class Holder:
@@ -408,11 +401,8 @@ def small(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     with Lab.create() as lab:
         w = World(lab, f"{lab.prefix}-small", tmp)
-        w.cli("up", "--netns", lab.node_ns, "--fabric-if", lab.fabric_if,
-              "--fabric-ip", lab.fabric_ip, "--max-flows", str(SMALL_TABLE))
-        try:
-            (tmp / "conf.yaml").write_text(yaml.safe_dump(configuration()))
-            w.cli("apply", "-f", str(tmp / "conf.yaml"))
+        with configured_node(lab, w.node, configuration(), tmp,
+                             up_args=("--max-flows", str(SMALL_TABLE))):
             enis = {e["functions"][0]: e for e in w.json("eni", "list")}
             w.vni = {t: enis[f"fn-{t}"]["vni"] for t in "ab"}
             lab.add_env("a", "w1", w.vni["a"], ENV_A[0])
@@ -423,8 +413,6 @@ def small(tmp_path_factory):
             _wait_bound(lab, lab.vpc_ns("a"), UDP_PORT, "udp")
             _wait_bound(lab, lab.vpc_ns("b"), TALK_PORT)
             yield w
-        finally:
-            w.cli("down", check=False)
 
 
 def _set_max_flows(w: World, t: str, n: int) -> None:
