@@ -105,9 +105,7 @@ class Datapath:
         return (self.config() or {}).get("flows_per_eni") or lifecycle.DEFAULT_FLOWS_PER_ENI
 
     def set_flow_limit(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 0xFFFFFFFF:
-            raise InvalidInput(f"the flow limit per ENI must be a whole number >= 1, not {n!r}")
-        self._set_config_fields({"flows_per_eni": n})
+        self._set_config_fields({"flows_per_eni": lifecycle.check_flow_limit("flows per ENI", n)})
 
     def now_ns(self) -> int:
         """The datapath's clock: CLOCK_MONOTONIC_COARSE, which bpf_ktime_get_coarse_ns reads,
@@ -371,8 +369,7 @@ class Datapath:
         if not 0 < eni_idx < self.map("eni_stats").max_entries:
             raise InvalidInput(f"ENI handle {eni_idx} is outside 1-"
                                f"{self.map('eni_stats').max_entries - 1} (MAX_ENIS)")
-        if not 0 <= max_flows <= 0xFFFFFFFF:
-            raise InvalidInput(f"max_flows {max_flows} is outside 0-4294967295")
+        lifecycle.check_flow_limit(f"ENI {vni} max flows", max_flows, zero="the node default")
         if old and old["eni_idx"] != eni_idx:
             self.map("eni_stats").update(old["eni_idx"], b"")
         if old is None or old["eni_idx"] != eni_idx:
