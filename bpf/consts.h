@@ -57,6 +57,32 @@
 #define TH_ACK 0x10
 #define INNER_TTL 64 /* the TTL of packets the node makes up inside the tunnel (TCP RSTs) */
 
+/* ICMP the node generates itself (fragmentation needed, time exceeded): RFC 792's header plus
+ * the offending datagram's IPv4 header and first 64 bits of data, as RFC 792 asks. The rate is a
+ * per-CPU token bucket, as the kernel's icmp_msgs_per_sec and icmp_msgs_burst (1000/s, 50). */
+#define ICMP_TTL 64
+#define ICMP_TOS 0xC0 /* IPTOS_PREC_INTERNETCONTROL, what Linux gives the ICMP it sends */
+#define ICMP_QUOTE_DATA 8
+#define ICMP_QUOTE_MAX (60 + ICMP_QUOTE_DATA) /* the largest IPv4 header and 64 bits */
+#define ICMP_ERR_HDRS (20 + 8) /* the IPv4 and ICMP headers in front of the quote */
+#define DEFAULT_ICMP_RATE 1000
+#define ICMP_BURST 50
+#define ICMP_DEST_UNREACH_ 3
+#define ICMP_FRAG_NEEDED_ 4
+#define ICMP_TIME_EXCEEDED_ 11
+
+/* Fragments (RFC 791): the first one carries the ports and opens or finds the flow; it leaves
+ * the flow's key in `frags` for the later ones, which carry none. An entry older than this is
+ * gone: fragments of one datagram leave their sender back to back, and a short life keeps an IP
+ * identifier that the sender reuses from reaching an older datagram's flow. */
+#define FRAG_TIMEOUT_NS 2000000000ull
+#ifndef MAX_FRAGS
+#define MAX_FRAGS 16384
+#endif
+#define IP_MF_ 0x2000
+#define IP_DF_ 0x4000
+#define IP_OFFMASK_ 0x1FFF
+
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif

@@ -120,6 +120,30 @@ static __always_inline void tcp_clamp_mss(struct tcphdr *th, void *data_end, __u
     }
 }
 
+/* `s` plus the 16-bit words of the `len` bytes at `p` (at most ICMP_QUOTE_MAX), an odd last
+ * byte padded with zero (RFC 1071), unfolded. Nothing at or past data_end is read. */
+static __always_inline __u32 csum_add_quote(const __u8 *p, __u32 len, void *data_end, __u32 s)
+{
+    for (int i = 0; i < ICMP_QUOTE_MAX / 2; i++) {
+        if ((__u32)i * 2 + 2 > len)
+            break;
+        const __u16 *w = (const void *)(p + i * 2);
+        if ((void *)(w + 1) > data_end)
+            break;
+        s += *w;
+    }
+    if (len & 1) {
+        const __u8 *b = p + ((len - 1) & 0x7F);
+        if ((void *)(b + 1) <= data_end)
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            s += *b; /* the word [b, 0] as memory holds it */
+#else
+            s += (__u32)*b << 8;
+#endif
+    }
+    return s;
+}
+
 static __always_inline void mac_copy(void *dst, const void *src)
 {
     __builtin_memcpy(dst, src, 6);

@@ -322,6 +322,185 @@ static __always_inline int icmp_is_error(__u8 type)
     return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
 }
 
+/* ---- ICMP the node generates (RFC 1812 4.3.2) -------------------------------------------
+ * Time exceeded and fragmentation needed, built in place from the offending packet: a new IPv4
+ * and ICMP header in front of the packet's IPv4 header and first 64 bits of data (RFC 792). */
+
+/* May the node answer this packet with an ICMP error? Never an ICMP error itself (nor an ICMP
+ * type it does not know, as Linux does), never a fragment other than the first, never a packet
+ * from an address that names no single host, or to a multicast or broadcast one (4.3.2.7). */
+static __always_inline int icmp_may_answer(struct iphdr *ip, void *data_end)
+{
+    if (ip->frag_off & bpf_htons(IP_OFFMASK_))
+        return 0;
+    __u8 s0 = ((__u8 *)&ip->saddr)[0], d0 = ((__u8 *)&ip->daddr)[0];
+    if (!ip->saddr || s0 == 0 || s0 == 127 || s0 >= 224 || d0 >= 224)
+        return 0;
+    if (ip->protocol == IPPROTO_ICMP) {
+        __u8 *t = (void *)ip + ip->ihl * 4;
+        if ((void *)(t + 1) > data_end)
+            return 0;
+        __u8 type = t[0]; /* the informational types: echo, router, timestamp, info, mask */
+        if (type != 0 && (type < 8 || type > 18 || type == 11 || type == 12))
+            return 0;
+    }
+    return 1;
+}
+
+/* The per-CPU token bucket (icmp_bucket): 1 when the node may send one more ICMP message. */
+static __always_inline int icmp_allowed(struct node_cfg *cfg)
+{
+    __u32 rate = cfg->icmp_rate;
+    __u32 k0 = 0;
+    struct icmp_bucket *b = icmp_bucket.lookup(&k0);
+    if (!rate || !b)
+        return 0;
+    __u64 now = coarse_now();
+    __u64 elapsed = now - b->last_ns;
+    __u32 tokens = b->tokens;
+    if (elapsed >= NSEC_PER_SEC) {
+        tokens = ICMP_BURST;
+        b->last_ns = now;
+    } else {
+        __u64 add = elapsed * rate / NSEC_PER_SEC; /* < 2^62: elapsed < 1 s, rate < 2^32 */
+        if (add) {
+            tokens = tokens + add > ICMP_BURST ? ICMP_BURST : tokens + add;
+            b->last_ns += add * NSEC_PER_SEC / rate; /* the fraction of a token is kept */
+        }
+    }
+    if (!tokens) {
+        b->tokens = 0;
+        return 0;
+    }
+    b->tokens = tokens - 1;
+    return 1;
+}
+
+/* The ICMP error's own IPv4 and ICMP headers at `nip`, in front of its quote (the `qlen` bytes
+ * that follow them), both checksums computed. 0, or -1 when the frame is too short. */
+static __always_inline int icmp_err_fill(struct iphdr *nip, void *data_end, ipv4_t src, ipv4_t dst,
+                                         __u8 type, __u8 code, __u16 mtu, __u32 qlen)
+{
+    struct icmphdr *ih = (void *)(nip + 1);
+    if ((void *)(ih + 1) > data_end)
+        return -1;
+    nip->version = 4;
+    nip->ihl = 5;
+    nip->tos = ICMP_TOS;
+    nip->tot_len = bpf_htons(ICMP_ERR_HDRS + qlen);
+    nip->id = 0;
+    nip->frag_off = 0;
+    nip->ttl = ICMP_TTL;
+    nip->protocol = IPPROTO_ICMP;
+    nip->check = 0;
+    nip->saddr = src;
+    nip->daddr = dst;
+    nip->check = ipv4_csum20(nip);
+    ih->type = type;
+    ih->code = code;
+    ih->checksum = 0;
+    ih->un.frag.__unused = 0;
+    ih->un.frag.mtu = bpf_htons(mtu); /* RFC 1191's next-hop MTU; 0 for the other errors */
+    const __u16 *w = (const void *)ih;
+    __u32 sum = (__u32)w[0] + w[1] + w[2] + w[3];
+    ih->checksum = csum_fold32(csum_add_quote((__u8 *)(ih + 1), qlen, data_end, sum));
+    return 0;
+}
+
+/* How much of the offending packet an ICMP error quotes: its IPv4 header and 64 bits of data,
+ * or all of it when it is shorter. */
+static __always_inline __u32 icmp_quote_len(struct iphdr *ip)
+{
+    __u32 q = ip->ihl * 4 + ICMP_QUOTE_DATA, tot = bpf_ntohs(ip->tot_len);
+    return tot < q ? tot : q;
+}
+
+/* An ICMP error about a packet from the VPC, sent back out of the interface it came in on:
+ * from the ENI address it was sent to (the node speaks for the flow's environment), to its
+ * sender, through the MAC it came from. Returns the reason: `none` when no answer is due. */
+static __always_inline __u32 vpc_icmp_answer(struct xdp_md *ctx, struct node_cfg *cfg,
+                                             struct vpc *vpc, __u8 type, __u8 code, __u16 mtu,
+                                             __u32 none, int *action)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = data + sizeof(*eth);
+    *action = XDP_DROP;
+    if ((void *)(ip + 1) > data_end || !icmp_may_answer(ip, data_end))
+        return none;
+    if (!icmp_allowed(cfg))
+        return STAT_drop_icmp_ratelimit;
+    __u32 qlen = icmp_quote_len(ip);
+    ipv4_t src = ip->daddr, dst = ip->saddr;
+    __u8 peer[6];
+    mac_copy(peer, eth->h_source);
+    if (bpf_xdp_adjust_head(ctx, -ICMP_ERR_HDRS))
+        return STAT_drop_adjust_failed;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    eth = data;
+    struct iphdr *nip = data + sizeof(*eth);
+    if ((void *)(nip + 1) > data_end)
+        return STAT_drop_adjust_failed;
+    mac_copy(eth->h_dest, peer);
+    mac_copy(eth->h_source, vpc->if_mac);
+    eth->h_proto = bpf_htons(ETH_P_IPV4);
+    if (icmp_err_fill(nip, data_end, src, dst, type, code, mtu, qlen))
+        return STAT_drop_adjust_failed;
+    int delta = (int)(sizeof(*eth) + ICMP_ERR_HDRS + qlen) - (int)(data_end - data);
+    if (delta && bpf_xdp_adjust_tail(ctx, delta))
+        return STAT_drop_adjust_failed;
+    *action = XDP_TX;
+    return type == ICMP_TIME_EXCEEDED_ ? STAT_tx_icmp_time_exceeded : STAT_tx_icmp_frag_needed;
+}
+
+/* ---- Fragments (consts.h: FRAG_TIMEOUT_NS) ----------------------------------------------- */
+
+/* A first fragment too short to hold its transport header whole (RFC 1858's tiny fragment):
+ * a later one could then supply the ports or TCP flags that the checks here never saw. */
+static __always_inline int frag_tiny(struct iphdr *ip, __u8 *l4, void *data_end)
+{
+    __u32 have = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
+    __u32 need = 8;
+    if (ip->protocol == IPPROTO_TCP) {
+        if ((void *)(l4 + 13) > data_end)
+            return 1;
+        need = (l4[12] >> 4) * 4;
+    }
+    return have < need;
+}
+
+/* The first fragment of a datagram leaves its flow for the later ones. */
+static __always_inline void frag_note(struct frag_key *k, struct flow_key *fk, struct iphdr *ip)
+{
+    struct frag fr;
+    __builtin_memset(&fr, 0, sizeof(fr));
+    fr.first_ns = coarse_now();
+    fr.fk = *fk;
+    fr.first_end = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
+    frags.update(k, &fr);
+}
+
+/* A later fragment's datagram: its first fragment's entry, or the reason there is none to
+ * follow (none seen, too old, or the fragment overlaps the first). */
+static __always_inline __u32 frag_find(struct frag_key *k, struct iphdr *ip, __u64 now,
+                                       struct flow_key *fk)
+{
+    k->src = ip->saddr;
+    k->dst = ip->daddr;
+    k->id = ip->id;
+    k->proto = ip->protocol;
+    k->pad = 0;
+    struct frag *fr = frags.lookup(k);
+    if (!fr || now - fr->first_ns > FRAG_TIMEOUT_NS)
+        return STAT_drop_frag_no_first;
+    if ((bpf_ntohs(ip->frag_off) & IP_OFFMASK_) * 8 < fr->first_end)
+        return STAT_drop_frag_overlap;
+    *fk = fr->fk;
+    return 0;
+}
+
 /* A SYN without ACK or RST: the one TCP segment that opens a connection. */
 static __always_inline int tcp_opens(__u8 flags)
 {
@@ -686,13 +865,17 @@ static __always_inline __u32 parse_inner_ip(struct cursor *c, struct iphdr **iip
     int rc = parse_ipv4(c, iip);
     if (rc != PARSE_OK)
         return rc == PARSE_TRUNCATED ? STAT_drop_inner_truncated : STAT_drop_inner_bad_ip;
-    if (ipv4_is_fragment(*iip))
-        return STAT_drop_inner_fragment;
-    if ((*iip)->ttl <= 1)
-        return STAT_drop_ttl_expired;
-    rc = parse_l4(c, (*iip)->protocol, ICMP_ECHO, l4);
+    struct iphdr *ip = *iip;
+    if (ip->frag_off & bpf_htons(IP_OFFMASK_))
+        return STAT_fwd_fragment; /* a later fragment, no ports: xdp_fabric_frag's */
+    if (ip->ttl <= 1)
+        return STAT_drop_ttl_expired; /* xdp_fabric_reply answers it */
+    __u8 *l4h = c->pos;
+    rc = parse_l4(c, ip->protocol, ICMP_ECHO, l4);
     if (rc != PARSE_OK || !l4->sport)
         return l4_reason(rc, STAT_drop_inner_truncated);
+    if ((ip->frag_off & bpf_htons(IP_MF_)) && frag_tiny(ip, l4h, c->end))
+        return STAT_drop_frag_tiny;
     return 0;
 }
 
@@ -845,6 +1028,34 @@ static __always_inline __u32 fabric_front(struct xdp_md *ctx, struct stats *st,
     return parse_inner_ip(&c, &p->iip, &p->l4);
 }
 
+/* Where xdp_fabric's parse found the headers, for the program it tail-calls next. */
+static __always_inline void scratch_offsets(struct open_scratch *os, void *data,
+                                            struct fabric_pkt *p)
+{
+    os->oip_off = (void *)p->t.oip - data;
+    os->oudp_off = (void *)p->t.oudp - data;
+    os->inner_off = p->inner - data;
+    os->l4_off = (void *)p->iip - data + p->iip->ihl * 4;
+}
+
+/* Hand the packet to fabric_calls[slot] with where its headers are, and for xdp_fabric_reply
+ * the ICMP error to answer with. Returns only when the tail call failed. */
+static __always_inline __u32 fabric_call(struct xdp_md *ctx, struct fabric_pkt *p, __u32 slot,
+                                         __u8 type, __u8 code, __u16 mtu)
+{
+    __u32 k0 = 0;
+    struct open_scratch *os = open_scratch.lookup(&k0);
+    if (!os)
+        return STAT_drop_tail_call;
+    scratch_offsets(os, (void *)(long)ctx->data, p);
+    os->icmp_type = type;
+    os->icmp_code = code;
+    os->icmp_mtu = mtu;
+    os->now = coarse_now();
+    fabric_calls.call(ctx, slot);
+    return STAT_drop_tail_call;
+}
+
 /* The ENI's VPC, if a packet can go into it: 0, or the reason it cannot. */
 static __always_inline __u32 vpc_ready(__u32 vpc_idx, struct vpc **out)
 {
@@ -901,11 +1112,27 @@ static __always_inline __u32 snat_emit(struct xdp_md *ctx, struct node_cfg *cfg,
     __u32 bad = vpc_ready(vpc_idx, &vpc);
     if (bad || !vpc)
         return bad ?: STAT_drop_no_vpc;
-    if (p->l4.tcp_flags & TH_SYN) /* every SYN, a retransmitted one too */
-        tcp_clamp_mss((struct tcphdr *)p->l4.sport, (void *)(long)ctx->data_end,
-                      bpf_ntohs(p->iip->tot_len) - p->iip->ihl * 4, mss_of(cfg, vpc));
-
     struct iphdr *iip = p->iip;
+    __u32 tot = bpf_ntohs(iip->tot_len);
+    if (vpc->mtu && tot > vpc->mtu) { /* the VPC link would drop it: say so, when due */
+        if (iip->frag_off & bpf_htons(IP_DF_))
+            return fabric_call(ctx, p, FABRIC_CALL_REPLY, ICMP_DEST_UNREACH_, ICMP_FRAG_NEEDED_,
+                               vpc->mtu);
+        return STAT_drop_vpc_mtu;
+    }
+    /* every SYN, a retransmitted one too */
+    if ((p->l4.tcp_flags & TH_SYN) && !(cfg->flags & NODE_F_NO_MSS_CLAMP))
+        tcp_clamp_mss((struct tcphdr *)p->l4.sport, (void *)(long)ctx->data_end,
+                      tot - iip->ihl * 4, mss_of(cfg, vpc));
+    if (iip->frag_off & bpf_htons(IP_MF_)) { /* a first fragment: the later ones follow it */
+        struct frag_key k = {.worker = p->t.oip->saddr, .scope = p->t.vni, .src = iip->saddr,
+                             .dst = iip->daddr, .id = iip->id, .proto = iip->protocol};
+        struct flow_key fk = {.vpc_idx = vpc_idx, .proto = iip->protocol, .eni_addr = eni_addr,
+                              .remote = iip->daddr, .eni_port = nat_port,
+                              .remote_port = p->l4.dport ? *p->l4.dport : 0};
+        frag_note(&k, &fk, iip);
+    }
+
     __be16 *sport = p->l4.sport;
     ipv4_t old_src = iip->saddr;
     __u16 old_port = *sport;
@@ -958,25 +1185,14 @@ static __always_inline __u32 port_range(struct eni *eni)
 }
 
 /* An environment's ICMP packet that is not an echo request: an error (RFC 792) goes on to
- * xdp_fabric_icmp, with where its headers are; anything else is unsupported. */
+ * xdp_fabric_icmp; anything else is unsupported. */
 static __always_inline __u32 icmp_error_call(struct xdp_md *ctx, struct fabric_pkt *p)
 {
-    void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u8 *l4 = (void *)p->iip + p->iip->ihl * 4;
     if ((void *)(l4 + 1) > data_end || !icmp_is_error(l4[0]))
         return STAT_drop_icmp_unsupported;
-    __u32 k0 = 0;
-    struct open_scratch *os = open_scratch.lookup(&k0);
-    if (!os)
-        return STAT_drop_tail_call;
-    os->oip_off = (void *)p->t.oip - data;
-    os->oudp_off = (void *)p->t.oudp - data;
-    os->inner_off = p->inner - data;
-    os->l4_off = (void *)l4 - data;
-    os->now = coarse_now();
-    fabric_calls.call(ctx, FABRIC_CALL_ICMP);
-    return STAT_drop_tail_call; /* only reached when the tail call failed */
+    return fabric_call(ctx, p, FABRIC_CALL_ICMP, 0, 0, 0);
 }
 
 /* xdp_fabric: the established path whole, and the stages before it. Anything else that an
@@ -1000,6 +1216,14 @@ int xdp_fabric(struct xdp_md *ctx)
         reason = icmp_error_call(ctx, &p); /* an environment's ICMP error: xdp_fabric_icmp */
         goto out;
     }
+    if (reason == STAT_drop_ttl_expired) { /* answered with time exceeded, when due */
+        reason = fabric_call(ctx, &p, FABRIC_CALL_REPLY, ICMP_TIME_EXCEEDED_, 0, 0);
+        goto out;
+    }
+    if (reason == STAT_fwd_fragment) { /* a later fragment: its first one's flow */
+        reason = fabric_call(ctx, &p, FABRIC_CALL_FRAG, 0, 0, 0);
+        goto out;
+    }
     if (reason)
         goto out;
 
@@ -1011,11 +1235,7 @@ int xdp_fabric(struct xdp_md *ctx)
         reason = STAT_drop_tail_call;
         goto out;
     }
-    void *data = (void *)(long)ctx->data;
-    os->oip_off = (void *)p.t.oip - data;
-    os->oudp_off = (void *)p.t.oudp - data;
-    os->inner_off = p.inner - data;
-    os->l4_off = (void *)p.iip - data + p.iip->ihl * 4;
+    scratch_offsets(os, (void *)(long)ctx->data, &p);
 
     /* 5. Flow lookup along the probe of the ENI's port range. */
     struct flow_key fk;
@@ -1080,8 +1300,8 @@ out:
 
 /* The headers xdp_fabric parsed, found again at the offsets it left in open_scratch. Bounds
  * are checked again (the verifier asks for it; the frame has not changed). */
-static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratch *os,
-                                          struct fabric_pkt *p)
+static __always_inline __u32 fabric_again_ip(struct xdp_md *ctx, struct open_scratch *os,
+                                             struct fabric_pkt *p)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -1093,10 +1313,8 @@ static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratc
     p->inner = data + (os->inner_off & 0x1FF);
     p->ieth = p->inner;
     p->iip = p->inner + sizeof(struct ethhdr);
-    __u8 *l4 = data + (os->l4_off & 0x3FF);
     if ((void *)(p->t.oeth + 1) > data_end || (void *)(p->t.oip + 1) > data_end ||
-        (void *)(p->t.oudp + 1) > data_end || (void *)(p->iip + 1) > data_end ||
-        (void *)(l4 + 8) > data_end)
+        (void *)(p->t.oudp + 1) > data_end || (void *)(p->iip + 1) > data_end)
         return STAT_drop_tail_call;
     __u8 *th = (__u8 *)(p->t.oudp + 1); /* VXLAN and GENEVE both carry the VNI in bytes 4-6 */
     if ((void *)(th + 8) > data_end)
@@ -1104,6 +1322,21 @@ static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratc
     p->t.tunnel = p->t.oudp->dest == bpf_htons(GENEVE_PORT) ? TUNNEL_GENEVE : TUNNEL_VXLAN;
     p->t.vni = ((__u32)th[4] << 16) | ((__u32)th[5] << 8) | th[6];
     p->bytes = data_end - p->inner;
+    return 0;
+}
+
+/* The same, with the transport header: for the programs that translate ports. */
+static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratch *os,
+                                          struct fabric_pkt *p)
+{
+    __u32 bad = fabric_again_ip(ctx, os, p);
+    if (bad)
+        return bad;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u8 *l4 = data + (os->l4_off & 0x3FF);
+    if ((void *)(l4 + 8) > data_end)
+        return STAT_drop_tail_call;
     p->l4.tcp_flags = 0;
     p->l4.dport = NULL;
     __u8 proto = p->iip->protocol;
@@ -1296,6 +1529,218 @@ int xdp_fabric_open(struct xdp_md *ctx)
 emit:
     reason = snat_emit(ctx, cfg, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason,
                        &action);
+out:
+    return record(st, reason, action);
+}
+
+/* xdp_fabric_reply (entered only by tail calls, never attached): the node's own ICMP answer to
+ * an environment's packet, sent back through the tunnel it came in. Time exceeded for a packet
+ * whose TTL would reach 0 (so traceroute from a function shows the node), fragmentation needed
+ * with the VPC link's MTU for one too big for it with DF set (RFC 1191), as open_scratch says.
+ * The answer leaves from the tunnel gateway's address (node_cfg.tunnel_gateway) and quotes the
+ * packet as the environment sent it; packets that may not be answered (icmp_may_answer), or
+ * answers over the rate, are dropped and counted. */
+int xdp_fabric_reply(struct xdp_md *ctx)
+{
+    int action = XDP_DROP;
+    __u32 k0 = 0;
+    struct stats *st = stats.lookup(&k0);
+    struct node_cfg *cfg;
+    struct open_scratch *os;
+    struct fabric_pkt p;
+    __u32 reason = STAT_drop_tail_call;
+    cfg = config.lookup(&k0);
+    os = open_scratch.lookup(&k0);
+    if (!cfg || !os)
+        goto out;
+    reason = fabric_again_ip(ctx, os, &p);
+    if (reason)
+        goto out;
+    __u8 type = os->icmp_type, code = os->icmp_code;
+    __u16 mtu = os->icmp_mtu;
+    __u32 vni = p.t.vni;
+    ipv4_t worker = p.t.oip->saddr;
+    if (!eni_of(cfg, vni)) {
+        reason = STAT_drop_unknown_vni;
+        goto out;
+    }
+    if (!worker_placed(worker, vni)) {
+        reason = STAT_drop_worker_not_placed;
+        goto out;
+    }
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct iphdr *iip = p.iip;
+    reason = type == ICMP_TIME_EXCEEDED_ ? STAT_drop_ttl_expired : STAT_drop_vpc_mtu;
+    if (!icmp_may_answer(iip, data_end) || !cfg->tunnel_gateway)
+        goto out;
+    if (!icmp_allowed(cfg)) {
+        reason = STAT_drop_icmp_ratelimit;
+        goto out;
+    }
+    /* What the answer keeps of the frame: the worker's MAC and tags, the tunnel, the
+     * environment; the quote stays where it is and the headers are written anew before it. */
+    __u32 qlen = icmp_quote_len(iip);
+    __u16 oip_off = os->oip_off; /* after the Ethernet header and its tags */
+    __u32 depth = oip_off == sizeof(struct ethhdr) + 2 * VLAN_TAG_LEN ? 2
+                  : oip_off == sizeof(struct ethhdr) + VLAN_TAG_LEN ? 1 : 0;
+    struct vlan_tag tags[MAX_VLAN_DEPTH] = {};
+    struct vlan_hdr_ *v = data + sizeof(struct ethhdr);
+    if (depth >= 1 && (void *)(v + 1) <= data_end) {
+        tags[0].tpid = p.t.oeth->h_proto;
+        tags[0].tci = v->tci;
+        struct vlan_hdr_ *v2 = v + 1;
+        if (depth >= 2 && (void *)(v2 + 1) <= data_end) {
+            tags[1].tpid = v->proto;
+            tags[1].tci = v2->tci;
+        }
+    }
+    __u8 wmac[6], emac[6];
+    mac_copy(wmac, p.t.oeth->h_source);
+    mac_copy(emac, p.ieth->h_source);
+    ipv4_t env = iip->saddr;
+    __be16 usport = p.t.oudp->source;
+    __u8 tunnel = p.t.tunnel;
+    __u32 l3_off = sizeof(struct ethhdr) + depth * VLAN_TAG_LEN;
+    /* outer IPv4, UDP, tunnel, inner Ethernet, then the answer's IPv4 and ICMP headers */
+    __u32 hdrs = l3_off + 20 + 8 + 8 + sizeof(struct ethhdr) + ICMP_ERR_HDRS;
+    if (bpf_xdp_adjust_head(ctx, (int)((void *)iip - data) - (int)hdrs)) {
+        reason = STAT_drop_adjust_failed;
+        goto out;
+    }
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    reason = STAT_drop_adjust_failed;
+    if (data + sizeof(struct ethhdr) + MAX_VLAN_DEPTH * VLAN_TAG_LEN > data_end)
+        goto out;
+    struct ethhdr *oeth = data;
+    mac_copy(oeth->h_dest, wmac);
+    mac_copy(oeth->h_source, cfg->fabric_mac);
+    __be16 *ethertype = &oeth->h_proto;
+    if (depth >= 1) {
+        struct vlan_hdr_ *nv = data + sizeof(struct ethhdr);
+        *ethertype = tags[0].tpid;
+        nv->tci = tags[0].tci;
+        ethertype = &nv->proto;
+        if (depth >= 2) {
+            nv = data + sizeof(struct ethhdr) + VLAN_TAG_LEN;
+            *ethertype = tags[1].tpid;
+            nv->tci = tags[1].tci;
+            ethertype = &nv->proto;
+        }
+    }
+    *ethertype = bpf_htons(ETH_P_IPV4);
+    void *l3 = data + l3_off;
+    struct iphdr *oip = l3;
+    struct udphdr *oudp = l3 + 20;
+    __u8 *th = l3 + 20 + 8;
+    struct ethhdr *ieth = l3 + 20 + 8 + 8;
+    struct iphdr *nip = (void *)(ieth + 1);
+    if ((void *)(nip + 1) > data_end)
+        goto out;
+    __u32 len = hdrs + qlen;
+    __u16 outer_len = len - l3_off;
+    oip->version = 4;
+    oip->ihl = 5;
+    oip->tos = 0;
+    oip->tot_len = bpf_htons(outer_len);
+    oip->id = 0;
+    oip->frag_off = 0;
+    oip->ttl = OUTER_TTL;
+    oip->protocol = IPPROTO_UDP;
+    oip->check = 0;
+    oip->saddr = cfg->fabric_ip;
+    oip->daddr = worker;
+    oip->check = ipv4_csum20(oip);
+    oudp->source = usport;
+    oudp->len = bpf_htons(outer_len - 20);
+    oudp->check = 0;
+    if (tunnel == TUNNEL_GENEVE) { /* the options, if any, are not the answer's */
+        oudp->dest = bpf_htons(GENEVE_PORT);
+        th[0] = 0;
+        th[1] = 0;
+        th[2] = ETH_P_TEB >> 8;
+        th[3] = ETH_P_TEB & 0xFF;
+    } else {
+        oudp->dest = bpf_htons(VXLAN_PORT);
+        th[0] = 0x08;
+        th[1] = 0;
+        th[2] = 0;
+        th[3] = 0;
+    }
+    th[4] = vni >> 16;
+    th[5] = vni >> 8;
+    th[6] = vni;
+    th[7] = 0;
+    mac_copy(ieth->h_dest, emac);
+    mac_copy(ieth->h_source, cfg->gateway_mac);
+    ieth->h_proto = bpf_htons(ETH_P_IPV4);
+    if (icmp_err_fill(nip, data_end, cfg->tunnel_gateway, env, type, code, mtu, qlen))
+        goto out;
+    int delta = (int)len - (int)(data_end - data);
+    if (delta && bpf_xdp_adjust_tail(ctx, delta))
+        goto out;
+    action = XDP_TX;
+    reason = type == ICMP_TIME_EXCEEDED_ ? STAT_tx_icmp_time_exceeded : STAT_tx_icmp_frag_needed;
+out:
+    return record(st, reason, action);
+}
+
+/* xdp_fabric_frag (entered only by xdp_fabric's tail call, never attached): a later fragment
+ * from an environment. It carries no ports: it follows the flow its datagram's first fragment
+ * opened or found (frags), and only its source address is translated. */
+int xdp_fabric_frag(struct xdp_md *ctx)
+{
+    int action = XDP_DROP;
+    __u32 k0 = 0;
+    struct stats *st = stats.lookup(&k0);
+    struct node_cfg *cfg = config.lookup(&k0);
+    struct open_scratch *os = open_scratch.lookup(&k0);
+    struct fabric_pkt p;
+    __u32 reason = STAT_drop_tail_call;
+    if (!cfg || !os)
+        goto out;
+    reason = fabric_again_ip(ctx, os, &p);
+    if (reason)
+        goto out;
+    struct iphdr *iip = p.iip;
+    if (iip->ttl <= 1) { /* no answer to a later fragment (RFC 1812 4.3.2.7) */
+        reason = STAT_drop_ttl_expired;
+        goto out;
+    }
+    ipv4_t worker = p.t.oip->saddr;
+    __u32 vni = p.t.vni;
+    ipv4_t env = iip->saddr;
+    struct frag_key k = {.worker = worker, .scope = vni};
+    struct flow_key fk;
+    __u64 now = os->now;
+    reason = frag_find(&k, iip, now, &fk);
+    if (reason)
+        goto out;
+    reason = STAT_drop_frag_no_first; /* unless the datagram's flow is still there, and live */
+    struct flow *f = flows.lookup(&fk);
+    if (!f)
+        goto out;
+    __u64 seen = flow_seen(&f);
+    if (f->worker != worker || f->vni != vni || f->env_addr != env ||
+        !flow_live(cfg, fk.proto, f->state, seen, now))
+        goto out;
+    struct vpc *vpc = NULL;
+    reason = vpc_ready(fk.vpc_idx, &vpc);
+    if (reason || !vpc) {
+        reason = reason ?: STAT_drop_no_vpc;
+        goto out;
+    }
+    if (vpc->mtu && bpf_ntohs(iip->tot_len) > vpc->mtu) { /* a fragment has no DF to heed */
+        reason = STAT_drop_vpc_mtu;
+        goto out;
+    }
+    f->tx_packets++;
+    f->tx_bytes += p.bytes;
+    iip->saddr = fk.eni_addr;
+    iip->check = csum_replace4(iip->check, env, fk.eni_addr);
+    ipv4_dec_ttl(iip);
+    reason = vpc_emit(ctx, &p, vpc, f->eni_idx, STAT_fwd_fragment, &action);
 out:
     return record(st, reason, action);
 }
@@ -1568,28 +2013,36 @@ int xdp_vpc(struct xdp_md *ctx)
      * address, so an established reply needs no ENI lookup. */
     struct eni_addr_key ak = {.vpc_idx = vpc_idx, .addr = ip->daddr};
     struct icmp_err ie;
-    int is_err = 0;
+    int is_err = 0, later = 0;
     __u32 bad = 0;
     __u8 l4proto = 0, tcp_flags = 0;
     __be16 *dport_p = NULL, sport = 0;
     struct l4 l4;
+    struct flow_key fk;
+    __builtin_memset(&fk, 0, sizeof(fk));
     int rc = parse_ipv4(&c, &ip);
     if (rc != PARSE_OK) {
         bad = STAT_drop_vpc_malformed;
-    } else if (ipv4_is_fragment(ip)) {
-        bad = STAT_drop_vpc_fragment;
-    } else if (ip->ttl <= 1) {
-        bad = STAT_drop_ttl_expired;
+    } else if (ip->frag_off & bpf_htons(IP_OFFMASK_)) {
+        /* a later fragment, no ports: the flow its first fragment found */
+        later = 1;
+        struct frag_key k = {.scope = vpc_idx | FRAG_K_RETURN};
+        bad = frag_find(&k, ip, coarse_now(), &fk);
     } else {
         l4proto = ip->protocol;
         struct icmphdr *ih = c.pos;
+        __u8 *l4h = c.pos;
         if (l4proto == IPPROTO_ICMP && (void *)(ih + 1) <= data_end && icmp_is_error(ih->type)) {
             is_err = 1;
             bad = icmp_error_parse(&c, ip, &ie);
+            if (!bad && (ip->frag_off & bpf_htons(IP_MF_))) /* the quote is all there is */
+                bad = STAT_drop_icmp_error_malformed;
         } else {
             rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
             if (rc != PARSE_OK || !l4.dport)
                 bad = l4_reason(rc, STAT_drop_vpc_malformed);
+            else if ((ip->frag_off & bpf_htons(IP_MF_)) && frag_tiny(ip, l4h, data_end))
+                bad = STAT_drop_frag_tiny;
         }
     }
     if (bad) {
@@ -1600,16 +2053,18 @@ int xdp_vpc(struct xdp_md *ctx)
         goto out;
     }
 
-    struct flow_key fk;
-    __builtin_memset(&fk, 0, sizeof(fk));
-    fk.vpc_idx = vpc_idx;
-    fk.eni_addr = ip->daddr;
-    if (is_err) { /* the quoted packet, the flow's own way round */
+    if (later) {
+        /* fk is the datagram's flow, as its first fragment left it */
+    } else if (is_err) { /* the quoted packet, the flow's own way round */
+        fk.vpc_idx = vpc_idx;
+        fk.eni_addr = ip->daddr;
         fk.proto = ie.proto;
         fk.remote = ie.eip->daddr;
         fk.eni_port = ie.nat_port;
         fk.remote_port = ie.remote_port;
     } else {
+        fk.vpc_idx = vpc_idx;
+        fk.eni_addr = ip->daddr;
         dport_p = l4.dport;
         sport = l4.sport ? *l4.sport : 0;
         tcp_flags = l4.tcp_flags;
@@ -1620,7 +2075,10 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     struct flow *f = flows.lookup(&fk);
     if (!f) {
-        if (eni_addrs.lookup(&ak)) {
+        if (later) { /* the first fragment's flow is gone */
+            action = XDP_DROP;
+            reason = STAT_drop_frag_no_first;
+        } else if (eni_addrs.lookup(&ak)) {
             action = XDP_DROP;
             /* unsolicited: environments accept no inbound */
             reason = is_err ? STAT_drop_icmp_error_no_flow : STAT_drop_no_flow;
@@ -1634,7 +2092,17 @@ int xdp_vpc(struct xdp_md *ctx)
     __u8 state = f->state;
     if (!flow_live(cfg, fk.proto, state, seen, now)) {
         /* its owner may be gone, its port another's soon */
-        reason = is_err ? STAT_drop_icmp_error_no_flow : STAT_drop_flow_expired;
+        reason = is_err ? STAT_drop_icmp_error_no_flow
+                        : later ? STAT_drop_frag_no_first : STAT_drop_flow_expired;
+        goto out;
+    }
+    /* The node is the hop between the VPC and the environment: a TTL that would reach 0 is
+     * answered (time exceeded, from the ENI address), unless no answer is due. */
+    if (ip->ttl <= 1) {
+        reason = STAT_drop_ttl_expired;
+        if (!is_err)
+            reason = vpc_icmp_answer(ctx, cfg, vpc, ICMP_TIME_EXCEEDED_, 0, 0,
+                                     STAT_drop_ttl_expired, &action);
         goto out;
     }
     struct worker *w = worker_of(f->worker);
@@ -1651,11 +2119,22 @@ int xdp_vpc(struct xdp_md *ctx)
         depth = MAX_VLAN_DEPTH;
     __u32 frame_len = data_end - data;
     if (cfg->fabric_mtu && frame_len + ENCAP_LEN - 14 > cfg->fabric_mtu) {
+        /* too big for the tunnel: with DF, the sender learns what fits inside it (RFC 1191) */
         reason = STAT_drop_fabric_mtu;
+        if (!is_err && (ip->frag_off & bpf_htons(IP_DF_)) && cfg->fabric_mtu > ENCAP_LEN)
+            reason = vpc_icmp_answer(ctx, cfg, vpc, ICMP_DEST_UNREACH_, ICMP_FRAG_NEEDED_,
+                                     cfg->fabric_mtu - ENCAP_LEN, STAT_drop_fabric_mtu, &action);
         goto out;
     }
 
-    if (is_err) {
+    if (later) {
+        /* no ports: only the address, as the first fragment's was */
+        ipv4_t old_dst = ip->daddr;
+        ip->daddr = f->env_addr;
+        ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
+        ipv4_dec_ttl(ip);
+        reason = STAT_rev_fragment;
+    } else if (is_err) {
         /* An error about the flow: translated, delivered, and no sign of the flow's life. */
         icmp_error_translate(ip, &ie, f->env_addr, f->env_port, data_end);
         reason = STAT_rev_icmp_error;
@@ -1663,12 +2142,18 @@ int xdp_vpc(struct xdp_md *ctx)
         /* Reverse translation: destination back to the environment's address and port. */
         ipv4_t old_dst = ip->daddr;
         __u16 old_port = *dport_p;
+        if (ip->frag_off & bpf_htons(IP_MF_)) { /* a first fragment: the later ones follow it */
+            struct frag_key k = {.scope = vpc_idx | FRAG_K_RETURN, .src = ip->saddr,
+                                 .dst = old_dst, .id = ip->id, .proto = l4proto};
+            frag_note(&k, &fk, ip);
+        }
         ip->daddr = f->env_addr;
         ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
         ipv4_dec_ttl(ip);
         l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
         *dport_p = f->env_port;
-        if (tcp_flags & TH_SYN) /* the SYN/ACK: what the environment may send fits the path */
+        /* the SYN/ACK: what the environment may send fits the path */
+        if ((tcp_flags & TH_SYN) && !(cfg->flags & NODE_F_NO_MSS_CLAMP))
             tcp_clamp_mss((struct tcphdr *)l4.sport, data_end,
                           bpf_ntohs(ip->tot_len) - ip->ihl * 4, mss_of(cfg, vpc));
         if (now != seen) /* stores only where something changed, as forward */

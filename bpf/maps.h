@@ -3,7 +3,7 @@
  * Writers: the control plane writes config, workers, worker_slots (owners), placements, enis,
  * eni_addrs,
  * vpcs, vpc_ifs, vpc_if_slots, sg_rules, tx_ports, fabric_calls and eni_flows_removed; the
- * datapath writes the flow tables, eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned
+ * datapath writes the flow tables, frags, icmp_bucket, eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned
  * gateway MACs.
  */
 #ifndef ENIPLANE_MAPS_H
@@ -42,10 +42,17 @@ BPF_TABLE_PINNED("array", __u32, __u64, eni_flows_removed, MAX_ENIS, PIN_DIR "/e
 BPF_TABLE_PINNED("percpu_array", __u32, struct open_scratch, open_scratch, 1,
                  PIN_DIR "/open_scratch");
 /* fabric_calls[FABRIC_CALL_OPEN] = xdp_fabric_open, [FABRIC_CALL_ICMP] = xdp_fabric_icmp,
- * filled by the loader. */
+ * [FABRIC_CALL_REPLY] = xdp_fabric_reply, [FABRIC_CALL_FRAG] = xdp_fabric_frag, filled by the
+ * loader. */
 #define FABRIC_CALL_OPEN 0
 #define FABRIC_CALL_ICMP 1
-BPF_TABLE_PINNED("prog", __u32, __u32, fabric_calls, 2, PIN_DIR "/fabric_calls");
+#define FABRIC_CALL_REPLY 2
+#define FABRIC_CALL_FRAG 3
+#define FABRIC_CALLS 4
+BPF_TABLE_PINNED("prog", __u32, __u32, fabric_calls, FABRIC_CALLS, PIN_DIR "/fabric_calls");
+BPF_TABLE_PINNED("percpu_array", __u32, struct icmp_bucket, icmp_bucket, 1,
+                 PIN_DIR "/icmp_bucket");
+BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag, frags, MAX_FRAGS, PIN_DIR "/frags");
 BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, struct clock_cache, clock, 1, PIN_DIR "/clock");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,

@@ -28,10 +28,17 @@
     X(drop_inner_truncated)                                                                      \
     X(drop_inner_not_ipv4)                                                                       \
     X(drop_inner_bad_ip)     /* version, IHL or total length (vs header, frame) invalid */       \
-    X(drop_inner_fragment)   /* fragments carry no ports to translate (not supported yet) */     \
     X(drop_proto_unsupported) /* neither TCP, UDP nor ICMP */                                    \
     X(drop_icmp_unsupported) /* ICMP other than echo request (fabric), echo reply or an error (VPC) */ \
-    X(drop_ttl_expired)                                                                          \
+    X(drop_ttl_expired)      /* TTL would reach 0, and no ICMP answer is due (RFC 1812 4.3.2.7) */ \
+    X(drop_vpc_mtu)          /* larger than the VPC link's MTU, and no ICMP answer is due */     \
+    X(drop_icmp_ratelimit)   /* an ICMP answer over the node's per-CPU rate (icmp_rate) */       \
+    X(tx_icmp_time_exceeded) /* TTL would reach 0: ICMP time exceeded sent to the sender */      \
+    X(tx_icmp_frag_needed)   /* too big with DF: ICMP fragmentation needed sent to the sender */ \
+    X(drop_frag_no_first)    /* a later fragment whose first was not seen (or its flow is gone) */ \
+    X(drop_frag_overlap)     /* a later fragment that overlaps the first one (RFC 1858) */      \
+    X(drop_frag_tiny)        /* a first fragment too short for its transport header (RFC 1858) */ \
+    X(fwd_fragment)          /* a later fragment of a flow's datagram, translated into the VPC */ \
     X(drop_sg_denied)        /* no rule of any of the ENI's groups allows the new flow */        \
     X(drop_port_exhausted)   /* no free SNAT port towards this destination */                    \
     X(drop_flow_insert)      /* the flow table refused the entry */                              \
@@ -61,7 +68,6 @@
     X(gw_mac_learned)        /* the gateway's MAC learned (first ARP, or after `vpc relearn`) */ \
     X(gw_mac_conflict)       /* ARP claims the gateway's address from another MAC: not adopted */ \
     X(drop_vpc_malformed)                                                                        \
-    X(drop_vpc_fragment)                                                                         \
     X(drop_no_flow)          /* unsolicited: environments accept no inbound connections */       \
     X(drop_flow_expired)     /* a reply into a flow that expired or was reset */                 \
     X(drop_icmp_error_no_flow) /* an ICMP error about a packet of no live flow */                \
@@ -69,7 +75,8 @@
     X(drop_fabric_mtu)       /* the encapsulated reply would exceed the fabric MTU */            \
     X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */        \
     X(rev_established)                                                                           \
-    X(rev_icmp_error)        /* an ICMP error about a flow, translated back to its environment */
+    X(rev_icmp_error)        /* an ICMP error about a flow, translated back to its environment */ \
+    X(rev_fragment)          /* a later fragment of a flow's datagram, back to its environment */
 
 #define ENIPLANE_STAT_ENUM(n) STAT_##n,
 enum stat_id { ENIPLANE_STATS(ENIPLANE_STAT_ENUM) STAT__MAX };

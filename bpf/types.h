@@ -35,7 +35,14 @@ struct node_cfg {
     __u32 timeout_udp;
     __u32 timeout_icmp;
     __u32 flows_per_eni; /* the node's default per-ENI flow limit (0: none); eni.max_flows overrides */
+    __u32 flags;         /* NODE_F_* */
+    /* The source of the ICMP the node sends inside the tunnel (time exceeded, fragmentation
+     * needed): the environments' gateway. They route on-link, so no address is theirs to
+     * know; traceroute shows this one as the node's hop. User space always writes it. */
+    ipv4_t tunnel_gateway;
+    __u32 icmp_rate;     /* ICMP messages the node may generate per second per CPU; 0: none */
 };
+#define NODE_F_NO_MSS_CLAMP 1 /* leave the MSS of SYNs and SYN/ACKs as they are */
 
 /* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
 struct vlan_tag {
@@ -243,6 +250,41 @@ struct open_scratch {
     __u16 oudp_off;
     __u16 inner_off;
     __u16 l4_off;
+    /* What xdp_fabric_reply answers with (ICMP type, code, next-hop MTU) */
+    __u8 icmp_type;
+    __u8 icmp_code;
+    __u16 icmp_mtu;
+    __u32 pad;
+};
+
+/* icmp_bucket[0], per CPU: the token bucket that limits the ICMP the node generates (consts.h:
+ * ICMP_BURST, node_cfg.icmp_rate). */
+struct icmp_bucket {
+    __u64 last_ns; /* when tokens were last added */
+    __u32 tokens;
+    __u32 pad;
+};
+
+/* frags[datagram]: what a datagram's first fragment found, for its later fragments, which carry
+ * no ports. Forward, the key is the environment's view (its worker and VNI scope its address,
+ * since environments' addresses overlap); back, the VPC's (VPC index with FRAG_K_RETURN). */
+struct frag_key {
+    ipv4_t worker; /* forward: the worker; back: 0 */
+    __u32 scope;   /* forward: the VNI; back: the VPC index | FRAG_K_RETURN */
+    ipv4_t src;
+    ipv4_t dst;
+    __be16 id;
+    __u8 proto;
+    __u8 pad;
+};
+#define FRAG_K_RETURN 0x80000000u
+
+struct frag {
+    __u64 first_ns;     /* when the first fragment passed; the entry lives FRAG_TIMEOUT_NS */
+    struct flow_key fk; /* the datagram's flow */
+    __u16 first_end;    /* bytes of the datagram's payload the first fragment carried: a later
+                         * fragment that starts inside them overlaps it (RFC 1858) */
+    __u16 pad[3];
 };
 
 /* eni_stats[eni_idx], a per-CPU array. "tx" is towards the VPC, "rx" back towards the worker. */
@@ -259,7 +301,7 @@ struct eni_stats {
 
 /* The layouts hold no implicit padding (keys hash the same bytes always) and user space reads
  * them from BTF: a size that changes here is a change of the maps' format, on purpose or not. */
-_Static_assert(sizeof(struct node_cfg) == 48, "node_cfg layout");
+_Static_assert(sizeof(struct node_cfg) == 60, "node_cfg layout");
 _Static_assert(sizeof(struct worker) == 16, "worker layout");
 _Static_assert(sizeof(struct worker_slot) == 20, "worker_slot layout");
 _Static_assert(sizeof(struct placement_key) == 8, "placement_key layout");
@@ -270,6 +312,9 @@ _Static_assert(sizeof(struct sg_key) == 16, "sg_key layout");
 _Static_assert(sizeof(struct flow_key) == 16, "flow_key layout");
 _Static_assert(sizeof(struct flow) == 64, "flow layout");
 _Static_assert(sizeof(struct flow_guard) == 40, "flow_guard layout");
-_Static_assert(sizeof(struct open_scratch) == 32, "open_scratch layout");
+_Static_assert(sizeof(struct open_scratch) == 40, "open_scratch layout");
+_Static_assert(sizeof(struct icmp_bucket) == 16, "icmp_bucket layout");
+_Static_assert(sizeof(struct frag_key) == 20, "frag_key layout");
+_Static_assert(sizeof(struct frag) == 32, "frag layout");
 
 #endif

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Collection, Iterable
 
-from . import lifecycle, paths, probe
+from . import ipv4, lifecycle, paths, probe
 from .maps import PinnedMap, sum_percpu
 from .bpfsys import BPF_NOEXIST
 from .errors import EniplaneError, InvalidInput
@@ -27,7 +27,8 @@ from .sgcompile import Rule, compile_rules
 # and maps.h's TX_SLOT_FABRIC.
 MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
              "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "eni_flows_added",
-             "eni_flows_removed", "open_scratch", "fabric_calls", "stats", "eni_stats", "clock",
+             "eni_flows_removed", "open_scratch", "fabric_calls", "icmp_bucket", "frags", "stats",
+             "eni_stats", "clock",
              "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8
 WORKER_F_MAC, WORKER_F_RELEARN, WORKER_F_STATIC = 1, 2, 4
@@ -35,6 +36,25 @@ NO_MAC = "00:00:00:00:00:00"
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's clock id 6
 TX_SLOT_FABRIC = 0
 
+
+
+NODE_F_NO_MSS_CLAMP = 1  # types.h: node_cfg.flags
+
+
+def _ipv4_config(values: dict, flags: int) -> dict:
+    """node_cfg's fields for the IPv4 settings (ipv4.py); `flags` as node_cfg holds them now."""
+    clamp = 0 if values["mss_clamp"] else NODE_F_NO_MSS_CLAMP
+    return {"flags": (flags & ~NODE_F_NO_MSS_CLAMP) | clamp, "icmp_rate": values["icmp_rate"],
+            "tunnel_gateway": values["tunnel_gateway"]}
+
+
+def _ipv4_of(cfg: dict) -> dict:
+    """The IPv4 settings a node_cfg holds: the defaults where user space never wrote them (a
+    tunnel gateway is always written, and never 0.0.0.0)."""
+    if cfg.get("tunnel_gateway", "0.0.0.0") == "0.0.0.0":
+        return dict(ipv4.DEFAULTS)
+    return {"mss_clamp": not cfg.get("flags", 0) & NODE_F_NO_MSS_CLAMP,
+            "icmp_rate": cfg.get("icmp_rate", 0), "tunnel_gateway": cfg["tunnel_gateway"]}
 
 class Datapath:
     def __init__(self, node: str, netns: str | None = None):
@@ -73,6 +93,8 @@ class Datapath:
         for name, field in lifecycle.TIMEOUT_FIELDS.items():
             cfg[field] = (old or {}).get(field) or lifecycle.DEFAULT_TIMEOUTS[name]
         cfg["flows_per_eni"] = (old or {}).get("flows_per_eni") or lifecycle.DEFAULT_FLOWS_PER_ENI
+        # the IPv4 settings too (set_ipv4): what they were, or the defaults on a fresh node
+        cfg.update(_ipv4_config(_ipv4_of(old or {}), (old or {}).get("flags", 0)))
         self.map("config").update(0, cfg)
         self.set_tx_port(TX_SLOT_FABRIC, fabric_ifindex)
 
@@ -106,6 +128,18 @@ class Datapath:
 
     def set_flow_limit(self, n: int) -> None:
         self._set_config_fields({"flows_per_eni": lifecycle.check_flow_limit("flows per ENI", n)})
+
+    # ---- IPv4 settings (ipv4.py) ---------------------------------------------------------
+    def ipv4_settings(self) -> dict:
+        """MSS clamping on or off, the ICMP rate per CPU, the tunnel gateway's address."""
+        return _ipv4_of(self.config() or {})
+
+    def set_ipv4(self, **values) -> dict:
+        """Change some of the IPv4 settings; the datapath applies them to the next packet."""
+        vals = ipv4.check_settings(values)
+        cfg = self.config() or {}
+        self._set_config_fields(_ipv4_config({**_ipv4_of(cfg), **vals}, cfg.get("flags", 0)))
+        return self.ipv4_settings()
 
     def now_ns(self) -> int:
         """The datapath's clock: CLOCK_MONOTONIC_COARSE, which bpf_ktime_get_coarse_ns reads,
