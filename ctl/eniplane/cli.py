@@ -156,12 +156,16 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     def render(d: dict) -> None:
         output.info(f"node {d['node']}  namespace {d['netns'] or '-'}  fabric {d['fabric_if']} "
                     f"{d['fabric_ip']}")
-        output.info("ipv4  " + _ipv4_line(d["ipv4"]))
         output.table("interfaces", ["interface", "program", "hook", "mode", "prog id", "attached",
                                     "mtu", "mss clamp"],
                      [(i["ifname"], i["program"], i["hook"], i["mode"], i["prog_id"],
                        "yes" if i["attached"] else "NO", i.get("mtu") or "-",
                        i.get("mss_clamp") or "-") for i in d["interfaces"]])
+        v4 = d["ipv4"]
+        output.table("IPv4 settings", ["mss clamp", "icmp rate / s / CPU",
+                                       "tunnel gateway"],
+                     [(_ipv4_value("mss_clamp", v4["mss_clamp"]),
+                       v4["icmp_rate"] or "0 (sends none)", v4["tunnel_gateway"])])
         output.table("maps", ["map", "type", "entries", "max", "fill"],
                      [(m["name"], m["type"], m["entries"], m["max_entries"],
                        f"{m['fill'] * 100:.1f}%") for m in d["maps"]])
@@ -890,13 +894,6 @@ _IPV4_USE = {"mss_clamp": "lower the MSS of SYN and SYN/ACK to what fits the VPC
 
 def _ipv4_value(name: str, v) -> str:
     return ("on" if v else "off") if name == "mss_clamp" else str(v)
-
-
-def _ipv4_line(d: dict) -> str:
-    rate = d["icmp_rate"]
-    return (f"mss clamp {_ipv4_value('mss_clamp', d['mss_clamp'])}  icmp rate "
-            + (f"{rate}/s per CPU" if rate else "0 (the node sends no ICMP)")
-            + f"  tunnel gateway {d['tunnel_gateway']}")
 
 
 @ipv4_app.command("show")
