@@ -1,7 +1,8 @@
-"""python -m bench [throughput|cost|scale|control|all|lifecycle] [--smoke] [--json FILE] [--png FILE]
+"""python -m bench [throughput|cost|scale|control|all|lifecycle|ipv4] [--smoke] [--json FILE] [--png FILE]
 
 `lifecycle` (not part of `all`) times the flow lifecycle: with --old CHECKOUT it compares that
-checkout's datapath with this one's, in interleaved rounds."""
+checkout's datapath with this one's, in interleaved rounds. `ipv4` (not part of `all`) times each
+IPv4 path (fragments, the node's ICMP, ICMP errors) beside the established path."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from . import report
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("what", nargs="*", metavar="STEP",
-                    help="all (default), throughput, cost, scale or control; lifecycle")
+                    help="all (default), throughput, cost, scale or control; lifecycle, ipv4")
     ap.add_argument("--smoke", action="store_true",
                     help="a few thousand packets per step: proves the harness works, not speed")
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one measured run")
@@ -46,13 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     from eniplane.signals import exit_on_sigterm
 
     exit_on_sigterm()  # a killed run still removes its namespaces and pins
-    bad = set(a.what) - {"all", "throughput", "cost", "scale", "control", "lifecycle"}
+    bad = set(a.what) - {"all", "throughput", "cost", "scale", "control", "lifecycle", "ipv4"}
     if bad:
         ap.error(f"unknown step {sorted(bad)[0]!r}")
     what = {"throughput", "cost", "scale", "control"} if not a.what or "all" in a.what \
         else set(a.what)
-    if "lifecycle" in a.what:
-        what.add("lifecycle")
+    what |= {w for w in ("lifecycle", "ipv4") if w in a.what}
     if a.smoke:
         a.seconds, a.repeats, a.flows, a.fill, a.enis = 0.05, 1, "1,16", 2000, 20
     flows = [int(x) for x in a.flows.split(",")]
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         doc["lifecycle"] = lifecycle.run(a.old, 5000 if a.smoke else a.sweep_flows,
                                          1 if a.smoke else a.rounds, batch, progress)
         print(json.dumps(doc["lifecycle"], indent=1, default=str))
+    if "ipv4" in what:
+        from . import ipv4
+        doc["ipv4"] = ipv4.run(1 if a.smoke else a.rounds, 300 if a.smoke else 3000, progress)
+        print(json.dumps(doc["ipv4"], indent=1))
     report.tables(doc)
     if a.json:
         report.write_json(doc, a.json)

@@ -872,9 +872,12 @@ static __always_inline __u32 parse_inner_ip(struct cursor *c, struct iphdr **iip
         return STAT_drop_ttl_expired; /* xdp_fabric_reply answers it */
     __u8 *l4h = c->pos;
     rc = parse_l4(c, ip->protocol, ICMP_ECHO, l4);
+    int first_frag = (ip->frag_off & bpf_htons(IP_MF_)) != 0;
+    if (rc == PARSE_TRUNCATED && first_frag)
+        return STAT_drop_frag_tiny;
     if (rc != PARSE_OK || !l4->sport)
         return l4_reason(rc, STAT_drop_inner_truncated);
-    if ((ip->frag_off & bpf_htons(IP_MF_)) && frag_tiny(ip, l4h, c->end))
+    if (first_frag && frag_tiny(ip, l4h, c->end))
         return STAT_drop_frag_tiny;
     return 0;
 }
@@ -2039,9 +2042,12 @@ int xdp_vpc(struct xdp_md *ctx)
                 bad = STAT_drop_icmp_error_malformed;
         } else {
             rc = parse_l4(&c, l4proto, ICMP_ECHOREPLY, &l4);
-            if (rc != PARSE_OK || !l4.dport)
+            int first_frag = (ip->frag_off & bpf_htons(IP_MF_)) != 0;
+            if (rc == PARSE_TRUNCATED && first_frag)
+                bad = STAT_drop_frag_tiny;
+            else if (rc != PARSE_OK || !l4.dport)
                 bad = l4_reason(rc, STAT_drop_vpc_malformed);
-            else if ((ip->frag_off & bpf_htons(IP_MF_)) && frag_tiny(ip, l4h, data_end))
+            else if (first_frag && frag_tiny(ip, l4h, data_end))
                 bad = STAT_drop_frag_tiny;
         }
     }

@@ -9,7 +9,8 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.eniplane-installed"
 # ruby only parses the Vagrantfile in the tests; the VM itself cannot boot on every host. gcc and
 # libc6-dev build the e2e tests' short-connection client (tests/e2e/shortconn.c).
-PKGS=(python3-bpfcc iproute2 python3-venv ethtool nftables iputils-ping ruby gcc libc6-dev)
+# traceroute shows the node as a hop in the IPv4 paths e2e test.
+PKGS=(python3-bpfcc iproute2 python3-venv ethtool nftables iputils-ping traceroute ruby gcc libc6-dev)
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*" >&2; }

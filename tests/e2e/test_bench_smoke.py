@@ -39,3 +39,17 @@ def test_bench_smoke(tmp_path):
     assert doc["control"]["apply_enis"] == 20
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per-packet cost" in p.stdout
+
+
+def test_bench_ipv4_smoke(tmp_path):
+    """Each IPv4 path's packet is checked to take its path before it is timed: a path that
+    went elsewhere fails the step."""
+    out = tmp_path / "ipv4.json"
+    p = subprocess.run([sys.executable, "-m", "bench", "ipv4", "--smoke", "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ns = json.loads(out.read_text())["ipv4"]["ns"]
+    assert {"est_fwd", "est_return", "later_fragment_fwd", "later_fragment_return",
+            "time_exceeded_fwd", "time_exceeded_return", "frag_needed_fwd",
+            "frag_needed_return", "icmp_error_fwd", "icmp_error_return"} <= set(ns)
+    assert all(v > 0 for v in ns.values()), ns

@@ -1,19 +1,23 @@
-"""The rest of IPv4 end to end (issue 14, the parts built so far), with the kernel's own VXLAN
-device as the environment's peer and real sockets: an ICMP port unreachable from a VPC host
-reaches the environment's UDP socket as "connection refused", and a TCP download through a VPC
-link narrower than the environment's completes because SYN/ACKs are MSS-clamped. The module has
-a lab and a node of its own (it narrows a VPC link)."""
+"""The rest of IPv4 end to end (issue 14), with the kernel's own VXLAN device as the
+environment's peer and real tools and sockets: an ICMP port unreachable from a VPC host reaches
+the environment's UDP socket as "connection refused"; a TCP download through a VPC link narrower
+than the environment's completes because SYN/ACKs are MSS-clamped; `ping -M do` across that link
+learns its MTU from the node; `traceroute` shows the node as a hop; a 4,000-byte UDP datagram,
+fragmented by its sender, arrives whole at a VPC server and its fragmented echo arrives whole at
+the environment. The module has a lab and a node of its own (it narrows a VPC link)."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
 
 from clitools import configured_node
 from eniplane.datapath import Datapath
-from eniplane.lab import VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
+from eniplane import ipv4
+from eniplane.lab import UDP_ECHO_PORT, VPC_CIDR, VPC_GATEWAY, VPC_MTU, VPC_SERVER, WORKER_IPS, Lab
 
 PY = sys.executable
 ENV = "172.16.0.2"
@@ -60,9 +64,27 @@ print(n, s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
 """
 
 
+# Sends one datagram of N bytes (the kernel fragments it) and waits for the echo.
+UDP_BIG = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+data = bytes(range(250)) * (int(sys.argv[3]) // 250)
+s.send(data)
+try:
+    got = s.recv(65535); print(len(data), got.endswith(b" " + data))  # "NAME saw A:P " + data
+except socket.timeout:
+    print("timeout")
+"""
+TRACE_PORTS = "33434-33534"  # traceroute's UDP probes
+
+
 def configuration() -> dict:
     rules = [{"proto": "udp", "ports": str(CLOSED_UDP), "cidr": VPC_CIDR},
-             {"proto": "tcp", "ports": str(BULK_PORT), "cidr": VPC_CIDR}]
+             {"proto": "tcp", "ports": str(BULK_PORT), "cidr": VPC_CIDR},
+             {"proto": "udp", "ports": str(UDP_ECHO_PORT), "cidr": VPC_CIDR},
+             {"proto": "udp", "ports": TRACE_PORTS, "cidr": VPC_CIDR},
+             {"proto": "icmp", "cidr": VPC_CIDR}]
     return {
         "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
         "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
@@ -97,15 +119,25 @@ def test_a_closed_udp_port_in_the_vpc_is_refused_at_the_environment(world):
     assert stats(world)["rev_icmp_error"] > before
 
 
-def test_a_download_through_a_narrower_vpc_link_completes(world):
-    """The node's side of the VPC link narrows to 1,400 bytes (the server's side stays at
-    1,500, as a smaller link further on would be): a frame larger than that is lost on it. The
-    server's segments fit only because the environment's SYN reached it with a clamped MSS."""
+@pytest.fixture
+def narrow(world):
+    """The node's side of the VPC link narrowed to 1,400 bytes (the server's side stays at
+    1,500, as a smaller link further on would be): a frame larger than that is lost on it.
+    `sync` reads the interface's MTU again; it is put back afterwards."""
+    lab, cli = world["lab"], world["cli"]
+    lab.exec(lab.node_ns, ["ip", "link", "set", "dev", "vpca", "mtu", str(NARROW)])
+    cli("sync")
+    yield
+    lab.exec(lab.node_ns, ["ip", "link", "set", "dev", "vpca", "mtu", str(VPC_MTU)])
+    cli("sync")
+
+
+def test_a_download_through_a_narrower_vpc_link_completes(world, narrow):
+    """The server's segments fit the narrow link only because the environment's SYN reached it
+    with a clamped MSS."""
     lab, cli = world["lab"], world["cli"]
     size = 10 * 1024 * 1024
     lab.start(lab.vpc_ns("a"), [PY, "-c", BULK_SERVER, VPC_SERVER, str(BULK_PORT), str(size)])
-    lab.exec(lab.node_ns, ["ip", "link", "set", "dev", "vpca", "mtu", str(NARROW)])
-    cli("sync")  # reads the interface's MTU again
     status = json.loads(cli("status", "-o", "json").stdout)
     (vpca,) = [i for i in status["interfaces"] if i["ifname"] == "vpca"]
     assert (vpca["mtu"], vpca["mss_clamp"]) == (NARROW, NARROW - 40)
@@ -121,3 +153,45 @@ def test_a_download_through_a_narrower_vpc_link_completes(world):
     got, mss = map(int, p.stdout.split())
     assert got == size
     assert mss <= NARROW - 40  # what the server announced, clamped on its SYN/ACK
+
+
+def test_ping_with_df_across_the_narrower_link_learns_its_mtu(world, narrow):
+    """1,472 bytes of data make a 1,500-byte packet, which fits the environment's link but not
+    the node's into the VPC: the node answers with fragmentation needed, MTU 1,400, which ping
+    reports (and the environment's kernel then keeps as the path's MTU)."""
+    lab = world["lab"]
+    before = stats(world)["tx_icmp_frag_needed"]
+    p = lab.run(world["env"], ["ping", "-n", "-M", "do", "-s", "1472", "-c", "2", "-i", "0.3",
+                               "-W", "2", VPC_SERVER], timeout=20)
+    out = p.stdout + p.stderr
+    assert "Frag needed" in out and re.search(r"mtu ?= ?1400", out), out
+    assert stats(world)["tx_icmp_frag_needed"] > before
+    # 1,372 bytes of data fit: the same ping gets its answers
+    p = lab.run(world["env"], ["ping", "-n", "-M", "do", "-s", "1372", "-c", "1", "-W", "2",
+                               VPC_SERVER], timeout=20)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_traceroute_from_an_environment_shows_the_node(world):
+    lab = world["lab"]
+    p = lab.run(world["env"], ["traceroute", "-n", "-q", "1", "-w", "2", "-m", "4", VPC_SERVER],
+                timeout=30)
+    assert p.returncode == 0, p.stderr
+    hops = [line.split() for line in p.stdout.splitlines()[1:]]
+    assert hops[0][:2] == ["1", ipv4.DEFAULT_TUNNEL_GATEWAY], p.stdout
+    assert hops[1][:2] == ["2", VPC_SERVER], p.stdout  # the server's port unreachable ends it
+    assert len(hops) == 2, p.stdout
+    assert stats(world)["tx_icmp_time_exceeded"] >= 1
+
+
+def test_a_fragmented_datagram_arrives_whole_both_ways(world):
+    """4,000 bytes: the environment's kernel fragments the datagram on its 1,500-byte link, the
+    echo server's kernel fragments the answer; each side's socket gets it whole."""
+    lab = world["lab"]
+    before = stats(world)
+    out = lab.exec(world["env"], [PY, "-c", UDP_BIG, VPC_SERVER, str(UDP_ECHO_PORT), "4000"],
+                   timeout=15)
+    assert out.split() == ["4000", "True"], out
+    after = stats(world)
+    assert after["fwd_fragment"] - before["fwd_fragment"] >= 2
+    assert after["rev_fragment"] - before["rev_fragment"] >= 2
