@@ -113,7 +113,7 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
         raise typer.BadParameter("must be auto, native or generic", param_hint="--mode")
     from .reconcile import sync
 
-    st = _state(node)  # its lifecycle settings hold from the first packet; sync does the rest
+    st = _state(node)  # its node-wide settings hold from the first packet; sync does the rest
     rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows},
                      timeouts=st.timeouts, flows_per_eni=st.flows_per_eni, ipv4=st.ipv4)
     mode_used = rec.interfaces[fabric_if]["mode"]

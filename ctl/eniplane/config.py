@@ -10,9 +10,9 @@ checks the shape only and raises InvalidDocument with one line per problem, each
 declares; ENIs are derived, never declared: an `enis:` entry only sets the flow limit of the ENI
 some function's (subnet, group set) derives, and naming one no function uses is an error.
 `timeouts:`, `limits:` and `ipv4:` are node-wide; a key left out means its default (lifecycle.py,
-ipv4.py), so a file is the whole configuration. `build_state(doc, current)` reuses the current state's ENIs
-(address, VNI) wherever the (subnet, group set) still exists, so exporting and applying again
-changes nothing. `diff(old, new)` lists what an apply would change. `read_doc`/`write_text` turn
+ipv4.py), so a file is the whole configuration. `build_state(doc, current)` reuses the current
+state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
+applying again changes nothing. `diff(old, new)` lists what an apply would change. `read_doc`/`write_text` turn
 every file error into one FileError line.
 
     vpcs:     [{id, cidr, iface, gateway, gateway_mac?}]
