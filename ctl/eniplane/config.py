@@ -12,8 +12,8 @@ some function's (subnet, group set) derives, and naming one no function uses is 
 `timeouts:`, `limits:` and `ipv4:` are node-wide; a key left out means its default (lifecycle.py,
 ipv4.py), so a file is the whole configuration. `build_state(doc, current)` reuses the current
 state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
-applying again changes nothing. `diff(old, new)` lists what an apply would change. `read_doc`/`write_text` turn
-every file error into one FileError line.
+applying again changes nothing. `diff(old, new)` lists what an apply would change.
+`read_doc`/`write_text` turn every file error into one FileError line.
 
     vpcs:     [{id, cidr, iface, gateway, gateway_mac?}]
     subnets:  [{id, vpc, cidr}]

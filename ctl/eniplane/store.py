@@ -213,7 +213,8 @@ class Store:
         self.db.executemany("INSERT INTO settings VALUES (?,?)",
                             [(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()]
                             + [(FLOWS_PER_ENI_KEY, st.flows_per_eni)]
-                            + [(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v)) for k, v in st.ipv4.items()])
+                            + [(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v))
+                               for k, v in st.ipv4.items()])
 
     @contextmanager
     def transaction(self) -> Iterator[State]:
