@@ -9,6 +9,7 @@ Heavy modules (bcc, pyroute2, rich) are imported inside the commands that need t
 
 from __future__ import annotations
 
+import enum
 import re
 import sys
 from typing import Optional
@@ -90,6 +91,9 @@ app.add_typer(eni_app, name="eni")
 app.add_typer(flows_app, name="flows")
 app.add_typer(timeouts_app, name="timeouts")
 app.add_typer(limits_app, name="limits")
+ipv4_app = typer.Typer(cls=_SubGroup, no_args_is_help=True,
+                       help="IPv4 settings (node-wide): MSS clamping, the ICMP the node sends.")
+app.add_typer(ipv4_app, name="ipv4")
 
 
 # ---- node life cycle ----------------------------------------------------------------------
@@ -109,9 +113,9 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
         raise typer.BadParameter("must be auto, native or generic", param_hint="--mode")
     from .reconcile import sync
 
-    st = _state(node)  # its lifecycle settings hold from the first packet; sync does the rest
+    st = _state(node)  # its node-wide settings hold from the first packet; sync does the rest
     rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows},
-                     timeouts=st.timeouts, flows_per_eni=st.flows_per_eni)
+                     timeouts=st.timeouts, flows_per_eni=st.flows_per_eni, ipv4=st.ipv4)
     mode_used = rec.interfaces[fabric_if]["mode"]
     _report(sync(node))
     if mode_used == "generic":
@@ -143,7 +147,8 @@ def down(keep_maps: bool = typer.Option(False, "--keep-maps",
 
 @app.command()
 def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Programs, hook, mode, MTU and MSS clamp per interface, and each map's fill level."""
+    """Programs, hook, mode, MTU and MSS clamp per interface, the IPv4 settings in force, and
+    each map's fill level."""
     from . import node as nodemod
 
     st = nodemod.status(node)
@@ -156,6 +161,11 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
                      [(i["ifname"], i["program"], i["hook"], i["mode"], i["prog_id"],
                        "yes" if i["attached"] else "NO", i.get("mtu") or "-",
                        i.get("mss_clamp") or "-") for i in d["interfaces"]])
+        v4 = d["ipv4"]
+        output.table("IPv4 settings", ["mss clamp", "icmp rate / s / CPU",
+                                       "tunnel gateway"],
+                     [(_ipv4_value("mss_clamp", v4["mss_clamp"]),
+                       v4["icmp_rate"] or "0 (sends none)", v4["tunnel_gateway"])])
         output.table("maps", ["map", "type", "entries", "max", "fill"],
                      [(m["name"], m["type"], m["entries"], m["max_entries"],
                        f"{m['fill'] * 100:.1f}%") for m in d["maps"]])
@@ -869,6 +879,58 @@ def limits_set(flows_per_eni: int = typer.Option(..., "--flows-per-eni", "-f",
     """Set the default flow limit per ENI: a new flow over it is dropped (drop_flow_limit)."""
     _change(node, lambda st: st.set_flows_per_eni(flows_per_eni),
             f"limits set: flows_per_eni {flows_per_eni}")
+
+
+# ---- IPv4 settings ---------------------------------------------------------------------------
+class OnOff(str, enum.Enum):
+    on = "on"
+    off = "off"
+
+
+_IPV4_USE = {"mss_clamp": "lower the MSS of SYN and SYN/ACK to what fits the VPC link and tunnel",
+             "icmp_rate": "ICMP messages the node may generate per second per CPU (0: none)",
+             "tunnel_gateway": "source of the node's ICMP inside the tunnel (traceroute's hop)"}
+
+
+def _ipv4_value(name: str, v) -> str:
+    return ("on" if v else "off") if name == "mss_clamp" else str(v)
+
+
+@ipv4_app.command("show")
+def ipv4_show(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """The IPv4 settings: MSS clamping, the ICMP rate, the tunnel gateway's address."""
+    data = dict(_state(node).ipv4)
+    output.emit(out, data, lambda d: output.table(
+        f"node {node} IPv4 settings", ["setting", "value", "what it does"],
+        [(k, _ipv4_value(k, v), _IPV4_USE[k]) for k, v in d.items()]))
+
+
+@ipv4_app.command("set")
+def ipv4_set(mss_clamp: Optional[OnOff] = typer.Option(
+                 None, "--mss-clamp", "-m",
+                 help="Clamp the MSS of SYN and SYN/ACK (default on); off only where something "
+                      "else clamps."),
+             icmp_rate: Optional[int] = typer.Option(
+                 None, "--icmp-rate", "-r", callback=params.icmp_rate, metavar="N",
+                 help="ICMP messages the node may generate per second per CPU; 0: none "
+                      "(default 1000)."),
+             tunnel_gateway: Optional[str] = typer.Option(
+                 None, "--tunnel-gateway", "-g", callback=params.tunnel_gateway, metavar="ADDR",
+                 help="Source address of the node's ICMP inside the tunnel (default "
+                      "169.254.0.1)."),
+             node: str = NODE_OPT) -> None:
+    """Change IPv4 settings; the datapath applies them to the next packet."""
+    from .errors import UsageError
+
+    given = {k: v for k, v in (("mss_clamp", None if mss_clamp is None else
+                                 mss_clamp is OnOff.on),
+                               ("icmp_rate", icmp_rate), ("tunnel_gateway", tunnel_gateway))
+             if v is not None}
+    if not given:
+        raise UsageError("give at least one of --mss-clamp, --icmp-rate, --tunnel-gateway")
+    _change(node, lambda st: st.set_ipv4(**given),
+            "IPv4 settings set: " + ", ".join(f"{k} {_ipv4_value(k, v)}"
+                                              for k, v in given.items()))
 
 
 @app.command("sync")

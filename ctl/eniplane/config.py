@@ -9,11 +9,11 @@ checks the shape only and raises InvalidDocument with one line per problem, each
 `build_state` goes through exactly as the CLI does. `export_doc(state)` writes what an operator
 declares; ENIs are derived, never declared: an `enis:` entry only sets the flow limit of the ENI
 some function's (subnet, group set) derives, and naming one no function uses is an error.
-`timeouts:` and `limits:` are node-wide; a key left out means its default (lifecycle.py), so a
-file is the whole configuration. `build_state(doc, current)` reuses the current state's ENIs
-(address, VNI) wherever the (subnet, group set) still exists, so exporting and applying again
-changes nothing. `diff(old, new)` lists what an apply would change. `read_doc`/`write_text` turn
-every file error into one FileError line.
+`timeouts:`, `limits:` and `ipv4:` are node-wide; a key left out means its default (lifecycle.py,
+ipv4.py), so a file is the whole configuration. `build_state(doc, current)` reuses the current
+state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
+applying again changes nothing. `diff(old, new)` lists what an apply would change.
+`read_doc`/`write_text` turn every file error into one FileError line.
 
     vpcs:     [{id, cidr, iface, gateway, gateway_mac?}]
     subnets:  [{id, vpc, cidr}]
@@ -23,6 +23,7 @@ every file error into one FileError line.
     enis:     [{subnet, security_groups: [...], max_flows}]
     timeouts: {tcp_established, tcp_transitory, udp, icmp}   (seconds)
     limits:   {flows_per_eni}
+    ipv4:     {mss_clamp: bool, icmp_rate, tunnel_gateway}   (ICMP messages per second per CPU)
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from typing import Annotated, Any, Iterator, Optional
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
                       model_validator)
 
+from . import ipv4
 from .errors import EniplaneError, FileError, InvalidInput
 from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, U32_MAX
 from .model import State, group_set
 from .sgcompile import PROTO_NUMBERS
 
 KINDS = ("vpcs", "subnets", "security_groups", "workers", "functions")  # lists of named things
-SETTINGS = ("timeouts", "limits")  # node-wide mappings
+SETTINGS = ("timeouts", "limits", "ipv4")  # node-wide mappings
 
 
 class InvalidDocument(InvalidInput):
@@ -142,6 +144,22 @@ class LimitsDoc(_Strict):
                                description="Each ENI's flows at most, unless its own max_flows.")
 
 
+class Ipv4Doc(_Strict):
+    """How the node treats IPv4 beyond translation: MSS clamping and the ICMP it generates."""
+    mss_clamp: bool = Field(ipv4.DEFAULTS["mss_clamp"], strict=True,
+                            description="Lower the MSS of SYNs and SYN/ACKs to what fits the VPC "
+                                        "link and the tunnel; off only where something else "
+                                        "clamps.")
+    icmp_rate: int = Field(ipv4.DEFAULT_ICMP_RATE, strict=True, ge=0, le=U32_MAX,
+                           description="ICMP messages the node may generate per second per CPU "
+                                       "(time exceeded, fragmentation needed); 0: none.")
+    # the address is checked by the State (ipv4.check_tunnel_gateway), as the CLI's is
+    tunnel_gateway: Annotated[str, WithJsonSchema({"type": "string", "format": "ipv4"})] = Field(
+        ipv4.DEFAULT_TUNNEL_GATEWAY,
+        description="The source of the ICMP the node sends into the tunnel: the address "
+                    "traceroute shows for the node's hop.")
+
+
 class Document(_Strict):
     """The desired state of one node, as `eniplane apply -f` takes it."""
 
@@ -154,6 +172,7 @@ class Document(_Strict):
     enis: Optional[list[EniDoc]] = Field(None, description="Per-ENI flow limits.")
     timeouts: Optional[TimeoutsDoc] = None
     limits: Optional[LimitsDoc] = None
+    ipv4: Optional[Ipv4Doc] = None
 
 
 def schema() -> dict[str, Any]:
@@ -285,6 +304,7 @@ def export_doc(st: State) -> dict[str, Any]:
                  if e.max_flows],
         "timeouts": dict(st.timeouts),
         "limits": {"flows_per_eni": st.flows_per_eni},
+        "ipv4": {k: st.ipv4[k] for k in ipv4.NAMES},
     }
 
 
@@ -346,6 +366,8 @@ def build_state(doc: Any, current: State) -> State:
         st.set_timeouts(**(d.timeouts or TimeoutsDoc()).model_dump())
     with _at("limits"):
         st.set_flows_per_eni((d.limits or LimitsDoc()).flows_per_eni)
+    with _at("ipv4"):
+        st.set_ipv4(**(d.ipv4 or Ipv4Doc()).model_dump())
     return st
 
 
@@ -367,7 +389,7 @@ def _eni_limits(st: State, entries: list[EniDoc]) -> None:
 
 def diff(old: State, new: State) -> list[dict[str, str]]:
     """[{op: add|change|delete, kind, id}] in a stable order; a setting changed is
-    {op: change, kind: timeouts|limits, id: its name}."""
+    {op: change, kind: timeouts|limits|ipv4, id: its name}."""
     a, b = export_doc(old), export_doc(new)
     out: list[dict[str, str]] = []
     for kind in KINDS:

@@ -310,18 +310,20 @@ class Datapath:
                            "flags": flags, "tx_slot": tx_slot, "mtu": mtu})
         self._map_if(ifindex, vpc_idx)
 
-    def mss_clamps(self) -> dict[int, int]:
+    def mss_clamps(self) -> dict[int, int | str]:
         """The MSS that SYNs and SYN/ACKs through each VPC's interface may announce, by ifindex:
         mss_of in eniplane.c (the smaller of the interface's MTU and the fabric's less 50 bytes
-        of tunnel headers, less 40; never below 536). tests/datapath/test_mss.py holds the two
-        equal."""
-        fabric = (self.config() or {}).get("fabric_mtu", 0)
+        of tunnel headers, less 40; never below 536), or "off" for every one when the node does
+        not clamp (NODE_F_NO_MSS_CLAMP). tests/datapath/test_mss.py holds the two equal."""
+        cfg = self.config() or {}
+        fabric = cfg.get("fabric_mtu", 0)
         tunnel = fabric - 50 if fabric > 50 + 40 else 1500
-        out = {}
+        clamping = _ipv4_of(cfg)["mss_clamp"]
+        out: dict[int, int | str] = {}
         for _, v in self.map("vpcs").items():
             if v["flags"] & VPC_F_ACTIVE:
                 mtu = min(v["mtu"], tunnel) if v["mtu"] else tunnel
-                out[v["ifindex"]] = mtu - 40 if mtu > 40 + 536 else 536
+                out[v["ifindex"]] = (mtu - 40 if mtu > 40 + 536 else 536) if clamping else "off"
         return out
 
     def relearn_gateway(self, vpc_idx: int) -> None:

@@ -6,8 +6,9 @@ validates first and changes nothing when it raises (InvalidInput, NotFound, Alre
 caller can run several and persist the result only if all succeed. Following AWS Lambda, every
 function with the same (subnet, security-group set) shares one ENI; an ENI that no function uses
 any more is deleted, its own flow limit (max_flows) with it. Addresses skip the first four and
-the last address of a subnet, as AWS does. The node-wide flow lifecycle settings (idle timeouts,
-flows per ENI: lifecycle.py) are part of the State like the rest of the configuration.
+the last address of a subnet, as AWS does. The node-wide settings, the flow lifecycle's (idle
+timeouts, flows per ENI: lifecycle.py) and IPv4's (MSS clamping, ICMP rate, tunnel gateway:
+ipv4.py), are part of the State like the rest of the configuration.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import ipaddress
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
+from . import ipv4 as ipv4_settings
 from .errors import AlreadyExists, InvalidInput, NotFound
 from .lifecycle import (DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, check_flow_limit,
                         validate_timeouts)
@@ -170,6 +172,8 @@ class State:
     # node-wide flow lifecycle settings (lifecycle.py): idle timeouts in seconds, per-ENI limit
     timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     flows_per_eni: int = DEFAULT_FLOWS_PER_ENI
+    # node-wide IPv4 settings (ipv4.py): mss_clamp, icmp_rate, tunnel_gateway
+    ipv4: dict[str, Any] = field(default_factory=lambda: dict(ipv4_settings.DEFAULTS))
 
     def copy(self) -> "State":
         return copy.deepcopy(self)
@@ -221,6 +225,14 @@ class State:
         e = self.eni(eid)
         e.max_flows = check_flow_limit(f"ENI {eid} max flows", n, zero="the node default")
         return e
+
+    # ---- IPv4 -------------------------------------------------------------------------------
+    def set_ipv4(self, **values: Any) -> dict[str, Any]:
+        """Change some of the IPv4 settings, all or none; returns all three."""
+        if not values:
+            raise InvalidInput("no IPv4 setting given")
+        self.ipv4.update(ipv4_settings.check_settings(values))
+        return dict(self.ipv4)
 
     # ---- VPCs ------------------------------------------------------------------------------
     def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str,

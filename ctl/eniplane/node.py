@@ -2,9 +2,10 @@
 
 Contract: `up` compiles and loads the datapath (the only path that compiles), pins it under the
 node's name, attaches xdp_fabric to the fabric interface in the node's namespace and records what
-it did in <state dir>/node.json. The flow lifecycle settings (idle timeouts, flows per ENI) are
-written before the program is attached, so no packet meets a node without them. Any failure rolls
-back what this call did, so nothing is left half-attached or half-pinned. Every other function works from node.json and the pins alone.
+it did in <state dir>/node.json. The node-wide settings (idle timeouts, flows per ENI, the IPv4
+settings) are written before the program is attached, so no packet meets a node without them. Any
+failure rolls back what this call did, so nothing is left half-attached or half-pinned. Every
+other function works from node.json and the pins alone.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import bpfsys, lock, netlink, paths
 from .datapath import TX_SLOT_FABRIC
 from .loader import PROG_FABRIC, PROG_VPC, PROGRAMS
 from .errors import AlreadyExists, EniplaneError, InvalidInput, NotFound
+from .ipv4 import DEFAULTS as IPV4_DEFAULTS
 from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS
 
 DEFAULT_GATEWAY_MAC = "02:e1:1a:00:00:01"
@@ -70,7 +72,8 @@ def is_up(node: str) -> bool:
 def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode: str = "auto",
        gateway_mac: str = DEFAULT_GATEWAY_MAC, defines: dict[str, int] | None = None,
        timeouts: Mapping[str, int] = DEFAULT_TIMEOUTS,
-       flows_per_eni: int = DEFAULT_FLOWS_PER_ENI) -> NodeRecord:
+       flows_per_eni: int = DEFAULT_FLOWS_PER_ENI,
+       ipv4: Mapping[str, Any] = IPV4_DEFAULTS) -> NodeRecord:
     from . import loader
     from .datapath import Datapath
 
@@ -95,6 +98,7 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
             dp.set_config(fabric_ip, fab["ifindex"], fab["mac"], gateway_mac, fab["mtu"])
             dp.set_timeouts(**timeouts)
             dp.set_flow_limit(flows_per_eni)
+            dp.set_ipv4(**ipv4)
         m = netlink.xdp_attach(netns, fabric_if, fds[PROG_FABRIC], mode)
         attached = True
         rec.interfaces[fabric_if] = {"program": PROG_FABRIC, "mode": m,
@@ -234,6 +238,7 @@ def status(node: str) -> dict:
 
     with Datapath(node) as dp:
         clamps = dp.mss_clamps()
+        settings = dp.ipv4_settings()
     ifaces = []
     for ifname, entry in rec.interfaces.items():
         row = {"ifname": ifname, "program": entry["program"], "hook": "xdp",
@@ -257,4 +262,5 @@ def status(node: str) -> dict:
                          "max_entries": m.max_entries,
                          "fill": round(n / m.max_entries, 4) if m.max_entries else 0.0})
     return {"node": node, "netns": rec.netns, "fabric_if": rec.fabric_if,
-            "fabric_ip": rec.fabric_ip, "programs": pinned, "interfaces": ifaces, "maps": maps}
+            "fabric_ip": rec.fabric_ip, "programs": pinned, "ipv4": settings,
+            "interfaces": ifaces, "maps": maps}

@@ -1,12 +1,12 @@
 """Command-line values checked where they are parsed: a malformed address, CIDR, port range,
-protocol, timeout or flow limit is a usage error (exit 2) naming the option, before any command
-runs.
+protocol, timeout, flow limit or IPv4 setting is a usage error (exit 2) naming the option, before
+any command runs.
 
 Contract: each name here is a Typer option/argument callback; it returns the value unchanged when
 it is well formed and otherwise raises typer.BadParameter for that parameter, which click reports
-naming it, with exit code 2. The rules are model.py's and lifecycle.py's own checks, so the CLI
-and `apply -f` accept exactly the same values; what depends on other values (a gateway inside its
-VPC, ports with icmp) stays model.py's to check.
+naming it, with exit code 2. The rules are model.py's, lifecycle.py's and ipv4.py's own checks, so
+the CLI and `apply -f` accept exactly the same values; what depends on other values (a gateway
+inside its VPC, ports with icmp) stays model.py's to check.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from .errors import InvalidInput
+from .ipv4 import check_icmp_rate, check_tunnel_gateway
 from .lifecycle import check_flow_limit, check_seconds
 from .model import parse_cidr, parse_ip, parse_mac, parse_ports
 from .sgcompile import PROTO_NUMBERS
@@ -50,3 +51,5 @@ mac = _checked(lambda v: parse_mac(v, ""))
 seconds = _checked(lambda v: check_seconds("", v))  # an idle timeout
 flow_limit = _checked(lambda v: check_flow_limit("", v))
 eni_flow_limit = _checked(lambda v: check_flow_limit("", v, zero="the node default"))
+icmp_rate = _checked(check_icmp_rate)
+tunnel_gateway = _checked(check_tunnel_gateway)

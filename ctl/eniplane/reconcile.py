@@ -1,9 +1,10 @@
 """Make the maps say what the store says.
 
 Contract: `reconcile(node, state)` programs every map of a running node from a State: the flow
-lifecycle settings (idle timeouts, flows per ENI), workers, VPC attachments (xdp_vpc on their
-interfaces, gateway MACs resolved by ARP), ENIs with their flow limits and compiled security
-groups; what the state no longer has is removed, an ENI's flows with it. It is idempotent, so
+lifecycle settings (idle timeouts, flows per ENI), the IPv4 settings (MSS clamping, ICMP rate,
+tunnel gateway), workers, VPC attachments (xdp_vpc on their interfaces, gateway MACs resolved by
+ARP), ENIs with their flow limits and compiled security groups; what the state no longer has is
+removed, an ENI's flows with it. It is idempotent, so
 `eniplane sync` after a reboot, a reload or a crash brings the datapath back to exactly the
 stored state. `change()` runs one mutation under a store transaction and reconciles
 before committing: when either fails, the store is rolled back and the maps re-synced to it.
@@ -52,6 +53,9 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         if dp.flow_limit() != st.flows_per_eni:
             dp.set_flow_limit(st.flows_per_eni)
             rep.bump("flow limits programmed")
+        if dp.ipv4_settings() != st.ipv4:
+            dp.set_ipv4(**st.ipv4)
+            rep.bump("IPv4 settings programmed")
         have = dp.workers()
         for w in sorted(st.workers):
             static = st.worker_macs.get(w)

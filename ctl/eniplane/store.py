@@ -6,17 +6,20 @@ body raises (the body is where the maps get reconciled, so a failure there undoe
 schema is normalised and versioned (an older store is upgraded by MIGRATIONS when a writer opens
 it; `peek` reads it upgraded in memory); the file is state.db in paths.state_dir(node). Writers are
 serialised by the node lock (lock.py), not by SQLite; SQLite's own locking only makes a reader
-wait out a commit (BUSY_TIMEOUT), and any SQLite error becomes one EniplaneError line.
+wait out a commit (BUSY_TIMEOUT), and any SQLite error becomes one EniplaneError line. Node-wide
+settings (timeouts, flows per ENI, the IPv4 settings) are integer rows of the settings table; a
+row that is missing reads as its default.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import paths
+from . import ipv4, paths
 from .errors import EniplaneError
 from .lifecycle import TIMEOUT_NAMES
 from .model import Eni, Function, SecurityGroup, SgRule, State, Subnet, Vpc
@@ -44,7 +47,9 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value INTEGER NOT NUL
 # Each step takes a store from the version before it to its own: static MACs and placement came
 # with version 2 (a version 1 store has neither: no worker was bound to an ENI then); the flow
 # lifecycle's settings and per-ENI limits with version 3 (SCHEMA creates the settings table: a
-# version 2 store has no row in it, which reads as the defaults it ran with).
+# version 2 store has no row in it, which reads as the defaults it ran with). The IPv4 settings
+# are rows of that table too, so they needed no new version: a store without them reads as the
+# defaults every node ran with before they existed.
 MIGRATIONS = {
     2: ("ALTER TABLE vpcs ADD COLUMN gateway_mac TEXT",
         "ALTER TABLE workers ADD COLUMN mac TEXT",
@@ -55,6 +60,12 @@ TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers", 
 # The settings table's keys: node-wide values, one row each.
 TIMEOUT_KEY = "timeout_{}"
 FLOWS_PER_ENI_KEY = "flows_per_eni"
+IPV4_KEY = "ipv4_{}"
+# The settings table holds integers: an IPv4 setting is written as one and read back as itself.
+_IPV4_TO_ROW = {"mss_clamp": int, "icmp_rate": int,
+                "tunnel_gateway": lambda a: int(ipaddress.IPv4Address(a))}
+_IPV4_FROM_ROW = {"mss_clamp": bool, "icmp_rate": int,
+                  "tunnel_gateway": lambda n: str(ipaddress.IPv4Address(n))}
 # Seconds a connection waits for another one's SQLite lock. With writers serialised by the node
 # lock this only covers a reader meeting a commit, which takes milliseconds.
 BUSY_TIMEOUT = 10.0
@@ -172,6 +183,10 @@ class Store:
         for name in TIMEOUT_NAMES:
             st.timeouts[name] = settings.get(TIMEOUT_KEY.format(name), st.timeouts[name])
         st.flows_per_eni = settings.get(FLOWS_PER_ENI_KEY, st.flows_per_eni)
+        for name in ipv4.NAMES:
+            row = settings.get(IPV4_KEY.format(name))
+            if row is not None:
+                st.ipv4[name] = _IPV4_FROM_ROW[name](row)
         return st
 
     def _write(self, st: State) -> None:
@@ -197,7 +212,9 @@ class Store:
                              for f in st.functions.values()])
         self.db.executemany("INSERT INTO settings VALUES (?,?)",
                             [(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()]
-                            + [(FLOWS_PER_ENI_KEY, st.flows_per_eni)])
+                            + [(FLOWS_PER_ENI_KEY, st.flows_per_eni)]
+                            + [(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v))
+                               for k, v in st.ipv4.items()])
 
     @contextmanager
     def transaction(self) -> Iterator[State]:

@@ -135,6 +135,14 @@ def test_flow_lifecycle_is_the_datapaths():
     assert define("NSEC_PER_SEC") == lifecycle.NSEC_PER_SEC
 
 
+def test_icmp_rate_limit_is_the_datapaths():
+    """The default ICMP rate (what `ipv4 show` says a fresh node sends) and the bucket's burst."""
+    from eniplane import ipv4
+
+    assert ipv4.DEFAULT_ICMP_RATE == define("DEFAULT_ICMP_RATE") == ipv4.DEFAULTS["icmp_rate"]
+    assert ipv4.ICMP_BURST == define("ICMP_BURST")
+
+
 def test_protocols_are_the_datapaths():
     """The datapath's protocols (the IPPROTO_* it names) are sgcompile's, with IANA numbers."""
     c = set(re.findall(r"\bIPPROTO_(\w+)", c_source()))
