@@ -129,6 +129,14 @@ class Datapath:
     def set_flow_limit(self, n: int) -> None:
         self._set_config_fields({"flows_per_eni": lifecycle.check_flow_limit("flows per ENI", n)})
 
+    def fabric_mtu(self) -> int:
+        return (self.config() or {}).get("fabric_mtu", 0)
+
+    def set_fabric_mtu(self, mtu: int) -> None:
+        """The fabric interface's MTU, which bounds replies (drop_fabric_mtu, fragmentation
+        needed) and the MSS clamp: read at `up`, again by every reconcile."""
+        self._set_config_fields({"fabric_mtu": mtu})
+
     # ---- IPv4 settings (ipv4.py) ---------------------------------------------------------
     def ipv4_settings(self) -> dict:
         """MSS clamping on or off, the ICMP rate per CPU, the tunnel gateway's address."""

@@ -118,6 +118,15 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
             os.close(fd)
 
 
+def fabric_mtu(node: str) -> int | None:
+    """The fabric interface's MTU now (it may have changed since `up`), None if it is gone."""
+    rec = NodeRecord.load(node)
+    try:
+        return netlink.link_get(rec.netns, rec.fabric_if)["mtu"] or None
+    except NotFound:
+        return None
+
+
 @dataclass
 class DownReport:
     """What `down` did, for the operator: a node whose record was lost is found by its pins."""

@@ -2,8 +2,8 @@
 
 Contract: `reconcile(node, state)` programs every map of a running node from a State: the flow
 lifecycle settings (idle timeouts, flows per ENI), the IPv4 settings (MSS clamping, ICMP rate,
-tunnel gateway), workers, VPC attachments (xdp_vpc on their interfaces, gateway MACs resolved by
-ARP), ENIs with their flow limits and compiled security groups; what the state no longer has is
+tunnel gateway), the fabric interface's MTU and the VPC interfaces' (read again each time), workers,
+VPC attachments (xdp_vpc on their interfaces, gateway MACs resolved by ARP), ENIs with their flow limits and compiled security groups; what the state no longer has is
 removed, an ENI's flows with it. It is idempotent, so
 `eniplane sync` after a reboot, a reload or a crash brings the datapath back to exactly the
 stored state. `change()` runs one mutation under a store transaction and reconciles
@@ -56,6 +56,10 @@ def reconcile(node: str, st: State, resolve_timeout: float = 1.0) -> Report:
         if dp.ipv4_settings() != st.ipv4:
             dp.set_ipv4(**st.ipv4)
             rep.bump("IPv4 settings programmed")
+        mtu = nodemod.fabric_mtu(node)  # an operator may have changed it since `up`
+        if mtu and dp.fabric_mtu() != mtu:
+            dp.set_fabric_mtu(mtu)
+            rep.bump("fabric MTU programmed")
         have = dp.workers()
         for w in sorted(st.workers):
             static = st.worker_macs.get(w)

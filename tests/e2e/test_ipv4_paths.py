@@ -17,7 +17,8 @@ import pytest
 from clitools import configured_node
 from eniplane.datapath import Datapath
 from eniplane import ipv4
-from eniplane.lab import UDP_ECHO_PORT, VPC_CIDR, VPC_GATEWAY, VPC_MTU, VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import (FABRIC_MTU, UDP_ECHO_PORT, VPC_CIDR, VPC_GATEWAY, VPC_MTU, VPC_SERVER,
+                         WORKER_IPS, Lab)
 
 PY = sys.executable
 ENV = "172.16.0.2"
@@ -74,6 +75,21 @@ s.send(data)
 try:
     got = s.recv(65535); print(len(data), got.endswith(b" " + data))  # "NAME saw A:P " + data
 except socket.timeout:
+    print("timeout")
+"""
+# Asks until an answer comes (at most 5 times, 1 s apart): prints the tries and the answer's check.
+UDP_RETRY = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.connect((sys.argv[1], int(sys.argv[2])))
+data = bytes(range(250)) * (int(sys.argv[3]) // 250) + b"z" * (int(sys.argv[3]) % 250)
+for i in range(1, 6):
+    s.send(data)
+    try:
+        got = s.recv(65535); print(i, got.endswith(b" " + data)); break
+    except socket.timeout:
+        pass
+else:
     print("timeout")
 """
 TRACE_PORTS = "33434-33534"  # traceroute's UDP probes
@@ -195,3 +211,29 @@ def test_a_fragmented_datagram_arrives_whole_both_ways(world):
     after = stats(world)
     assert after["fwd_fragment"] - before["fwd_fragment"] >= 2
     assert after["rev_fragment"] - before["rev_fragment"] >= 2
+
+
+def test_an_answer_too_big_for_the_tunnel_teaches_the_server_what_fits(world):
+    """The node's fabric link narrowed to 1,400 bytes (and `sync` reads it again): an echo of
+    1,340 bytes of request fits into the tunnel, but the server's answer, 26 bytes longer, does
+    not. The server sends it with DF (Linux's path MTU discovery for UDP), gets fragmentation
+    needed from the ENI address with MTU 1,350, and answers the next try in fragments, which
+    reach the environment whole."""
+    lab, cli = world["lab"], world["cli"]
+    node_if = lab.fabric_if
+    before = stats(world)
+    lab.exec(lab.node_ns, ["ip", "link", "set", "dev", node_if, "mtu", "1400"])
+    try:
+        cli("sync")
+        with Datapath(world["node"], lab.node_ns) as dp:
+            assert dp.fabric_mtu() == 1400
+        out = lab.exec(world["env"], [PY, "-c", UDP_RETRY, VPC_SERVER, str(UDP_ECHO_PORT),
+                                      "1312"], timeout=15)
+    finally:
+        lab.exec(lab.node_ns, ["ip", "link", "set", "dev", node_if, "mtu", str(FABRIC_MTU)])
+        cli("sync")
+    tries, ok = out.split()
+    assert ok == "True" and int(tries) >= 2, out
+    after = stats(world)
+    assert after["tx_icmp_frag_needed"] > before["tx_icmp_frag_needed"]
+    assert after["rev_fragment"] > before["rev_fragment"]
