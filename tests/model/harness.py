@@ -123,10 +123,11 @@ class Harness:
         self.reset()
 
     def set_mss_clamp(self, on: bool) -> None:
-        """MSS clamping on or off (node_cfg.flags), on both sides, from the next reset on."""
-        self.dp.set_ipv4(mss_clamp=on)
-        self.mss_clamp = on
-        self.reset()
+        """MSS clamping on or off (node_cfg.flags, NODE_F_NO_MSS_CLAMP), on both sides."""
+        if on != self.mss_clamp:
+            self.dp.set_ipv4(mss_clamp=on)
+            self.mss_clamp = on
+        self.model.cfg.mss_clamping = on
 
     def reset(self) -> None:
         self.dp.del_workers(P.WORKERS)  # forget learned MACs (and the workers' flows)
@@ -168,9 +169,15 @@ class Harness:
 
     def time_step(self, spec: dict) -> None:
         """A step of the clock the generator drew: a plain advance, or to where one flow has
-        been idle for `idle_ns` (nothing when that flow is gone or already idle longer)."""
+        been idle for `idle_ns`, or one first fragment's record is `age_ns` old (nothing when
+        that flow or record is gone, or already older)."""
         if "advance_ns" in spec:
             self.advance(spec["advance_ns"])
+            return
+        if "frag" in spec:
+            fr = self.model.frags.get(tuple(spec["frag"]))
+            if fr is not None:
+                self.advance(spec["age_ns"] - (self.now() - fr.first_ns))
             return
         f = self.model.fwd.get(tuple(spec["flow"]))
         if f is not None:
@@ -264,6 +271,8 @@ class Harness:
                 res.flow in self.model.fwd:
             self._witness(self.model.fwd[res.flow], now, t1)
         self.drawn[res.reason] += 1
+        if res.reason.startswith(("tx_icmp_", "drop_frag_", "drop_ttl")):  # which way, too
+            self.drawn[f"{res.reason}:{direction}"] += 1
         if self.model.mss_clamped != clamped:
             self.drawn[f"mss_clamped_{direction}"] += 1
         self.drawn.update(k for k in res.extra if k.startswith("flow_"))

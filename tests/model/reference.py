@@ -438,7 +438,7 @@ class Model:
         frag = struct.unpack_from("!H", p, off + 6)[0]
         return {"off": off, "ihl": ihl, "total": total, "ttl": p[off + 8], "proto": p[off + 9],
                 "frag": bool(frag & 0x3FFF), "df": bool(frag & IP_DF), "mf": bool(frag & IP_MF),
-                "offset": frag & IP_OFFMASK, "id": bytes(p[off + 4:off + 6]),
+                "offset": frag & IP_OFFMASK, "id": struct.unpack_from("!H", p, off + 4)[0],
                 "src": str(ipaddress.IPv4Address(p[off + 12:off + 16])),
                 "dst": str(ipaddress.IPv4Address(p[off + 16:off + 20]))}, off + ihl
 
