@@ -4,7 +4,7 @@ Contract: frames are built with struct (scapy is far too slow for millions of pa
 correct checksums unless a mutation breaks them on purpose. `Generator(rng, model)` produces a mix
 of valid, slightly wrong and random frames in both directions, using the model's flows so that
 replies, repeats and collisions actually happen, and steps of the clock: ("time", spec, 0) with
-spec {"advance_ns": n} or {"flow": key, "idle_ns": n}, drawn just before a flow's expiry, between
+spec {"advance_ns": n}, {"flow": key, "idle_ns": n} or {"frag": key, "age_ns": n}, drawn just before a flow's expiry, between
 its expiry and the end of its takeover grace, or after both, so that the RST answer, reopen,
 takeover and the drops of expired flows are all drawn. TCP flows open with a SYN (anything else
 without a flow is answered with a RST); the flags that follow depend on the flow's state. ICMP
@@ -14,6 +14,15 @@ fragment, an echo request, another error, or a quote cut short; environments sen
 what they received through a flow, or about what no flow brought them. TCP segments carry
 drawn options (`tcp_options`): SYNs and SYN/ACKs mostly, with an MSS for the clamp to lower or
 leave, other segments sometimes.
+
+For the node as a router (issue 14): TTLs of 0, 1 and 2 both ways (ICMP errors and echoes
+too), packets around each link's MTU (the VPC link's 1,400 forward, the fabric's less the tunnel
+back) and far past it, with and without DF; datagrams in fragments both ways (`dgrams`): first
+fragments of live and dead flows, tiny ones (RFC 1858, the rest of the header sometimes in the
+frame's padding), later ones in order, overlapping the first, after a gap, before their first
+(out of order) or without one, and steps of the clock around a first fragment's record's end;
+sources and destinations of no single host (RFC 1812 4.3.2.7), ICMP types that may not be
+answered, and now and then a link-layer broadcast or multicast destination.
 """
 
 from __future__ import annotations
@@ -255,6 +264,11 @@ class Generator:
             cut += r.randrange(1, 8)  # not a multiple of 8: the next fragment overlaps it
         return min(cut, len(seg)), b""
 
+    def _link_dst(self, mac: str) -> str:
+        """Mostly `mac`; sometimes a link-layer broadcast or multicast (RFC 1812 4.3.2.7)."""
+        r = self.r
+        return mac if r.random() < 0.98 else r.choice(["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:09"])
+
     def _remember(self, d: dict) -> None:
         self.dgrams.append(d)
         del self.dgrams[:-12]
@@ -307,7 +321,7 @@ class Generator:
             else:
                 ident = d["id"]
             d.update(id=ident, end=cut, first=True)
-        inner = eth("02:e1:1a:00:00:01", ENV_MACS[i], ETH_IPV4) + \
+        inner = eth(self._link_dst("02:e1:1a:00:00:01"), ENV_MACS[i], ETH_IPV4) + \
             ipv4(src, dst, proto, payload, ttl, frag, opts, ident) + pad
         kind = "geneve" if r.random() < 0.3 else "vxlan"
         g_opts = bytes(r.randrange(256) for _ in range(4 * r.randrange(0, 3))) if kind == "geneve" else b""
@@ -446,7 +460,7 @@ class Generator:
                 self._remember(d)
             ident = d["id"]
             d.update(end=cut, first=True)
-        frame = eth(vi["mac"], vi["gw_mac"], ETH_IPV4) + \
+        frame = eth(self._link_dst(vi["mac"]), vi["gw_mac"], ETH_IPV4) + \
             ipv4(remote, eni_addr, proto, pl, ttl, frag, ident=ident) + pad
         if r.random() < 0.03:
             frame += bytes(r.randrange(1, 12))  # Ethernet padding after the datagram

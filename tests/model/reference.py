@@ -124,13 +124,13 @@ def quote_of(p: bytes, ip: dict) -> bytes:
     return bytes(p[ip["off"]:ip["off"] + min(ip["total"], ip["ihl"] + ICMP_QUOTE_DATA)])
 
 
-def may_answer(p: bytes, ip: dict, link_dst: bytes, link_multicast_ok: bool = False) -> bool:
+def may_answer(p: bytes, ip: dict, link_dst: bytes, quirks: frozenset = frozenset()) -> bool:
     """RFC 1812 4.3.2.7: no ICMP error about an ICMP error (nor a type the node does not know:
     only the query types are answered), a datagram sent to an IP multicast or broadcast address
     or as a link-layer broadcast or multicast, one whose source is on network 0 or not a valid
     source (5.3.7: 127/8, class D and E, the limited broadcast), or a fragment other than the
     first. An ICMP datagram too short to show its type is not answered either (it could be an
-    error). `link_multicast_ok` mirrors a datapath that does not look at the link layer."""
+    error). `quirks` (Config.quirks) mirror a datapath that departs from this."""
     if ip["offset"]:
         return False
     s0, d0 = ip2b(ip["src"])[0], ip2b(ip["dst"])[0]
@@ -138,9 +138,10 @@ def may_answer(p: bytes, ip: dict, link_dst: bytes, link_multicast_ok: bool = Fa
         return False
     if ip["proto"] == ICMP:
         t = ip["off"] + ip["ihl"]
-        if min(len(p), ip["off"] + ip["total"]) < t + 1 or p[t] not in ICMP_QUERY_TYPES:
+        end = len(p) if "icmp_type_past_datagram" in quirks else ip["off"] + ip["total"]
+        if min(len(p), end) < t + 1 or p[t] not in ICMP_QUERY_TYPES:
             return False
-    if link_dst[0] & 1 and not link_multicast_ok:
+    if link_dst[0] & 1 and "link_multicast_answered" not in quirks:
         return False
     return True
 
@@ -248,7 +249,8 @@ class Config:
     # Where the datapath knowingly departs from the RFCs' text and the model follows it so
     # that the rest can be compared (each is reported; none by default: the model says what the
     # RFC says). "link_multicast_answered": RFC 1812 4.3.2.7's link-layer broadcast or
-    # multicast is not looked at.
+    # multicast is not looked at; "icmp_type_past_datagram": an ICMP datagram's type is read
+    # where the frame has a byte for it, after the datagram's end (Ethernet padding) too.
     quirks: frozenset = frozenset()
 
     def flow_limit(self, eni: Eni) -> int:
@@ -770,8 +772,8 @@ class Model:
             return Result(DROP, "drop_unknown_vni")
         if (t.worker, t.vni) not in cfg.placements:
             return Result(DROP, "drop_worker_not_placed")
-        if not cfg.tunnel_gateway or not may_answer(
-                p, iip, p[t.inner:t.inner + 6], "link_multicast_answered" in cfg.quirks):
+        link_dst = p[t.inner:t.inner + 6]  # the environment's frame's
+        if not cfg.tunnel_gateway or not may_answer(p, iip, link_dst, cfg.quirks):
             return Result(DROP, none)
         if not cfg.icmp_rate:
             return Result(DROP, "drop_icmp_ratelimit")
@@ -1001,7 +1003,7 @@ class Model:
         node speaks for the environment behind it) to its sender, to the MAC it came from.
         `none`: the reason when no answer is due (RFC 1812 4.3.2.7)."""
         cfg = self.cfg
-        if not may_answer(p, ip, p[0:6], "link_multicast_answered" in cfg.quirks):
+        if not may_answer(p, ip, p[0:6], cfg.quirks):
             return Result(DROP, none)
         if not cfg.icmp_rate:
             return Result(DROP, "drop_icmp_ratelimit")
