@@ -59,7 +59,8 @@ FLOWS_PER_ENI = 6  # the node's default limit, which VNI 100 uses
 ICMP_RATE = 0xFFFFFFFF  # ICMP the node may send per second per CPU: never the limit here
 # Where the datapath departs from the RFCs' text (reference.Config.quirks), each reported: the
 # model follows it here so that everything else is still compared.
-QUIRKS = frozenset({"link_multicast_answered", "icmp_type_past_datagram"})
+QUIRKS = frozenset({"link_multicast_answered", "icmp_type_past_datagram",
+                    "vpc_mtu_unchecked_for_errors"})
 
 
 ENIS = [  # vni, vpc, address, eni_idx, ports, max_flows, rules (proto, cidr, lo, hi)

@@ -250,7 +250,9 @@ class Config:
     # that the rest can be compared (each is reported; none by default: the model says what the
     # RFC says). "link_multicast_answered": RFC 1812 4.3.2.7's link-layer broadcast or
     # multicast is not looked at; "icmp_type_past_datagram": an ICMP datagram's type is read
-    # where the frame has a byte for it, after the datagram's end (Ethernet padding) too.
+    # where the frame has a byte for it, after the datagram's end (Ethernet padding) too;
+    # "vpc_mtu_unchecked_for_errors": an environment's ICMP error larger than the VPC link's
+    # MTU is redirected into it (where the kernel drops it unseen) instead of dropped and counted.
     quirks: frozenset = frozenset()
 
     def flow_limit(self, eni: Eni) -> int:
@@ -1198,6 +1200,9 @@ class Model:
             return Result(DROP, "drop_no_vpc")
         if vpc.gateway_mac is None:
             return Result(DROP, "drop_no_gateway_mac")
+        if vpc.mtu and iip["total"] > vpc.mtu and "vpc_mtu_unchecked_for_errors" not in cfg.quirks:
+            # the VPC's link would drop it; no error about an error (RFC 1812 4.3.2.7)
+            return Result(DROP, "drop_vpc_mtu")
         new = self._rewrite_error(p, iip["off"], qt, 12, 16, qt["l4"] + 2, ip2b(eni.addr),
                                   flow.rkey[3])
         new[inner:inner + 6] = mac2b(vpc.gateway_mac)

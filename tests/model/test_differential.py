@@ -59,11 +59,11 @@ def test_long_flowing_sequences_cover_every_path(harness):
     per-ENI limits, ARP both ways and malformed frames, the node's own ICMP answers both ways
     and the packets it may not answer, fragments followed, without a first, overlapping or tiny,
     so agreement means something. Sequences
-    of 4,000 packets from fixed seeds until every path was drawn (at most six): which seed draws
+    of 4,000 packets from fixed seeds until every path was drawn (at most twelve): which seed draws
     a rare one (exhaustion) moves whenever the generator changes. The invariants are checked
     along the way, not only at the end."""
     harness.drawn.clear()
-    for seed in range(7, 13):
+    for seed in range(7, 19):
         harness.reset()
         harness.set_mss_clamp(True)
         gen = P.Generator(random.Random(seed), harness.model, harness.vpc_ifs)

@@ -234,6 +234,23 @@ def test_a_vpc_link_of_unknown_mtu_bounds_nothing():
     assert m.fabric(from_env(big_udp(2000, frag=0x4000)), 1).reason == "fwd_new_flow"
 
 
+def test_an_environment_s_icmp_error_too_big_for_the_vpc_link_is_dropped_never_answered():
+    """Issue 14: too big for the VPC's link is never a redirect (the kernel would drop it
+    unseen); and an error is never answered with one (RFC 1812 4.3.2.7), DF or not."""
+    m = model()
+    opened(m)
+    quoted = P.ipv4(REMOTE, ENV, 17, P.l4(17, REMOTE, ENV, 53, 1000, b"z" * 1444))
+    msg = bytes([3, 3, 0, 0, 0, 0, 0, 0]) + quoted
+    msg = msg[:2] + checksum(msg).to_bytes(2, "big") + msg[4:]
+    for df in (0, 0x4000):
+        res = m.fabric(from_env(env_ip(msg, proto=1, frag=df)), 2)
+        assert (res.verdict, res.reason) == ("DROP", "drop_vpc_mtu")
+    res = m.fabric(from_env(env_ip(msg[:VPC_MTU - 20], proto=1)), 2)
+    assert res.reason == "fwd_icmp_error"
+    m.cfg.quirks = frozenset({"vpc_mtu_unchecked_for_errors"})  # as the datapath does
+    assert m.fabric(from_env(env_ip(msg, proto=1)), 2).reason == "fwd_icmp_error"
+
+
 # ---- the return way: time exceeded and fragmentation needed from the ENI address --------------
 def test_a_reply_that_cannot_cross_is_answered_from_the_eni_address_out_of_its_interface():
     m = model()
