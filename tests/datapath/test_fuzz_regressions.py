@@ -18,6 +18,7 @@ def test_regression(harness, case):
     doc = json.loads(case.read_text())
     if doc.get("secret"):
         harness.set_secret(doc["secret"])  # the probe layout the case was found with
+    harness.set_mss_clamp(doc.get("mss_clamp", True))  # cases before the switch: on
     harness.reset()
     for row in doc["packets"]:
         if row["direction"] == "time":

@@ -27,14 +27,15 @@ REGRESSIONS = HERE.parent / "datapath" / "fuzz_regressions"
 
 
 def save_case(seq: list[tuple[str, bytes | dict, int]], vpc_of_ifindex: dict[int, int], why: str,
-              secret: int) -> Path:
+              secret: int, mss_clamp: bool = True) -> Path:
     REGRESSIONS.mkdir(parents=True, exist_ok=True)
     rows = [{"direction": d, "time": f} if d == "time" else
             {"direction": d, "frame": f.hex(), "vpc": vpc_of_ifindex.get(i)} for d, f, i in seq]
     h = hashlib.sha1(json.dumps(rows).encode()).hexdigest()[:12]
     p = REGRESSIONS / f"case-{h}.json"
     p.write_text(json.dumps({"found_by": "make fuzz", "disagreement": why.splitlines()[0],
-                             "secret": secret, "packets": rows}, indent=1) + "\n")
+                             "secret": secret, "mss_clamp": mss_clamp, "packets": rows},
+                            indent=1) + "\n")
     return p
 
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         while sent < a.packets and time.monotonic() - t0 < a.seconds:
             seed = rng.getrandbits(64)
             h.set_secret(seed & 0xFFFFFFFF or 1)  # a probe layout of its own, kept with a case
+            h.set_mss_clamp(seed >> 32 & 7 != 0)  # clamping off in one sequence of eight
             gen = P.Generator(random.Random(seed), h.model, h.vpc_ifs)
             seq = []
             try:
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"inconclusive (seed {seed}), the machine stalled:\n{e}", file=sys.stderr)
             except AssertionError as e:  # a Disagreement, or the model's own consistency
                 bad += 1
-                p = save_case(seq, vpc_of, str(e), h.secret)
+                p = save_case(seq, vpc_of, str(e), h.secret, h.mss_clamp)
                 print(f"DISAGREEMENT (seed {seed}) kept as {p.name}:\n{e}", file=sys.stderr)
             seqs += 1
             if time.monotonic() - last > 10:

@@ -30,7 +30,8 @@ from eniplane.probe import probe_ports
 from eniplane.sgcompile import PROTO_NUMBERS, Rule
 
 import packets as P
-from reference import NS, TAKEOVER_GRACE_NS, Config, Eni, Model, Vpc, state_name, timeout_s
+from reference import (FRAG_TIMEOUT_NS, NS, TAKEOVER_GRACE_NS, Config, Eni, Model, Vpc,
+                       state_name, timeout_s)
 
 XDP = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 GATEWAY_MAC = "02:e1:1a:00:00:01"
@@ -55,6 +56,11 @@ TICK_NS = 8_000_000  # two ticks at HZ=250: the kernel's per-CPU clock cache may
 # Small, distinct timeouts (seconds): which one a flow is judged by shows in what happens to it.
 TIMEOUTS = {"tcp_established": 5, "tcp_transitory": 3, "udp": 4, "icmp": 2}
 FLOWS_PER_ENI = 6  # the node's default limit, which VNI 100 uses
+ICMP_RATE = 0xFFFFFFFF  # ICMP the node may send per second per CPU: never the limit here
+# Where the datapath departs from the RFCs' text (reference.Config.quirks), each reported: the
+# model follows it here so that everything else is still compared.
+QUIRKS = frozenset({"link_multicast_answered", "icmp_type_past_datagram",
+                    "vpc_mtu_unchecked_for_errors"})
 
 
 ENIS = [  # vni, vpc, address, eni_idx, ports, max_flows, rules (proto, cidr, lo, hi)
@@ -90,6 +96,12 @@ class Harness:
             self.dp.set_sg_rules(vni, [Rule.of(p, c, (a, b)) for p, c, a, b in rules])
         self.dp.set_timeouts(**TIMEOUTS)
         self.dp.set_flow_limit(FLOWS_PER_ENI)
+        # Every answer the model predicts is sent: the rate limit is tested on its own
+        # (tests/datapath), here it would only make answers depend on the clock.
+        self.dp.set_ipv4(icmp_rate=ICMP_RATE, mss_clamp=True)
+        self.tunnel_gateway = self.dp.ipv4_settings()["tunnel_gateway"]
+        self.mss_clamp = True
+        self.frags_map = self.dp.map("frags")
         self.shift = self.dp.map("clock_shift")
         self.flows_map = self.dp.map("flows")
         self.fds = {p: bpfsys.obj_get(str(paths.progs_dir(node) / p))
@@ -111,12 +123,22 @@ class Harness:
         self.dp.map("config").update(0, cfg)
         self.reset()
 
+    def set_mss_clamp(self, on: bool) -> None:
+        """MSS clamping on or off (node_cfg.flags, NODE_F_NO_MSS_CLAMP), on both sides."""
+        if on != self.mss_clamp:
+            self.dp.set_ipv4(mss_clamp=on)
+            self.mss_clamp = on
+        self.model.cfg.mss_clamping = on
+
     def reset(self) -> None:
         self.dp.del_workers(P.WORKERS)  # forget learned MACs (and the workers' flows)
         for w in P.WORKERS:
             self.dp.add_worker(w)
         self.dp.sync_placements({pair: 1 for pair in PLACEMENTS})
         self.dp.flush_flows()
+        # first fragments' records outlive flows: another sequence's must not be followed
+        for k in list(self.frags_map.keys_raw()):
+            self.frags_map.delete(k)
         for idx, v in self.vpc_ifs.items():
             self.dp.set_vpc(v["ifindex"], idx, P.GATEWAY_IP, v["mac"], v["slot"],
                             gateway_mac=v["gw_mac"], mtu=VPC_MTUS[idx])
@@ -129,7 +151,9 @@ class Harness:
             vpcs={idx: Vpc(idx, v["ifindex"], P.GATEWAY_IP, v["gw_mac"], v["mac"],
                            VPC_MTUS[idx])
                   for idx, v in self.vpc_ifs.items()},
-            timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI)
+            timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI,
+            mss_clamping=self.mss_clamp, tunnel_gateway=self.tunnel_gateway,
+            icmp_rate=ICMP_RATE, quirks=QUIRKS)
         self.model = Model(cfg, self._probe)
         self.sports: dict[tuple, int] = {}
 
@@ -146,9 +170,15 @@ class Harness:
 
     def time_step(self, spec: dict) -> None:
         """A step of the clock the generator drew: a plain advance, or to where one flow has
-        been idle for `idle_ns` (nothing when that flow is gone or already idle longer)."""
+        been idle for `idle_ns`, or one first fragment's record is `age_ns` old (nothing when
+        that flow or record is gone, or already older)."""
         if "advance_ns" in spec:
             self.advance(spec["advance_ns"])
+            return
+        if "frag" in spec:
+            fr = self.model.frags.get(tuple(spec["frag"]))
+            if fr is not None:
+                self.advance(spec["age_ns"] - (self.now() - fr.first_ns))
             return
         f = self.model.fwd.get(tuple(spec["flow"]))
         if f is not None:
@@ -156,17 +186,19 @@ class Harness:
 
     def settle(self) -> int:
         """The clock moved past every moment within MARGIN_NS of a flow's expiry or of the end
-        of its takeover grace; returns the time the next packet is judged at."""
+        of its takeover grace, or of the end of a first fragment's record; returns the time the
+        next packet is judged at."""
         cfg = self.model.cfg
         while True:
             now = self.now()
             step = 0
-            for f in self.model.rev.values():
-                t = timeout_s(cfg, f.proto, f.state) * NS
-                idle = now - f.last_seen
-                for edge in (t, t + TAKEOVER_GRACE_NS):
-                    if edge - MARGIN_NS <= idle <= edge + MARGIN_NS:
-                        step = max(step, edge + MARGIN_NS + 1 - idle)
+            edges = [(now - f.last_seen, t) for f in self.model.rev.values()
+                     for t in (timeout_s(cfg, f.proto, f.state) * NS,
+                               timeout_s(cfg, f.proto, f.state) * NS + TAKEOVER_GRACE_NS)]
+            edges += [(now - fr.first_ns, FRAG_TIMEOUT_NS) for fr in self.model.frags.values()]
+            for idle, edge in edges:
+                if edge - MARGIN_NS <= idle <= edge + MARGIN_NS:
+                    step = max(step, edge + MARGIN_NS + 1 - idle)
             if not step:
                 return now
             self.advance(step)
@@ -240,6 +272,8 @@ class Harness:
                 res.flow in self.model.fwd:
             self._witness(self.model.fwd[res.flow], now, t1)
         self.drawn[res.reason] += 1
+        if res.reason.startswith(("tx_icmp_", "drop_frag_", "drop_ttl")):  # which way, too
+            self.drawn[f"{res.reason}:{direction}"] += 1
         if self.model.mss_clamped != clamped:
             self.drawn[f"mss_clamped_{direction}"] += 1
         self.drawn.update(k for k in res.extra if k.startswith("flow_"))

@@ -9,7 +9,13 @@ frame, the counters that move and the flow-table change. The flow lifecycle (TCP
 timeouts, the RST answer, reopen, takeover of a claimable entry, per-ENI limits) follows issue 13
 and RFC 793 / RFC 5382. ICMP errors about a live flow's packet (issue 14) cross the node both
 ways translated as RFC 5508 REQ-3/4 asks. SYNs both ways announce no more MSS than the path
-carries (issue 14's clamp, RFC 9293 3.7.1 and RFC 879). The SNAT port is predicted: the caller
+carries (issue 14's clamp, RFC 9293 3.7.1 and RFC 879), unless the node is told not to. The node
+is a router to both sides (RFC 1812): a packet whose TTL would reach 0 is answered with time
+exceeded, one too big for the next link with DF set with fragmentation needed (RFC 1191), each
+quoting the packet as received (RFC 792, RFC 1812 4.3.2.3) and never about what 4.3.2.7 forbids.
+Fragments (RFC 791) follow their datagram's first fragment, which carries the ports: later ones
+are translated by address alone; those without a first, overlapping it, or tiny first
+fragments (RFC 1858) are dropped. The SNAT port is predicted: the caller
 gives the order of a flow's port probe (`probe`, RFC 6056 algorithm 3 with the node's secret)
 and the model walks it. Where the kernel may choose freely (the tunnel's UDP source port), the
 caller passes the choice in and the model checks it against the rule. The model keeps its own
@@ -28,6 +34,19 @@ TCP, UDP, ICMP = 6, 17, 1
 # RFC 792: the ICMP messages that report a problem with a datagram and quote its head
 ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMPROB, ICMP_ECHO = 3, 11, 12, 8
 ICMP_ERRORS = (ICMP_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMPROB)
+ICMP_FRAG_NEEDED = 4  # code of destination unreachable (RFC 792, RFC 1191's next-hop MTU)
+# The query (informational) messages, which a router may answer with an error: echo and its
+# reply (RFC 792), router advertisement and solicitation (RFC 1256), timestamp and information
+# (RFC 792), address mask (RFC 950). Everything else is an error (RFC 1122 3.2.2: destination
+# unreachable, source quench, redirect, time exceeded, parameter problem) or a type the node
+# does not know, and RFC 1812 4.3.2.7 forbids an error about an error.
+ICMP_QUERY_TYPES = frozenset({0, 8, 9, 10, 13, 14, 15, 16, 17, 18})
+IP_DF, IP_MF, IP_OFFMASK = 0x4000, 0x2000, 0x1FFF
+# What the node puts in the ICMP errors it makes: RFC 1812 4.3.2.5's precedence 6 (internetwork
+# control) with the default TOS, a fresh TTL, and RFC 792's quote of the header and 64 bits.
+ICMP_ERR_TOS, ICMP_ERR_TTL, ICMP_QUOTE_DATA = 0xC0, 64, 8
+FRAG_TIMEOUT_NS = 2 * 1_000_000_000  # how long a first fragment's record lives (issue 14)
+FRAG_K_RETURN = 0x80000000  # the return direction's fragment records: VPC index | this
 ETH_IPV4, ETH_ARP, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x0806, 0x8100, 0x88A8, 0x6558
 PASS, DROP, TX, REDIRECT = "PASS", "DROP", "TX", "REDIRECT"
 # TCP header flags (RFC 793) and the flow states of issue 13 (bits of the flow's `state`)
@@ -84,6 +103,47 @@ def incremental(check: int, old: bytes, new: bytes) -> int:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
+
+
+def icmp_error(src: str, dst: str, typ: int, code: int, mtu: int, quote: bytes) -> bytes:
+    """An ICMP error the node sends (RFC 792, RFC 1812 4.3.2): IPv4 header (no options, TOS
+    0xC0, identification 0, not fragmented, TTL 64), then type, code, checksum over the ICMP
+    message, 16 unused bits, RFC 1191's next-hop MTU (0 unless fragmentation needed) and the
+    quote."""
+    msg = bytearray(struct.pack("!BBHHH", typ, code, 0, 0, mtu) + quote)
+    struct.pack_into("!H", msg, 2, checksum(bytes(msg)))
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, ICMP_ERR_TOS, 20 + len(msg), 0, 0,
+                               ICMP_ERR_TTL, ICMP, 0, ip2b(src), ip2b(dst)))
+    struct.pack_into("!H", ip, 10, checksum(bytes(ip)))
+    return bytes(ip) + bytes(msg)
+
+
+def quote_of(p: bytes, ip: dict) -> bytes:
+    """What an error about the datagram `ip` (parsed from `p`) quotes: its IPv4 header and the
+    first 64 bits of its data (RFC 792), or the whole datagram when it is shorter; as received."""
+    return bytes(p[ip["off"]:ip["off"] + min(ip["total"], ip["ihl"] + ICMP_QUOTE_DATA)])
+
+
+def may_answer(p: bytes, ip: dict, link_dst: bytes, quirks: frozenset = frozenset()) -> bool:
+    """RFC 1812 4.3.2.7: no ICMP error about an ICMP error (nor a type the node does not know:
+    only the query types are answered), a datagram sent to an IP multicast or broadcast address
+    or as a link-layer broadcast or multicast, one whose source is on network 0 or not a valid
+    source (5.3.7: 127/8, class D and E, the limited broadcast), or a fragment other than the
+    first. An ICMP datagram too short to show its type is not answered either (it could be an
+    error). `quirks` (Config.quirks) mirror a datapath that departs from this."""
+    if ip["offset"]:
+        return False
+    s0, d0 = ip2b(ip["src"])[0], ip2b(ip["dst"])[0]
+    if s0 in (0, 127) or s0 >= 224 or d0 >= 224:
+        return False
+    if ip["proto"] == ICMP:
+        t = ip["off"] + ip["ihl"]
+        end = len(p) if "icmp_type_past_datagram" in quirks else ip["off"] + ip["total"]
+        if min(len(p), end) < t + 1 or p[t] not in ICMP_QUERY_TYPES:
+            return False
+    if link_dst[0] & 1 and "link_multicast_answered" not in quirks:
+        return False
+    return True
 
 
 # ---- MSS clamping (issue 14; RFC 9293 3.7.1, RFC 879) --------------------------------------------
@@ -181,6 +241,19 @@ class Config:
     placements: set[tuple[str, int]] = field(default_factory=set)  # (worker, VNI) allowed
     timeouts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))  # seconds
     flows_per_eni: int = 0  # 0: no limit
+    mss_clamping: bool = True  # SYNs' MSS lowered to what the path carries (issue 14)
+    tunnel_gateway: str | None = "169.254.0.1"  # the source of ICMP the node sends into the tunnel
+    # ICMP the node may generate: 0 never (every answer is over the rate); any other rate is
+    # taken as never reached (the token bucket is not modelled: tests set the largest rate)
+    icmp_rate: int = 0xFFFFFFFF
+    # Where the datapath knowingly departs from the RFCs' text and the model follows it so
+    # that the rest can be compared (each is reported; none by default: the model says what the
+    # RFC says). "link_multicast_answered": RFC 1812 4.3.2.7's link-layer broadcast or
+    # multicast is not looked at; "icmp_type_past_datagram": an ICMP datagram's type is read
+    # where the frame has a byte for it, after the datagram's end (Ethernet padding) too;
+    # "vpc_mtu_unchecked_for_errors": an environment's ICMP error larger than the VPC link's
+    # MTU is redirected into it (where the kernel drops it unseen) instead of dropped and counted.
+    quirks: frozenset = frozenset()
 
     def flow_limit(self, eni: Eni) -> int:
         return eni.max_flows or self.flows_per_eni
@@ -214,6 +287,24 @@ class Result:
     flow: tuple | None = None          # the forward key the packet belongs to
     new_flow: bool = False
     refreshed: bool = True             # the packet set its flow's last-seen time
+
+
+@dataclass
+class Frag:
+    """What a datagram's first fragment left for its later fragments."""
+    first_ns: int
+    rkey: tuple      # the flow's entry (Flow.rkey)
+    first_end: int   # bytes of the datagram's payload the first fragment carried
+
+
+@dataclass
+class Tunnel:
+    """Where a tunnel packet came from, for an answer sent back through it."""
+    worker: str
+    vni: int
+    tport: int
+    udp_off: int
+    inner: int
 
 
 @dataclass
@@ -313,6 +404,10 @@ class Model:
         self.worker_mac: dict[str, bytes] = {}
         self.worker_tags: dict[str, bytes] = {}  # the outer VLAN tags (TPID, TCI) as they came
         self.mss_clamped = 0  # SYNs whose MSS the model lowered (to show the fuzz drew them)
+        # frags[(worker or 0, VNI or VPC index | FRAG_K_RETURN, src, dst, IP id, proto)]
+        self.frags: dict[tuple, Frag] = {}
+        self._tun: Tunnel | None = None  # the tunnel packet being judged (forward)
+        self.now = 0  # the time the packet being judged is judged at
 
     # ---- parsing helpers -------------------------------------------------------------------
     @staticmethod
@@ -346,7 +441,9 @@ class Model:
             return "truncated", 0
         frag = struct.unpack_from("!H", p, off + 6)[0]
         return {"off": off, "ihl": ihl, "total": total, "ttl": p[off + 8], "proto": p[off + 9],
-                "frag": bool(frag & 0x3FFF), "src": str(ipaddress.IPv4Address(p[off + 12:off + 16])),
+                "frag": bool(frag & 0x3FFF), "df": bool(frag & IP_DF), "mf": bool(frag & IP_MF),
+                "offset": frag & IP_OFFMASK, "id": struct.unpack_from("!H", p, off + 4)[0],
+                "src": str(ipaddress.IPv4Address(p[off + 12:off + 16])),
                 "dst": str(ipaddress.IPv4Address(p[off + 16:off + 20]))}, off + ihl
 
     @staticmethod
@@ -367,18 +464,24 @@ class Model:
                       "dport_off": off + 2, "sport": sport, "dport": dport,
                       "flags": p[off + 13] if proto == TCP else 0}
 
-    def _ip(self, p: bytes, off: int, names: dict[str, str]):
-        """The IPv4 checks both directions share (RFC 791: fragments carry no ports, TTL 1
-        cannot be forwarded); `names` are the side's counters. (ip, offset after its header) or
-        (Result, None)."""
-        ip, off = self._ipv4(p, off)
-        if isinstance(ip, str):
-            return Result(DROP, names[ip]), None
-        if ip["frag"]:
-            return Result(DROP, names["fragment"]), None
-        if ip["ttl"] <= 1:
-            return Result(DROP, "drop_ttl_expired"), None
-        return ip, off
+    @staticmethod
+    def _tiny(p: bytes, ip: dict, off: int) -> bool:
+        """RFC 1858's tiny fragment: a first fragment whose payload cannot hold its transport
+        header whole (TCP's as long as its data offset says, 8 bytes for UDP and ICMP), so that a
+        later fragment could supply the ports or flags that no check here saw."""
+        need = (p[off + 12] >> 4) * 4 if ip["proto"] == TCP else 8
+        return ip["total"] - ip["ihl"] < need
+
+    def _frag_of(self, key: tuple, ip: dict, now: int) -> Frag | str:
+        """The record a later fragment follows, or the reason it has none to follow: none was
+        left, or it is older than its lifetime, or the fragment starts inside what the first one
+        carried (RFC 1858's overlap)."""
+        fr = self.frags.get(key)
+        if fr is None or now - fr.first_ns > FRAG_TIMEOUT_NS:
+            return "drop_frag_no_first"
+        if ip["offset"] * 8 < fr.first_end:
+            return "drop_frag_overlap"
+        return fr
 
     def _l4_of(self, p: bytes, ip: dict, off: int, echo_type: int, names: dict[str, str]):
         """The transport header's checks: (ip, l4) or (Result, None)."""
@@ -391,6 +494,7 @@ class Model:
     # ---- worker -> VPC ---------------------------------------------------------------------
     def fabric(self, p: bytes, now: int) -> Result:
         cfg = self.cfg
+        self.now = now
         e = self._eth(p, 0, 2)
         if e is None:
             return Result(PASS, "pass_malformed_outer")
@@ -488,17 +592,23 @@ class Model:
             return self._tunnel_arp(p, inner, off, udp_off)
         if iet != ETH_IPV4:
             return Result(DROP, "drop_inner_not_ipv4")
-        names = {"truncated": "drop_inner_truncated", "invalid": "drop_inner_bad_ip",
-                 "fragment": "drop_inner_fragment"}
-        iip, off = self._ip(p, off, names)
-        if isinstance(iip, Result):
-            return iip
+        names = {"truncated": "drop_inner_truncated", "invalid": "drop_inner_bad_ip"}
+        iip, off = self._ipv4(p, off)
+        if isinstance(iip, str):
+            return Result(DROP, names[iip])
+        self._tun = Tunnel(worker, vni, tport, udp_off, inner)
+        if iip["offset"]:  # a later fragment: no ports, its first fragment's flow
+            return self._fabric_frag(p, iip, now)
+        if iip["ttl"] <= 1:  # it cannot be forwarded (RFC 1812 5.3.1)
+            return self._fabric_reply(p, iip, ICMP_TIME_EXCEEDED, 0, 0, "drop_ttl_expired")
         # an ICMP header cut short is the inner packet's truncation here (issue 14's commit)
         if iip["proto"] == ICMP and len(p) >= off + 8 and p[off] in ICMP_ERRORS:
             return self._fabric_icmp_error(p, inner, iip, off, worker, vni, now)
         iip, l4 = self._l4_of(p, iip, off, 8, names)
         if isinstance(iip, Result):
             return iip
+        if iip["mf"] and self._tiny(p, iip, off):
+            return Result(DROP, "drop_frag_tiny")
         proto = iip["proto"]
         sport = l4["id"] if proto == ICMP else l4["sport"]
         dport = 0 if proto == ICMP else l4["dport"]
@@ -615,6 +725,18 @@ class Model:
             return Result(DROP, "drop_no_vpc", extra=extra, flow=key, new_flow=new)
         if vpc.gateway_mac is None:
             return Result(DROP, "drop_no_gateway_mac", extra=extra, flow=key, new_flow=new)
+        if vpc.mtu and iip["total"] > vpc.mtu:
+            # the VPC's link would drop it: RFC 1191 with DF (the flow was opened or kept alive
+            # all the same: the sender will send again, smaller), else dropped and counted
+            res = Result(DROP, "drop_vpc_mtu")
+            if iip["df"]:
+                res = self._fabric_reply(p, iip, ICMP_UNREACH, ICMP_FRAG_NEEDED, vpc.mtu,
+                                         "drop_vpc_mtu")
+            return Result(res.verdict, res.reason, res.out, extra, key, new)
+        if iip["mf"]:  # a first fragment: the later ones will follow its flow
+            t = self._tun
+            self.frags[(t.worker, t.vni, iip["src"], iip["dst"], iip["id"], proto)] = \
+                Frag(self.now, flow.rkey, iip["total"] - iip["ihl"])
         # SNAT: source address and port, RFC 1624 updates, TTL, MACs; outer headers removed
         q = bytearray(p[inner:])
         io = iip["off"] - inner
@@ -630,7 +752,7 @@ class Model:
         nat = flow.rkey[3]
         self._l4_rewrite(q, l4, inner, proto, old_src, eni_b, "sport" if proto != ICMP else "id",
                          nat)
-        if proto == TCP and l4["flags"] & F_SYN:  # every SYN, a retransmitted one too
+        if proto == TCP and l4["flags"] & F_SYN and cfg.mss_clamping:  # every SYN, again too
             self.mss_clamped += clamp_mss(q, l4["sport_off"] - inner,
                                           iip["off"] - inner + iip["total"],
                                           mss_clamp(cfg.fabric_mtu, vpc.mtu))
@@ -638,6 +760,81 @@ class Model:
         q[6:12] = mac2b(vpc.if_mac)
         extra.update({"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner})
         return Result(REDIRECT, reason, bytes(q), extra, key, new)
+
+    def _fabric_reply(self, p: bytes, iip: dict, typ: int, code: int, mtu: int,
+                      none: str) -> Result:
+        """The node's ICMP error about an environment's packet (time exceeded, fragmentation
+        needed), back through the tunnel it came by as the gateway the environment routes
+        through: from the tunnel gateway's address to the packet's source, inside the tunnel's
+        headers as a reply's (the worker's MAC and VLAN tags as its frame came, the frame's UDP
+        source port, the VNI, no GENEVE options), to the environment's MAC from the gateway's.
+        `none`: the reason when no answer is due (RFC 1812 4.3.2.7)."""
+        cfg, t = self.cfg, self._tun
+        if t.vni not in cfg.enis:
+            return Result(DROP, "drop_unknown_vni")
+        if (t.worker, t.vni) not in cfg.placements:
+            return Result(DROP, "drop_worker_not_placed")
+        link_dst = p[t.inner:t.inner + 6]  # the environment's frame's
+        if not cfg.tunnel_gateway or not may_answer(p, iip, link_dst, cfg.quirks):
+            return Result(DROP, none)
+        if not cfg.icmp_rate:
+            return Result(DROP, "drop_icmp_ratelimit")
+        err = icmp_error(cfg.tunnel_gateway, iip["src"], typ, code, mtu, quote_of(p, iip))
+        inner = p[t.inner + 6:t.inner + 12] + mac2b(cfg.gateway_mac) + \
+            struct.pack("!H", ETH_IPV4) + err
+        if t.tport == GENEVE_PORT:
+            th = bytes([0, 0]) + struct.pack("!H", ETH_TEB)
+        else:
+            th = bytes([0x08, 0, 0, 0])
+        th += t.vni.to_bytes(3, "big") + b"\0"
+        total = 20 + 8 + len(th) + len(inner)
+        oip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, UDP, 0,
+                                    ip2b(cfg.fabric_ip), ip2b(t.worker)))
+        struct.pack_into("!H", oip, 10, checksum(bytes(oip)))
+        udp = p[t.udp_off:t.udp_off + 2] + struct.pack("!HHH", t.tport, total - 20, 0)
+        out = p[6:12] + mac2b(cfg.fabric_mac) + self._outer_tags(p) + \
+            struct.pack("!H", ETH_IPV4) + bytes(oip) + udp + th + inner
+        return Result(TX, "tx_icmp_time_exceeded" if typ == ICMP_TIME_EXCEEDED else
+                      "tx_icmp_frag_needed", out)
+
+    def _fabric_frag(self, p: bytes, iip: dict, now: int) -> Result:
+        """A later fragment from an environment: it carries no ports, so it follows the flow its
+        datagram's first fragment went by, if that flow is still live and still the same
+        environment's, and only its source address is translated. It is counted with the flow
+        but keeps it no more alive than any fragment proves (no last-seen, no state)."""
+        cfg, t = self.cfg, self._tun
+        if iip["ttl"] <= 1:  # no answer about a later fragment (RFC 1812 4.3.2.7)
+            return Result(DROP, "drop_ttl_expired")
+        fr = self._frag_of((t.worker, t.vni, iip["src"], iip["dst"], iip["id"], iip["proto"]),
+                           iip, now)
+        if isinstance(fr, str):
+            return Result(DROP, fr)
+        flow = self.rev.get(fr.rkey)
+        if flow is None or flow.key[:3] != (t.worker, t.vni, iip["src"]) or \
+                not live(cfg, flow, now):
+            return Result(DROP, "drop_frag_no_first")
+        vpc = cfg.vpcs.get(fr.rkey[0])
+        if vpc is None:
+            return Result(DROP, "drop_no_vpc")
+        if vpc.gateway_mac is None:
+            return Result(DROP, "drop_no_gateway_mac")
+        if vpc.mtu and iip["total"] > vpc.mtu:  # a later fragment has no DF to heed
+            return Result(DROP, "drop_vpc_mtu")
+        inner = t.inner
+        flow.tx_packets += 1
+        flow.tx_bytes += len(p) - inner
+        q = bytearray(p[inner:])
+        io = iip["off"] - inner
+        eni_b = ip2b(fr.rkey[1])
+        ck = incremental(struct.unpack_from("!H", q, io + 10)[0], bytes(q[io + 12:io + 16]), eni_b)
+        q[io + 12:io + 16] = eni_b
+        old_word = bytes(q[io + 8:io + 10])
+        q[io + 8] -= 1
+        struct.pack_into("!H", q, io + 10, incremental(ck, old_word, bytes(q[io + 8:io + 10])))
+        q[0:6] = mac2b(vpc.gateway_mac)
+        q[6:12] = mac2b(vpc.if_mac)
+        extra = {"eni:tx_packets": 1, "eni:tx_bytes": len(p) - inner}
+        return Result(REDIRECT, "fwd_fragment", bytes(q), extra, flow.key, refreshed=False)
 
     def _rst(self, p: bytes, inner: int, udp_off: int, iip: dict, l4: dict,
              extra: dict[str, int]) -> Result:
@@ -722,6 +919,7 @@ class Model:
     # ---- VPC -> worker ---------------------------------------------------------------------
     def vpc(self, p: bytes, ifindex: int, now: int, udp_sport: Callable[[Flow], int]) -> Result:
         cfg = self.cfg
+        self.now = now
         vpc = cfg.vpc_by_ifindex(ifindex)
         if vpc is None:
             return Result(PASS, "pass_vpc_unknown_if")
@@ -737,17 +935,20 @@ class Model:
         eni = cfg.eni_at(vpc.idx, dst)
         if eni is None:
             return Result(PASS, "pass_vpc_not_eni")
-        names = {"truncated": "drop_vpc_malformed", "invalid": "drop_vpc_malformed",
-                 "fragment": "drop_vpc_fragment"}
-        ip, off = self._ip(p, 14, names)
-        if isinstance(ip, Result):
-            return ip
+        names = {"truncated": "drop_vpc_malformed", "invalid": "drop_vpc_malformed"}
+        ip, off = self._ipv4(p, 14)
+        if isinstance(ip, str):
+            return Result(DROP, names[ip])
+        if ip["offset"]:  # a later fragment: no ports, its first fragment's flow
+            return self._vpc_frag(p, vpc, ip, now, udp_sport)
         # an ICMP header cut short is this side's truncation, as for any transport header
         if ip["proto"] == ICMP and len(p) >= off + 8 and p[off] in ICMP_ERRORS:
             return self._icmp_error(p, vpc, ip, off, now, udp_sport)
         ip, l4 = self._l4_of(p, ip, off, 0, names)
         if isinstance(ip, Result):
             return ip
+        if ip["mf"] and self._tiny(p, ip, off):
+            return Result(DROP, "drop_frag_tiny")
         proto = ip["proto"]
         eport = l4["id"] if proto == ICMP else l4["dport"]
         rport = 0 if proto == ICMP else l4["sport"]
@@ -758,11 +959,21 @@ class Model:
         if not live(self.cfg, flow, now):
             # RFC 4787 REQ-5 / AWS: an expired mapping lets nothing in, and is not refreshed
             return Result(DROP, "drop_flow_expired")
+        # The node is the hop between the VPC and the environment: it answers for the ENI
+        if ip["ttl"] <= 1:
+            return self._vpc_answer(p, vpc, ip, ICMP_TIME_EXCEEDED, 0, 0, "drop_ttl_expired")
         worker = flow.key[0]
         if worker not in cfg.workers:
             return Result(DROP, "drop_unknown_worker")
         if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
+            # too big for the tunnel: with DF the sender learns what fits inside it (RFC 1191)
+            if ip["df"] and cfg.fabric_mtu > TUNNEL_OVERHEAD:
+                return self._vpc_answer(p, vpc, ip, ICMP_UNREACH, ICMP_FRAG_NEEDED,
+                                        cfg.fabric_mtu - TUNNEL_OVERHEAD, "drop_fabric_mtu")
             return Result(DROP, "drop_fabric_mtu")
+        if ip["mf"]:  # a first fragment: the later ones will follow its flow
+            self.frags[(0, vpc.idx | FRAG_K_RETURN, ip["src"], dst, ip["id"], proto)] = \
+                Frag(now, rkey, ip["total"] - ip["ihl"])
         flow.last_seen = now
         if proto == TCP:
             flow.state |= rev_state(l4["flags"])
@@ -779,12 +990,61 @@ class Model:
         struct.pack_into("!H", q, 24, ck)
         self._l4_rewrite(q, l4, 0, proto, old_dst, env_b, "dport" if proto != ICMP else "id",
                          flow.key[4])
-        if proto == TCP and l4["flags"] & F_SYN:  # the SYN/ACK: what the environment may send
+        if proto == TCP and l4["flags"] & F_SYN and cfg.mss_clamping:
+            # the SYN/ACK: what the environment may send
             self.mss_clamped += clamp_mss(q, l4["sport_off"], ip["off"] + ip["total"],
                                           mss_clamp(cfg.fabric_mtu, vpc.mtu))
         extra.update({"eni:rx_packets": 1, "eni:rx_bytes": len(p)})
         return Result(REDIRECT, "rev_established", self._encap(flow, q, udp_sport), extra,
                       flow.key)
+
+    def _vpc_answer(self, p: bytes, vpc: Vpc, ip: dict, typ: int, code: int, mtu: int,
+                    none: str) -> Result:
+        """The node's ICMP error about a packet from the VPC (time exceeded, fragmentation
+        needed), out of the interface it came in by: from the ENI address it was sent to (the
+        node speaks for the environment behind it) to its sender, to the MAC it came from.
+        `none`: the reason when no answer is due (RFC 1812 4.3.2.7)."""
+        cfg = self.cfg
+        if not may_answer(p, ip, p[0:6], cfg.quirks):
+            return Result(DROP, none)
+        if not cfg.icmp_rate:
+            return Result(DROP, "drop_icmp_ratelimit")
+        out = p[6:12] + mac2b(vpc.if_mac) + struct.pack("!H", ETH_IPV4) + \
+            icmp_error(ip["dst"], ip["src"], typ, code, mtu, quote_of(p, ip))
+        return Result(TX, "tx_icmp_time_exceeded" if typ == ICMP_TIME_EXCEEDED else
+                      "tx_icmp_frag_needed", out)
+
+    def _vpc_frag(self, p: bytes, vpc: Vpc, ip: dict, now: int,
+                  udp_sport: Callable[[Flow], int]) -> Result:
+        """A later fragment from the VPC to an ENI address: the flow its first fragment went
+        by, if still live; only the destination address is translated; counted with the flow,
+        which it does not keep alive."""
+        cfg = self.cfg
+        fr = self._frag_of((0, vpc.idx | FRAG_K_RETURN, ip["src"], ip["dst"], ip["id"],
+                            ip["proto"]), ip, now)
+        if isinstance(fr, str):
+            return Result(DROP, fr)
+        flow = self.rev.get(fr.rkey)
+        if flow is None or not live(cfg, flow, now):
+            return Result(DROP, "drop_frag_no_first")
+        if ip["ttl"] <= 1:  # never answered: a later fragment (RFC 1812 4.3.2.7)
+            return self._vpc_answer(p, vpc, ip, ICMP_TIME_EXCEEDED, 0, 0, "drop_ttl_expired")
+        if flow.key[0] not in cfg.workers:
+            return Result(DROP, "drop_unknown_worker")
+        if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
+            return Result(DROP, "drop_fabric_mtu")  # nor this one
+        q = bytearray(p)
+        env_b = ip2b(flow.key[2])
+        ck = incremental(struct.unpack_from("!H", q, 24)[0], bytes(q[30:34]), env_b)
+        q[30:34] = env_b
+        old_word = bytes(q[22:24])
+        q[22] -= 1
+        struct.pack_into("!H", q, 24, incremental(ck, old_word, bytes(q[22:24])))
+        flow.rx_packets += 1
+        flow.rx_bytes += len(p)
+        extra = {"eni:rx_packets": 1, "eni:rx_bytes": len(p)}
+        return Result(REDIRECT, "rev_fragment", self._encap(flow, q, udp_sport), extra, flow.key,
+                      refreshed=False)
 
     def _encap(self, flow: Flow, q: bytearray, udp_sport: Callable[[Flow], int]) -> bytes:
         """The translated frame `q` towards the flow's environment: inner MACs, then the tunnel
@@ -888,10 +1148,14 @@ class Model:
             port_at, nat, rport = ql4 + 4, struct.unpack_from("!H", p, ql4 + 4)[0], 0
         else:
             return no_flow
+        if ip["mf"]:  # an error in fragments: the rest of its quote is in none of them
+            return Result(DROP, "drop_icmp_error_malformed")
         qdst = str(ipaddress.IPv4Address(qt["dst"]))
         flow = self.rev.get((vpc.idx, eni_addr, qdst, nat, rport, qproto))
         if flow is None or not live(cfg, flow, now):
             return no_flow
+        if ip["ttl"] <= 1:  # never an error about an error (RFC 1812 4.3.2.7)
+            return Result(DROP, "drop_ttl_expired")
         if flow.key[0] not in cfg.workers:
             return Result(DROP, "drop_unknown_worker")
         if cfg.fabric_mtu and len(p) + 36 > cfg.fabric_mtu:
@@ -936,6 +1200,9 @@ class Model:
             return Result(DROP, "drop_no_vpc")
         if vpc.gateway_mac is None:
             return Result(DROP, "drop_no_gateway_mac")
+        if vpc.mtu and iip["total"] > vpc.mtu and "vpc_mtu_unchecked_for_errors" not in cfg.quirks:
+            # the VPC's link would drop it; no error about an error (RFC 1812 4.3.2.7)
+            return Result(DROP, "drop_vpc_mtu")
         new = self._rewrite_error(p, iip["off"], qt, 12, 16, qt["l4"] + 2, ip2b(eni.addr),
                                   flow.rkey[3])
         new[inner:inner + 6] = mac2b(vpc.gateway_mac)
