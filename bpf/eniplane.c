@@ -328,17 +328,22 @@ static __always_inline int icmp_is_error(__u8 type)
 
 /* May the node answer this packet with an ICMP error? Never an ICMP error itself (nor an ICMP
  * type it does not know, as Linux does), never a fragment other than the first, never a packet
- * from an address that names no single host, or to a multicast or broadcast one (4.3.2.7). */
-static __always_inline int icmp_may_answer(struct iphdr *ip, void *data_end)
+ * from an address that names no single host, to a multicast or broadcast one, or sent as a
+ * link-layer broadcast or multicast (`link_dst`, the frame's destination MAC) (4.3.2.7). */
+static __always_inline int icmp_may_answer(struct iphdr *ip, const __u8 *link_dst,
+                                           void *data_end)
 {
     if (ip->frag_off & bpf_htons(IP_OFFMASK_))
         return 0;
+    if (link_dst[0] & 1) /* the group bit: broadcast or multicast */
+        return 0;
     __u8 s0 = ((__u8 *)&ip->saddr)[0], d0 = ((__u8 *)&ip->daddr)[0];
-    if (!ip->saddr || s0 == 0 || s0 == 127 || s0 >= 224 || d0 >= 224)
+    if (s0 == 0 || s0 == 127 || s0 >= 224 || d0 >= 224)
         return 0;
     if (ip->protocol == IPPROTO_ICMP) {
         __u8 *t = (void *)ip + ip->ihl * 4;
-        if ((void *)(t + 1) > data_end)
+        /* the type, within the datagram (what follows it is Ethernet padding) */
+        if ((void *)(t + 1) > data_end || ip->ihl * 4 + 1 > bpf_ntohs(ip->tot_len))
             return 0;
         __u8 type = t[0]; /* the informational types: echo, router, timestamp, info, mask */
         if (type != 0 && (type < 8 || type > 18 || type == 11 || type == 12))
@@ -389,7 +394,7 @@ static __always_inline int icmp_err_fill(struct iphdr *nip, void *data_end, ipv4
     nip->tos = ICMP_TOS;
     nip->tot_len = bpf_htons(ICMP_ERR_HDRS + qlen);
     nip->id = 0;
-    nip->frag_off = 0;
+    nip->frag_off = bpf_htons(IP_DF_); /* atomic (RFC 6864 4.2): no ID needs to be unique */
     nip->ttl = ICMP_TTL;
     nip->protocol = IPPROTO_ICMP;
     nip->check = 0;
@@ -427,7 +432,7 @@ static __always_inline __u32 vpc_icmp_answer(struct xdp_md *ctx, struct node_cfg
     struct ethhdr *eth = data;
     struct iphdr *ip = data + sizeof(*eth);
     *action = XDP_DROP;
-    if ((void *)(ip + 1) > data_end || !icmp_may_answer(ip, data_end))
+    if ((void *)(ip + 1) > data_end || !icmp_may_answer(ip, eth->h_dest, data_end))
         return none;
     if (!icmp_allowed(cfg))
         return STAT_drop_icmp_ratelimit;
@@ -493,7 +498,8 @@ static __always_inline __u32 frag_find(struct frag_key *k, struct iphdr *ip, __u
     k->proto = ip->protocol;
     k->pad = 0;
     struct frag *fr = frags.lookup(k);
-    if (!fr || now - fr->first_ns > FRAG_TIMEOUT_NS)
+    /* signed: another CPU's clock cache may be a tick behind the first fragment's */
+    if (!fr || (__s64)(now - fr->first_ns) > (__s64)FRAG_TIMEOUT_NS)
         return STAT_drop_frag_no_first;
     if ((bpf_ntohs(ip->frag_off) & IP_OFFMASK_) * 8 < fr->first_end)
         return STAT_drop_frag_overlap;
@@ -1575,7 +1581,7 @@ int xdp_fabric_reply(struct xdp_md *ctx)
     void *data_end = (void *)(long)ctx->data_end;
     struct iphdr *iip = p.iip;
     reason = type == ICMP_TIME_EXCEEDED_ ? STAT_drop_ttl_expired : STAT_drop_vpc_mtu;
-    if (!icmp_may_answer(iip, data_end) || !cfg->tunnel_gateway)
+    if (!icmp_may_answer(iip, p.ieth->h_dest, data_end) || !cfg->tunnel_gateway)
         goto out;
     if (!icmp_allowed(cfg)) {
         reason = STAT_drop_icmp_ratelimit;
@@ -1924,6 +1930,10 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
         reason = STAT_drop_icmp_error_malformed;
         goto out;
     }
+    if (iip->frag_off & bpf_htons(IP_MF_)) { /* the quote is all there is: never in parts */
+        reason = STAT_drop_icmp_error_malformed;
+        goto out;
+    }
     ipv4_t env = iip->saddr;
     __u8 proto = eip->protocol;
     /* A packet the environment received, with its ports (TCP or UDP, not a later fragment). */
@@ -1959,6 +1969,10 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     reason = vpc_ready(eni->vpc_idx, &vpc);
     if (reason || !vpc) {
         reason = reason ?: STAT_drop_no_vpc;
+        goto out;
+    }
+    if (vpc->mtu && quoted > vpc->mtu) { /* too big for the VPC link; an error gets no answer */
+        reason = STAT_drop_vpc_mtu;
         goto out;
     }
 

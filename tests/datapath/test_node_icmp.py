@@ -63,7 +63,7 @@ def answer_into_tunnel(env, frame: Ether, icmp: ICMP, tunnel_hdr=None, dport=478
                  IP(src=FABRIC_IP, dst=WORKER, ttl=64, id=0, tos=0, flags=0) /
                  UDP(sport=40000, dport=dport, chksum=0) / th /
                  Ether(src=GATEWAY_MAC, dst=ENV_MAC) /
-                 IP(src=TGW, dst=ENV_IP, tos=0xC0, id=0, ttl=64, flags=0) / icmp /
+                 IP(src=TGW, dst=ENV_IP, tos=0xC0, id=0, ttl=64, flags="DF") / icmp /
                  Raw(quote(inner_ip)))
 
 
@@ -123,6 +123,12 @@ def test_the_tunnel_gateway_is_the_answers_source(env, settings):
     (env_frame(UDP(sport=41107, dport=1), ttl=1, src="0.1.2.3"), "a source in 0/8"),
     (env_frame(UDP(sport=41108, dport=1), ttl=1, src="224.0.0.9"), "a multicast source"),
     (env_frame(UDP(sport=41109, dport=1), ttl=1, dst="239.1.1.1"), "a multicast destination"),
+    (Ether(src=ENV_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=ENV_IP, dst=SERVER, ttl=1) /
+     UDP(sport=41112, dport=1), "a link-layer broadcast"),
+    (Ether(src=ENV_MAC, dst="01:00:5e:00:00:09") / IP(src=ENV_IP, dst=SERVER, ttl=1) /
+     UDP(sport=41113, dport=1), "a link-layer multicast"),
+    (Ether(src=ENV_MAC, dst=GATEWAY_MAC) / IP(src=ENV_IP, dst=SERVER, ttl=1, proto=1, len=20) /
+     Raw(b"\0" * 8), "an ICMP datagram too short for its type (Ethernet padding after it)"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_no_answer_where_rfc_1812_forbids_one(env, pkt, why):
     got, _, d = env.run("xdp_fabric", bytes(tunnel(pkt)))
@@ -193,7 +199,7 @@ def vpc_reply(env, fwd: Ether, payload: bytes, **ip) -> Ether:
 
 def answer_into_vpc(env, frame: Ether, icmp: ICMP) -> bytes:
     return bytes(Ether(src=env.vpc_if["vpca"]["mac"], dst=GW_A) /
-                 IP(src=ENI_A, dst=frame[IP].src, tos=0xC0, id=0, ttl=64, flags=0) / icmp /
+                 IP(src=ENI_A, dst=frame[IP].src, tos=0xC0, id=0, ttl=64, flags="DF") / icmp /
                  Raw(quote(frame[IP])))
 
 
@@ -268,3 +274,25 @@ def test_mss_clamp_off_leaves_the_syn_as_it_is(env, vpc_mtu, settings):
     syn.sport = 41151
     got, out, d = env.run("xdp_fabric", bytes(tunnel(env_frame(syn))))
     assert dict(Ether(out)[TCP].options)["MSS"] == 1360
+
+
+# ---- an environment's ICMP error that cannot cross ------------------------------------------
+def env_error(sport: int, quoted_payload: int, **ip) -> Ether:
+    """Port unreachable from the environment about the server's reply to its flow `sport`."""
+    quoted = IP(src=SERVER, dst=ENV_IP) / UDP(sport=7, dport=sport) / Raw(b"q" * quoted_payload)
+    return tunnel(env_frame(ICMP(type=3, code=3) / Raw(bytes(quoted)), **ip))
+
+
+def test_an_environments_error_too_big_for_the_vpc_link_is_dropped_not_redirected(env, vpc_mtu):
+    open_udp(env, 41160)
+    vpc_mtu(1400)
+    got, _, d = env.run("xdp_fabric", bytes(env_error(41160, 1400, flags="DF")))
+    assert (got, d.get("drop_vpc_mtu"), d.get("xdp_redirect")) == ("DROP", 1, None), d
+    got, _, d = env.run("xdp_fabric", bytes(env_error(41160, 1300)))
+    assert (got, d.get("fwd_icmp_error")) == ("REDIRECT", 1), d
+
+
+def test_an_environments_error_in_fragments_is_malformed(env):
+    open_udp(env, 41161)
+    got, _, d = env.run("xdp_fabric", bytes(env_error(41161, 64, flags="MF")))
+    assert (got, d.get("drop_icmp_error_malformed")) == ("DROP", 1), d

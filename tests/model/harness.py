@@ -57,10 +57,6 @@ TICK_NS = 8_000_000  # two ticks at HZ=250: the kernel's per-CPU clock cache may
 TIMEOUTS = {"tcp_established": 5, "tcp_transitory": 3, "udp": 4, "icmp": 2}
 FLOWS_PER_ENI = 6  # the node's default limit, which VNI 100 uses
 ICMP_RATE = 0xFFFFFFFF  # ICMP the node may send per second per CPU: never the limit here
-# Where the datapath departs from the RFCs' text (reference.Config.quirks), each reported: the
-# model follows it here so that everything else is still compared.
-QUIRKS = frozenset({"link_multicast_answered", "icmp_type_past_datagram",
-                    "vpc_mtu_unchecked_for_errors"})
 
 
 ENIS = [  # vni, vpc, address, eni_idx, ports, max_flows, rules (proto, cidr, lo, hi)
@@ -153,7 +149,7 @@ class Harness:
                   for idx, v in self.vpc_ifs.items()},
             timeouts=dict(TIMEOUTS), flows_per_eni=FLOWS_PER_ENI,
             mss_clamping=self.mss_clamp, tunnel_gateway=self.tunnel_gateway,
-            icmp_rate=ICMP_RATE, quirks=QUIRKS)
+            icmp_rate=ICMP_RATE)
         self.model = Model(cfg, self._probe)
         self.sports: dict[tuple, int] = {}
 

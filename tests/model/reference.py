@@ -107,12 +107,13 @@ def incremental(check: int, old: bytes, new: bytes) -> int:
 
 def icmp_error(src: str, dst: str, typ: int, code: int, mtu: int, quote: bytes) -> bytes:
     """An ICMP error the node sends (RFC 792, RFC 1812 4.3.2): IPv4 header (no options, TOS
-    0xC0, identification 0, not fragmented, TTL 64), then type, code, checksum over the ICMP
+    0xC0, identification 0 with DF set, so an atomic datagram whose ID need not be unique (RFC
+    6864 4.2), TTL 64), then type, code, checksum over the ICMP
     message, 16 unused bits, RFC 1191's next-hop MTU (0 unless fragmentation needed) and the
     quote."""
     msg = bytearray(struct.pack("!BBHHH", typ, code, 0, 0, mtu) + quote)
     struct.pack_into("!H", msg, 2, checksum(bytes(msg)))
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, ICMP_ERR_TOS, 20 + len(msg), 0, 0,
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, ICMP_ERR_TOS, 20 + len(msg), 0, IP_DF,
                                ICMP_ERR_TTL, ICMP, 0, ip2b(src), ip2b(dst)))
     struct.pack_into("!H", ip, 10, checksum(bytes(ip)))
     return bytes(ip) + bytes(msg)
@@ -124,13 +125,13 @@ def quote_of(p: bytes, ip: dict) -> bytes:
     return bytes(p[ip["off"]:ip["off"] + min(ip["total"], ip["ihl"] + ICMP_QUOTE_DATA)])
 
 
-def may_answer(p: bytes, ip: dict, link_dst: bytes, quirks: frozenset = frozenset()) -> bool:
+def may_answer(p: bytes, ip: dict, link_dst: bytes) -> bool:
     """RFC 1812 4.3.2.7: no ICMP error about an ICMP error (nor a type the node does not know:
     only the query types are answered), a datagram sent to an IP multicast or broadcast address
     or as a link-layer broadcast or multicast, one whose source is on network 0 or not a valid
     source (5.3.7: 127/8, class D and E, the limited broadcast), or a fragment other than the
     first. An ICMP datagram too short to show its type is not answered either (it could be an
-    error). `quirks` (Config.quirks) mirror a datapath that departs from this."""
+    error)."""
     if ip["offset"]:
         return False
     s0, d0 = ip2b(ip["src"])[0], ip2b(ip["dst"])[0]
@@ -138,10 +139,10 @@ def may_answer(p: bytes, ip: dict, link_dst: bytes, quirks: frozenset = frozense
         return False
     if ip["proto"] == ICMP:
         t = ip["off"] + ip["ihl"]
-        end = len(p) if "icmp_type_past_datagram" in quirks else ip["off"] + ip["total"]
+        end = ip["off"] + ip["total"]
         if min(len(p), end) < t + 1 or p[t] not in ICMP_QUERY_TYPES:
             return False
-    if link_dst[0] & 1 and "link_multicast_answered" not in quirks:
+    if link_dst[0] & 1:
         return False
     return True
 
@@ -246,14 +247,6 @@ class Config:
     # ICMP the node may generate: 0 never (every answer is over the rate); any other rate is
     # taken as never reached (the token bucket is not modelled: tests set the largest rate)
     icmp_rate: int = 0xFFFFFFFF
-    # Where the datapath knowingly departs from the RFCs' text and the model follows it so
-    # that the rest can be compared (each is reported; none by default: the model says what the
-    # RFC says). "link_multicast_answered": RFC 1812 4.3.2.7's link-layer broadcast or
-    # multicast is not looked at; "icmp_type_past_datagram": an ICMP datagram's type is read
-    # where the frame has a byte for it, after the datagram's end (Ethernet padding) too;
-    # "vpc_mtu_unchecked_for_errors": an environment's ICMP error larger than the VPC link's
-    # MTU is redirected into it (where the kernel drops it unseen) instead of dropped and counted.
-    quirks: frozenset = frozenset()
 
     def flow_limit(self, eni: Eni) -> int:
         return eni.max_flows or self.flows_per_eni
@@ -486,6 +479,8 @@ class Model:
     def _l4_of(self, p: bytes, ip: dict, off: int, echo_type: int, names: dict[str, str]):
         """The transport header's checks: (ip, l4) or (Result, None)."""
         st, l4 = self._l4(p, off, ip["proto"], echo_type)
+        if st == "truncated" and ip["mf"]:  # a first fragment without its header: RFC 1858
+            return Result(DROP, "drop_frag_tiny"), None
         if st != "ok":
             return Result(DROP, {"truncated": names["truncated"], "icmp": "drop_icmp_unsupported",
                                  "proto": "drop_proto_unsupported"}[st]), None
@@ -775,7 +770,7 @@ class Model:
         if (t.worker, t.vni) not in cfg.placements:
             return Result(DROP, "drop_worker_not_placed")
         link_dst = p[t.inner:t.inner + 6]  # the environment's frame's
-        if not cfg.tunnel_gateway or not may_answer(p, iip, link_dst, cfg.quirks):
+        if not cfg.tunnel_gateway or not may_answer(p, iip, link_dst):
             return Result(DROP, none)
         if not cfg.icmp_rate:
             return Result(DROP, "drop_icmp_ratelimit")
@@ -1005,7 +1000,7 @@ class Model:
         node speaks for the environment behind it) to its sender, to the MAC it came from.
         `none`: the reason when no answer is due (RFC 1812 4.3.2.7)."""
         cfg = self.cfg
-        if not may_answer(p, ip, p[0:6], cfg.quirks):
+        if not may_answer(p, ip, p[0:6]):
             return Result(DROP, none)
         if not cfg.icmp_rate:
             return Result(DROP, "drop_icmp_ratelimit")
@@ -1177,7 +1172,7 @@ class Model:
         from the ENI address, quoting the datagram as the VPC sent it (RFC 5508 REQ-3/4)."""
         cfg = self.cfg
         qt = self._quote(p, off, iip["off"] + iip["total"])
-        if qt == "malformed":
+        if qt == "malformed" or iip["mf"]:  # in fragments, the rest of its quote is in none
             return Result(DROP, "drop_icmp_error_malformed")
         env = iip["src"]
         if qt["dst"] != ip2b(env) or qt["later"] or qt["proto"] not in (TCP, UDP):
@@ -1200,7 +1195,7 @@ class Model:
             return Result(DROP, "drop_no_vpc")
         if vpc.gateway_mac is None:
             return Result(DROP, "drop_no_gateway_mac")
-        if vpc.mtu and iip["total"] > vpc.mtu and "vpc_mtu_unchecked_for_errors" not in cfg.quirks:
+        if vpc.mtu and iip["total"] > vpc.mtu:
             # the VPC's link would drop it; no error about an error (RFC 1812 4.3.2.7)
             return Result(DROP, "drop_vpc_mtu")
         new = self._rewrite_error(p, iip["off"], qt, 12, 16, qt["l4"] + 2, ip2b(eni.addr),
