@@ -322,6 +322,76 @@ static __always_inline int icmp_is_error(__u8 type)
     return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
 }
 
+/* The outer headers of a frame for a worker, written at `data`: the worker's MAC and the VLAN
+ * tags its own frames carry (`depth` of `tags`), so that it travels the fabric the way the
+ * worker's traffic came; IPv4 from the node's fabric address (`outer_len` long), UDP from
+ * `sport` to the tunnel's port, and the tunnel header with the VNI (GENEVE without options).
+ * Returns where the inner frame starts, or NULL when the frame is too short for the headers. */
+static __always_inline void *encap_write(void *data, void *data_end, struct node_cfg *cfg,
+                                         const __u8 *wmac, struct vlan_tag *tags, __u32 depth,
+                                         ipv4_t worker, __u16 outer_len, __be16 sport,
+                                         __u8 tunnel, __u32 vni)
+{
+    if (data + ENCAP_LEN + MAX_VLAN_DEPTH * VLAN_TAG_LEN > data_end)
+        return NULL;
+    struct ethhdr *oeth = data;
+    mac_copy(oeth->h_dest, wmac);
+    mac_copy(oeth->h_source, cfg->fabric_mac);
+    __be16 *ethertype = &oeth->h_proto;
+    if (depth >= 1) {
+        struct vlan_hdr_ *v = data + sizeof(*oeth);
+        *ethertype = tags[0].tpid;
+        v->tci = tags[0].tci;
+        ethertype = &v->proto;
+        if (depth >= 2) {
+            v = data + sizeof(*oeth) + VLAN_TAG_LEN;
+            *ethertype = tags[1].tpid;
+            v->tci = tags[1].tci;
+            ethertype = &v->proto;
+        }
+    }
+    *ethertype = bpf_htons(ETH_P_IPV4);
+    void *l3 = data + sizeof(*oeth) + depth * VLAN_TAG_LEN;
+    struct iphdr *oip = l3;
+    struct udphdr *oudp = l3 + 20;
+    __u8 *th = l3 + 20 + 8;
+    if ((void *)(th + 8) > data_end)
+        return NULL;
+    oip->version = 4;
+    oip->ihl = 5;
+    oip->tos = 0;
+    oip->tot_len = bpf_htons(outer_len);
+    oip->id = 0;
+    oip->frag_off = 0;
+    oip->ttl = OUTER_TTL;
+    oip->protocol = IPPROTO_UDP;
+    oip->check = 0;
+    oip->saddr = cfg->fabric_ip;
+    oip->daddr = worker;
+    oip->check = ipv4_csum20(oip);
+    oudp->source = sport;
+    oudp->len = bpf_htons(outer_len - 20);
+    oudp->check = 0; /* allowed for both tunnels over IPv4 */
+    if (tunnel == TUNNEL_GENEVE) {
+        oudp->dest = bpf_htons(GENEVE_PORT);
+        th[0] = 0; /* version 0, no options */
+        th[1] = 0;
+        th[2] = ETH_P_TEB >> 8;
+        th[3] = ETH_P_TEB & 0xFF;
+    } else {
+        oudp->dest = bpf_htons(VXLAN_PORT);
+        th[0] = 0x08; /* I flag */
+        th[1] = 0;
+        th[2] = 0;
+        th[3] = 0;
+    }
+    th[4] = vni >> 16;
+    th[5] = vni >> 8;
+    th[6] = vni;
+    th[7] = 0;
+    return th + 8;
+}
+
 /* ---- ICMP the node generates (RFC 1812 4.3.2) -------------------------------------------
  * Time exceeded and fragmentation needed, built in place from the offending packet: a new IPv4
  * and ICMP header in front of the packet's IPv4 header and first 64 bits of data (RFC 792). */
@@ -1368,16 +1438,17 @@ static __always_inline __u32 fabric_again(struct xdp_md *ctx, struct open_scratc
 }
 
 /* What a program that xdp_fabric tail-calls starts from: the node's configuration, what
- * xdp_fabric left in open_scratch, and the headers found again. 0, or the reason. */
+ * xdp_fabric left in open_scratch, and the headers found again (the transport header too when
+ * `l4`). 0, or the reason. */
 static __always_inline __u32 tail_enter(struct xdp_md *ctx, struct node_cfg **cfg,
-                                        struct open_scratch **os, struct fabric_pkt *p)
+                                        struct open_scratch **os, struct fabric_pkt *p, int l4)
 {
     __u32 k0 = 0;
     *cfg = config.lookup(&k0);
     *os = open_scratch.lookup(&k0);
     if (!*cfg || !*os)
         return STAT_drop_tail_call;
-    return fabric_again(ctx, *os, p);
+    return l4 ? fabric_again(ctx, *os, p) : fabric_again_ip(ctx, *os, p);
 }
 
 /* xdp_fabric_open (entered only by xdp_fabric's tail call, never attached): a packet of an
@@ -1392,7 +1463,7 @@ int xdp_fabric_open(struct xdp_md *ctx)
     struct node_cfg *cfg;
     struct open_scratch *os;
     struct fabric_pkt p;
-    __u32 reason = tail_enter(ctx, &cfg, &os, &p);
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 1);
     if (reason)
         goto out;
     struct flow_key fk;
@@ -1557,12 +1628,7 @@ int xdp_fabric_reply(struct xdp_md *ctx)
     struct node_cfg *cfg;
     struct open_scratch *os;
     struct fabric_pkt p;
-    __u32 reason = STAT_drop_tail_call;
-    cfg = config.lookup(&k0);
-    os = open_scratch.lookup(&k0);
-    if (!cfg || !os)
-        goto out;
-    reason = fabric_again_ip(ctx, os, &p);
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 0);
     if (reason)
         goto out;
     __u8 type = os->icmp_type, code = os->icmp_code;
@@ -1620,67 +1686,14 @@ int xdp_fabric_reply(struct xdp_md *ctx)
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
     reason = STAT_drop_adjust_failed;
-    if (data + sizeof(struct ethhdr) + MAX_VLAN_DEPTH * VLAN_TAG_LEN > data_end)
+    __u32 len = hdrs + qlen;
+    struct ethhdr *ieth = encap_write(data, data_end, cfg, wmac, tags, depth, worker,
+                                      len - l3_off, usport, tunnel, vni);
+    if (!ieth)
         goto out;
-    struct ethhdr *oeth = data;
-    mac_copy(oeth->h_dest, wmac);
-    mac_copy(oeth->h_source, cfg->fabric_mac);
-    __be16 *ethertype = &oeth->h_proto;
-    if (depth >= 1) {
-        struct vlan_hdr_ *nv = data + sizeof(struct ethhdr);
-        *ethertype = tags[0].tpid;
-        nv->tci = tags[0].tci;
-        ethertype = &nv->proto;
-        if (depth >= 2) {
-            nv = data + sizeof(struct ethhdr) + VLAN_TAG_LEN;
-            *ethertype = tags[1].tpid;
-            nv->tci = tags[1].tci;
-            ethertype = &nv->proto;
-        }
-    }
-    *ethertype = bpf_htons(ETH_P_IPV4);
-    void *l3 = data + l3_off;
-    struct iphdr *oip = l3;
-    struct udphdr *oudp = l3 + 20;
-    __u8 *th = l3 + 20 + 8;
-    struct ethhdr *ieth = l3 + 20 + 8 + 8;
     struct iphdr *nip = (void *)(ieth + 1);
     if ((void *)(nip + 1) > data_end)
         goto out;
-    __u32 len = hdrs + qlen;
-    __u16 outer_len = len - l3_off;
-    oip->version = 4;
-    oip->ihl = 5;
-    oip->tos = 0;
-    oip->tot_len = bpf_htons(outer_len);
-    oip->id = 0;
-    oip->frag_off = 0;
-    oip->ttl = OUTER_TTL;
-    oip->protocol = IPPROTO_UDP;
-    oip->check = 0;
-    oip->saddr = cfg->fabric_ip;
-    oip->daddr = worker;
-    oip->check = ipv4_csum20(oip);
-    oudp->source = usport;
-    oudp->len = bpf_htons(outer_len - 20);
-    oudp->check = 0;
-    if (tunnel == TUNNEL_GENEVE) { /* the options, if any, are not the answer's */
-        oudp->dest = bpf_htons(GENEVE_PORT);
-        th[0] = 0;
-        th[1] = 0;
-        th[2] = ETH_P_TEB >> 8;
-        th[3] = ETH_P_TEB & 0xFF;
-    } else {
-        oudp->dest = bpf_htons(VXLAN_PORT);
-        th[0] = 0x08;
-        th[1] = 0;
-        th[2] = 0;
-        th[3] = 0;
-    }
-    th[4] = vni >> 16;
-    th[5] = vni >> 8;
-    th[6] = vni;
-    th[7] = 0;
     mac_copy(ieth->h_dest, emac);
     mac_copy(ieth->h_source, cfg->gateway_mac);
     ieth->h_proto = bpf_htons(ETH_P_IPV4);
@@ -1703,13 +1716,10 @@ int xdp_fabric_frag(struct xdp_md *ctx)
     int action = XDP_DROP;
     __u32 k0 = 0;
     struct stats *st = stats.lookup(&k0);
-    struct node_cfg *cfg = config.lookup(&k0);
-    struct open_scratch *os = open_scratch.lookup(&k0);
+    struct node_cfg *cfg;
+    struct open_scratch *os;
     struct fabric_pkt p;
-    __u32 reason = STAT_drop_tail_call;
-    if (!cfg || !os)
-        goto out;
-    reason = fabric_again_ip(ctx, os, &p);
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 0);
     if (reason)
         goto out;
     struct iphdr *iip = p.iip;
@@ -1912,7 +1922,7 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     struct node_cfg *cfg;
     struct open_scratch *os;
     struct fabric_pkt p;
-    __u32 reason = tail_enter(ctx, &cfg, &os, &p);
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 1);
     if (reason)
         goto out;
     void *data = (void *)(long)ctx->data;
@@ -2207,71 +2217,12 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
-    if (data + ENCAP_LEN + MAX_VLAN_DEPTH * VLAN_TAG_LEN > data_end) {
+    if (!encap_write(data, data_end, cfg, wmac, tags, depth, worker,
+                     frame_len + ENCAP_LEN - sizeof(struct ethhdr), bpf_htons(usport), tunnel,
+                     vni)) {
         reason = STAT_drop_adjust_failed;
         goto out;
     }
-    struct ethhdr *oeth = data;
-    mac_copy(oeth->h_dest, wmac);
-    mac_copy(oeth->h_source, cfg->fabric_mac);
-    __be16 *ethertype = &oeth->h_proto;
-    if (depth >= 1) {
-        struct vlan_hdr_ *v = data + 14;
-        *ethertype = tags[0].tpid;
-        v->tci = tags[0].tci;
-        ethertype = &v->proto;
-        if (depth >= 2) {
-            v = data + 14 + VLAN_TAG_LEN;
-            *ethertype = tags[1].tpid;
-            v->tci = tags[1].tci;
-            ethertype = &v->proto;
-        }
-    }
-    *ethertype = bpf_htons(ETH_P_IPV4);
-    void *l3 = data + 14 + depth * VLAN_TAG_LEN;
-    struct iphdr *oip = l3;
-    struct udphdr *oudp = l3 + 20;
-    __u8 *th = l3 + 20 + 8;
-    if ((void *)(th + 8) > data_end) {
-        reason = STAT_drop_adjust_failed;
-        goto out;
-    }
-
-    __u16 outer_len = frame_len + ENCAP_LEN - 14;
-    oip->version = 4;
-    oip->ihl = 5;
-    oip->tos = 0;
-    oip->tot_len = bpf_htons(outer_len);
-    oip->id = 0;
-    oip->frag_off = 0;
-    oip->ttl = OUTER_TTL;
-    oip->protocol = IPPROTO_UDP;
-    oip->check = 0;
-    oip->saddr = cfg->fabric_ip;
-    oip->daddr = worker;
-    oip->check = ipv4_csum20(oip);
-
-    oudp->source = bpf_htons(usport);
-    oudp->len = bpf_htons(outer_len - 20);
-    oudp->check = 0; /* allowed for both tunnels over IPv4 */
-    if (tunnel == TUNNEL_GENEVE) {
-        oudp->dest = bpf_htons(GENEVE_PORT);
-        th[0] = 0; /* version 0, no options */
-        th[1] = 0;
-        th[2] = ETH_P_TEB >> 8;
-        th[3] = ETH_P_TEB & 0xFF;
-    } else {
-        oudp->dest = bpf_htons(VXLAN_PORT);
-        th[0] = 0x08; /* I flag */
-        th[1] = 0;
-        th[2] = 0;
-        th[3] = 0;
-    }
-    th[4] = vni >> 16;
-    th[5] = vni >> 8;
-    th[6] = vni;
-    th[7] = 0;
-
     action = tx_ports.redirect_map(TX_SLOT_FABRIC, XDP_DROP);
     if (action != XDP_REDIRECT)
         reason = STAT_drop_no_tx_port;

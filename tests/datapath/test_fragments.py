@@ -24,8 +24,15 @@ def env_datagram(l4, ident: int, **ip) -> IP:
     return IP(src=ENV_IP, dst=SERVER, id=ident, **ip) / l4
 
 
-def framed(ip: IP) -> Ether:
-    return tunnel(Ether(src=ENV_MAC, dst=GATEWAY_MAC) / ip)
+def udp_fragments(sport: int, ident: int, dport: int = 7) -> list[IP]:
+    """A 3,000-byte UDP datagram from the environment in three fragments."""
+    return fragment(env_datagram(UDP(sport=sport, dport=dport) / Raw(b"f" * 3000), ident=ident),
+                    fragsize=1200)
+
+
+def send(env, ip: IP, vni: int = VNI_A):
+    return env.run("xdp_fabric", bytes(tunnel(Ether(src=ENV_MAC, dst=GATEWAY_MAC) / ip,
+                                              vni=vni)))
 
 
 def checksum_ok(ip: IP) -> bool:
@@ -50,7 +57,7 @@ def test_a_fragmented_udp_datagram_goes_out_whole_and_translated(env):
     assert len(frags) == 4
     outs = []
     for i, f in enumerate(frags):
-        got, out, d = env.run("xdp_fabric", bytes(framed(f)))
+        got, out, d = send(env, f)
         want = "fwd_new_flow" if i == 0 else "fwd_fragment"
         assert (got, d.get(want)) == ("REDIRECT", 1), (i, d)
         o = Ether(out)
@@ -71,8 +78,7 @@ def test_a_fragmented_udp_datagram_goes_out_whole_and_translated(env):
 
 
 def test_the_fragmented_answer_comes_back_whole_to_the_environment(env):
-    got, out, d = env.run("xdp_fabric", bytes(framed(env_datagram(
-        UDP(sport=42001, dport=7) / Raw(b"ask"), ident=0x1002))))
+    got, out, d = send(env, env_datagram(UDP(sport=42001, dport=7) / Raw(b"ask"), ident=0x1002))
     assert got == "REDIRECT", d
     fwd = Ether(out)
     data = bytes(reversed(range(256))) * 16
@@ -95,21 +101,20 @@ def test_the_fragmented_answer_comes_back_whole_to_the_environment(env):
 def test_a_big_ping_and_its_answer(env):
     """ICMP echo: the identifier (its 'port') is in the first fragment only."""
     ping = env_datagram(ICMP(type=8, id=4242, seq=1) / Raw(b"p" * 3000), ident=0x1003)
-    outs = [env.run("xdp_fabric", bytes(framed(f))) for f in fragment(ping, fragsize=1480)]
+    outs = [send(env, f) for f in fragment(ping, fragsize=1480)]
     assert [v for v, _, _ in outs] == ["REDIRECT"] * 3, [d for _, _, d in outs]
     dg = whole([bytes(Ether(o)[IP]) for _, o, _ in outs])
     assert dg.src == ENI_A and bytes(dg[ICMP].payload) == b"p" * 3000 and checksum_ok(dg)
 
 
 def test_a_later_fragment_before_its_first_is_dropped_and_counted(env):
-    frags = fragment(env_datagram(UDP(sport=42002, dport=7) / Raw(b"o" * 3000), ident=0x1004),
-                     fragsize=1200)
-    got, _, d = env.run("xdp_fabric", bytes(framed(frags[1])))
+    frags = udp_fragments(42002, 0x1004)
+    got, _, d = send(env, frags[1])
     assert (got, d.get("drop_frag_no_first")) == ("DROP", 1), d
     # what Cilium does too: the first then goes, the one that came early is lost
-    got, _, d = env.run("xdp_fabric", bytes(framed(frags[0])))
+    got, _, d = send(env, frags[0])
     assert got == "REDIRECT", d
-    got, _, d = env.run("xdp_fabric", bytes(framed(frags[2])))
+    got, _, d = send(env, frags[2])
     assert (got, d.get("fwd_fragment")) == ("REDIRECT", 1), d
 
 
@@ -117,41 +122,37 @@ def test_a_later_fragment_that_overlaps_the_first_is_dropped(env):
     """RFC 1858's overlap attack: a fragment that rewrites the first one's transport header."""
     first = fragment(env_datagram(TCP(sport=42003, dport=80, flags="S") / Raw(b"s" * 100),
                                   ident=0x1005), fragsize=64)[0]
-    got, _, d = env.run("xdp_fabric", bytes(framed(first)))
+    got, _, d = send(env, first)
     assert got == "REDIRECT", d
     evil = IP(src=ENV_IP, dst=SERVER, id=0x1005, proto=6, frag=1, flags="MF") / Raw(b"\0" * 16)
-    got, _, d = env.run("xdp_fabric", bytes(framed(evil)))
+    got, _, d = send(env, evil)
     assert (got, d.get("drop_frag_overlap")) == ("DROP", 1), d
 
 
 def test_the_security_groups_are_judged_on_the_first_fragment(env):
     """Port 9 is not allowed: the first fragment is denied, so the later ones have no flow."""
-    frags = fragment(env_datagram(UDP(sport=42004, dport=9) / Raw(b"n" * 3000), ident=0x1006),
-                     fragsize=1200)
-    got, _, d = env.run("xdp_fabric", bytes(framed(frags[0])))
+    frags = udp_fragments(42004, 0x1006, dport=9)
+    got, _, d = send(env, frags[0])
     assert (got, d.get("drop_sg_denied")) == ("DROP", 1), d
-    got, _, d = env.run("xdp_fabric", bytes(framed(frags[1])))
+    got, _, d = send(env, frags[1])
     assert (got, d.get("drop_frag_no_first")) == ("DROP", 1), d
 
 
 def test_fragments_of_another_environment_do_not_follow_the_first(env):
     """The datagram is the environment's: the same addresses and identifier from another VNI
     find nothing."""
-    frags = fragment(env_datagram(UDP(sport=42005, dport=7) / Raw(b"v" * 3000), ident=0x1007),
-                     fragsize=1200)
-    assert env.run("xdp_fabric", bytes(framed(frags[0])))[0] == "REDIRECT"
-    got, _, d = env.run("xdp_fabric", bytes(tunnel(Ether(src=ENV_MAC, dst=GATEWAY_MAC) /
-                                                   frags[1], vni=200)))
+    frags = udp_fragments(42005, 0x1007)
+    assert send(env, frags[0])[0] == "REDIRECT"
+    got, _, d = send(env, frags[1], vni=200)
     assert (got, d.get("drop_frag_no_first")) == ("DROP", 1), d
 
 
 def test_a_fragment_outlives_its_first_by_no_more_than_the_lifetime(env):
-    frags = fragment(env_datagram(UDP(sport=42006, dport=7) / Raw(b"l" * 3000), ident=0x1008),
-                     fragsize=1200)
-    assert env.run("xdp_fabric", bytes(framed(frags[0])))[0] == "REDIRECT"
-    assert env.run("xdp_fabric", bytes(framed(frags[1])))[0] == "REDIRECT"
+    frags = udp_fragments(42006, 0x1008)
+    assert send(env, frags[0])[0] == "REDIRECT"
+    assert send(env, frags[1])[0] == "REDIRECT"
     time.sleep(FRAG_LIFE_S + 0.1)
-    got, _, d = env.run("xdp_fabric", bytes(framed(frags[2])))
+    got, _, d = send(env, frags[2])
     assert (got, d.get("drop_frag_no_first")) == ("DROP", 1), d
 
 
@@ -161,7 +162,7 @@ def test_a_fragment_outlives_its_first_by_no_more_than_the_lifetime(env):
 ], ids=["tcp", "udp"])
 def test_tiny_first_fragments_are_dropped_both_ways(env, proto, head, why):
     first = IP(src=ENV_IP, dst=SERVER, id=0x1009, proto=proto, flags="MF") / Raw(head)
-    got, _, d = env.run("xdp_fabric", bytes(framed(first)))
+    got, _, d = send(env, first)
     assert (got, d.get("drop_frag_tiny")) == ("DROP", 1), (why, d)
     back = IP(src=SERVER, dst=ENI_A, id=0x2009, proto=proto, flags="MF") / Raw(head)
     got, _, d = env.run("xdp_vpc", bytes(Ether(src=GW_A, dst=env.vpc_if["vpca"]["mac"]) / back),
@@ -190,12 +191,12 @@ def test_a_later_fragment_too_big_for_the_vpc_link_is_dropped(env):
         m.update(1, {**old, "mtu": 1400})
         first = IP(bytes(frags[0]))
         assert len(first) == 1500
-        got, _, d = env.run("xdp_fabric", bytes(framed(first)))
+        got, _, d = send(env, first)
         assert (got, d.get("drop_vpc_mtu")) == ("DROP", 1), d  # no DF on a fragment
         m.update(1, old)
-        assert env.run("xdp_fabric", bytes(framed(frags[0])))[0] == "REDIRECT"
+        assert send(env, frags[0])[0] == "REDIRECT"
         m.update(1, {**old, "mtu": 1400})
-        got, _, d = env.run("xdp_fabric", bytes(framed(frags[1])))
+        got, _, d = send(env, frags[1])
         assert (got, d.get("drop_vpc_mtu")) == ("DROP", 1), d
     finally:
         m.update(1, old)
