@@ -30,6 +30,7 @@ BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_ENABLE_STATS = 32
@@ -181,6 +182,11 @@ def obj_get(path: str) -> int:
 def obj_pin(fd: int, path: str) -> None:
     p = ctypes.create_string_buffer(path.encode())
     _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(p), bpf_fd=fd), path)
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """An fd of the loaded program with this id (what netlink reports as attached)."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _GetIdAttr(id=prog_id), f"program id {prog_id}")
 
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,

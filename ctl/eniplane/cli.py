@@ -146,6 +146,35 @@ def down(keep_maps: bool = typer.Option(False, "--keep-maps",
 
 
 @app.command()
+def upgrade(force: bool = typer.Option(False, "--force",
+                                       help="Reload even when the current build already runs."),
+            node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Swap the running programs for the current build without a lost packet: the new ones are
+    loaded and verified first, the maps (flows, counters) are kept. Refuses, changing nothing,
+    when a pinned map's layout differs."""
+    from . import upgrade as upgrademod
+
+    rep = upgrademod.upgrade(node, force)
+
+    def render(d: dict) -> None:
+        new = (d["build"]["new"] or "?")[:12]
+        if not d["changed"]:
+            output.info(f"node {node} already runs build {new}: nothing to do")
+        else:
+            output.info(f"node {node} upgraded: build {(d['build']['old'] or 'unrecorded')[:12]}"
+                        f" -> {new}")
+            output.table("interfaces", ["interface", "program", "mode", "old id", "new id"],
+                         [(i["ifname"], i["program"], i["mode"], i["old_id"], i["new_id"])
+                          for i in d["interfaces"]])
+            if d["maps_added"]:
+                output.info(f"maps added: {', '.join(d['maps_added'])}")
+        for note in d["notes"]:
+            output.info(f"note: {note}")
+
+    output.emit(out, rep, render)
+
+
+@app.command()
 def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Programs, hook, mode, MTU and MSS clamp per interface, the IPv4 settings in force, and
     each map's fill level."""
@@ -156,6 +185,10 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     def render(d: dict) -> None:
         output.info(f"node {d['node']}  namespace {d['netns'] or '-'}  fabric {d['fabric_if']} "
                     f"{d['fabric_ip']}")
+        b = d["build"]
+        output.info(f"build {(b['running'] or 'unrecorded')[:12]}" + (
+            " (current)" if b["up_to_date"] else
+            f" (bpf/ builds {(b['current'] or '?')[:12]}: eniplane upgrade)"))
         output.table("interfaces", ["interface", "program", "hook", "mode", "prog id", "attached",
                                     "mtu", "mss clamp"],
                      [(i["ifname"], i["program"], i["hook"], i["mode"], i["prog_id"],

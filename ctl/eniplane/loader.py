@@ -147,9 +147,12 @@ def compile_and_pin(node: str, defines: dict[str, int] | None = None) -> dict[st
         _on_c_exit.remove(forget)
 
 
-def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int]:
+def _compile_and_pin(node: str, defines: dict[str, int] | None,
+                     stage: bool = False) -> dict[str, int]:
+    """stage: pin the programs under progs_new/ and leave fabric_calls alone (`upgrade` swaps
+    them in itself), and refuse maps pinned with another type or size too."""
     maps_dir = paths.maps_dir(node)
-    progs_dir = paths.progs_dir(node)
+    progs_dir = staged_progs_dir(node) if stage else paths.progs_dir(node)
     maps_dir.mkdir(parents=True, exist_ok=True)
     progs_dir.mkdir(parents=True, exist_ok=True)
     from bcc import BPF  # deferred: only loading compiles
@@ -168,6 +171,8 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
         msg = "\n".join(ln for ln in cap.text.splitlines() if "error" in ln)[:2000]
         raise LoadError(f"cannot compile {src}: {msg or e}") from None
     _check_pinned_layouts(bpf, maps_dir)
+    if stage:
+        _check_pinned_shapes(bpf, maps_dir)
     fds: dict[str, int] = {}
     for name in PROGRAMS:
         cap = _CaptureStderr()
@@ -183,15 +188,21 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None) -> dict[str, int
             pin.unlink()
         bpfsys.obj_pin(fn.fd, str(pin))
         fds[name] = os.dup(fn.fd)
-    # The tail call's target, in the pinned program array: a reload swaps it with the rest.
-    calls = bpfsys.obj_get(str(maps_dir / "fabric_calls"))
+    if not stage:
+        fill_fabric_calls(node, fds)
+    bpf.cleanup()  # the pins and attachments keep programs and maps alive
+    return fds
+
+
+def fill_fabric_calls(node: str, fds: dict[str, int]) -> None:
+    """Point fabric_calls' slots at these programs. Each slot's update is atomic: a tail call
+    made meanwhile enters the old program or the new one."""
+    calls = bpfsys.obj_get(str(paths.maps_dir(node) / "fabric_calls"))
     try:
         for slot, name in FABRIC_CALLS.items():
             bpfsys.map_update(calls, slot.to_bytes(4, "little"), fds[name].to_bytes(4, "little"))
     finally:
         os.close(calls)
-    bpf.cleanup()  # the pins and attachments keep programs and maps alive
-    return fds
 
 
 def _check_pinned_layouts(bpf, maps_dir: Path) -> None:
@@ -222,3 +233,92 @@ def _check_pinned_layouts(bpf, maps_dir: Path) -> None:
 
 def pinned_prog_fd(node: str, name: str) -> int:
     return bpfsys.obj_get(str(paths.progs_dir(node) / name))
+
+
+# ---- staged loads for `eniplane upgrade` ------------------------------------------------------
+STAGED_PROGS = "progs_new"  # bpffs refuses dots in names
+
+
+def staged_progs_dir(node: str) -> Path:
+    return paths.pin_dir(node) / STAGED_PROGS
+
+
+def effective_defines(defines: dict[str, int] | None) -> dict[str, int]:
+    """The -D values a load compiles with: the caller's, over the machine's CPU count and the
+    default flow table size (`up` names MAX_FLOWS, the tests' loads often leave it out)."""
+    return {"NR_POSSIBLE_CPUS": bpfsys.possible_cpus(), "MAX_FLOWS": DEFAULT_MAX_FLOWS,
+            **(defines or {})}
+
+
+def build_hash(defines: dict[str, int] | None = None, src: Path | None = None) -> str:
+    """What a load of bpf/ (or `src`) with these -D values would run, as a sha256 hex digest of
+    every file's name and bytes and of the defines: equal hashes, equal programs. None of the
+    compiler's own version goes in (the same source built by another clang counts as current)."""
+    import hashlib
+
+    src = src or bpf_dir()
+    h = hashlib.sha256()
+    for p in sorted(q for q in src.rglob("*") if q.is_file()):
+        rel = p.relative_to(src).as_posix().encode()
+        data = p.read_bytes()
+        h.update(len(rel).to_bytes(4, "little") + rel + len(data).to_bytes(8, "little") + data)
+    for k, v in sorted(effective_defines(defines).items()):
+        h.update(f"-D{k}={int(v)}\n".encode())
+    return h.hexdigest()
+
+
+def compile_staged(node: str, defines: dict[str, int] | None = None) -> dict[str, int]:
+    """Compile bpf/ and load its programs against the node's pinned maps while the running ones
+    stay attached; pin them under <pin dir>/progs_new and return {program name: fd}. A pinned
+    map of another layout (key or value size, type, size) refuses the load before any program
+    is loaded. Maps this version adds are created and pinned; on any failure they, and the
+    staged pins, are removed again, so the node is as it was."""
+    check_bpffs()
+    maps_dir = paths.maps_dir(node)
+    if not (maps_dir / "fabric_calls").exists():
+        raise LoadError(f"node {node} has no pinned maps to upgrade (eniplane up first)")
+    staged = staged_progs_dir(node)
+    shutil.rmtree(staged, ignore_errors=True)  # left by an upgrade that died half-way
+    maps_before = {p.name for p in maps_dir.iterdir()}
+
+    def forget() -> None:
+        shutil.rmtree(staged, ignore_errors=True)
+        for p in maps_dir.iterdir():
+            if p.name not in maps_before:
+                p.unlink(missing_ok=True)
+
+    _on_c_exit.append(forget)
+    try:
+        return _compile_and_pin(node, defines, stage=True)
+    except BaseException:
+        forget()
+        raise
+    finally:
+        _on_c_exit.remove(forget)
+
+
+def _check_pinned_shapes(bpf, maps_dir: Path) -> None:
+    """What _check_pinned_layouts leaves out: bcc also reuses a pinned map of another type or
+    number of entries (a larger MAX_FLOWS, a new tail-call slot), which the programs would
+    index past or size their limits by."""
+    from bcc import libbcc
+
+    lib = libbcc.lib
+    for fn in (lib.bpf_table_type, lib.bpf_table_max_entries):
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]
+    for name in sorted(p.name for p in maps_dir.iterdir()):
+        fd = lib.bpf_table_fd(bpf.module, name.encode())
+        if fd < 0:
+            continue
+        want_t = lib.bpf_table_type(bpf.module, name.encode())
+        want_n = lib.bpf_table_max_entries(bpf.module, name.encode())
+        have = bpfsys.map_info(fd)
+        if (have.type, have.max_entries) != (want_t, want_n):
+            types = bpfsys.MAP_TYPE_NAMES
+            bpf.cleanup()
+            raise LoadError(
+                f"the pinned map {name} is a {types.get(have.type, have.type)} of "
+                f"{have.max_entries} entries, this datapath's is a "
+                f"{types.get(want_t, want_t)} of {want_n}: it was made by another version of "
+                f"eniplane or with other sizes. `eniplane down` removes the node's maps (its "
+                f"flows go with them), then `eniplane up` makes them anew")

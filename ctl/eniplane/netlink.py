@@ -18,6 +18,7 @@ from .errors import AlreadyExists, NetlinkError, NotFound
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4  # Linux 5.7: swap only if IFLA_XDP_EXPECTED_FD is attached
 XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
 
 NETNS_RUN_DIR = "/run/netns"
@@ -105,6 +106,33 @@ def xdp_attach(ns: str | None, ifname: str, prog_fd: int, mode: str = "auto",
                 last = e
     code = _nl_errno(last) if last else None
     raise NetlinkError(f"cannot attach XDP to {ifname} in {_where(ns)}", code)
+
+
+def xdp_replace(ns: str | None, ifname: str, prog_fd: int, expected_fd: int, mode: str) -> None:
+    """Swap the XDP program of `ifname` for prog_fd in one netlink request: the kernel replaces
+    the program only while expected_fd's program is the one attached in `mode` ("native" or
+    "generic"), so every packet meets either the old program or the new one, never none, and
+    a program attached by someone else meanwhile is never replaced."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    if not any(nla[0] == "IFLA_XDP_EXPECTED_FD" for nla in ifinfmsg.xdp.nla_map):
+        raise NetlinkError("this pyroute2 has no IFLA_XDP_EXPECTED_FD: an atomic XDP swap "
+                           "needs a newer pyroute2")
+    flags = XDP_FLAGS_REPLACE | (XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE)
+    with ipr(ns) as sock:
+        idx = link_index(sock, ifname, ns)
+        try:
+            sock.link("set", index=idx,  # type: ignore[attr-defined]
+                      xdp={"attrs": [("IFLA_XDP_FD", prog_fd),
+                                     ("IFLA_XDP_EXPECTED_FD", expected_fd),
+                                     ("IFLA_XDP_FLAGS", flags)]})
+        except Exception as e:
+            code = _nl_errno(e)
+            if code == errno.EEXIST:
+                raise NetlinkError(f"the XDP program on {ifname} in {_where(ns)} is not the one "
+                                   f"expected (changed meanwhile?)", code) from None
+            raise NetlinkError(f"cannot replace the XDP program on {ifname} in {_where(ns)}",
+                               code) from None
 
 
 def xdp_detach(ns: str | None, ifname: str) -> bool:

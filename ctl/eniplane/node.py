@@ -37,6 +37,9 @@ class NodeRecord:
     gateway_mac: str = DEFAULT_GATEWAY_MAC
     # ifname -> {"program": ..., "mode": "native"|"generic", "slot": int}
     interfaces: dict[str, dict] = field(default_factory=dict)
+    # what the pinned programs were built from: {"hash": loader.build_hash, "defines": {-D}};
+    # empty in a record written before builds were recorded (upgrade.py infers the defines)
+    build: dict = field(default_factory=dict)
 
     @staticmethod
     def path(node: str) -> Path:
@@ -91,9 +94,10 @@ def up(node: str, fabric_if: str, fabric_ip: str, netns: str | None = None, mode
     attached = False
     fds: dict[str, int] = {}
     try:
+        build = {"hash": loader.build_hash(defines), "defines": dict(defines or {})}
         fds = loader.compile_and_pin(node, defines)
         rec = NodeRecord(node=node, netns=netns, fabric_if=fabric_if, fabric_ip=fabric_ip,
-                         gateway_mac=gateway_mac)
+                         gateway_mac=gateway_mac, build=build)
         with Datapath(node, netns) as dp:
             dp.set_config(fabric_ip, fab["ifindex"], fab["mac"], gateway_mac, fab["mtu"])
             dp.set_timeouts(**timeouts)
@@ -193,6 +197,9 @@ def down(node: str, keep_maps: bool = False) -> DownReport:
     if gone.exists():
         shutil.rmtree(gone, ignore_errors=True)
         report.removed = str(gone)
+    from .loader import staged_progs_dir
+
+    shutil.rmtree(staged_progs_dir(node), ignore_errors=True)  # a dead upgrade's
     NodeRecord.path(node).unlink(missing_ok=True)
     return report
 
@@ -270,6 +277,8 @@ def status(node: str) -> dict:
             maps.append({"name": name, "type": m.type_name, "id": m.id, "entries": n,
                          "max_entries": m.max_entries,
                          "fill": round(n / m.max_entries, 4) if m.max_entries else 0.0})
+    from .upgrade import build_status
+
     return {"node": node, "netns": rec.netns, "fabric_if": rec.fabric_if,
             "fabric_ip": rec.fabric_ip, "programs": pinned, "ipv4": settings,
-            "interfaces": ifaces, "maps": maps}
+            "interfaces": ifaces, "maps": maps, "build": build_status(rec)}
