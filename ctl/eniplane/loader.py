@@ -257,6 +257,8 @@ def build_hash(defines: dict[str, int] | None = None, src: Path | None = None) -
     import hashlib
 
     src = src or bpf_dir()
+    if not src.is_dir():
+        raise LoadError(f"no datapath sources at {src} (ENIPLANE_BPF_DIR?)")
     h = hashlib.sha256()
     for p in sorted(q for q in src.rglob("*") if q.is_file()):
         rel = p.relative_to(src).as_posix().encode()

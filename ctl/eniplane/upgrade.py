@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 
 from . import bpfsys, loader, lock, netlink, paths
-from .errors import EniplaneError, NotFound
+from .errors import EniplaneError, LoadError, NotFound
 from .loader import PROGRAMS
 from .node import NodeRecord
 
@@ -125,7 +125,10 @@ def upgrade(node: str, force: bool = False) -> dict:
                                                   for t in targets):
         return report
     maps_before = {p.name for p in paths.maps_dir(node).iterdir()}
-    new_fds = loader.compile_staged(node, defines)  # refuses here, with nothing changed
+    try:
+        new_fds = loader.compile_staged(node, defines)
+    except LoadError as e:
+        raise LoadError(f"upgrade refused, nothing was changed: {e}") from None
     try:
         _swap(node, rec, targets, new_fds)
         new_ids = {name: bpfsys.prog_info(fd).id for name, fd in new_fds.items()}

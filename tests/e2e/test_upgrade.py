@@ -1,0 +1,227 @@
+"""`eniplane upgrade` in a lab: a steady UDP stream through an established flow loses nothing
+while the programs are swapped, the flow keeps its NAT port and its counters, and a build whose
+pinned map layout differs is refused with the map named, the old programs still running.
+
+The stream is one UDP socket in an environment sending a numbered datagram every 3 ms to the VPC
+server's echo port and counting the echoes by number; "0 lost" means every number came back.
+A new build is made by copying bpf/ and changing a comment (another hash, the same programs):
+the upgrade then runs because the sources changed, as after a software update."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from clitools import configured_node
+
+from eniplane import loader, netlink, paths
+from eniplane.datapath import Datapath
+from eniplane.lab import UDP_ECHO_PORT, VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
+
+PY = sys.executable
+ENV_ADDR = "172.16.0.2"
+STREAM_PORT = 40007  # the stream's own source port: one flow, found by it
+INTERVAL = 0.003
+
+
+def configuration() -> dict:
+    return {
+        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
+        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
+        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [], "egress": [
+            {"proto": "udp", "ports": str(UDP_ECHO_PORT), "cidr": VPC_CIDR}]}],
+        "workers": [WORKER_IPS["w1"]],
+        "functions": [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
+                       "workers": [WORKER_IPS["w1"]]}],
+    }
+
+
+# Sends datagram N every INTERVAL s from one socket until "stop" arrives on stdin, counts the
+# echoes by N (the server echoes the payload after its own text), and prints one JSON line:
+# how many were sent, the numbers never echoed, and the send time of each number (monotonic
+# clock, shared by every process) so the test can tell which were sent during the upgrade.
+STREAM = """
+import json, select, socket, sys, threading, time
+host, port, sport, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.bind(("0.0.0.0", sport))
+got, sent_at = set(), []
+def receive():
+    while True:
+        data = s.recv(2048)
+        if not data:
+            return
+        got.add(int(data.rsplit(b" ", 1)[-1]))
+threading.Thread(target=receive, daemon=True).start()
+n, ready = 0, False
+while True:
+    if select.select([sys.stdin], [], [], 0)[0] and sys.stdin.readline().strip() == "stop":
+        break
+    sent_at.append(time.monotonic())
+    s.sendto(b"seq %d" % n, (host, port))
+    n += 1
+    if not ready and got:
+        print("ready", flush=True); ready = True
+    time.sleep(interval)
+time.sleep(1.0)  # the last echoes are on their way
+print(json.dumps({"sent": n, "missing": sorted(set(range(n)) - got), "sent_at": sent_at}),
+      flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("upgrade")
+    with Lab.create() as lab:
+        node = f"{lab.prefix}-upg"
+        with configured_node(lab, node, configuration(), tmp) as cli:
+            eni = json.loads(cli("eni", "list", "-o", "json").stdout)[0]
+            env = lab.add_env("a", "w1", eni["vni"], ENV_ADDR)
+            yield {"lab": lab, "node": node, "cli": cli, "env": env, "vni": eni["vni"],
+                   "tmp": tmp}
+
+
+def _new_build(tmp, name: str, edit=None):
+    """A copy of bpf/ whose hash differs from the running build's (a comment), optionally
+    edited further."""
+    d = tmp / name
+    shutil.copytree(loader.bpf_dir(), d)
+    src = d / "eniplane.c"
+    src.write_text(src.read_text() + f"\n/* build {name} */\n")
+    if edit:
+        edit(d)
+    return d
+
+
+def _prog_ids(w) -> dict[str, int]:
+    return {i: netlink.link_get(w["lab"].node_ns, i)["xdp_prog_id"] for i in ("fab0", "vpca")}
+
+
+def _pinned_ids(node: str) -> dict[str, int]:
+    from eniplane import bpfsys
+
+    out = {}
+    for name in loader.PROGRAMS:
+        fd = bpfsys.obj_get(str(paths.progs_dir(node) / name))
+        try:
+            out[name] = bpfsys.prog_info(fd).id
+        finally:
+            os.close(fd)
+    return out
+
+
+def _stream_flow(w) -> dict:
+    with Datapath(w["node"], w["lab"].node_ns) as dp:
+        flows = [f for f in dp.flows(vni=w["vni"]) if f["env_port"] == STREAM_PORT]
+    assert len(flows) == 1, flows
+    return flows[0]
+
+
+def _stats(w) -> dict[str, int]:
+    with Datapath(w["node"], w["lab"].node_ns) as dp:
+        return dp.stats()
+
+
+def _echo(w) -> str:
+    return w["lab"].exec(w["env"], [PY, "-m", "eniplane.labserve", "udp", VPC_SERVER,
+                                    str(UDP_ECHO_PORT), "still-there"])
+
+
+def test_upgrade_under_a_steady_stream_loses_nothing_and_keeps_the_flow(world, monkeypatch):
+    w = world
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(_new_build(w["tmp"], "next")))
+    status = json.loads(w["cli"]("status", "-o", "json").stdout)
+    assert not status["build"]["up_to_date"]  # bpf/ changed: the running build is not current
+    ids_before, pins_before = _prog_ids(w), _pinned_ids(w["node"])
+    p = subprocess.Popen(["ip", "netns", "exec", w["env"], PY, "-c", STREAM, VPC_SERVER,
+                          str(UDP_ECHO_PORT), str(STREAM_PORT), str(INTERVAL)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        time.sleep(0.3)  # established, and counted, before the snapshot
+        flow0, stats0 = _stream_flow(w), _stats(w)
+        t0 = time.monotonic()
+        up = w["cli"]("upgrade", "-o", "json")
+        t1 = time.monotonic()
+        time.sleep(0.3)
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    res = json.loads(out)
+    during = sum(t0 <= t <= t1 for t in res["sent_at"])
+    print(f"upgrade took {t1 - t0:.2f} s; sent {res['sent']}, {during} during the upgrade; "
+          f"missing {res['missing'][:20]}")
+    assert during >= 100, (t1 - t0, during)  # the stream really ran through the swap
+    assert res["missing"] == [], res["missing"]
+
+    rep = json.loads(up.stdout)
+    assert rep["changed"], rep
+    assert rep["build"]["new"] == loader.build_hash({"MAX_FLOWS": loader.DEFAULT_MAX_FLOWS})
+    ids_after = _prog_ids(w)
+    assert all(ids_after[i] != ids_before[i] for i in ids_before), (ids_before, ids_after)
+    assert {i["ifname"]: (i["old_id"], i["new_id"]) for i in rep["interfaces"]} == {
+        i: (ids_before[i], ids_after[i]) for i in ids_before}
+    # the pins now hold the running programs, and the old ones are gone
+    pins_after = _pinned_ids(w["node"])
+    assert pins_after["xdp_fabric"] == ids_after["fab0"] == rep["programs"]["xdp_fabric"]["new_id"]
+    assert pins_after["xdp_vpc"] == ids_after["vpca"]
+    assert not set(pins_after.values()) & set(pins_before.values())
+    assert not loader.staged_progs_dir(w["node"]).exists()
+
+    # the same flow (same NAT port) carried the whole stream, and no counter went back
+    flow1, stats1 = _stream_flow(w), _stats(w)
+    assert flow1["nat_port"] == flow0["nat_port"] and flow1["eni_addr"] == flow0["eni_addr"]
+    assert flow1["tx_packets"] - flow0["tx_packets"] >= during
+    assert flow1["rx_packets"] - flow0["rx_packets"] >= during
+    assert all(stats1[k] >= v for k, v in stats0.items()), {
+        k: (v, stats1[k]) for k, v in stats0.items() if stats1[k] < v}
+    assert stats1["fwd_established"] - stats0["fwd_established"] >= during
+    assert stats1.get("fwd_new_flow", 0) == stats0.get("fwd_new_flow", 0)
+
+    status = json.loads(w["cli"]("status", "-o", "json").stdout)
+    assert status["build"]["up_to_date"] and status["build"]["running"] == rep["build"]["new"]
+    assert all(i["attached"] for i in status["interfaces"])
+    # a second upgrade of the same build has nothing to do and changes nothing
+    again = json.loads(w["cli"]("upgrade", "-o", "json").stdout)
+    assert not again["changed"] and _prog_ids(w) == ids_after
+
+
+def test_a_changed_map_layout_is_refused_and_the_old_programs_keep_running(world, monkeypatch):
+    """flow_guard grows by 8 bytes in the new build: the upgrade names the map and both sizes,
+    exits 1, and leaves the attached programs, the pins and the maps as they were."""
+    w = world
+
+    def grow_flow_guard(d):
+        types = (d / "types.h").read_text()
+        assert "    __u64 swept;" in types and "sizeof(struct flow_guard) == 40" in types
+        types = types.replace("    __u64 swept;", "    __u64 swept;\n    __u64 extra;")
+        types = types.replace("sizeof(struct flow_guard) == 40", "sizeof(struct flow_guard) == 48")
+        (d / "types.h").write_text(types)
+
+    assert "still-there" in _echo(w)
+    ids_before, pins_before = _prog_ids(w), _pinned_ids(w["node"])
+    maps_before = sorted(os.listdir(paths.maps_dir(w["node"])))
+    build_before = json.loads(w["cli"]("status", "-o", "json").stdout)["build"]["running"]
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(_new_build(w["tmp"], "layout", grow_flow_guard)))
+    p = w["cli"]("upgrade", check=False)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    err = p.stderr
+    assert err.startswith("eniplane: error: upgrade refused, nothing was changed: "), err
+    assert "flow_guard" in err and "40-byte values" in err and "has 4 and 48" in err, err
+    assert _prog_ids(w) == ids_before and _pinned_ids(w["node"]) == pins_before
+    assert sorted(os.listdir(paths.maps_dir(w["node"]))) == maps_before
+    assert not loader.staged_progs_dir(w["node"]).exists()
+    status = json.loads(w["cli"]("status", "-o", "json").stdout)
+    assert status["build"]["running"] == build_before and not status["build"]["up_to_date"]
+    assert "still-there" in _echo(w)  # the old programs still forward
