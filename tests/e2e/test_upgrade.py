@@ -225,3 +225,66 @@ def test_a_changed_map_layout_is_refused_and_the_old_programs_keep_running(world
     status = json.loads(w["cli"]("status", "-o", "json").stdout)
     assert status["build"]["running"] == build_before and not status["build"]["up_to_date"]
     assert "still-there" in _echo(w)  # the old programs still forward
+
+
+def test_a_program_that_is_not_the_nodes_is_never_replaced(world):
+    """Someone else's XDP program on one of the node's interfaces: the upgrade refuses before
+    loading anything, naming the interface, and replaces nothing anywhere."""
+    from eniplane import bpfsys
+
+    w = world
+    ns = w["lab"].node_ns
+    ids_before = _prog_ids(w)
+    mine = bpfsys.prog_get_fd_by_id(ids_before["vpca"])
+    other = bpfsys.load_xdp_pass()
+    try:
+        netlink.xdp_replace(ns, "vpca", other, mine, "native")
+        foreign = netlink.link_get(ns, "vpca")["xdp_prog_id"]
+        assert foreign != ids_before["vpca"]
+        p = w["cli"]("upgrade", "--force", check=False)
+        assert p.returncode == 1, p.stderr
+        assert "vpca" in p.stderr and f"id {foreign}" in p.stderr and "xdp_vpc" in p.stderr
+        assert _prog_ids(w) == {**ids_before, "vpca": foreign}
+        assert not loader.staged_progs_dir(w["node"]).exists()
+        # and the swap itself only happens when the expected program is the attached one
+        with pytest.raises(netlink.NetlinkError, match="not the one expected"):
+            netlink.xdp_replace(ns, "vpca", mine, mine, "native")
+    finally:
+        netlink.xdp_replace(ns, "vpca", mine, other, "native")
+        os.close(mine)
+        os.close(other)
+    assert _prog_ids(w) == ids_before
+
+
+def test_an_upgrade_that_stopped_after_a_swap_is_finished_by_the_next(world):
+    """A crash between swapping an interface and replacing the pins leaves an interface running
+    a program that is not pinned: `needed` sees it even when the build is current, and the next
+    upgrade (not forced) swaps every interface to one build and pins it."""
+    from eniplane import bpfsys, upgrade
+
+    w = world
+    node, ns = w["node"], w["lab"].node_ns
+    if upgrade.needed(node):  # the sources of this checkout, whatever ran before
+        upgrade.upgrade(node)
+    assert not upgrade.needed(node)
+    ids_before = _prog_ids(w)
+    staged = loader.compile_staged(node, {"MAX_FLOWS": loader.DEFAULT_MAX_FLOWS})
+    try:
+        mine = bpfsys.prog_get_fd_by_id(ids_before["vpca"])
+        try:
+            netlink.xdp_replace(ns, "vpca", staged["xdp_vpc"], mine, "native")
+        finally:
+            os.close(mine)
+        half = bpfsys.prog_info(staged["xdp_vpc"]).id
+    finally:
+        for fd in staged.values():
+            os.close(fd)
+    assert upgrade.needed(node)
+    rep = upgrade.upgrade(node)
+    assert rep["changed"]
+    ids = _prog_ids(w)
+    assert ids["vpca"] not in (half, ids_before["vpca"]) and ids["fab0"] != ids_before["fab0"]
+    assert _pinned_ids(node)["xdp_vpc"] == ids["vpca"]
+    assert not loader.staged_progs_dir(node).exists()
+    assert not upgrade.needed(node)
+    assert "still-there" in _echo(w)
