@@ -4,7 +4,7 @@ Contract: noun-verb groups; `-o json` puts a stable document on stdout, tables a
 messages and errors go to stderr. Exit codes: 0 ok, 1 operational error, 2 usage error. Domain
 errors (EniplaneError) become one line and an exit code here, at the boundary, and nowhere else.
 Heavy modules (bcc, pyroute2, rich) are imported inside the commands that need them, so that
-`--help` and `stats` start fast; only `up` compiles C.
+`--help` and `stats` start fast; only `up` and `upgrade` compile C.
 """
 
 from __future__ import annotations

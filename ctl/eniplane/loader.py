@@ -1,9 +1,10 @@
 """Compile bpf/ with bcc, load the programs and pin programs and maps under the node's directory.
 
-Contract: the only module that imports bcc, and only `eniplane up` (and tests that load the
-datapath) call it. Maps are declared pinned in C (maps.h), so a second load finds and reuses them
-and their contents survive. Programs are pinned under <pin dir>/progs so that commands that attach
-an interface later (a new VPC) need no compiler. A verifier rejection becomes a LoadError that
+Contract: the only module that imports bcc, and only `eniplane up` and `eniplane upgrade` (and
+tests that load the datapath) call it. Maps are declared pinned in C (maps.h), so a second load
+finds and reuses them and their contents survive. Programs are pinned under <pin dir>/progs so
+that commands that attach an interface later (a new VPC) need no compiler; `upgrade` stages a
+new build's under <pin dir>/progs_new and says which build runs by build_hash. A verifier rejection becomes a LoadError that
 carries the trimmed verifier log. LLVM ends the whole process (exit(1)) on a backend error that
 clang's front end let through: a C-level exit hook then still prints the compiler's words and
 removes the pins this load created.

@@ -1,8 +1,8 @@
 """A node's life cycle: up, down, status, and attaching VPC-side interfaces.
 
-Contract: `up` compiles and loads the datapath (the only path that compiles), pins it under the
-node's name, attaches xdp_fabric to the fabric interface in the node's namespace and records what
-it did in <state dir>/node.json. The node-wide settings (idle timeouts, flows per ENI, the IPv4
+Contract: `up` compiles and loads the datapath (with upgrade.py, the only paths that compile),
+pins it under the node's name, attaches xdp_fabric to the fabric interface in the node's namespace
+and records what it did, and the build it loaded, in <state dir>/node.json. The node-wide settings (idle timeouts, flows per ENI, the IPv4
 settings) are written before the program is attached, so no packet meets a node without them. Any
 failure rolls back what this call did, so nothing is left half-attached or half-pinned. Every
 other function works from node.json and the pins alone.
