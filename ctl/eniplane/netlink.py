@@ -20,6 +20,16 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4  # Linux 5.7: swap only if IFLA_XDP_EXPECTED_FD is attached
 XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+# what pyroute2 (0.7+) decodes IFLA_XDP_ATTACHED into, as iproute2 names the modes
+_XDP_ATTACHED_NAMES = {"xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4}
+
+
+def xdp_mode_name(attached: object) -> str | None:
+    """IFLA_XDP_ATTACHED as "native", "generic", ...: pyroute2 hands it over as a number or by
+    iproute2's name ("xdp", "xdpgeneric") depending on its version."""
+    if isinstance(attached, str):
+        attached = _XDP_ATTACHED_NAMES.get(attached)
+    return XDP_ATTACHED_MODES.get(attached) if isinstance(attached, int) else None
 
 NETNS_RUN_DIR = "/run/netns"
 
@@ -71,7 +81,7 @@ def link_get(ns: str | None, ifname: str) -> dict:
         if xdp is not None:
             attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
             prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
-            mode = XDP_ATTACHED_MODES.get(attached)
+            mode = xdp_mode_name(attached)
         return {
             "ifname": ifname,
             "ifindex": idx,

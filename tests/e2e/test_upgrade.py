@@ -288,3 +288,28 @@ def test_an_upgrade_that_stopped_after_a_swap_is_finished_by_the_next(world):
     assert not loader.staged_progs_dir(node).exists()
     assert not upgrade.needed(node)
     assert "still-there" in _echo(w)
+
+
+def test_a_generic_mode_node_is_upgraded_in_generic_mode_and_down_detaches_it():
+    """Generic (skb) mode, what a NIC without native XDP gets: the swap must name that mode,
+    and `down` too (before the mode was read back, a generic program stayed attached after
+    `down`, which believed it had detached it)."""
+    from eniplane import node as nodemod, upgrade
+
+    with Lab.create(servers=False) as lab:
+        name, ns = f"{lab.prefix}-gen", lab.node_ns
+        nodemod.up(name, lab.fabric_if, lab.fabric_ip, ns, mode="generic")
+        try:
+            nodemod.attach_vpc_if(name, "vpca", mode="generic")
+            before = {i: netlink.link_get(ns, i) for i in ("fab0", "vpca")}
+            assert all(v["xdp_mode"] == "generic" for v in before.values()), before
+            rep = upgrade.upgrade(name, force=True)
+            assert {i["ifname"]: i["mode"] for i in rep["interfaces"]} == {
+                "fab0": "generic", "vpca": "generic"}
+            after = {i: netlink.link_get(ns, i) for i in ("fab0", "vpca")}
+            assert all(after[i]["xdp_mode"] == "generic" and
+                       after[i]["xdp_prog_id"] not in (0, before[i]["xdp_prog_id"])
+                       for i in after), (before, after)
+        finally:
+            nodemod.down(name)
+        assert all(netlink.link_get(ns, i)["xdp_prog_id"] == 0 for i in ("fab0", "vpca"))

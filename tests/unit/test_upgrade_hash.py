@@ -97,3 +97,13 @@ def test_upgrade_is_a_command_with_its_options():
     assert r.exit_code == 0
     for opt in ("--force", "--node", "--output"):
         assert opt in r.output
+
+
+def test_the_attached_xdp_mode_is_read_whichever_way_pyroute2_decodes_it():
+    """The upgrade swaps in the mode the program runs in; pyroute2 0.9 names it as iproute2
+    does, older ones give the number: both are read."""
+    from eniplane.netlink import xdp_mode_name
+
+    assert xdp_mode_name("xdp") == xdp_mode_name(1) == "native"
+    assert xdp_mode_name("xdpgeneric") == xdp_mode_name(2) == "generic"
+    assert xdp_mode_name(None) is None and xdp_mode_name(0) is None
