@@ -147,3 +147,9 @@ def test_a_node_that_is_not_up_is_reported_down_not_failed():
 def test_port_use():
     assert port_use(64512, 1024, 65535) == 1.0
     assert port_use(0, 5, 4) == 0.0
+
+
+def test_registering_reads_nothing():
+    # the registry calls describe() at register(): an empty one makes it collect lazily, at
+    # scrapes only, instead of reading the maps then
+    assert list(DatapathCollector("nosuchnode").describe()) == []
