@@ -176,8 +176,8 @@ def upgrade(force: bool = typer.Option(False, "--force",
 
 @app.command()
 def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Programs, hook, mode, MTU and MSS clamp per interface, the IPv4 settings in force, and
-    each map's fill level."""
+    """Programs, hook, mode, MTU and MSS clamp per interface, the IPv4 settings in force, each
+    map's fill level, and warnings: what would drop packets silently, each with its fix."""
     from . import node as nodemod
 
     st = nodemod.status(node)
@@ -202,6 +202,12 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
         output.table("maps", ["map", "type", "entries", "max", "fill"],
                      [(m["name"], m["type"], m["entries"], m["max_entries"],
                        f"{m['fill'] * 100:.1f}%") for m in d["maps"]])
+        if d["warnings"]:
+            output.table(f"{len(d['warnings'])} warnings: what would drop packets silently",
+                         ["subject", "problem", "fix"],
+                         [(w["subject"], w["problem"], w["fix"]) for w in d["warnings"]])
+        else:
+            output.info("no warnings")
 
     output.emit(out, st, render)
 
@@ -855,6 +861,55 @@ def flows_sweep(ctx: typer.Context, node: str = NODE_OPT, out: Format = OUT_OPT)
         result = dp.sweep()
     output.emit(out, {"node": node, **result}, lambda d: output.info(
         f"swept {d['removed']} expired flows on node {node}"))
+
+
+class LogView(str, enum.Enum):
+    default = "default"
+    custom = "custom"
+
+
+@flows_app.command("log")
+def flows_log(ctx: typer.Context,
+              interval: int = typer.Option(60, "--interval", "-i", min=1,
+                                           help="Aggregation window in seconds (AWS: 60 or 600)."),
+              directory: Optional[str] = typer.Option(
+                  None, "--dir", "-d", help="Write rotating files here instead of stdout."),
+              view: LogView = typer.Option(LogView.default, "--format", "-f",
+                                           help="default: AWS's version 2 fields (the ENI's "
+                                                "view); custom: also vpc-id, subnet-id, "
+                                                "flow-direction, pkt-srcaddr, pkt-dstaddr."),
+              account: str = typer.Option("-", "--account-id",
+                                          help="The account-id field of every record."),
+              node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """Write flow logs in the AWS VPC Flow Logs format in the foreground until Ctrl-C or
+    SIGTERM (the window in progress is written then): ACCEPT records per flow, direction and
+    window, REJECT records for security-group denials, NODATA for an idle ENI."""
+    import signal
+    import time
+
+    from . import node as nodemod
+    from .errors import NotFound
+    from .flowlogs import FlowLogger, FlowLogWriter
+
+    node = _group_option(ctx, "node", node)
+    if not nodemod.is_up(node):
+        raise NotFound(f"node {node} is not up")
+    fmt = "json" if out == Format.json else view.value
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with FlowLogger(node, directory, interval, account=account,
+                    writer=FlowLogWriter(directory, fmt)) as logger:
+        output.info(f"flow logs of node {node}: {interval} s windows to "
+                    f"{directory or 'stdout'} ({fmt}); Ctrl-C stops")
+        try:
+            logger.tick(time.monotonic())
+            while not stop:
+                time.sleep(min(1.0, interval / 4))
+                logger.tick(time.monotonic())
+        except KeyboardInterrupt:
+            pass
+        logger.flush()  # the window in progress, so that nothing seen is left out
+        output.info(f"{logger.records} flow log records written")
 
 
 # ---- flow lifecycle settings ----------------------------------------------------------------

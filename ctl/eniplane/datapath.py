@@ -510,6 +510,43 @@ class Datapath:
             counts[f["state"] if f["live"] else "expired"] += 1
         return dict(counts)
 
+    def flow_summary(self) -> dict[str, Any]:
+        """One pass over the flow table, for the metrics: its entries, live flows by state (and
+        "expired", as flow_states), and per ENI (by VNI) the most live flows towards one
+        destination (remote, remote port, protocol): the NAT ports that destination holds of
+        the ENI's range, the signal before drop_port_exhausted. Decodes each entry once and
+        builds no records: the whole table is read per call."""
+        now, timeouts = self.now_ns(), self.timeouts()
+        m = self.map("flows")
+        states = Counter({name: 0 for name in lifecycle.STATE_NAMES})
+        states["expired"] = 0
+        dests: Counter = Counter()
+        n = 0
+        for k, raw in m.items_raw():
+            key, v = m.decode_key(k), m.decode_value(raw)
+            n += 1
+            if lifecycle.is_live(key["proto"], v["state"], v["last_seen_ns"], now, timeouts):
+                states[lifecycle.state_name(key["proto"], v["state"])] += 1
+                dests[(v["vni"], key["remote"], key["remote_port"], key["proto"])] += 1
+            else:
+                states["expired"] += 1
+        fullest: dict[int, int] = {}
+        for (vni, *_), c in dests.items():
+            fullest[vni] = max(fullest.get(vni, 0), c)
+        return {"entries": n, "states": dict(states), "fullest_destination": fullest}
+
+    def map_levels(self, known: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """Every pinned map's entries and capacity (an array counts as full: its slots always
+        exist). Counting a hash map reads all of it: `known` gives counts already taken (the
+        flows' from flow_summary)."""
+        out = []
+        for name in MAP_NAMES:
+            m = self.map(name)
+            n = (known or {}).get(name)
+            out.append({"name": name, "entries": m.count() if n is None else n,
+                        "max_entries": m.max_entries})
+        return out
+
     def sweep(self) -> dict[str, Any]:
         """Remove every entry idle past its timeout, which no packet took over or reopened: what
         keeps listings, counts and the ENIs' limits true. The datapath needs no sweep to give

@@ -185,6 +185,46 @@ def xdp_find(prog_ids: set[int]) -> list[tuple[str | None, str]]:
     return found
 
 
+def veth_peer(ns: str | None, ifname: str) -> dict | None:
+    """The other end of a veth: {"netns", "ifname", "xdp_prog_id"}, looked for in `ns`, the
+    host namespace (that of PID 1) and every named one; None if `ifname` is no veth;
+    "ifname" None when the peer is in a namespace without a name (unreachable from here)."""
+    with ipr(ns) as sock:
+        idx = link_index(sock, ifname, ns)
+        msg = sock.link("get", index=idx)[0]  # type: ignore[attr-defined]
+        info = msg.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
+            return None
+        peer_idx, nsid = msg.get_attr("IFLA_LINK"), msg.get_attr("IFLA_LINK_NETNSID")
+        where: str | None | bool = ns if nsid is None else False
+        if nsid is not None:
+            # ifindexes repeat across namespaces: the peer's namespace is the one whose id, as
+            # `ns` numbers namespaces, is the link's IFLA_LINK_NETNSID
+            names = sorted(os.listdir(NETNS_RUN_DIR)) if os.path.isdir(NETNS_RUN_DIR) else []
+            for cand, path in [(None, "/proc/1/ns/net"),
+                               *[(n, os.path.join(NETNS_RUN_DIR, n)) for n in names]]:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    got = sock.get_netnsid(fd=fd)  # type: ignore[attr-defined]
+                except Exception:  # a namespace that went away meanwhile
+                    got = None
+                finally:
+                    os.close(fd)
+                if got and got.get("nsid") == nsid:
+                    where = cand
+                    break
+    if where is False:
+        return {"netns": None, "ifname": None, "xdp_prog_id": None}
+    with ipr(where or None) as sock:
+        p = sock.link("get", index=peer_idx)[0]  # type: ignore[attr-defined]
+    xdp = p.get_attr("IFLA_XDP")
+    return {"netns": where, "ifname": p.get_attr("IFLA_IFNAME"),
+            "xdp_prog_id": (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0}
+
+
 # ---- building topologies (the lab, the benchmarks) ---------------------------------------
 def _set(sock: object, what: str, **kw: object) -> None:
     try:

@@ -255,6 +255,11 @@ def status(node: str) -> dict:
     with Datapath(node) as dp:
         clamps = dp.mss_clamps()
         settings = dp.ipv4_settings()
+        gateways = {idx: {**dp.gateway(idx), "ifindex": v["ifindex"]}
+                    for idx, v in dp.vpcs().items()}
+        counters = dp.stats()
+        # Part A's reader, where the datapath has it: kernel redirect failures per ifindex
+        redirects = dp.redirect_failures() if hasattr(dp, "redirect_failures") else {}
     ifaces = []
     for ifname, entry in rec.interfaces.items():
         row = {"ifname": ifname, "program": entry["program"], "hook": "xdp",
@@ -267,6 +272,7 @@ def status(node: str) -> dict:
             row["attached"] = info["xdp_prog_id"] == pinned[entry["program"]]
             row["mtu"] = info["mtu"]
             row["mss_clamp"] = clamps.get(info["ifindex"])
+            row["ifindex"] = info["ifindex"]
         except NotFound:
             row["error"] = "interface not found"
         ifaces.append(row)
@@ -281,4 +287,108 @@ def status(node: str) -> dict:
 
     return {"node": node, "netns": rec.netns, "fabric_if": rec.fabric_if,
             "fabric_ip": rec.fabric_ip, "programs": pinned, "ipv4": settings,
-            "interfaces": ifaces, "maps": maps, "build": build_status(rec)}
+            "interfaces": ifaces, "maps": maps, "build": build_status(rec),
+            "warnings": warnings(node, rec, ifaces, gateways, counters, redirects)}
+
+
+TUNNEL_OVERHEAD = 50  # outer Ethernet-less IPv4 + UDP + VXLAN + inner Ethernet: what a reply adds
+
+
+def _warning(kind: str, subject: str, problem: str, fix: str) -> dict[str, str]:
+    return {"kind": kind, "subject": subject, "problem": problem, "fix": fix}
+
+
+def warnings(node: str, rec: NodeRecord, ifaces: list[dict], gateways: dict[int, dict],
+             counters: dict[str, int],
+             redirects: dict[int, int] | None = None) -> list[dict[str, str]]:
+    """What would lose packets without a counter saying why (or with one nobody reads): each
+    problem with its fix. `ifaces` as status lists them, `gateways` the attached VPCs' gateway
+    (Datapath.gateway plus the ifindex) by VPC handle, `counters` Datapath.stats(),
+    `redirects` the kernel's redirect failures by ifindex."""
+    out = []
+    up_again = (f"`eniplane down --keep-maps --node {node}`, then `eniplane up` with the same "
+                f"options (flows survive)")
+    by_index = {i.get("ifindex"): i for i in ifaces if i.get("ifindex")}
+    for i in ifaces:
+        name = i["ifname"]
+        if i.get("error"):
+            out.append(_warning(
+                "interface_missing", name,
+                f"interface {name} went away: nothing it carried is forwarded",
+                f"recreate {name}, then {up_again}"))
+            continue
+        if not i["attached"]:
+            out.append(_warning(
+                "program_not_attached", name,
+                f"{name} does not run the node's {i['program']} (XDP program "
+                f"{i['prog_id'] or 'none'} instead): its packets bypass the datapath",
+                up_again))
+        if i["mode"] == "generic":
+            out.append(_warning(
+                "generic_mode", name,
+                f"{name} runs XDP in generic (skb) mode: each packet is made an skb before "
+                f"the datapath sees it, several times slower than native, and under load the "
+                f"kernel's backlog drops packets that no eniplane counter sees (only "
+                f"/proc/net/softnet_stat)",
+                f"use a driver with native XDP, then `eniplane down` and `eniplane up --mode "
+                f"native`"))
+        try:
+            peer = netlink.veth_peer(rec.netns, name)
+        except EniplaneError:
+            peer = None
+        if peer is not None and peer["ifname"] is not None and not peer["xdp_prog_id"]:
+            where = f"namespace {peer['netns']}" if peer["netns"] else "the host namespace"
+            out.append(_warning(
+                "veth_peer_without_xdp", name,
+                f"{name} is a veth whose peer {peer['ifname']} (in {where}) has no XDP "
+                f"program: frames the node sends out of {name} (redirected or XDP_TX) are "
+                f"dropped by the kernel without a counter, since the peer's NAPI is off",
+                f"attach a native XDP program to {peer['ifname']} in {where} (one that passes "
+                f"everything will do); GRO does not turn NAPI on for XDP frames"))
+    fabric = next((i for i in ifaces if i["ifname"] == rec.fabric_if), None)
+    fabric_mtu = fabric.get("mtu") if fabric else None
+    for i in ifaces:
+        if i["program"] == PROG_VPC and fabric_mtu and i.get("mtu") and \
+                fabric_mtu < i["mtu"] + TUNNEL_OVERHEAD:
+            out.append(_warning(
+                "fabric_mtu", i["ifname"],
+                f"the fabric MTU ({fabric_mtu}) is smaller than {i['ifname']}'s MTU "
+                f"({i['mtu']}) plus {TUNNEL_OVERHEAD} bytes of tunnel headers: a reply larger "
+                f"than {fabric_mtu - TUNNEL_OVERHEAD} bytes is dropped (drop_fabric_mtu, "
+                f"{counters.get('drop_fabric_mtu', 0)} so far) or answered with ICMP "
+                f"fragmentation needed, and TCP only avoids it through the MSS clamp",
+                f"raise {rec.fabric_if}'s MTU to {i['mtu'] + TUNNEL_OVERHEAD} or more (jumbo "
+                f"frames on the fabric), or lower {i['ifname']}'s MTU to "
+                f"{fabric_mtu - TUNNEL_OVERHEAD}; then `eniplane sync`"))
+    for ifindex, n in sorted((redirects or {}).items()):
+        if n:
+            name = by_index.get(ifindex, {}).get("ifname", f"ifindex {ifindex}")
+            out.append(_warning(
+                "redirect_failed", name,
+                f"the kernel refused {n} frames redirected to {name} (a peer without XDP, a "
+                f"frame over its MTU, a device that is down)",
+                f"see the other warnings for {name}; `eniplane monitor --drops` shows them live"))
+    names = _vpc_names(node)
+    for idx, gw in sorted(gateways.items()):
+        if gw["mac"] is None:
+            iface = by_index.get(gw["ifindex"], {}).get("ifname", f"ifindex {gw['ifindex']}")
+            vpc = names.get(idx, f"handle {idx}")
+            out.append(_warning(
+                "gateway_unknown", f"VPC {vpc}",
+                f"the gateway {gw['ip']} of VPC {vpc} never answered ARP on {iface}: every "
+                f"packet into the VPC is dropped (drop_no_gateway_mac, "
+                f"{counters.get('drop_no_gateway_mac', 0)} so far)",
+                f"check that {gw['ip']} is the VPC's gateway and reachable on {iface}, then "
+                f"`eniplane sync` (it asks again), or set its MAC: `eniplane vpc add {vpc} ... "
+                f"--gateway-mac MAC`"))
+    return out
+
+
+def _vpc_names(node: str) -> dict[int, str]:
+    """VPC handle -> id, as the store has them (empty without a store)."""
+    from .store import Store
+
+    try:
+        return {v.idx: v.id for v in Store.peek(node).vpcs.values()}
+    except EniplaneError:
+        return {}
