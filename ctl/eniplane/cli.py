@@ -106,23 +106,15 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
                                 help="XDP mode: auto (native, else generic), native, generic."),
        max_flows: int = typer.Option(loader.DEFAULT_MAX_FLOWS, "--max-flows", help="Flow table size per direction."),
        node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Compile and load the datapath, pin it and attach it to the fabric interface."""
-    from . import node as nodemod
+    """Compile and load the datapath, pin it and attach it to the fabric interface; the store
+    keeps these parameters (`eniplane agent` brings the node up with them)."""
+    from . import ops
 
     if mode not in ("auto", "native", "generic"):
         raise typer.BadParameter("must be auto, native or generic", param_hint="--mode")
-    from .reconcile import sync
-
-    from .ops import store_node_params
-
-    st = _state(node)  # its node-wide settings hold from the first packet; sync does the rest
-    rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows},
-                     timeouts=st.timeouts, flows_per_eni=st.flows_per_eni, ipv4=st.ipv4)
+    rec, rep = ops.up(node, fabric_if, fabric_ip, netns, mode, max_flows)
     mode_used = rec.interfaces[fabric_if]["mode"]
-    # what the agent brings the node up with after a reboot (nodeparams.py)
-    store_node_params(node, fabric_if=fabric_if, fabric_ip=fabric_ip, netns=netns, mode=mode,
-                      max_flows=max_flows)
-    _report(sync(node))
+    _report(rep)
     if mode_used == "generic":
         output.info(f"warning: {fabric_if} has no native XDP; running in generic (skb) mode")
     data = {"node": node, "netns": netns, "fabric_if": fabric_if, "fabric_ip": fabric_ip,
@@ -876,6 +868,83 @@ def ipv4_set(mss_clamp: Optional[OnOff] = typer.Option(
     _change(node, lambda st: st.set_ipv4(**given),
             "IPv4 settings set: " + ", ".join(f"{k} {_ipv4_value(k, v)}"
                                               for k, v in given.items()))
+
+
+# ---- the agent --------------------------------------------------------------------------------
+class FlowLogInterval(str, enum.Enum):
+    one_minute = "60"
+    ten_minutes = "600"
+
+
+@app.command("agent")
+def agent_cmd(metrics: str = typer.Option(
+                  "127.0.0.1:9469", "--metrics", "-M", metavar="HOST:PORT",
+                  help="Serve /metrics, /healthz and /readyz here; off: nowhere."),
+              socket_path: Optional[str] = typer.Option(
+                  None, "--socket", "-s", metavar="PATH",
+                  help="The API's Unix socket (default /run/eniplane/api.sock, or "
+                       "/run/eniplane/NODE/api.sock for another node)."),
+              api_tcp: Optional[str] = typer.Option(
+                  None, "--api-tcp", metavar="HOST:PORT",
+                  help="Serve the API on TCP too (keep it on 127.0.0.1: it has no "
+                       "authentication)."),
+              flow_logs: Optional[str] = typer.Option(
+                  None, "--flow-logs", "-F", metavar="DIR",
+                  help="Write flow logs (AWS VPC Flow Logs format) under DIR (default: none)."),
+              flow_log_interval: FlowLogInterval = typer.Option(
+                  FlowLogInterval.one_minute, "--flow-log-interval",
+                  help="Flow log aggregation window in seconds: 60 or 600."),
+              sweep_interval: float = typer.Option(
+                  10.0, "--sweep-interval", metavar="S",
+                  help="Seconds between two sweeps of expired flows."),
+              node: str = NODE_OPT) -> None:
+    """Run the node's control plane in the foreground: bring the node up from the stored `up`
+    parameters, keep the maps as the store says, sweep flows, serve the API and metrics.
+    SIGTERM stops it; the datapath keeps forwarding."""
+    import logging
+    import signal
+    from pathlib import Path
+
+    from .agent import Agent, parse_address
+
+    metrics_addr = parse_address(metrics, "--metrics")
+    tcp = parse_address(api_tcp, "--api-tcp") if api_tcp else None
+    tasks, registry, on_swept = _agent_plugins(node, flow_logs, int(flow_log_interval.value))
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="eniplane agent: %(levelname)s %(message)s")
+    agent = Agent(node, Path(socket_path) if socket_path else None, metrics_addr, tcp,
+                  sweep_interval, tasks, registry, on_swept)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: agent.stop())
+    agent.run()
+
+
+def _agent_plugins(node: str, flow_logs: Optional[str], interval: int):
+    """What the agent runs beside its own work: the datapath's metrics (metrics.py) in its
+    registry, and flow logs (flowlogs.py) as a task that also hears of swept flows. Returns
+    (tasks, registry, on_swept)."""
+    from prometheus_client import CollectorRegistry
+
+    from .errors import UsageError
+
+    registry = CollectorRegistry()
+    tasks: list = []
+    on_swept = None
+    try:
+        from .metrics import DatapathCollector  # type: ignore[import-not-found]
+    except ImportError:
+        pass  # a build without the datapath collector serves the agent's own metrics
+    else:
+        registry.register(DatapathCollector(node))
+    if flow_logs:
+        try:
+            from .flowlogs import FlowLogger  # type: ignore[import-not-found]
+        except ImportError:
+            raise UsageError("--flow-logs: this build has no flow logs") from None
+        logger = FlowLogger(node, flow_logs, interval, "default")
+        tasks.append(logger.tick)
+        on_swept = logger.flow_ended
+    return tasks, registry, on_swept
 
 
 @app.command("sync")

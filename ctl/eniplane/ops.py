@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from . import node as nodemod
+from . import nodeparams
 from .reconcile import Report, change
 from .store import Store
 
@@ -22,12 +23,26 @@ def state(node: str):
     return Store.peek(node)
 
 
-def store_node_params(node: str, **params: Any) -> None:
-    """Keep the parameters `up` was given, for the agent (no reconcile: `up` syncs next)."""
+def up(node: str, fabric_if: str, fabric_ip: str, netns: Optional[str] = None,
+       mode: str = "auto", max_flows: Optional[int] = None):
+    """Load and attach the datapath, keep these parameters in the store (what the agent brings
+    the node up with after a reboot), and program it from the store. Returns (NodeRecord,
+    Report)."""
     from . import lock
+    from .loader import DEFAULT_MAX_FLOWS
+    from .reconcile import sync
 
-    with lock.held(node), Store(node) as store, store.transaction() as st:
-        st.set_node(**params)
+    max_flows = DEFAULT_MAX_FLOWS if max_flows is None else max_flows
+    params = nodeparams.check_params({"fabric_if": fabric_if, "fabric_ip": fabric_ip,
+                                      "netns": netns, "mode": mode, "max_flows": max_flows})
+    with lock.held(node):
+        st = state(node)  # its node-wide settings hold from the first packet; sync does the rest
+        rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode,
+                         defines={"MAX_FLOWS": max_flows}, timeouts=st.timeouts,
+                         flows_per_eni=st.flows_per_eni, ipv4=st.ipv4)
+        with Store(node) as store, store.transaction() as st:
+            st.set_node(**params)
+        return rec, sync(node)
 
 
 # ---- documents --------------------------------------------------------------------------------
@@ -60,22 +75,24 @@ def attach_function(node: str, name: str, subnets: list[str], sgs: list[str],
         st.place_function(name, workers)
         return enis
 
-    enis, rep = change(node, attach)
+    enis, rep = change(node, attach, scope="functions")
     return {"function": name, "enis": [eni_doc(e) for e in enis], "workers": workers}, rep
 
 
 def detach_function(node: str, name: str) -> tuple[dict, Report]:
-    _, rep = change(node, lambda st: st.detach_function(name))
+    _, rep = change(node, lambda st: st.detach_function(name), scope="functions")
     return {"function": name}, rep
 
 
 def place_function(node: str, name: str, workers: list[str]) -> tuple[dict, Report]:
-    placed, rep = change(node, lambda st: st.place_function(name, workers))
+    placed, rep = change(node, lambda st: st.place_function(name, workers),
+                         scope="functions")
     return {"function": name, "workers": list(placed)}, rep
 
 
 def unplace_function(node: str, name: str, workers: list[str]) -> tuple[dict, Report]:
-    placed, rep = change(node, lambda st: st.unplace_function(name, workers))
+    placed, rep = change(node, lambda st: st.unplace_function(name, workers),
+                         scope="functions")
     return {"function": name, "workers": list(placed)}, rep
 
 
