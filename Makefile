@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-unit test-datapath test-e2e demo fuzz bench clean
+.PHONY: setup test test-unit test-datapath test-e2e demo fuzz bench clean install install-unit
 
 setup:
 	@bash scripts/setup.sh
@@ -33,3 +33,15 @@ fuzz: setup
 # The full benchmark run that docs/performance.md reports (minutes; not part of `make test`).
 bench: setup
 	$(PY) -m bench --json docs/performance.json --png docs/performance.png --update-doc docs/performance.md
+
+# The agent as a systemd service: the unit (Type=notify) into $(DESTDIR)/etc/systemd/system, the
+# command on PATH (setup's launcher). Nothing is enabled or started unless ENABLE=1.
+UNIT_DIR := $(DESTDIR)/etc/systemd/system
+SYSTEMCTL := systemctl
+install: setup install-unit
+	@if [ "$(ENABLE)" = 1 ]; then $(SYSTEMCTL) enable --now eniplane-agent.service; \
+	 else echo "installed; start it with: systemctl enable --now eniplane-agent"; fi
+
+install-unit:
+	install -D -m 0644 packaging/eniplane-agent.service $(UNIT_DIR)/eniplane-agent.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then $(SYSTEMCTL) daemon-reload; fi

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                          "floor alike; default: eniplane up's)")
     ap.add_argument("--fill", type=int, default=1_000_000, help="flows for the scale step")
     ap.add_argument("--enis", type=int, default=10_000, help="ENIs for the apply step")
+    ap.add_argument("--api-calls", type=int, default=1000,
+                    help="control: attaches through the agent's API, per case")
     ap.add_argument("--generator", choices=["auto", "xdp", "pktgen"], default="auto",
                     help="auto: pktgen where the kernel has it, XDP live frames otherwise")
     ap.add_argument("--old", type=Path, metavar="CHECKOUT",
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["scale"] = cost.scale(a.fill, probe=n, progress=progress)
     if "control" in what:
         from . import control
-        doc["control"] = control.run(a.enis, repeats=1 if a.smoke else 5, progress=progress)
+        doc["control"] = control.run(a.enis, repeats=1 if a.smoke else 5, progress=progress,
+                                     api_calls=20 if a.smoke else a.api_calls)
     if "lifecycle" in what:
         from . import lifecycle
         batch = 300 if a.smoke else 3000

@@ -95,6 +95,12 @@ def tables(doc: dict) -> None:
             ("apply again (no change)", f"{c['apply_noop_s']:.2f}"),
             ("eniplane --help", f"{c['cli_help_s']:.3f}"),
             ("eniplane stats", f"{c['cli_stats_s']:.3f}")])
+        if "api_attach" in c:
+            a = c["api_attach"]
+            table(f"agent API: function attach ({a['reused_eni']['calls']:,} calls each, ms)",
+                  ["case", "p50", "p99", "goal (p99)"],
+                  [("reused ENI", a["reused_eni"]["p50_ms"], a["reused_eni"]["p99_ms"], "< 20"),
+                   ("new ENI", a["new_eni"]["p50_ms"], a["new_eni"]["p99_ms"], "< 100")])
 
 
 def write_json(doc: dict, path: Path) -> None:

@@ -106,18 +106,15 @@ def up(fabric_if: str = typer.Option(..., "--fabric-if", "-f", help="Interface f
                                 help="XDP mode: auto (native, else generic), native, generic."),
        max_flows: int = typer.Option(loader.DEFAULT_MAX_FLOWS, "--max-flows", help="Flow table size per direction."),
        node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
-    """Compile and load the datapath, pin it and attach it to the fabric interface."""
-    from . import node as nodemod
+    """Compile and load the datapath, pin it and attach it to the fabric interface; the store
+    keeps these parameters (`eniplane agent` brings the node up with them)."""
+    from . import ops
 
     if mode not in ("auto", "native", "generic"):
         raise typer.BadParameter("must be auto, native or generic", param_hint="--mode")
-    from .reconcile import sync
-
-    st = _state(node)  # its node-wide settings hold from the first packet; sync does the rest
-    rec = nodemod.up(node, fabric_if, fabric_ip, netns, mode, defines={"MAX_FLOWS": max_flows},
-                     timeouts=st.timeouts, flows_per_eni=st.flows_per_eni, ipv4=st.ipv4)
+    rec, rep = ops.up(node, fabric_if, fabric_ip, netns, mode, max_flows)
     mode_used = rec.interfaces[fabric_if]["mode"]
-    _report(sync(node))
+    _report(rep)
     if mode_used == "generic":
         output.info(f"warning: {fabric_if} has no native XDP; running in generic (skb) mode")
     data = {"node": node, "netns": netns, "fabric_if": fabric_if, "fabric_ip": fabric_ip,
@@ -218,22 +215,9 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
           nonzero: bool = typer.Option(False, "--nonzero", "-z", help="Hide counters at zero.")) -> None:
     """Every datapath counter by name, summed over CPUs, and live flows by state (or one ENI's
     counters)."""
-    from .datapath import Datapath
+    from . import ops
 
-    if eni:
-        e = _state(node).eni(eni)
-        with Datapath(node) as dp:
-            counters = dp.eni_stats(e.vni).get(e.vni) or {
-                k: 0 for k in dp.eni_counter_names()}  # not programmed yet
-        data = {"node": node, "eni": eni, "vni": e.vni, "counters": counters}
-    else:
-        with Datapath(node) as dp:
-            counters = {**dp.stats(), "flows_evicted": dp.flows_evicted(),
-                        "flows_swept": dp.flows_swept()}
-            states = dp.flow_states()
-        data = {"node": node, "counters": counters, "flow_states": states}
-    if nonzero:  # for scripts as for people: -o json lists the same counters as the table
-        data["counters"] = {k: v for k, v in data["counters"].items() if v}
+    data = ops.stats(node, eni, nonzero)
 
     def render(d: dict) -> None:
         rows = [(k, f"{v:,}") for k, v in d["counters"].items()]
@@ -349,10 +333,15 @@ def _change(node: str, mutate, done: str) -> object:
     from .reconcile import change
 
     result, rep = change(node, mutate)
+    _done(node, rep, done)
+    return result
+
+
+def _done(node: str, rep, done: str) -> None:
+    """What a change did, on stderr: its warnings, then `done` (or that it is only stored)."""
     _report(rep)
     output.info(done if rep.node_up else
                 f"{done} (stored; node {node} is not up: `eniplane up` applies it)")
-    return result
 
 
 @vpc_app.command("add")
@@ -596,11 +585,6 @@ def worker_del(ip: str = typer.Argument(..., metavar="IP", callback=params.ipv4)
     _change(node, lambda st: st.del_worker(ip), f"worker {ip} deleted")
 
 
-def _eni_doc(e) -> dict:
-    return {"id": e.id, "subnet": e.subnet, "address": e.address, "vni": e.vni,
-            "security_groups": list(e.sgs), "port_range": [e.port_lo, e.port_hi]}
-
-
 @function_app.command("attach")
 def function_attach(name: str = typer.Argument(..., metavar="NAME"),
                     subnet: list[str] = typer.Option(..., "--subnet", "-s", help="Repeatable."),
@@ -610,13 +594,10 @@ def function_attach(name: str = typer.Argument(..., metavar="NAME"),
                         help="Place it on this worker too (repeatable); see `function place`."),
                     node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Attach a function: per subnet, the shared ENI of (subnet, groups), created if needed."""
-    def attach(st):
-        enis = st.attach_function(name, subnet, sg)
-        st.place_function(name, worker)
-        return enis
+    from . import ops
 
-    enis = _change(node, attach, f"function {name} attached")
-    data = {"function": name, "enis": [_eni_doc(e) for e in enis], "workers": list(worker)}
+    data, rep = ops.attach_function(node, name, subnet, sg, worker)
+    _done(node, rep, f"function {name} attached")
     output.emit(out, data, lambda d: output.table(
         f"function {name}", ["subnet", "ENI", "address", "VNI"],
         [(e["subnet"], e["id"], e["address"], e["vni"]) for e in d["enis"]]))
@@ -627,9 +608,11 @@ def function_place(name: str = typer.Argument(..., metavar="NAME"),
                    worker: list[str] = typer.Option(..., "--worker", "-w", help="Repeatable."),
                    node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Let workers send for a function: on each of its ENIs, a map update per worker."""
-    placed = _change(node, lambda st: st.place_function(name, worker),
-                     f"function {name} placed on {', '.join(worker)}")
-    output.emit(out, {"function": name, "workers": placed},
+    from . import ops
+
+    data, rep = ops.place_function(node, name, worker)
+    _done(node, rep, f"function {name} placed on {', '.join(worker)}")
+    output.emit(out, data,
                 lambda d: output.info(f"function {name} runs on: {' '.join(d['workers'])}"))
 
 
@@ -639,47 +622,34 @@ def function_unplace(name: str = typer.Argument(..., metavar="NAME"),
                      node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Stop workers sending for a function; their flows on ENIs no other placed function
     of theirs uses are removed at once."""
-    placed = _change(node, lambda st: st.unplace_function(name, worker),
-                     f"function {name} unplaced from {', '.join(worker)}")
-    output.emit(out, {"function": name, "workers": placed},
+    from . import ops
+
+    data, rep = ops.unplace_function(node, name, worker)
+    _done(node, rep, f"function {name} unplaced from {', '.join(worker)}")
+    output.emit(out, data,
                 lambda d: output.info(f"function {name} runs on: {' '.join(d['workers']) or '-'}"))
 
 
 @function_app.command("detach")
 def function_detach(name: str = typer.Argument(..., metavar="NAME"), node: str = NODE_OPT) -> None:
     """Detach a function; an ENI no function uses any more is deleted with its flows."""
-    _change(node, lambda st: st.detach_function(name), f"function {name} detached")
+    from . import ops
+
+    _, rep = ops.detach_function(node, name)
+    _done(node, rep, f"function {name} detached")
 
 
 @function_app.command("list")
 def function_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Functions with their subnets, groups and ENIs."""
-    st = _state(node)
-    rows = [{"name": f.name, "subnets": f.subnets, "security_groups": f.sgs,
-             "workers": f.workers, "enis": [_eni_doc(e) for e in st.function_enis(f.name)]}
-            for f in sorted(st.functions.values(), key=lambda f: f.name)]
+    from . import ops
+
+    rows = ops.list_functions(node)
     output.emit(out, rows, lambda d: output.table(
         None, ["function", "subnets", "groups", "workers", "ENIs (address, VNI)"],
         [(r["name"], " ".join(r["subnets"]), " ".join(r["security_groups"]),
           " ".join(r["workers"]) or "-",
           " ".join(f"{e['id']} ({e['address']}, {e['vni']})" for e in r["enis"])) for r in d]))
-
-
-def _eni_flow_entries(node: str) -> Optional[dict[int, int]]:
-    """Flow entries per VNI, as the per-ENI limit counts them; None when the node is not up."""
-    from . import node as nodemod
-
-    if not nodemod.is_up(node):
-        return None
-    from .datapath import Datapath
-
-    with Datapath(node) as dp:
-        return dp.eni_flow_entries()
-
-
-def _eni_limits_doc(st, e, entries: Optional[dict[int, int]]) -> dict:
-    return {"max_flows": e.max_flows, "flow_limit": st.eni_flow_limit(e),
-            "flow_entries": None if entries is None else entries.get(e.vni, 0)}
 
 
 def _of_limit(r: dict) -> str:
@@ -691,11 +661,9 @@ def _of_limit(r: dict) -> str:
 @eni_app.command("list")
 def eni_list(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """Shared ENIs, the functions each one serves, and its flow entries against its limit."""
-    st = _state(node)
-    users = st.eni_users()
-    entries = _eni_flow_entries(node)
-    rows = [{**_eni_doc(e), "functions": users[e.id], **_eni_limits_doc(st, e, entries)}
-            for e in sorted(st.enis.values(), key=lambda e: e.vni)]
+    from . import ops
+
+    rows = ops.list_enis(node)
     output.emit(out, rows, lambda d: output.table(
         f"{len(d)} ENIs serving {sum(len(r['functions']) for r in d)} function attachments",
         ["ENI", "subnet", "address", "VNI", "groups", "functions", "flows / limit"],
@@ -721,10 +689,11 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
              out: Format = OUT_OPT) -> None:
     """One ENI: its functions, groups, live flows, flow entries against its limit, counters."""
     from . import node as nodemod
+    from .ops import eni_doc, eni_limits_doc
     st = _state(node)
     e = st.eni(eni_id)
-    doc = {**_eni_doc(e), "vpc": st.subnets[e.subnet].vpc, "functions": st.eni_functions(e.id),
-           **_eni_limits_doc(st, e, None), "flows": None, "counters": None}
+    doc = {**eni_doc(e), "vpc": st.subnets[e.subnet].vpc, "functions": st.eni_functions(e.id),
+           **eni_limits_doc(st, e, None), "flows": None, "counters": None}
     if nodemod.is_up(node):
         from .datapath import Datapath
         with Datapath(node) as dp:
@@ -743,31 +712,6 @@ def eni_show(eni_id: str = typer.Argument(..., metavar="ID"), node: str = NODE_O
             + [(k, f"{v:,}") for k, v in (d["counters"] or {}).items()])
 
     output.emit(out, doc, render)
-
-
-def _flow_doc(f: dict, eni_ids: dict[int, str]) -> dict:
-    from .sgcompile import PROTO_NAMES
-
-    proto = PROTO_NAMES.get(f["proto"], str(f["proto"]))
-    return {"eni": eni_ids.get(f["vni"]), "vni": f["vni"], "proto": proto, "worker": f["worker"],
-            "env": f"{f['env_addr']}:{f['env_port']}",
-            "remote": f"{f['remote']}:{f['remote_port']}",
-            "nat": f"{f['eni_addr']}:{f['nat_port']}", "packets_out": f["tx_packets"],
-            "bytes_out": f["tx_bytes"], "packets_in": f["rx_packets"], "bytes_in": f["rx_bytes"],
-            "state": f["state"], "state_bits": f["state_bits"], "idle_s": f["idle_s"],
-            "live": f["live"], "last_seen_ns": f["last_seen_ns"]}
-
-
-def _flow_vnis(st, eni: Optional[str], vpc: Optional[str]) -> Optional[set[int]]:
-    """The VNIs that --eni and --vpc select (None: no filter)."""
-    vnis = None
-    if eni:
-        vnis = {st.eni(eni).vni}
-    if vpc:
-        st.vpc(vpc)
-        in_vpc = {e.vni for e in st.enis.values() if st.subnets[e.subnet].vpc == vpc}
-        vnis = in_vpc if vnis is None else vnis & in_vpc
-    return vnis
 
 
 def _group_option(ctx: typer.Context, name: str, value):
@@ -805,18 +749,9 @@ def flows(ctx: typer.Context,
                 raise UsageError(f"--{name} applies to the flow list, not to "
                                  f"`flows {ctx.invoked_subcommand}`")
         return
-    from .datapath import Datapath
-    st = _state(node)
-    vnis = _flow_vnis(st, eni, vpc)
-    eni_ids = {e.vni: e.id for e in st.enis.values()}
-    with Datapath(node) as dp:
-        rows = []
-        for f in dp.flows(include_expired=show_all):
-            if vnis is not None and f["vni"] not in vnis:
-                continue
-            rows.append(_flow_doc(f, eni_ids))
-            if len(rows) >= limit:
-                break
+    from . import ops
+
+    rows = ops.list_flows(node, eni, vpc, limit, include_expired=show_all)
     output.emit(out, rows, lambda d: output.table(
         f"{len(d)} flows" + ("" if show_all else " (live; --all for expired ones too)"),
         ["ENI", "proto", "environment", "via", "remote", "state", "idle s", "pkts out/in"],
@@ -840,7 +775,9 @@ def flows_flush(ctx: typer.Context,
     vpc = _group_option(ctx, "vpc", vpc)
     if not nodemod.is_up(node):
         raise NotFound(f"node {node} is not up")
-    vnis = _flow_vnis(_state(node), eni, vpc)
+    from .ops import flow_vnis
+
+    vnis = flow_vnis(_state(node), eni, vpc)
     with Datapath(node) as dp:
         n = dp.flush_flows(vnis=vnis) if vnis is None or vnis else 0
     scope = f"ENI {eni}" if eni else f"VPC {vpc}" if vpc else "all ENIs"
@@ -1019,6 +956,83 @@ def ipv4_set(mss_clamp: Optional[OnOff] = typer.Option(
     _change(node, lambda st: st.set_ipv4(**given),
             "IPv4 settings set: " + ", ".join(f"{k} {_ipv4_value(k, v)}"
                                               for k, v in given.items()))
+
+
+# ---- the agent --------------------------------------------------------------------------------
+class FlowLogInterval(str, enum.Enum):
+    one_minute = "60"
+    ten_minutes = "600"
+
+
+@app.command("agent")
+def agent_cmd(metrics: str = typer.Option(
+                  "127.0.0.1:9469", "--metrics", "-M", metavar="HOST:PORT",
+                  help="Serve /metrics, /healthz and /readyz here; off: nowhere."),
+              socket_path: Optional[str] = typer.Option(
+                  None, "--socket", "-s", metavar="PATH",
+                  help="The API's Unix socket (default /run/eniplane/api.sock, or "
+                       "/run/eniplane/NODE/api.sock for another node)."),
+              api_tcp: Optional[str] = typer.Option(
+                  None, "--api-tcp", metavar="HOST:PORT",
+                  help="Serve the API on TCP too (keep it on 127.0.0.1: it has no "
+                       "authentication)."),
+              flow_logs: Optional[str] = typer.Option(
+                  None, "--flow-logs", "-F", metavar="DIR",
+                  help="Write flow logs (AWS VPC Flow Logs format) under DIR (default: none)."),
+              flow_log_interval: FlowLogInterval = typer.Option(
+                  FlowLogInterval.one_minute, "--flow-log-interval",
+                  help="Flow log aggregation window in seconds: 60 or 600."),
+              sweep_interval: float = typer.Option(
+                  10.0, "--sweep-interval", metavar="S",
+                  help="Seconds between two sweeps of expired flows."),
+              node: str = NODE_OPT) -> None:
+    """Run the node's control plane in the foreground: bring the node up from the stored `up`
+    parameters, keep the maps as the store says, sweep flows, serve the API and metrics.
+    SIGTERM stops it; the datapath keeps forwarding."""
+    import logging
+    import signal
+    from pathlib import Path
+
+    from .agent import Agent, parse_address
+
+    metrics_addr = parse_address(metrics, "--metrics")
+    tcp = parse_address(api_tcp, "--api-tcp") if api_tcp else None
+    tasks, registry, on_swept = _agent_plugins(node, flow_logs, int(flow_log_interval.value))
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="eniplane agent: %(levelname)s %(message)s")
+    agent = Agent(node, Path(socket_path) if socket_path else None, metrics_addr, tcp,
+                  sweep_interval, tasks, registry, on_swept)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: agent.stop())
+    agent.run()
+
+
+def _agent_plugins(node: str, flow_logs: Optional[str], interval: int):
+    """What the agent runs beside its own work: the datapath's metrics (metrics.py) in its
+    registry, and flow logs (flowlogs.py) as a task that also hears of swept flows. Returns
+    (tasks, registry, on_swept)."""
+    from prometheus_client import CollectorRegistry
+
+    from .errors import UsageError
+
+    registry = CollectorRegistry()
+    tasks: list = []
+    on_swept = None
+    try:
+        from .metrics import DatapathCollector  # type: ignore[import-not-found]
+    except ImportError:
+        pass  # a build without the datapath collector serves the agent's own metrics
+    else:
+        registry.register(DatapathCollector(node))
+    if flow_logs:
+        try:
+            from .flowlogs import FlowLogger  # type: ignore[import-not-found]
+        except ImportError:
+            raise UsageError("--flow-logs: this build has no flow logs") from None
+        logger = FlowLogger(node, flow_logs, interval, "default")
+        tasks.append(logger.tick)
+        on_swept = logger.flow_ended
+    return tasks, registry, on_swept
 
 
 @app.command("sync")

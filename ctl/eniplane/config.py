@@ -10,7 +10,9 @@ checks the shape only and raises InvalidDocument with one line per problem, each
 declares; ENIs are derived, never declared: an `enis:` entry only sets the flow limit of the ENI
 some function's (subnet, group set) derives, and naming one no function uses is an error.
 `timeouts:`, `limits:` and `ipv4:` are node-wide; a key left out means its default (lifecycle.py,
-ipv4.py), so a file is the whole configuration. `build_state(doc, current)` reuses the current
+ipv4.py), so a file is the whole configuration. `node:` is the exception: the parameters `up` was
+given (nodeparams.py), which `up` stores; a file without it keeps the stored ones (a file written
+on another machine, or before they were stored, must not take them away). `build_state(doc, current)` reuses the current
 state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
 applying again changes nothing. `diff(old, new)` lists what an apply would change.
 `read_doc`/`write_text` turn every file error into one FileError line.
@@ -24,6 +26,7 @@ applying again changes nothing. `diff(old, new)` lists what an apply would chang
     timeouts: {tcp_established, tcp_transitory, udp, icmp}   (seconds)
     limits:   {flows_per_eni}
     ipv4:     {mss_clamp: bool, icmp_rate, tunnel_gateway}   (ICMP messages per second per CPU)
+    node:     {fabric_if, fabric_ip, netns?, mode?, max_flows?}   (as `eniplane up` was given them)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Annotated, Any, Iterator, Optional
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
                       model_validator)
 
-from . import ipv4
+from . import ipv4, nodeparams
 from .errors import EniplaneError, FileError, InvalidInput
 from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, U32_MAX
 from .model import State, group_set
@@ -160,6 +163,17 @@ class Ipv4Doc(_Strict):
                     "traceroute shows for the node's hop.")
 
 
+class NodeDoc(_Strict):
+    """The parameters `eniplane up` was given; the agent brings the node up with them."""
+    fabric_if: str = Field(description="The interface facing the workers.")
+    fabric_ip: str = Field(description="The node's tunnel address.")
+    netns: Optional[str] = Field(None, description="The node's namespace; absent: the host's.")
+    mode: Annotated[str, WithJsonSchema({"enum": list(nodeparams.MODES)})] = Field(
+        nodeparams.DEFAULTS["mode"], description="XDP mode: auto, native or generic.")
+    max_flows: int = Field(nodeparams.DEFAULTS["max_flows"], strict=True, ge=1,
+                           description="Flow table size per direction.")
+
+
 class Document(_Strict):
     """The desired state of one node, as `eniplane apply -f` takes it."""
 
@@ -173,6 +187,7 @@ class Document(_Strict):
     timeouts: Optional[TimeoutsDoc] = None
     limits: Optional[LimitsDoc] = None
     ipv4: Optional[Ipv4Doc] = None
+    node: Optional[NodeDoc] = Field(None, description="Absent: the stored ones stay.")
 
 
 def schema() -> dict[str, Any]:
@@ -305,6 +320,7 @@ def export_doc(st: State) -> dict[str, Any]:
         "timeouts": dict(st.timeouts),
         "limits": {"flows_per_eni": st.flows_per_eni},
         "ipv4": {k: st.ipv4[k] for k in ipv4.NAMES},
+        **({"node": {k: v for k, v in st.node.items() if v is not None}} if st.node else {}),
     }
 
 
@@ -368,6 +384,11 @@ def build_state(doc: Any, current: State) -> State:
         st.set_flows_per_eni((d.limits or LimitsDoc()).flows_per_eni)
     with _at("ipv4"):
         st.set_ipv4(**(d.ipv4 or Ipv4Doc()).model_dump())
+    if d.node is None:
+        st.node = dict(current.node)
+    else:
+        with _at("node"):
+            st.set_node(**d.node.model_dump())
     return st
 
 
@@ -389,7 +410,7 @@ def _eni_limits(st: State, entries: list[EniDoc]) -> None:
 
 def diff(old: State, new: State) -> list[dict[str, str]]:
     """[{op: add|change|delete, kind, id}] in a stable order; a setting changed is
-    {op: change, kind: timeouts|limits|ipv4, id: its name}."""
+    {op: change, kind: timeouts|limits|ipv4|node, id: its name}."""
     a, b = export_doc(old), export_doc(new)
     out: list[dict[str, str]] = []
     for kind in KINDS:
@@ -419,4 +440,7 @@ def diff(old: State, new: State) -> list[dict[str, str]]:
     for kind in SETTINGS:
         out += [{"op": "change", "kind": kind, "id": k}
                 for k in a[kind] if a[kind][k] != b[kind][k]]
+    na, nb = a.get("node", {}), b.get("node", {})
+    out += [{"op": "change", "kind": "node", "id": k}
+            for k in nodeparams.NAMES if na.get(k) != nb.get(k)]
     return out

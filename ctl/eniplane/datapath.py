@@ -547,12 +547,14 @@ class Datapath:
                         "max_entries": m.max_entries})
         return out
 
-    def sweep(self) -> dict[str, Any]:
+    def sweep(self, removed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Remove every entry idle past its timeout, which no packet took over or reopened: what
         keeps listings, counts and the ENIs' limits true. The datapath needs no sweep to give
         ports back (it takes expired entries over). Each entry goes by a lookup-and-delete,
         which returns it as it was when it went: one that the datapath made live again in the
-        meantime is put back at once (BPF_NOEXIST, so nothing newer is overwritten)."""
+        meantime is put back at once (BPF_NOEXIST, so nothing newer is overwritten). With
+        `removed`, each entry that went is appended to it as a flow record (flow_record), as it
+        was when it went: what flow logs end flows with."""
         t0 = time.perf_counter()
         timeouts = self.timeouts()
         now = self.now_ns()
@@ -568,13 +570,15 @@ class Datapath:
             return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now,
                                         timeouts)
 
-        removed, by_state, restored = self._remove_flows(expired, still_expired, swept=True)
-        return {"scanned": scanned, "removed": removed, "restored": restored,
+        n, by_state, restored = self._remove_flows(expired, still_expired, swept=True,
+                                                   gone_out=removed)
+        return {"scanned": scanned, "removed": n, "restored": restored,
                 "by_state": dict(by_state), "seconds": round(time.perf_counter() - t0, 6)}
 
     def _remove_flows(self, doomed: Callable[[dict, dict], bool],
                       still: Callable[[dict, dict], bool] | None = None,
-                      swept: bool = False) -> tuple[int, Counter, int]:
+                      swept: bool = False,
+                      gone_out: list[dict[str, Any]] | None = None) -> tuple[int, Counter, int]:
         """Delete the entries that doomed(key, value) picks while the datapath goes on, keeping
         the flow guard true (types.h). Walks are told to go past empty slots before the first
         delete: a flow that opens behind a slot while it goes would otherwise be lost to its own
@@ -582,7 +586,8 @@ class Datapath:
         meanwhile, and the guard recomputed from it (probe.resync_guard), for the destinations
         that lost entries. With `still`, an entry is checked again as it was when it went (a
         lookup-and-delete returns it): one that no longer qualifies is put back (BPF_NOEXIST).
-        Returns (entries removed, removed by state name, entries put back)."""
+        Returns (entries removed, removed by state name, entries put back); with `gone_out`,
+        each removed entry's flow_record is appended to it."""
         m, g = self.map("flows"), self.map("flow_guard")
         start = g.lookup(0)
         added = self._entries_added()
@@ -615,7 +620,10 @@ class Datapath:
             removed += 1
             by_idx[gone["eni_idx"]] += 1
             by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
-            touched.add(probe.dest(flow_record(key, gone)))
+            record = flow_record(key, gone)
+            touched.add(probe.dest(record))
+            if gone_out is not None:
+                gone_out.append(record)
             if removed % 256 == 0:  # a long sweep gives the ENIs' limits back as it goes
                 self._count_removed(by_idx)
                 by_idx.clear()

@@ -8,7 +8,8 @@ function with the same (subnet, security-group set) shares one ENI; an ENI that 
 any more is deleted, its own flow limit (max_flows) with it. Addresses skip the first four and
 the last address of a subnet, as AWS does. The node-wide settings, the flow lifecycle's (idle
 timeouts, flows per ENI: lifecycle.py) and IPv4's (MSS clamping, ICMP rate, tunnel gateway:
-ipv4.py), are part of the State like the rest of the configuration.
+ipv4.py), are part of the State like the rest of the configuration, and so are the parameters
+`up` was given (nodeparams.py), which the agent brings the node up with.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import ipv4 as ipv4_settings
+from . import nodeparams
 from .errors import AlreadyExists, InvalidInput, NotFound
 from .lifecycle import (DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, check_flow_limit,
                         validate_timeouts)
@@ -174,6 +176,8 @@ class State:
     flows_per_eni: int = DEFAULT_FLOWS_PER_ENI
     # node-wide IPv4 settings (ipv4.py): mss_clamp, icmp_rate, tunnel_gateway
     ipv4: dict[str, Any] = field(default_factory=lambda: dict(ipv4_settings.DEFAULTS))
+    # the parameters of the last `up` (nodeparams.py); empty: none stored
+    node: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> "State":
         return copy.deepcopy(self)
@@ -233,6 +237,12 @@ class State:
             raise InvalidInput("no IPv4 setting given")
         self.ipv4.update(ipv4_settings.check_settings(values))
         return dict(self.ipv4)
+
+    # ---- the node's own parameters ------------------------------------------------------------
+    def set_node(self, **values: Any) -> dict[str, Any]:
+        """Replace the stored `up` parameters, all at once (missing optional ones: defaults)."""
+        self.node = nodeparams.check_params(values)
+        return dict(self.node)
 
     # ---- VPCs ------------------------------------------------------------------------------
     def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str,

@@ -219,7 +219,7 @@ def test_a_writer_upgrades_a_schema_2_store_in_place(tmp_path):
         with s.transaction() as st:
             st.set_eni_max_flows("eni-old", 9)
             st.set_timeouts(udp=5)
-    assert schema_of(path) == str(SCHEMA_VERSION) == "3"
+    assert schema_of(path) == str(SCHEMA_VERSION) == "4"
     with Store("n", path) as s:
         back = s.load()
     assert back.enis["eni-old"].max_flows == 9 and back.timeouts["udp"] == 5
@@ -228,8 +228,8 @@ def test_a_writer_upgrades_a_schema_2_store_in_place(tmp_path):
 def test_a_newer_store_is_refused(tmp_path):
     path = tmp_path / "s.db"
     with Store("n", path) as s:
-        s.db.execute("UPDATE meta SET value='4' WHERE key='schema'")
-    with pytest.raises(Exception, match="has schema 4; this eniplane knows 3"):
+        s.db.execute("UPDATE meta SET value='5' WHERE key='schema'")
+    with pytest.raises(Exception, match="has schema 5; this eniplane knows 4"):
         Store.peek("n", path)
 
 
