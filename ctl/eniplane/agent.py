@@ -146,7 +146,8 @@ class Agent:
                  sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
                  tasks: Sequence[Callable[[float], None]] = (),
                  registry: Any = None,
-                 on_swept: Optional[Callable[[list[dict]], None]] = None):
+                 on_swept: Optional[Callable[[list[dict]], None]] = None,
+                 on_stop: Sequence[Callable[[], None]] = ()):
         from prometheus_client import CollectorRegistry
 
         self.node = paths.check_node_name(node)
@@ -159,6 +160,7 @@ class Agent:
         self.tasks = list(tasks)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.on_swept = on_swept
+        self.on_stop = list(on_stop)  # e.g. flow logs write the window in progress
         self.metrics = AgentMetrics(self.registry)
         self._mutex = threading.RLock()  # everything that takes the node lock
         self._stopping = False
@@ -195,6 +197,11 @@ class Agent:
                     stop()
                 if self._watch:
                     self._watch.close()
+                for fn in self.on_stop:
+                    try:
+                        fn()
+                    except Exception:  # one plug-in's failure must not keep the others
+                        log.exception("stopping %s failed", getattr(fn, "__qualname__", fn))
         log.info("stopped; the datapath goes on forwarding")
 
     @contextmanager
@@ -230,9 +237,23 @@ class Agent:
             log.warning("%s", w)
 
     def _upgrade_on_start(self) -> None:
-        """The hitless upgrade's place (issue 15 part 7, upgrade.py): when the pinned programs
-        are not this build's, swap the new ones in while the maps stay. Nothing here yet: the
-        programs of a node the agent did not bring up itself are left as they are."""
+        """The hitless upgrade (upgrade.py): when the running programs are not this build's
+        (eniplane was updated, or an upgrade stopped half-way), swap the new ones in while the
+        maps stay and packets flow. A refused upgrade (a map whose layout changed) changes
+        nothing: the agent says why and serves the node as it runs."""
+        from . import upgrade
+
+        try:
+            if not upgrade.needed(self.node):
+                return
+            rep = upgrade.upgrade(self.node)
+        except EniplaneError as e:
+            log.warning("the running datapath is not this build and was kept: %s", e)
+            return
+        log.info("upgraded node %s to build %s (programs %s)", self.node,
+                 (rep["build"]["new"] or "")[:12],
+                 ", ".join(f"{n} {p['old_id']}->{p['new_id']}"
+                           for n, p in rep["programs"].items()))
 
     def _loop(self) -> None:
         next_tick = time.monotonic()

@@ -997,11 +997,12 @@ def agent_cmd(metrics: str = typer.Option(
 
     metrics_addr = parse_address(metrics, "--metrics")
     tcp = parse_address(api_tcp, "--api-tcp") if api_tcp else None
-    tasks, registry, on_swept = _agent_plugins(node, flow_logs, int(flow_log_interval.value))
+    tasks, registry, on_swept, on_stop = _agent_plugins(node, flow_logs,
+                                                        int(flow_log_interval.value))
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="eniplane agent: %(levelname)s %(message)s")
     agent = Agent(node, Path(socket_path) if socket_path else None, metrics_addr, tcp,
-                  sweep_interval, tasks, registry, on_swept)
+                  sweep_interval, tasks, registry, on_swept, on_stop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: agent.stop())
     agent.run()
@@ -1009,30 +1010,25 @@ def agent_cmd(metrics: str = typer.Option(
 
 def _agent_plugins(node: str, flow_logs: Optional[str], interval: int):
     """What the agent runs beside its own work: the datapath's metrics (metrics.py) in its
-    registry, and flow logs (flowlogs.py) as a task that also hears of swept flows. Returns
-    (tasks, registry, on_swept)."""
+    registry, and flow logs (flowlogs.py) as a task that also hears of swept flows and, when
+    the agent stops, writes the window in progress. Returns (tasks, registry, on_swept,
+    on_stop)."""
     from prometheus_client import CollectorRegistry
 
-    from .errors import UsageError
+    from .flowlogs import FlowLogger
+    from .metrics import DatapathCollector
 
     registry = CollectorRegistry()
     tasks: list = []
     on_swept = None
-    try:
-        from .metrics import DatapathCollector  # type: ignore[import-not-found]
-    except ImportError:
-        pass  # a build without the datapath collector serves the agent's own metrics
-    else:
-        registry.register(DatapathCollector(node))
+    on_stop: list = []
+    registry.register(DatapathCollector(node))
     if flow_logs:
-        try:
-            from .flowlogs import FlowLogger  # type: ignore[import-not-found]
-        except ImportError:
-            raise UsageError("--flow-logs: this build has no flow logs") from None
         logger = FlowLogger(node, flow_logs, interval, "default")
         tasks.append(logger.tick)
         on_swept = logger.flow_ended
-    return tasks, registry, on_swept
+        on_stop += [logger.flush, logger.close]
+    return tasks, registry, on_swept, on_stop
 
 
 @app.command("sync")

@@ -21,6 +21,8 @@ import pytest
 
 from clitools import configured_node
 from eniplane import node as nodemod
+from eniplane.datapath import Datapath
+from eniplane.flowlogs import DEFAULT_FIELDS
 from eniplane.lab import VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
 
 PY = sys.executable
@@ -68,7 +70,7 @@ def free_port() -> int:
 class AgentProcess:
     """`eniplane agent` in a subprocess, with a NOTIFY_SOCKET of the test's own."""
 
-    def __init__(self, node: str, tmp, name: str):
+    def __init__(self, node: str, tmp, name: str, *extra: str):
         self.sock = str(tmp / f"{name}.sock")
         self.port = free_port()
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -78,7 +80,7 @@ class AgentProcess:
         env = dict(os.environ, NOTIFY_SOCKET=str(tmp / f"{name}.notify"))
         self.p = subprocess.Popen(
             [PY, "-m", "eniplane", "agent", "--node", node, "--socket", self.sock,
-             "--metrics", f"127.0.0.1:{self.port}", "--sweep-interval", "1"],
+             "--metrics", f"127.0.0.1:{self.port}", "--sweep-interval", "1", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.messages: list[str] = []
 
@@ -135,7 +137,9 @@ def test_the_agent_serves_the_api_and_leaves_the_datapath_running(world):
     from prometheus_client.parser import text_string_to_metric_families
 
     lab, node, cli = world["lab"], world["node"], world["cli"]
-    agent = AgentProcess(node, world["tmp"], "a1")
+    logs = world["tmp"] / "flowlogs"
+    agent = AgentProcess(node, world["tmp"], "a1", "--flow-logs", str(logs),
+                         "--flow-log-interval", "60")
     try:
         agent.wait_ready()
         status, doc = call(agent.sock, "POST", "/v1/functions/fn-a/attach",
@@ -180,10 +184,22 @@ def test_the_agent_serves_the_api_and_leaves_the_datapath_running(world):
         assert "eniplane_agent_sweep_duration_seconds" in families  # --sweep-interval 1
         assert call(agent.sock, "GET", "/openapi.json")[1]["paths"]["/v1/enis"]
 
+        with Datapath(node, lab.node_ns) as dp:
+            (flow,) = [f for f in dp.flows(vni=eni["vni"]) if f["remote_port"] == 80]
         code, took = agent.terminate()
         assert code == 0 and took < 5, agent.output()
         agent.wait_notify("STOPPING=1", 1)
         assert not os.path.exists(agent.sock)
+        # stopping wrote the window in progress: the request's flow, as the ENI saw it
+        (text,) = [f.read_text().splitlines() for f in sorted(logs.glob("flows-*.log"))]
+        assert text[0] == " ".join(DEFAULT_FIELDS)
+        recs = [dict(zip(DEFAULT_FIELDS, line.split(" "))) for line in text[1:]]
+        out = [r for r in recs if (r["srcaddr"], r["srcport"], r["dstaddr"], r["dstport"],
+                                   r["protocol"]) == (flow["eni_addr"], str(flow["nat_port"]),
+                                                      VPC_SERVER, "80", "6")]
+        assert [(r["interface-id"], r["action"], r["log-status"], r["packets"], r["bytes"])
+                for r in out] == [(eni["id"], "ACCEPT", "OK", str(flow["tx_packets"]),
+                                   str(flow["tx_bytes"]))], recs
         assert nodemod.is_up(node) and http_ok(lab, env)  # the datapath goes on
     finally:
         agent.close()
