@@ -88,6 +88,7 @@ def _sqlite_errors(path: Path, doing: str) -> Iterator[None]:
 class Store:
     def __init__(self, node: str, path: Path | None = None):
         self.node = node
+        self._cols: dict[str, list[str]] = {}
         self.path = path or paths.state_dir(node) / "state.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -203,34 +204,47 @@ class Store:
             st.node["max_flows"] = int(params["max_flows"])
         return st
 
-    def _write(self, st: State) -> None:
-        x = self.db.execute
+    @staticmethod
+    def _rows(st: State) -> dict[str, set[tuple]]:
+        """Every table's rows for a State (what the tables hold once it is written)."""
+        return {
+            "vpcs": {(v.id, v.idx, v.cidr, v.iface, v.gateway, v.gateway_mac)
+                     for v in st.vpcs.values()},
+            "subnets": {(s.id, s.vpc, s.cidr) for s in st.subnets.values()},
+            "sgs": {(g.id, g.vpc) for g in st.sgs.values()},
+            "sg_rules": {(g.id, i, r.direction, r.proto, r.port_lo, r.port_hi, r.cidr)
+                         for g in st.sgs.values() for i, r in enumerate(g.rules)},
+            "workers": {(w, st.worker_macs.get(w)) for w in st.workers},
+            "enis": {(e.id, e.subnet, ",".join(e.sgs), e.address, e.vni, e.idx, e.port_lo,
+                      e.port_hi, e.max_flows) for e in st.enis.values()},
+            "functions": {(f.name, ",".join(f.subnets), ",".join(f.sgs), ",".join(f.workers))
+                          for f in st.functions.values()},
+            "settings": {(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()}
+            | {(FLOWS_PER_ENI_KEY, st.flows_per_eni)}
+            | {(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v)) for k, v in st.ipv4.items()},
+            "node_params": {(k, str(v)) for k, v in st.node.items() if v is not None},
+        }
+
+    def _write(self, st: State, before: dict[str, set[tuple]]) -> None:
+        """Only the rows that changed since `before` (the tables' rows as stored when the
+        transaction began): a function attached to a store of thousands writes a row or two,
+        not every table again, so a commit stays a few pages whatever the store holds."""
+        after = self._rows(st)
         for t in TABLES:
-            x(f"DELETE FROM {t}")
-        self.db.executemany("INSERT INTO vpcs VALUES (?,?,?,?,?,?)",
-                            [(v.id, v.idx, v.cidr, v.iface, v.gateway, v.gateway_mac)
-                             for v in st.vpcs.values()])
-        self.db.executemany("INSERT INTO subnets VALUES (?,?,?)",
-                            [(s.id, s.vpc, s.cidr) for s in st.subnets.values()])
-        self.db.executemany("INSERT INTO sgs VALUES (?,?)", [(g.id, g.vpc) for g in st.sgs.values()])
-        self.db.executemany("INSERT INTO sg_rules VALUES (?,?,?,?,?,?,?)",
-                            [(g.id, i, r.direction, r.proto, r.port_lo, r.port_hi, r.cidr)
-                             for g in st.sgs.values() for i, r in enumerate(g.rules)])
-        self.db.executemany("INSERT INTO workers VALUES (?,?)",
-                            [(w, st.worker_macs.get(w)) for w in sorted(st.workers)])
-        self.db.executemany("INSERT INTO enis VALUES (?,?,?,?,?,?,?,?,?)",
-                            [(e.id, e.subnet, ",".join(e.sgs), e.address, e.vni, e.idx, e.port_lo,
-                              e.port_hi, e.max_flows) for e in st.enis.values()])
-        self.db.executemany("INSERT INTO functions VALUES (?,?,?,?)",
-                            [(f.name, ",".join(f.subnets), ",".join(f.sgs), ",".join(f.workers))
-                             for f in st.functions.values()])
-        self.db.executemany("INSERT INTO settings VALUES (?,?)",
-                            [(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()]
-                            + [(FLOWS_PER_ENI_KEY, st.flows_per_eni)]
-                            + [(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v))
-                               for k, v in st.ipv4.items()])
-        self.db.executemany("INSERT INTO node_params VALUES (?,?)",
-                            [(k, str(v)) for k, v in st.node.items() if v is not None])
+            gone, new = before.get(t, set()) - after[t], after[t] - before.get(t, set())
+            if gone:
+                cols = self._columns(t)
+                self.db.executemany(
+                    f"DELETE FROM {t} WHERE " + " AND ".join(f"{c} IS ?" for c in cols),
+                    sorted(gone, key=repr))
+            if new:
+                marks = ",".join("?" * len(next(iter(new))))
+                self.db.executemany(f"INSERT INTO {t} VALUES ({marks})", sorted(new, key=repr))
+
+    def _columns(self, table: str) -> list[str]:
+        if table not in self._cols:
+            self._cols[table] = [r[1] for r in self.db.execute(f"PRAGMA table_info({table})")]
+        return self._cols[table]
 
     @contextmanager
     def transaction(self) -> Iterator[State]:
@@ -239,9 +253,10 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
         try:
             st = self.load()
+            before = {t: set(self.db.execute(f"SELECT * FROM {t}")) for t in TABLES}
             yield st
             with _sqlite_errors(self.path, "writing"):
-                self._write(st)
+                self._write(st, before)
                 self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
