@@ -20,6 +20,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from . import events as events_settings
 from . import ipv4 as ipv4_settings
 from .errors import AlreadyExists, InvalidInput, NotFound
 from .lifecycle import (DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, check_flow_limit,
@@ -174,6 +175,8 @@ class State:
     flows_per_eni: int = DEFAULT_FLOWS_PER_ENI
     # node-wide IPv4 settings (ipv4.py): mss_clamp, icmp_rate, tunnel_gateway
     ipv4: dict[str, Any] = field(default_factory=lambda: dict(ipv4_settings.DEFAULTS))
+    # node-wide events settings (events.py): drops, flows, rate
+    events: dict[str, Any] = field(default_factory=lambda: dict(events_settings.DEFAULTS))
 
     def copy(self) -> "State":
         return copy.deepcopy(self)
@@ -233,6 +236,14 @@ class State:
             raise InvalidInput("no IPv4 setting given")
         self.ipv4.update(ipv4_settings.check_settings(values))
         return dict(self.ipv4)
+
+    # ---- events ------------------------------------------------------------------------------
+    def set_events(self, **values: Any) -> dict[str, Any]:
+        """Change some of the events settings, all or none; returns all three."""
+        if not values:
+            raise InvalidInput("no events setting given")
+        self.events.update(events_settings.check_settings(values))
+        return dict(self.events)
 
     # ---- VPCs ------------------------------------------------------------------------------
     def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import ipv4, paths
+from . import events, ipv4, paths
 from .errors import EniplaneError
 from .lifecycle import TIMEOUT_NAMES
 from .model import Eni, Function, SecurityGroup, SgRule, State, Subnet, Vpc
@@ -61,6 +61,8 @@ TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers", 
 TIMEOUT_KEY = "timeout_{}"
 FLOWS_PER_ENI_KEY = "flows_per_eni"
 IPV4_KEY = "ipv4_{}"
+EVENTS_KEY = "events_{}"  # rows as the IPv4 settings' (no new version): absent reads as defaults
+_EVENTS_FROM_ROW = {"drops": bool, "flows": bool, "rate": int}
 # The settings table holds integers: an IPv4 setting is written as one and read back as itself.
 _IPV4_TO_ROW = {"mss_clamp": int, "icmp_rate": int,
                 "tunnel_gateway": lambda a: int(ipaddress.IPv4Address(a))}
@@ -187,6 +189,10 @@ class Store:
             row = settings.get(IPV4_KEY.format(name))
             if row is not None:
                 st.ipv4[name] = _IPV4_FROM_ROW[name](row)
+        for name in events.NAMES:
+            row = settings.get(EVENTS_KEY.format(name))
+            if row is not None:
+                st.events[name] = _EVENTS_FROM_ROW[name](row)
         return st
 
     def _write(self, st: State) -> None:
@@ -214,7 +220,8 @@ class Store:
                             [(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()]
                             + [(FLOWS_PER_ENI_KEY, st.flows_per_eni)]
                             + [(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v))
-                               for k, v in st.ipv4.items()])
+                               for k, v in st.ipv4.items()]
+                            + [(EVENTS_KEY.format(k), int(v)) for k, v in st.events.items()])
 
     @contextmanager
     def transaction(self) -> Iterator[State]:
