@@ -183,8 +183,11 @@ static __always_inline int record(struct xdp_md *ctx, struct stats *s, __u32 rea
             c[reason]++;
         if ((__u32)action <= XDP_REDIRECT)
             c[action]++;
+        /* `direction` is a constant at each call: xdp_vpc, which opens no flow, is left with
+         * the one comparison for drops */
         __u32 kind = (__u32)action <= XDP_DROP ? EVENT_K_DROP
-                     : reason == STAT_fwd_new_flow ? EVENT_K_FLOW_START : 0;
+                     : direction == EVENT_DIR_FABRIC && reason == STAT_fwd_new_flow
+                       ? EVENT_K_FLOW_START : 0;
         if (kind)
             event_emit(ctx, c, reason, kind, direction, coarse_now());
     }
