@@ -83,6 +83,18 @@
 #define IP_DF_ 0x4000
 #define IP_OFFMASK_ 0x1FFF
 
+/* Events (events.h): the first bytes of a frame they carry (outer and inner headers of a
+ * tunnel packet with options fit), the ring buffer's size (a power of two pages) and the
+ * rate a node starts with: sampled, so that a flood of drops costs a bounded amount. */
+#define EVENT_SNAP_LEN 128 /* a power of two: event_emit bounds its copy with a mask */
+#define EVENT_RING_BYTES (256 * 1024)
+#define DEFAULT_EVENT_RATE 100
+#define EVENT_BURST 50
+#ifndef MAX_SG_DENIALS
+#define MAX_SG_DENIALS 16384
+#endif
+#define MAX_REDIRECT_IFS 1024 /* egress interfaces whose redirect failures are counted */
+
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif

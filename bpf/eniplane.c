@@ -22,18 +22,6 @@
 #include "parse.h"
 #include "csum.h"
 
-static __always_inline int record(struct stats *s, __u32 reason, int action)
-{
-    if (s) {
-        __u64 *c = (__u64 *)s;
-        if (reason < STAT__MAX)
-            c[reason]++;
-        if ((__u32)action <= XDP_REDIRECT)
-            c[action]++;
-    }
-    return action;
-}
-
 static __always_inline void count(struct stats *s, __u32 id)
 {
     if (s && id < STAT__MAX)
@@ -111,6 +99,99 @@ static __always_inline __u64 coarse_now(void)
         c->ns = bpf_ktime_get_coarse_ns();
     }
     return clock_shifted(c->ns);
+}
+
+/* ---- events: sampled reports of what the programs did, into the `events` ring buffer.
+ * Contract: emitted only from record(), each program's one exit, and only for what node_cfg's
+ * flags ask (drops, new flows), within a per-CPU token bucket (event_rate, EVENT_BURST): a flood
+ * of drops costs a bounded amount. An event over the rate counts event_rate_limited; one the
+ * ring buffer has no room for counts event_ring_full. The record is struct event (types.h).
+ */
+/* One token from this CPU's bucket, as icmp_allowed does for ICMP. */
+static __always_inline int event_token(struct event_cpu *ec, __u32 rate, __u64 now)
+{
+    if (!rate)
+        return 0;
+    __u64 elapsed = now - ec->last_ns;
+    __u32 tokens = ec->tokens;
+    if (elapsed >= NSEC_PER_SEC) {
+        tokens = EVENT_BURST;
+        ec->last_ns = now;
+    } else {
+        __u64 add = elapsed * rate / NSEC_PER_SEC; /* < 2^62: elapsed < 1 s, rate < 2^32 */
+        if (add) {
+            tokens = tokens + add > EVENT_BURST ? EVENT_BURST : tokens + add;
+            ec->last_ns += add * NSEC_PER_SEC / rate;
+        }
+    }
+    if (!tokens) {
+        ec->tokens = 0;
+        return 0;
+    }
+    ec->tokens = tokens - 1;
+    return 1;
+}
+
+/* Called by record() for drops and new flows only: the rest of the packets pay the two
+ * comparisons that bring them here, never more. `now` is the coarse clock. */
+static __always_inline void event_emit(struct xdp_md *ctx, __u64 *counters, __u32 reason,
+                                       __u32 kind, __u32 direction, __u64 now)
+{
+    __u32 k0 = 0;
+    struct node_cfg *cfg = config.lookup(&k0);
+    if (!cfg)
+        return;
+    __u32 want = kind == EVENT_K_DROP ? NODE_F_EVENT_DROPS : NODE_F_EVENT_FLOWS;
+    if (!(cfg->flags & want))
+        return;
+    struct event_cpu *ec = event_cpu.lookup(&k0);
+    if (!ec)
+        return;
+    if (!event_token(ec, cfg->event_rate, now)) {
+        counters[STAT_event_rate_limited]++;
+        return;
+    }
+    struct event *e = &ec->ev;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u32 len = data_end - data;
+    __u32 cap = len < EVENT_SNAP_LEN ? len : EVENT_SNAP_LEN;
+    e->ts_ns = now;
+    e->ifindex = ctx->ingress_ifindex;
+    e->len = len;
+    e->reason = reason;
+    e->kind = kind;
+    e->direction = direction;
+    e->cpu = bpf_get_smp_processor_id();
+    e->cap_len = 0;
+    /* 1..EVENT_SNAP_LEN in a form the verifier can follow (cap is never 0 here) */
+    cap = ((cap - 1) & (EVENT_SNAP_LEN - 1)) + 1;
+    if (len && !bpf_xdp_load_bytes(ctx, 0, e->data, cap))
+        e->cap_len = cap;
+    if (events.ringbuf_output(e, sizeof(*e), 0))
+        counters[STAT_event_ring_full]++;
+}
+
+/* Every program's one exit: counts the action and its reason, and reports a drop or a new flow
+ * to `events` when the node asks for it (event_emit). */
+static __always_inline int record(struct xdp_md *ctx, struct stats *s, __u32 reason, int action,
+                                  __u32 direction)
+{
+    if (s) {
+        __u64 *c = (__u64 *)s;
+        if (reason < STAT__MAX)
+            c[reason]++;
+        if ((__u32)action <= XDP_REDIRECT)
+            c[action]++;
+        /* `direction` is a constant at each call: xdp_vpc, which opens no flow, is left with
+         * the one comparison for drops */
+        __u32 kind = (__u32)action <= XDP_DROP ? EVENT_K_DROP
+                     : direction == EVENT_DIR_FABRIC && reason == STAT_fwd_new_flow
+                       ? EVENT_K_FLOW_START : 0;
+        if (kind)
+            event_emit(ctx, c, reason, kind, direction, coarse_now());
+    }
+    return action;
 }
 
 static __always_inline struct eni_stats *eni_stats_of(__u32 eni_idx)
@@ -732,6 +813,27 @@ static __always_inline int sg_allows(__u32 vni, __u8 proto, ipv4_t dst, __u16 po
     asm volatile("" : "+r"(lo));
     struct port_range *r = &sp->ranges[lo & (SG_MAX_RANGES - 1)];
     return r->lo <= port && port <= r->hi;
+}
+
+/* sg_denials: one more packet of a denied flow (every one: flow logs' REJECT records). */
+static __always_inline void sg_denial_note(ipv4_t worker, __u32 vni, ipv4_t env, __be16 env_port,
+                                           struct flow_key *fk, __u32 bytes, __u64 now)
+{
+    struct sg_denial_key k = {.worker = worker, .vni = vni, .env_addr = env,
+                              .remote = fk->remote, .env_port = env_port,
+                              .remote_port = fk->remote_port, .proto = fk->proto};
+    struct sg_denial *d = sg_denials.lookup(&k);
+    if (!d) {
+        struct sg_denial nd = {.packets = 1, .bytes = bytes, .first_ns = now, .last_ns = now};
+        if (!sg_denials.insert(&k, &nd))
+            return;
+        d = sg_denials.lookup(&k); /* another CPU inserted it first */
+        if (!d)
+            return;
+    }
+    __sync_fetch_and_add(&d->packets, 1);
+    __sync_fetch_and_add(&d->bytes, bytes);
+    d->last_ns = now;
 }
 
 static __always_inline __u32 tunnel_hash(struct flow_key *fk)
@@ -1374,7 +1476,7 @@ int xdp_fabric(struct xdp_md *ctx)
     fabric_calls.call(ctx, FABRIC_CALL_OPEN);
     reason = STAT_drop_tail_call; /* only reached when the tail call failed */
 out:
-    return record(st, reason, action);
+    return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
 }
 
 /* The headers xdp_fabric parsed, found again at the offsets it left in open_scratch. Bounds
@@ -1501,6 +1603,7 @@ int xdp_fabric_open(struct xdp_md *ctx)
     if (!sg_allows(vni, l4proto, fk.remote, bpf_ntohs(fk.remote_port))) {
         if (nes)
             nes->sg_denied++;
+        sg_denial_note(worker, vni, env, env_port, &fk, p.bytes, now);
         reason = STAT_drop_sg_denied;
         goto out;
     }
@@ -1610,7 +1713,7 @@ emit:
     reason = snat_emit(ctx, cfg, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason,
                        &action);
 out:
-    return record(st, reason, action);
+    return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
 }
 
 /* xdp_fabric_reply (entered only by tail calls, never attached): the node's own ICMP answer to
@@ -1705,7 +1808,7 @@ int xdp_fabric_reply(struct xdp_md *ctx)
     action = XDP_TX;
     reason = type == ICMP_TIME_EXCEEDED_ ? STAT_tx_icmp_time_exceeded : STAT_tx_icmp_frag_needed;
 out:
-    return record(st, reason, action);
+    return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
 }
 
 /* xdp_fabric_frag (entered only by xdp_fabric's tail call, never attached): a later fragment
@@ -1761,7 +1864,7 @@ int xdp_fabric_frag(struct xdp_md *ctx)
     ipv4_dec_ttl(iip);
     reason = vpc_emit(ctx, &p, vpc, f->eni_idx, STAT_fwd_fragment, &action);
 out:
-    return record(st, reason, action);
+    return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
 }
 
 /* ARP on a VPC-side interface: answer requests for ENI addresses, leave the rest to the kernel.
@@ -1994,7 +2097,7 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     pr.f->tx_bytes += p.bytes;
     reason = vpc_emit(ctx, &p, vpc, eni->eni_idx, STAT_fwd_icmp_error, &action);
 out:
-    return record(st, reason, action);
+    return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
 }
 
 int xdp_vpc(struct xdp_md *ctx)
@@ -2227,5 +2330,99 @@ int xdp_vpc(struct xdp_md *ctx)
     if (action != XDP_REDIRECT)
         reason = STAT_drop_no_tx_port;
 out:
-    return record(st, reason, action);
+    return record(ctx, st, reason, action, EVENT_DIR_VPC);
 }
+
+/* ---- redirect failures: the kernel's redirect failures, which no XDP program can see: a frame redirected
+ * into a devmap that the kernel then could not deliver (a veth whose peer has no XDP program, a
+ * frame bigger than the egress allows, an interface that went away) is counted as xdp_redirect
+ * and lost. Two raw tracepoint programs count them, per egress ifindex (redirect_failures) and
+ * in stats' redirect_failed: xdp_redirect_err (the redirect itself failed) and xdp_devmap_xmit
+ * (the devmap's bulk transmit dropped frames).
+ * Contract: the tracepoints fire for every XDP program of the machine; only frames that arrived
+ * on the node's own interfaces (node_cfg.fabric_ifindex or vpc_ifs, in node_cfg.netns_ino's
+ * namespace) count. Kernel structs are read at the offsets the loader found in the kernel's BTF
+ * (NETDEV_IFINDEX_OFF, NETDEV_NET_OFF, NET_NS_INUM_OFF); without them there are no such programs.
+ */
+#ifdef NETDEV_IFINDEX_OFF
+#define BPF_MAP_TYPE_DEVMAP_ 14
+#define BPF_MAP_TYPE_DEVMAP_HASH_ 25
+
+static __always_inline __u32 netdev_ifindex(const void *dev)
+{
+    __u32 ifindex = 0;
+    if (dev)
+        bpf_probe_read_kernel(&ifindex, sizeof(ifindex), (const char *)dev + NETDEV_IFINDEX_OFF);
+    return ifindex;
+}
+
+/* Did the frame arrive on one of this node's interfaces? */
+static __always_inline int netdev_ours(struct node_cfg *cfg, const void *dev)
+{
+    const void *net = 0;
+    __u32 ino = 0;
+    if (!dev)
+        return 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + NETDEV_NET_OFF);
+    if (!net)
+        return 0;
+    bpf_probe_read_kernel(&ino, sizeof(ino), (const char *)net + NET_NS_INUM_OFF);
+    if (ino != cfg->netns_ino)
+        return 0;
+    __u32 ifindex = netdev_ifindex(dev);
+    return ifindex == cfg->fabric_ifindex || vpc_ifs.lookup(&ifindex);
+}
+
+static __always_inline void redirect_failed(__u32 to_ifindex, __u64 frames)
+{
+    __u32 k0 = 0;
+    struct stats *st = stats.lookup(&k0);
+    if (st)
+        __sync_fetch_and_add(&st->redirect_failed, frames);
+    __u64 *n = redirect_failures.lookup(&to_ifindex);
+    if (!n) {
+        if (!redirect_failures.insert(&to_ifindex, &frames))
+            return;
+        n = redirect_failures.lookup(&to_ifindex);
+        if (!n)
+            return;
+    }
+    __sync_fetch_and_add(n, frames);
+}
+
+/* xdp_redirect_err(dev, xdp, tgt, err, map_type, map_id, index): the redirect failed at once
+ * (for a devmap: the egress too small for the frame, or down). A devmap's target starts with
+ * its net_device (struct bpf_dtab_netdev). */
+int redirect_err(struct bpf_raw_tracepoint_args *ctx)
+{
+    __u32 k0 = 0;
+    struct node_cfg *cfg = config.lookup(&k0);
+    if (!cfg || !netdev_ours(cfg, (const void *)ctx->args[0]))
+        return 0;
+    const void *tgt = (const void *)ctx->args[2];
+    __u32 map_type = ctx->args[4];
+    __u32 to = 0;
+    if (tgt && (map_type == BPF_MAP_TYPE_DEVMAP_ || map_type == BPF_MAP_TYPE_DEVMAP_HASH_)) {
+        const void *dev = 0;
+        bpf_probe_read_kernel(&dev, sizeof(dev), tgt);
+        to = netdev_ifindex(dev);
+    }
+    redirect_failed(to, 1);
+    return 0;
+}
+
+/* xdp_devmap_xmit(from_dev, to_dev, sent, drops, err): a devmap's bulk transmit, after the
+ * program returned; `drops` of its frames were not taken (a veth without XDP on its peer). */
+int devmap_xmit(struct bpf_raw_tracepoint_args *ctx)
+{
+    int drops = (int)ctx->args[3];
+    if (drops <= 0)
+        return 0;
+    __u32 k0 = 0;
+    struct node_cfg *cfg = config.lookup(&k0);
+    if (!cfg || !netdev_ours(cfg, (const void *)ctx->args[0]))
+        return 0;
+    redirect_failed(netdev_ifindex((const void *)ctx->args[1]), drops);
+    return 0;
+}
+#endif

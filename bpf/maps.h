@@ -57,6 +57,26 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct stats, stats, 1, PIN_DIR "/stats"
 BPF_TABLE_PINNED("percpu_array", __u32, struct clock_cache, clock, 1, PIN_DIR "/clock");
 BPF_TABLE_PINNED("percpu_array", __u32, struct eni_stats, eni_stats, MAX_ENIS,
                  PIN_DIR "/eni_stats");
+BPF_TABLE_PINNED("percpu_array", __u32, struct event_cpu, event_cpu, 1, PIN_DIR "/event_cpu");
+BPF_TABLE_PINNED("lru_hash", struct sg_denial_key, struct sg_denial, sg_denials, MAX_SG_DENIALS,
+                 PIN_DIR "/sg_denials");
+/* redirect_failures[egress ifindex]: frames the kernel could not deliver (redirect.h). */
+BPF_TABLE_PINNED("hash", __u32, __u64, redirect_failures, MAX_REDIRECT_IFS,
+                 PIN_DIR "/redirect_failures");
+/* events: the ring buffer that `eniplane monitor` reads (struct event records). Declared by
+ * hand as tx_ports below: bcc's BPF_RINGBUF_OUTPUT has no pinned variant. */
+struct events_table_t {
+    int key;
+    __u32 leaf;
+    int (*ringbuf_output)(void *, __u64, __u64);
+    void *(*ringbuf_reserve)(__u64);
+    void (*ringbuf_discard)(void *, __u64);
+    void (*ringbuf_submit)(void *, __u64);
+    __u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" PIN_DIR "/events")))
+struct events_table_t events = {.max_entries = EVENT_RING_BYTES};
+
 /* Egress interfaces: slot 0 is the fabric interface, each VPC-side interface has the slot its
  * vpcs entry names. Declared by hand because bcc's BPF_DEVMAP has no pinned variant; the section
  * name is the same "maps/<type>:<pin>" form that BPF_TABLE_PINNED produces. */

@@ -76,7 +76,11 @@
     X(drop_adjust_failed)    /* the kernel refused to move the packet start (headroom) */        \
     X(rev_established)                                                                           \
     X(rev_icmp_error)        /* an ICMP error about a flow, translated back to its environment */ \
-    X(rev_fragment)          /* a later fragment of a flow's datagram, back to its environment */
+    X(rev_fragment)          /* a later fragment of a flow's datagram, back to its environment */ \
+    /* events and the kernel's redirects (events.h, redirect.h) */                              \
+    X(event_rate_limited)    /* an event over the node's per-CPU rate (event_rate): not sent */ \
+    X(event_ring_full)       /* an event the ring buffer had no room for: lost */              \
+    X(redirect_failed)       /* redirected, then not delivered: no XDP on a veth's peer, too big */
 
 #define ENIPLANE_STAT_ENUM(n) STAT_##n,
 enum stat_id { ENIPLANE_STATS(ENIPLANE_STAT_ENUM) STAT__MAX };

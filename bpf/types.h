@@ -41,8 +41,15 @@ struct node_cfg {
      * know; traceroute shows this one as the node's hop. User space always writes it. */
     ipv4_t tunnel_gateway;
     __u32 icmp_rate;     /* ICMP messages the node may generate per second per CPU; 0: none */
+    __u32 event_rate;    /* events (events.h) the node may emit per second per CPU */
+    /* Who the redirect-failure tracepoints (redirect.h) count for: frames that arrived on the
+     * fabric interface or a VPC-side one (vpc_ifs) in the node's network namespace. */
+    __u32 fabric_ifindex;
+    __u32 netns_ino;     /* the namespace's inode number (ns.inum), as stat() shows it */
 };
 #define NODE_F_NO_MSS_CLAMP 1 /* leave the MSS of SYNs and SYN/ACKs as they are */
+#define NODE_F_EVENT_DROPS 2  /* drops go into `events`, sampled (event_rate) */
+#define NODE_F_EVENT_FLOWS 4  /* so do new flows */
 
 /* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
 struct vlan_tag {
@@ -299,9 +306,58 @@ struct eni_stats {
     __u64 flows_limited; /* new flows dropped by the ENI's flow limit */
 };
 
+/* events: what a program's one exit reports (events.h), sampled by a per-CPU token bucket.
+ * The packet's first bytes as they were when the program ended, and its whole length: user
+ * space decodes worker, VNI and addresses from them (events.py). */
+struct event {
+    __u64 ts_ns;      /* the coarse monotonic clock (what flows' last_seen_ns hold) */
+    __u32 ifindex;    /* the interface the frame arrived on */
+    __u32 len;        /* the frame's length when the program ended */
+    __u16 reason;     /* enum stat_id: the drop's reason, or fwd_new_flow */
+    __u8 kind;        /* EVENT_K_* */
+    __u8 direction;   /* EVENT_DIR_*: which program */
+    __u16 cpu;
+    __u16 cap_len;    /* how many of `data` hold the frame's first bytes */
+    __u8 data[EVENT_SNAP_LEN];
+};
+#define EVENT_K_DROP 1
+#define EVENT_K_FLOW_START 2
+#define EVENT_DIR_FABRIC 0
+#define EVENT_DIR_VPC 1
+
+/* event_cpu[0], per CPU: the events' token bucket (as icmp_bucket) and where an event is put
+ * together before it is copied into the ring buffer. Its BTF is how user space knows struct
+ * event: a ring buffer's records carry none. */
+struct event_cpu {
+    __u64 last_ns;
+    __u32 tokens;
+    __u32 pad;
+    struct event ev;
+};
+
+/* sg_denials[the denied flow as the environment sent it]: every security-group denial, exact
+ * (not sampled), for flow logs' REJECT records. User space reads and deletes entries. */
+struct sg_denial_key {
+    ipv4_t worker;
+    __u32 vni;
+    ipv4_t env_addr;
+    ipv4_t remote;
+    __be16 env_port;
+    __be16 remote_port;
+    __u8 proto;
+    __u8 pad[3];
+};
+
+struct sg_denial {
+    __u64 packets;
+    __u64 bytes;
+    __u64 first_ns;
+    __u64 last_ns;
+};
+
 /* The layouts hold no implicit padding (keys hash the same bytes always) and user space reads
  * them from BTF: a size that changes here is a change of the maps' format, on purpose or not. */
-_Static_assert(sizeof(struct node_cfg) == 60, "node_cfg layout");
+_Static_assert(sizeof(struct node_cfg) == 72, "node_cfg layout");
 _Static_assert(sizeof(struct worker) == 16, "worker layout");
 _Static_assert(sizeof(struct worker_slot) == 20, "worker_slot layout");
 _Static_assert(sizeof(struct placement_key) == 8, "placement_key layout");
@@ -316,5 +372,9 @@ _Static_assert(sizeof(struct open_scratch) == 40, "open_scratch layout");
 _Static_assert(sizeof(struct icmp_bucket) == 16, "icmp_bucket layout");
 _Static_assert(sizeof(struct frag_key) == 20, "frag_key layout");
 _Static_assert(sizeof(struct frag) == 32, "frag layout");
+_Static_assert(sizeof(struct event) == 24 + EVENT_SNAP_LEN, "event layout");
+_Static_assert(sizeof(struct event_cpu) == 16 + sizeof(struct event), "event_cpu layout");
+_Static_assert(sizeof(struct sg_denial_key) == 24, "sg_denial_key layout");
+_Static_assert(sizeof(struct sg_denial) == 32, "sg_denial layout");
 
 #endif

@@ -33,6 +33,7 @@ BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
+BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 
@@ -187,6 +188,19 @@ def obj_pin(fd: int, path: str) -> None:
 def prog_get_fd_by_id(prog_id: int) -> int:
     """An fd of the loaded program with this id (what netlink reports as attached)."""
     return _bpf(BPF_PROG_GET_FD_BY_ID, _GetIdAttr(id=prog_id), f"program id {prog_id}")
+
+
+class _RawTpAttr(ctypes.Structure):
+    """union bpf_attr's `raw_tracepoint` member."""
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("cookie", ctypes.c_uint64)]
+
+
+def raw_tracepoint_open(prog_fd: int, name: str) -> int:
+    """Attach a raw tracepoint program; returns the bpf_link's fd (pin it to keep it)."""
+    n = ctypes.create_string_buffer(name.encode())
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, _RawTpAttr(name=ctypes.addressof(n), prog_fd=prog_fd),
+                f"raw tracepoint {name}")
 
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,

@@ -94,6 +94,9 @@ app.add_typer(limits_app, name="limits")
 ipv4_app = typer.Typer(cls=_SubGroup, no_args_is_help=True,
                        help="IPv4 settings (node-wide): MSS clamping, the ICMP the node sends.")
 app.add_typer(ipv4_app, name="ipv4")
+events_app = typer.Typer(cls=_SubGroup, no_args_is_help=True,
+                         help="Datapath events (node-wide): sampled drops and new flows for `monitor`.")
+app.add_typer(events_app, name="events")
 
 
 # ---- node life cycle ----------------------------------------------------------------------
@@ -212,11 +215,18 @@ def status(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
 @app.command()
 def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
           eni: Optional[str] = typer.Option(None, "--eni", "-e", help="One ENI's counters."),
-          nonzero: bool = typer.Option(False, "--nonzero", "-z", help="Hide counters at zero.")) -> None:
+          nonzero: bool = typer.Option(False, "--nonzero", "-z", help="Hide counters at zero."),
+          watch: bool = typer.Option(False, "--watch", "-w",
+                                     help="Refresh a table of rates per second in place until "
+                                          "Ctrl-C (-o json: one JSON line per interval)."),
+          interval: float = typer.Option(1.0, "--interval", "-i", min=0.1, metavar="S",
+                                         help="Seconds between refreshes with --watch.")) -> None:
     """Every datapath counter by name, summed over CPUs, and live flows by state (or one ENI's
     counters)."""
     from . import ops
 
+    if watch:
+        return _stats_watch(node, eni, out, interval)
     data = ops.stats(node, eni, nonzero)
 
     def render(d: dict) -> None:
@@ -228,6 +238,122 @@ def stats(node: str = NODE_OPT, out: Format = OUT_OPT,
                          [(k, f"{v:,}") for k, v in d["flow_states"].items()])
 
     output.emit(out, data, render)
+
+
+def _stats_watch(node: str, eni: Optional[str], out: Format, interval: float) -> None:
+    """Rates of the counters that moved, refreshed in place (rich's Live) or as JSON lines."""
+    import json
+    import signal
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from .datapath import Datapath
+
+    vni = _state(node).eni(eni).vni if eni else None
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, f: stop.append(n))
+
+    with Datapath(node) as dp:
+        def read() -> dict[str, int]:
+            if vni is not None:
+                return dp.eni_stats(vni).get(vni) or {}
+            return {**dp.stats(), "redirect_failed_total": sum(dp.redirect_failures().values())}
+
+        def table(rates: dict[str, float], totals: dict[str, int], secs: float) -> Table:
+            t = Table(title=f"node {node}" + (f", ENI {eni}" if eni else "") +
+                      f": rates over {secs:.1f} s (Ctrl-C ends)", title_justify="left",
+                      header_style="bold")
+            for c in ("counter", "per second", "total"):
+                t.add_column(c, justify="left" if c == "counter" else "right")
+            for k, v in rates.items():
+                t.add_row(k, f"{v:,.1f}", f"{totals[k]:,}")
+            return t
+
+        prev, t0 = read(), time.monotonic()
+        live = Live(table({}, prev, 0.0), console=Console(highlight=False), auto_refresh=False) \
+            if out == Format.table else None
+        if live:
+            live.start()
+        try:
+            while not stop:
+                deadline = time.monotonic() + interval
+                while not stop and time.monotonic() < deadline:
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                now, cur = time.monotonic(), read()
+                secs = now - t0
+                rates = {k: (v - prev.get(k, 0)) / secs for k, v in cur.items()
+                         if v != prev.get(k, 0)}
+                if live:
+                    live.update(table(rates, cur, secs), refresh=True)
+                else:
+                    sys.stdout.write(json.dumps({"node": node, "eni": eni, "seconds": round(secs, 3),
+                                                 "rates": rates}) + "\n")
+                    sys.stdout.flush()
+                prev, t0 = cur, now
+        finally:
+            if live:
+                live.stop()
+
+
+# ---- monitor ------------------------------------------------------------------------------
+@app.command("monitor")
+def monitor(node: str = NODE_OPT, out: Format = OUT_OPT,
+            drops: bool = typer.Option(False, "--drops", "-d", help="Drop events only."),
+            eni: Optional[str] = typer.Option(None, "--eni", "-e", metavar="ID",
+                                              help="Events of one ENI only."),
+            count: int = typer.Option(0, "--count", "-c", min=0, metavar="N",
+                                      help="End after N events (0: until Ctrl-C).")) -> None:
+    """The datapath's events as they happen, like `cilium monitor`: sampled drops (reason,
+    worker, VNI, addresses) and new flows when `events set --flows on`. One line per event,
+    or one JSON object per line with -o json. Ctrl-C or SIGTERM ends it."""
+    import json
+    import signal
+
+    from . import events as ev_mod
+    from . import paths, ringbuf
+    from .datapath import Datapath
+
+    st = _state(node)
+    by_vni = {e.vni: e.id for e in st.enis.values()}
+    want = st.eni(eni) if eni else None
+    with Datapath(node) as dp:
+        layout, reasons = dp.event_layout(), dp.event_reasons()
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, f: stop.append(n))
+
+    def matches(ev: dict) -> bool:
+        if drops and ev["kind"] != "drop":
+            return False
+        if want is None:
+            return True
+        if "vni" in ev:
+            return ev["vni"] == want.vni
+        return want.address in (ev.get("src"), ev.get("dst"))  # the VPC side, a new flow
+
+    shown = 0
+    with ringbuf.open_pinned(str(paths.maps_dir(node) / "events")) as rb:
+        if out == Format.table:
+            output.info(f"listening for events of node {node}; Ctrl-C ends")
+        while not stop and (not count or shown < count):
+            if not rb.wait(0.2):
+                continue
+            for raw in rb.drain():
+                e = ev_mod.decode(raw, layout, reasons)
+                if "vni" in e and e["vni"] in by_vni:
+                    e["eni"] = by_vni[e["vni"]]
+                if not matches(e):
+                    continue
+                sys.stdout.write((json.dumps(e) if out == Format.json else ev_mod.summary(e))
+                                 + "\n")
+                shown += 1
+                if count and shown >= count:
+                    break
+            sys.stdout.flush()
 
 
 # ---- maps ---------------------------------------------------------------------------------
@@ -1029,6 +1155,47 @@ def _agent_plugins(node: str, flow_logs: Optional[str], interval: int):
         on_swept = logger.flow_ended
         on_stop += [logger.flush, logger.close]
     return tasks, registry, on_swept, on_stop
+
+
+# ---- events settings -------------------------------------------------------------------------
+_EVENTS_USE = {"drops": "report dropped packets to `eniplane monitor` (sampled)",
+               "flows": "report new flows to `eniplane monitor` (sampled)",
+               "rate": "events the node may report per second per CPU (0: none)"}
+
+
+def _events_value(name: str, v) -> str:
+    return str(v) if name == "rate" else ("on" if v else "off")
+
+
+@events_app.command("show")
+def events_show(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
+    """The events settings: drops and new flows on or off, the rate."""
+    data = dict(_state(node).events)
+    output.emit(out, data, lambda d: output.table(
+        f"node {node} events settings", ["setting", "value", "what it does"],
+        [(k, _events_value(k, v), _EVENTS_USE[k]) for k, v in d.items()]))
+
+
+@events_app.command("set")
+def events_set(drops: Optional[OnOff] = typer.Option(
+                   None, "--drops", "-d", help="Report dropped packets (default on)."),
+               flows: Optional[OnOff] = typer.Option(
+                   None, "--flows", "-f", help="Report new flows (default off)."),
+               rate: Optional[int] = typer.Option(
+                   None, "--rate", "-r", min=0, max=0xFFFFFFFF, metavar="N",
+                   help="Events the node may report per second per CPU; 0: none (default 100)."),
+               node: str = NODE_OPT) -> None:
+    """Change the events settings; the datapath applies them to the next packet."""
+    from .errors import UsageError
+
+    given = {k: v for k, v in (("drops", None if drops is None else drops is OnOff.on),
+                               ("flows", None if flows is None else flows is OnOff.on),
+                               ("rate", rate)) if v is not None}
+    if not given:
+        raise UsageError("give at least one of --drops, --flows, --rate")
+    _change(node, lambda st: st.set_events(**given),
+            "events settings set: " + ", ".join(f"{k} {_events_value(k, v)}"
+                                                for k, v in given.items()))
 
 
 @app.command("sync")

@@ -9,11 +9,11 @@ checks the shape only and raises InvalidDocument with one line per problem, each
 `build_state` goes through exactly as the CLI does. `export_doc(state)` writes what an operator
 declares; ENIs are derived, never declared: an `enis:` entry only sets the flow limit of the ENI
 some function's (subnet, group set) derives, and naming one no function uses is an error.
-`timeouts:`, `limits:` and `ipv4:` are node-wide; a key left out means its default (lifecycle.py,
-ipv4.py), so a file is the whole configuration. `node:` is the exception: the parameters `up` was
-given (nodeparams.py), which `up` stores; a file without it keeps the stored ones (a file written
-on another machine, or before they were stored, must not take them away). `build_state(doc, current)` reuses the current
-state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
+`timeouts:`, `limits:`, `ipv4:` and `events:` are node-wide; a key left out means its default
+(lifecycle.py, ipv4.py, events.py), so a file is the whole configuration. `node:` is the
+exception: the parameters `up` was given (nodeparams.py), which `up` stores; a file without it
+keeps the stored ones (a file written on another machine, or before they were stored, must not
+take them away). `build_state(doc, current)` reuses the current state's ENIs (address, VNI) wherever the (subnet, group set) still exists, so exporting and
 applying again changes nothing. `diff(old, new)` lists what an apply would change.
 `read_doc`/`write_text` turn every file error into one FileError line.
 
@@ -26,6 +26,7 @@ applying again changes nothing. `diff(old, new)` lists what an apply would chang
     timeouts: {tcp_established, tcp_transitory, udp, icmp}   (seconds)
     limits:   {flows_per_eni}
     ipv4:     {mss_clamp: bool, icmp_rate, tunnel_gateway}   (ICMP messages per second per CPU)
+    events:   {drops: bool, flows: bool, rate}                (events per second per CPU)
     node:     {fabric_if, fabric_ip, netns?, mode?, max_flows?}   (as `eniplane up` was given them)
 """
 
@@ -39,14 +40,14 @@ from typing import Annotated, Any, Iterator, Optional
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
                       model_validator)
 
-from . import ipv4, nodeparams
+from . import events, ipv4, nodeparams
 from .errors import EniplaneError, FileError, InvalidInput
 from .lifecycle import DEFAULT_FLOWS_PER_ENI, DEFAULT_TIMEOUTS, U32_MAX
 from .model import State, group_set
 from .sgcompile import PROTO_NUMBERS
 
 KINDS = ("vpcs", "subnets", "security_groups", "workers", "functions")  # lists of named things
-SETTINGS = ("timeouts", "limits", "ipv4")  # node-wide mappings
+SETTINGS = ("timeouts", "limits", "ipv4", "events")  # node-wide mappings
 
 
 class InvalidDocument(InvalidInput):
@@ -163,6 +164,16 @@ class Ipv4Doc(_Strict):
                     "traceroute shows for the node's hop.")
 
 
+class EventsDoc(_Strict):
+    """What the datapath reports to `eniplane monitor`: sampled drops and new flows."""
+    drops: bool = Field(events.DEFAULTS["drops"], strict=True,
+                        description="Report dropped packets (sampled at `rate`).")
+    flows: bool = Field(events.DEFAULTS["flows"], strict=True,
+                        description="Report new flows (sampled at `rate`).")
+    rate: int = Field(events.DEFAULT_EVENT_RATE, strict=True, ge=0, le=U32_MAX,
+                      description="Events the node may report per second per CPU; 0: none.")
+
+
 class NodeDoc(_Strict):
     """The parameters `eniplane up` was given; the agent brings the node up with them."""
     fabric_if: str = Field(description="The interface facing the workers.")
@@ -187,6 +198,7 @@ class Document(_Strict):
     timeouts: Optional[TimeoutsDoc] = None
     limits: Optional[LimitsDoc] = None
     ipv4: Optional[Ipv4Doc] = None
+    events: Optional[EventsDoc] = None
     node: Optional[NodeDoc] = Field(None, description="Absent: the stored ones stay.")
 
 
@@ -320,6 +332,7 @@ def export_doc(st: State) -> dict[str, Any]:
         "timeouts": dict(st.timeouts),
         "limits": {"flows_per_eni": st.flows_per_eni},
         "ipv4": {k: st.ipv4[k] for k in ipv4.NAMES},
+        "events": {k: st.events[k] for k in events.NAMES},
         **({"node": {k: v for k, v in st.node.items() if v is not None}} if st.node else {}),
     }
 
@@ -384,6 +397,8 @@ def build_state(doc: Any, current: State) -> State:
         st.set_flows_per_eni((d.limits or LimitsDoc()).flows_per_eni)
     with _at("ipv4"):
         st.set_ipv4(**(d.ipv4 or Ipv4Doc()).model_dump())
+    with _at("events"):
+        st.set_events(**(d.events or EventsDoc()).model_dump())
     if d.node is None:
         st.node = dict(current.node)
     else:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Collection, Iterable
 
+from . import events as event_settings
 from . import ipv4, lifecycle, paths, probe
 from .maps import PinnedMap, sum_percpu
 from .bpfsys import BPF_NOEXIST
@@ -28,7 +29,7 @@ from .sgcompile import Rule, compile_rules
 MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
              "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "eni_flows_added",
              "eni_flows_removed", "open_scratch", "fabric_calls", "icmp_bucket", "frags", "stats",
-             "eni_stats", "clock",
+             "eni_stats", "clock", "event_cpu", "sg_denials", "redirect_failures", "events",
              "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8
 WORKER_F_MAC, WORKER_F_RELEARN, WORKER_F_STATIC = 1, 2, 4
@@ -39,6 +40,28 @@ TX_SLOT_FABRIC = 0
 
 
 NODE_F_NO_MSS_CLAMP = 1  # types.h: node_cfg.flags
+NODE_F_EVENT_DROPS, NODE_F_EVENT_FLOWS = 2, 4
+
+
+def _events_config(values: dict, flags: int) -> dict:
+    """node_cfg's fields for the events settings (events.py)."""
+    flags &= ~(NODE_F_EVENT_DROPS | NODE_F_EVENT_FLOWS)
+    flags |= (NODE_F_EVENT_DROPS if values["drops"] else 0) | \
+        (NODE_F_EVENT_FLOWS if values["flows"] else 0)
+    return {"flags": flags, "event_rate": values["rate"]}
+
+
+def _events_of(cfg: dict) -> dict:
+    """The events settings a node_cfg holds (set_config always writes them)."""
+    flags = cfg.get("flags", 0)
+    return {"drops": bool(flags & NODE_F_EVENT_DROPS), "flows": bool(flags & NODE_F_EVENT_FLOWS),
+            "rate": cfg.get("event_rate", 0)}
+
+
+def _netns_ino(netns: str | None) -> int:
+    """The namespace's inode number: what the redirect-failure programs compare (eniplane.c)."""
+    from .netlink import NETNS_RUN_DIR
+    return os.stat(os.path.join(NETNS_RUN_DIR, netns) if netns else "/proc/self/ns/net").st_ino
 
 
 def _ipv4_config(values: dict, flags: int) -> dict:
@@ -95,6 +118,11 @@ class Datapath:
         cfg["flows_per_eni"] = (old or {}).get("flows_per_eni") or lifecycle.DEFAULT_FLOWS_PER_ENI
         # the IPv4 settings too (set_ipv4): what they were, or the defaults on a fresh node
         cfg.update(_ipv4_config(_ipv4_of(old or {}), (old or {}).get("flags", 0)))
+        # and the events settings: kept, or the defaults on a fresh node (no fabric_ifindex yet)
+        events = _events_of(old) if old and old.get("fabric_ifindex") else event_settings.DEFAULTS
+        cfg.update(_events_config(dict(events), cfg["flags"]))
+        cfg["fabric_ifindex"] = fabric_ifindex
+        cfg["netns_ino"] = _netns_ino(self.netns)
         self.map("config").update(0, cfg)
         self.set_tx_port(TX_SLOT_FABRIC, fabric_ifindex)
 
@@ -148,6 +176,48 @@ class Datapath:
         cfg = self.config() or {}
         self._set_config_fields(_ipv4_config({**_ipv4_of(cfg), **vals}, cfg.get("flags", 0)))
         return self.ipv4_settings()
+
+    # ---- events (events.py) -----------------------------------------------------------------
+    def events_settings(self) -> dict:
+        """Drop events on or off, new-flow events on or off, the rate per CPU."""
+        return _events_of(self.config() or {})
+
+    def set_events(self, **values) -> dict:
+        """Change some of the events settings; the datapath applies them to the next packet."""
+        vals = event_settings.check_settings(values)
+        cfg = self.config() or {}
+        self._set_config_fields(_events_config({**_events_of(cfg), **vals}, cfg.get("flags", 0)))
+        return self.events_settings()
+
+    def event_layout(self):
+        """struct event's codec, from event_cpu's BTF (a ring buffer's records carry none)."""
+        codec = self.map("event_cpu").value_codec
+        return next(m.codec for m in codec.members if m.name == "ev")
+
+    def event_reasons(self) -> list[str]:
+        """The stat ids' names in order: what an event's reason indexes."""
+        return self.map("stats").value_fields
+
+    def sg_denials(self) -> list[dict]:
+        """Every security-group denial since the entries were last taken: the denied flow as
+        the environment sent it, and its packets, bytes, first and last time (coarse ns)."""
+        return [{**k, **v} for k, v in self.map("sg_denials").items()]
+
+    def take_sg_denials(self) -> list[dict]:
+        """sg_denials(), deleting what was read (each entry read and deleted in one step: a
+        packet denied meanwhile starts a new entry, never lost)."""
+        m = self.map("sg_denials")
+        out = []
+        for raw in list(m.keys_raw()):
+            v = m.pop(raw)
+            if v is not None:
+                out.append({**m.decode_key(raw), **v})
+        return out
+
+    def redirect_failures(self) -> dict[int, int]:
+        """Frames the kernel could not deliver after a redirect, by egress ifindex (0: not
+        known), counted by the tracepoint programs since the maps were made."""
+        return {k: v for k, v in self.map("redirect_failures").items()}
 
     def now_ns(self) -> int:
         """The datapath's clock: CLOCK_MONOTONIC_COARSE, which bpf_ktime_get_coarse_ns reads,

@@ -32,6 +32,10 @@ PROGRAMS = ATTACHABLE + (PROG_FABRIC_OPEN, PROG_FABRIC_ICMP, PROG_FABRIC_REPLY, 
 FABRIC_CALL_OPEN, FABRIC_CALL_ICMP, FABRIC_CALL_REPLY, FABRIC_CALL_FRAG = 0, 1, 2, 3
 FABRIC_CALLS = {FABRIC_CALL_OPEN: PROG_FABRIC_OPEN, FABRIC_CALL_ICMP: PROG_FABRIC_ICMP,
                 FABRIC_CALL_REPLY: PROG_FABRIC_REPLY, FABRIC_CALL_FRAG: PROG_FABRIC_FRAG}
+# redirect failures (eniplane.c): raw tracepoint programs, attached by pinned links under
+# <progs>/links, named after their tracepoints
+REDIRECT_WATCH = {"redirect_err": "xdp_redirect_err", "devmap_xmit": "xdp_devmap_xmit"}
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 # consts.h's MAX_FLOWS when no -D gives one: `eniplane up`'s default (tests/unit/test_consts.py)
 DEFAULT_MAX_FLOWS = 262144
 
@@ -161,7 +165,7 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None,
     src = bpf_dir() / "eniplane.c"
     cflags = [f'-DPIN_DIR="{maps_dir}"', f"-I{bpf_dir()}", "-Wno-unused-function"]
     # FLOW_SAFE_ENTRIES (consts.h) depends on how many CPUs can park free LRU nodes
-    defines = {"NR_POSSIBLE_CPUS": bpfsys.possible_cpus(), **(defines or {})}
+    defines = {"NR_POSSIBLE_CPUS": bpfsys.possible_cpus(), **kernel_offsets(), **(defines or {})}
     for k, v in defines.items():
         cflags.append(f"-D{k}={int(v)}")
     cap = _CaptureStderr()
@@ -191,6 +195,7 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None,
         fds[name] = os.dup(fn.fd)
     if not stage:
         fill_fabric_calls(node, fds)
+    attach_redirect_watch(bpf, progs_dir)  # staged: upgrade moves its links in with the pins
     bpf.cleanup()  # the pins and attachments keep programs and maps alive
     return fds
 
@@ -204,6 +209,74 @@ def fill_fabric_calls(node: str, fds: dict[str, int]) -> None:
             bpfsys.map_update(calls, slot.to_bytes(4, "little"), fds[name].to_bytes(4, "little"))
     finally:
         os.close(calls)
+
+
+def kernel_offsets(path: str = VMLINUX_BTF) -> dict[str, int]:
+    """Where the redirect-failure programs find a net_device's ifindex and namespace, from the
+    running kernel's BTF; {} (no such programs) on a kernel without BTF."""
+    from .btf import KIND_STRUCT, Btf, BtfFormatError
+
+    try:
+        with open(path, "rb") as f:
+            btf = Btf.parse(f.read())
+    except (OSError, BtfFormatError):
+        return {}
+
+    def offset(struct: str, members: str) -> int | None:
+        tid = btf.find(KIND_STRUCT, struct)
+        off = 0
+        for name in members.split("."):
+            t = btf.types[tid] if tid else None
+            while t is not None and t.kind not in (KIND_STRUCT,) and t.size_or_type:
+                tid = t.size_or_type  # through typedefs and qualifiers
+                t = btf.types[tid]
+            hit = [m for m in (t.extra or []) if m[0] == name] if t else []
+            if not hit or hit[0][2] % 8:
+                return None
+            off += hit[0][2] // 8
+            tid = hit[0][1]
+        return off
+
+    found = {"NETDEV_IFINDEX_OFF": offset("net_device", "ifindex"),
+             "NETDEV_NET_OFF": offset("net_device", "nd_net.net"),
+             "NET_NS_INUM_OFF": offset("net", "ns.inum")}
+    return {} if None in found.values() else found  # type: ignore[return-value]
+
+
+def attach_redirect_watch(bpf, progs_dir: Path) -> None:
+    """Load the redirect-failure programs and attach them by links pinned under progs/links:
+    they outlive this process, and `down` (which removes progs/) detaches them. A reload
+    attaches the new programs before the old links go: no failure goes uncounted."""
+    from bcc import BPF
+
+    if not bpf.module or "redirect_err" not in _functions(bpf):
+        return
+    links = progs_dir / "links"
+    links.mkdir(exist_ok=True)
+    for name, tracepoint in REDIRECT_WATCH.items():
+        cap = _CaptureStderr()
+        try:
+            with cap:
+                fn = bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+        except Exception as e:
+            reason = str(e).split(":")[-1].strip()
+            raise LoadError(f"the verifier rejected {name} ({reason}):\n"
+                            f"{_trim_verifier_log(cap.text)}") from None
+        link = bpfsys.raw_tracepoint_open(fn.fd, tracepoint)
+        try:
+            pin = links / tracepoint
+            pin.unlink(missing_ok=True)
+            bpfsys.obj_pin(link, str(pin))
+        finally:
+            os.close(link)
+
+
+def _functions(bpf) -> set[str]:
+    from bcc import libbcc
+
+    lib = libbcc.lib
+    return {lib.bpf_function_name(bpf.module, i).decode()
+            for i in range(lib.bpf_num_functions(bpf.module))}
 
 
 def _check_pinned_layouts(bpf, maps_dir: Path) -> None:

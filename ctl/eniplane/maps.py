@@ -247,6 +247,8 @@ class PinnedMap:
             yield decode_key(k), decode_value(raw)
 
     def count(self) -> int:
+        if self.type_name == "ringbuf":  # no keys: records are consumed, never looked up
+            return 0
         if self.type_name == "devmap":  # slots exist always; only filled ones look up
             return sum(1 for k in bpfsys.map_keys(self.fd, self.key_size)
                        if self.lookup_raw(k) is not None)

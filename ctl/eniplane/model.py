@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from . import events as events_settings
 from . import ipv4 as ipv4_settings
 from . import nodeparams
 from .errors import AlreadyExists, InvalidInput, NotFound
@@ -178,6 +179,8 @@ class State:
     ipv4: dict[str, Any] = field(default_factory=lambda: dict(ipv4_settings.DEFAULTS))
     # the parameters of the last `up` (nodeparams.py); empty: none stored
     node: dict[str, Any] = field(default_factory=dict)
+    # node-wide events settings (events.py): drops, flows, rate
+    events: dict[str, Any] = field(default_factory=lambda: dict(events_settings.DEFAULTS))
 
     def copy(self) -> "State":
         return copy.deepcopy(self)
@@ -243,6 +246,14 @@ class State:
         """Replace the stored `up` parameters, all at once (missing optional ones: defaults)."""
         self.node = nodeparams.check_params(values)
         return dict(self.node)
+
+    # ---- events ------------------------------------------------------------------------------
+    def set_events(self, **values: Any) -> dict[str, Any]:
+        """Change some of the events settings, all or none; returns all three."""
+        if not values:
+            raise InvalidInput("no events setting given")
+        self.events.update(events_settings.check_settings(values))
+        return dict(self.events)
 
     # ---- VPCs ------------------------------------------------------------------------------
     def add_vpc(self, vid: str, cidr: str, iface: str, gateway: str,

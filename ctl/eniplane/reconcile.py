@@ -70,6 +70,9 @@ def _node_wide(node: str, st: State, dp, rec, rep: Report, resolve_timeout: floa
     if dp.ipv4_settings() != st.ipv4:
         dp.set_ipv4(**st.ipv4)
         rep.bump("IPv4 settings programmed")
+    if dp.events_settings() != st.events:
+        dp.set_events(**st.events)
+        rep.bump("events settings programmed")
     mtu = nodemod.fabric_mtu(node)  # an operator may have changed it since `up`
     if mtu and dp.fabric_mtu() != mtu:
         dp.set_fabric_mtu(mtu)

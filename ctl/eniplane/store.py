@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import ipv4, nodeparams, paths
+from . import events, ipv4, nodeparams, paths
 from .errors import EniplaneError
 from .lifecycle import TIMEOUT_NAMES
 from .model import Eni, Function, SecurityGroup, SgRule, State, Subnet, Vpc
@@ -67,6 +67,8 @@ TABLES = ("sg_rules", "enis", "functions", "subnets", "sgs", "vpcs", "workers", 
 TIMEOUT_KEY = "timeout_{}"
 FLOWS_PER_ENI_KEY = "flows_per_eni"
 IPV4_KEY = "ipv4_{}"
+EVENTS_KEY = "events_{}"  # rows as the IPv4 settings' (no new version): absent reads as defaults
+_EVENTS_FROM_ROW = {"drops": bool, "flows": bool, "rate": int}
 # The settings table holds integers: an IPv4 setting is written as one and read back as itself.
 _IPV4_TO_ROW = {"mss_clamp": int, "icmp_rate": int,
                 "tunnel_gateway": lambda a: int(ipaddress.IPv4Address(a))}
@@ -198,6 +200,10 @@ class Store:
             row = settings.get(IPV4_KEY.format(name))
             if row is not None:
                 st.ipv4[name] = _IPV4_FROM_ROW[name](row)
+        for name in events.NAMES:
+            row = settings.get(EVENTS_KEY.format(name))
+            if row is not None:
+                st.events[name] = _EVENTS_FROM_ROW[name](row)
         params = dict(q("SELECT key, value FROM node_params"))
         if params:  # text rows: max_flows is the one number
             st.node = {k: params.get(k) for k in nodeparams.NAMES}
@@ -221,7 +227,8 @@ class Store:
                           for f in st.functions.values()},
             "settings": {(TIMEOUT_KEY.format(k), v) for k, v in st.timeouts.items()}
             | {(FLOWS_PER_ENI_KEY, st.flows_per_eni)}
-            | {(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v)) for k, v in st.ipv4.items()},
+            | {(IPV4_KEY.format(k), _IPV4_TO_ROW[k](v)) for k, v in st.ipv4.items()}
+            | {(EVENTS_KEY.format(k), int(v)) for k, v in st.events.items()},
             "node_params": {(k, str(v)) for k, v in st.node.items() if v is not None},
         }
 

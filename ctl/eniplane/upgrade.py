@@ -171,6 +171,12 @@ def _swap(node: str, rec: NodeRecord, targets: list[_Target], new_fds: dict[str,
     staged = loader.staged_progs_dir(node)
     for name in PROGRAMS:  # a rename over each pin: every name always holds a program
         os.replace(staged / name, paths.progs_dir(node) / name)
+    links = staged / "links"  # the redirect-failure watch (loader.attach_redirect_watch)
+    if links.is_dir():
+        (paths.progs_dir(node) / "links").mkdir(exist_ok=True)
+        for pin in links.iterdir():  # the old link's pin goes, and with it the old attachment
+            os.replace(pin, paths.progs_dir(node) / "links" / pin.name)
+        links.rmdir()
     staged.rmdir()
 
 

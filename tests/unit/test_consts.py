@@ -99,12 +99,25 @@ def test_security_group_limits_are_the_datapaths():
 
 
 def test_map_names_are_the_pinned_maps():
-    """Every map the C pins under PIN_DIR (BPF_TABLE_PINNED and the hand-declared tx_ports)."""
+    """Every map the C pins under PIN_DIR (BPF_TABLE_PINNED and the hand-declared tx_ports and
+    events)."""
     pins = re.findall(r'PIN_DIR\s*"/(\w+)"', c_source())
     assert len(pins) == len(set(pins)), "a pin name is used twice"
     tables = re.findall(r"BPF_TABLE_PINNED\s*\(", c_source())
-    assert len(pins) == len(tables) + 1  # + tx_ports: each pinned table names its pin
+    assert len(pins) == len(tables) + 2  # + tx_ports, events: each pinned table names its pin
     assert sorted(datapath.MAP_NAMES) == sorted(pins)
+
+
+def test_event_settings_are_the_datapaths():
+    from eniplane import events
+    assert events.DEFAULT_EVENT_RATE == define("DEFAULT_EVENT_RATE") == events.DEFAULTS["rate"]
+
+
+def test_redirect_watch_programs_are_the_entry_points():
+    """The raw tracepoint programs of eniplane.c, attached by the loader."""
+    entries = re.findall(r"^int\s+(\w+)\s*\(\s*struct\s+bpf_raw_tracepoint_args\s*\*",
+                         c_source(), re.M)
+    assert sorted(loader.REDIRECT_WATCH) == sorted(entries)
 
 
 def test_program_names_are_the_entry_points():

@@ -109,7 +109,7 @@ def test_the_world_itself_is_valid():
     ({**world(), "vpc": []}, "unknown key 'vpc' (did you mean 'vpcs'?)"),
     ({**world(), "bogus": []},
      "unknown key 'bogus' (keys: vpcs, subnets, security_groups, workers, functions, enis, "
-     "timeouts, limits, ipv4, node)"),
+     "timeouts, limits, ipv4, events, node)"),
     (world(vpcs=[{**VPC, "ifaces": "i"}]), "vpcs[0]: unknown key 'ifaces' (did you mean 'iface'?)"),
     (world(subnets=[{**SUBNET, "cdir": "x"}]),
      "subnets[0]: unknown key 'cdir' (did you mean 'cidr'?)"),
@@ -165,9 +165,9 @@ def test_every_problem_is_reported_once_with_its_path():
     ({"vpcs": {"id": 1}}, "vpcs: expected a list, got a mapping"),
     ({"vpcs": ["v"]}, "vpcs[0]: expected a mapping, got a string"),
     ("just a string", "the file must be a mapping with vpcs, subnets, security_groups, workers, "
-                      "functions, enis, timeouts, limits, ipv4, node, not a string"),
+                      "functions, enis, timeouts, limits, ipv4, events, node, not a string"),
     ([1, 2], "the file must be a mapping with vpcs, subnets, security_groups, workers, "
-             "functions, enis, timeouts, limits, ipv4, node, not a list"),
+             "functions, enis, timeouts, limits, ipv4, events, node, not a list"),
     (world(timeouts=30), "timeouts: expected a mapping, got a number"),
 ])
 def test_wrong_types(doc, line):
@@ -212,7 +212,7 @@ def test_schema_forbids_unknown_keys_at_every_level():
     assert {o["title"] for o in objects} == {"eniplane configuration", "VpcDoc", "SubnetDoc",
                                              "SecurityGroupDoc", "RuleDoc", "FunctionDoc",
                                              "WorkerDoc", "EniDoc", "TimeoutsDoc", "LimitsDoc",
-                                             "Ipv4Doc", "NodeDoc"}
+                                             "Ipv4Doc", "EventsDoc", "NodeDoc"}
     assert all(o["additionalProperties"] is False for o in objects)
 
 
