@@ -11,6 +11,25 @@ from typing import Any, Callable, Iterator
 PY = sys.executable
 
 
+def one_tenant(egress: list[dict[str, Any]], function: bool = True) -> dict[str, Any]:
+    """The lab configuration most e2e modules use: VPC A (vpca, 10.0.0.0/16), subnet sub-a,
+    group sg-a with these egress rules, worker w1, and function fn-a placed on w1 (unless
+    `function` is false: the test attaches it itself)."""
+    from eniplane.lab import VPC_CIDR, VPC_GATEWAY, WORKER_IPS
+
+    w1 = WORKER_IPS["w1"]
+    doc: dict[str, Any] = {
+        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
+        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
+        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [], "egress": egress}],
+        "workers": [w1],
+    }
+    if function:
+        doc["functions"] = [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
+                             "workers": [w1]}]
+    return doc
+
+
 def node_cli(node: str, timeout: float = 120) -> Callable[..., subprocess.CompletedProcess]:
     """A runner for one node's commands; check=True asserts exit 0 and shows stderr if not."""
     def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -19,11 +19,11 @@ import time
 
 import pytest
 
-from clitools import configured_node
+from clitools import configured_node, one_tenant
 from eniplane import node as nodemod
 from eniplane.datapath import Datapath
 from eniplane.flowlogs import DEFAULT_FIELDS
-from eniplane.lab import VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import VPC_CIDR, VPC_SERVER, WORKER_IPS, Lab
 
 PY = sys.executable
 W1 = WORKER_IPS["w1"]
@@ -52,13 +52,7 @@ def call(sock: str, method: str, path: str, body: dict | None = None) -> tuple[i
 
 
 def configuration() -> dict:
-    return {
-        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
-        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
-        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [],
-                             "egress": [{"proto": "tcp", "ports": "80", "cidr": VPC_CIDR}]}],
-        "workers": [W1],
-    }
+    return one_tenant([{"proto": "tcp", "ports": "80", "cidr": VPC_CIDR}], function=False)
 
 
 def free_port() -> int:

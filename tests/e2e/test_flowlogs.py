@@ -14,24 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from clitools import PY, configured_node
+from clitools import PY, configured_node, one_tenant
 from eniplane.datapath import Datapath
 from eniplane.flowlogs import CUSTOM_FIELDS, DEFAULT_FIELDS
-from eniplane.lab import HTTP_PORT, VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import HTTP_PORT, VPC_CIDR, VPC_SERVER, WORKER_IPS, Lab
 
 ENV = "172.16.0.2"
 
 
 def configuration() -> dict:
-    return {
-        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
-        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
-        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [],
-                             "egress": [{"proto": "tcp", "ports": "80", "cidr": VPC_CIDR}]}],
-        "workers": [WORKER_IPS["w1"]],
-        "functions": [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
-                       "workers": [WORKER_IPS["w1"]]}],
-    }
+    return one_tenant([{"proto": "tcp", "ports": "80", "cidr": VPC_CIDR}])
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import json
 import pytest
 import yaml
 
-from clitools import configured_node
+from clitools import configured_node, one_tenant
 from eniplane import node as nodemod
 from eniplane.datapath import Datapath
-from eniplane.lab import VPC_CIDR, VPC_GATEWAY, WORKER_IPS, Lab
+from eniplane.lab import Lab
 
 DEFAULTS = {"mss_clamp": True, "icmp_rate": 1000, "tunnel_gateway": "169.254.0.1"}
 CHANGED = {"mss_clamp": False, "icmp_rate": 7, "tunnel_gateway": "10.255.0.1"}
@@ -25,14 +25,7 @@ SET_DEFAULTS = ("ipv4", "set", "--mss-clamp", "on", "--icmp-rate", "1000",
 
 
 def configuration() -> dict:
-    return {
-        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
-        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
-        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [], "egress": []}],
-        "workers": [WORKER_IPS["w1"]],
-        "functions": [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
-                       "workers": [WORKER_IPS["w1"]]}],
-    }
+    return one_tenant([])
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,10 @@ import sys
 
 import pytest
 
-from clitools import configured_node
+from clitools import configured_node, one_tenant
 from eniplane.datapath import Datapath
 from eniplane import ipv4
-from eniplane.lab import (FABRIC_MTU, UDP_ECHO_PORT, VPC_CIDR, VPC_GATEWAY, VPC_MTU, VPC_SERVER,
-                         WORKER_IPS, Lab)
+from eniplane.lab import FABRIC_MTU, UDP_ECHO_PORT, VPC_CIDR, VPC_MTU, VPC_SERVER, Lab
 
 PY = sys.executable
 ENV = "172.16.0.2"
@@ -101,14 +100,7 @@ def configuration() -> dict:
              {"proto": "udp", "ports": str(UDP_ECHO_PORT), "cidr": VPC_CIDR},
              {"proto": "udp", "ports": TRACE_PORTS, "cidr": VPC_CIDR},
              {"proto": "icmp", "cidr": VPC_CIDR}]
-    return {
-        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
-        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
-        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [], "egress": rules}],
-        "workers": [WORKER_IPS["w1"]],
-        "functions": [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
-                       "workers": [WORKER_IPS["w1"]]}],
-    }
+    return one_tenant(rules)
 
 
 @pytest.fixture(scope="module")

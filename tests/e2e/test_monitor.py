@@ -13,22 +13,15 @@ import time
 
 import pytest
 
-from clitools import PY, configured_node
+from clitools import PY, configured_node, one_tenant
 from eniplane.datapath import Datapath
-from eniplane.lab import VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import VPC_SERVER, WORKER_IPS, Lab
 
 ENV_ADDR = "172.16.0.2"
 
 
 def configuration() -> dict:
-    return {
-        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
-        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
-        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [], "egress": []}],
-        "workers": [WORKER_IPS["w1"]],
-        "functions": [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
-                       "workers": [WORKER_IPS["w1"]]}],
-    }
+    return one_tenant([])
 
 
 @pytest.fixture(scope="module")

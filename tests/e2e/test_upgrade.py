@@ -17,11 +17,11 @@ import sys
 import time
 
 import pytest
-from clitools import configured_node
+from clitools import configured_node, one_tenant
 
 from eniplane import loader, netlink, paths
 from eniplane.datapath import Datapath
-from eniplane.lab import UDP_ECHO_PORT, VPC_CIDR, VPC_GATEWAY, VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import UDP_ECHO_PORT, VPC_CIDR, VPC_SERVER, Lab
 
 PY = sys.executable
 ENV_ADDR = "172.16.0.2"
@@ -30,15 +30,7 @@ INTERVAL = 0.003
 
 
 def configuration() -> dict:
-    return {
-        "vpcs": [{"id": "vpc-a", "cidr": VPC_CIDR, "iface": "vpca", "gateway": VPC_GATEWAY}],
-        "subnets": [{"id": "sub-a", "vpc": "vpc-a", "cidr": "10.0.1.0/24"}],
-        "security_groups": [{"id": "sg-a", "vpc": "vpc-a", "ingress": [], "egress": [
-            {"proto": "udp", "ports": str(UDP_ECHO_PORT), "cidr": VPC_CIDR}]}],
-        "workers": [WORKER_IPS["w1"]],
-        "functions": [{"name": "fn-a", "subnets": ["sub-a"], "security_groups": ["sg-a"],
-                       "workers": [WORKER_IPS["w1"]]}],
-    }
+    return one_tenant([{"proto": "udp", "ports": str(UDP_ECHO_PORT), "cidr": VPC_CIDR}])
 
 
 # Sends datagram N every INTERVAL s from one socket until "stop" arrives on stdin, counts the
