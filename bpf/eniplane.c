@@ -21,6 +21,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "csum.h"
+#include "bucket.h"
 
 static __always_inline void count(struct stats *s, __u32 id)
 {
@@ -107,29 +108,10 @@ static __always_inline __u64 coarse_now(void)
  * of drops costs a bounded amount. An event over the rate counts event_rate_limited; one the
  * ring buffer has no room for counts event_ring_full. The record is struct event (types.h).
  */
-/* One token from this CPU's bucket, as icmp_allowed does for ICMP. */
+/* One token from this CPU's events bucket. */
 static __always_inline int event_token(struct event_cpu *ec, __u32 rate, __u64 now)
 {
-    if (!rate)
-        return 0;
-    __u64 elapsed = now - ec->last_ns;
-    __u32 tokens = ec->tokens;
-    if (elapsed >= NSEC_PER_SEC) {
-        tokens = EVENT_BURST;
-        ec->last_ns = now;
-    } else {
-        __u64 add = elapsed * rate / NSEC_PER_SEC; /* < 2^62: elapsed < 1 s, rate < 2^32 */
-        if (add) {
-            tokens = tokens + add > EVENT_BURST ? EVENT_BURST : tokens + add;
-            ec->last_ns += add * NSEC_PER_SEC / rate;
-        }
-    }
-    if (!tokens) {
-        ec->tokens = 0;
-        return 0;
-    }
-    ec->tokens = tokens - 1;
-    return 1;
+    return bucket_take(&ec->last_ns, &ec->tokens, rate, EVENT_BURST, now);
 }
 
 /* Called by record() for drops and new flows only: the rest of the packets pay the two
@@ -506,30 +488,9 @@ static __always_inline int icmp_may_answer(struct iphdr *ip, const __u8 *link_ds
 /* The per-CPU token bucket (icmp_bucket): 1 when the node may send one more ICMP message. */
 static __always_inline int icmp_allowed(struct node_cfg *cfg)
 {
-    __u32 rate = cfg->icmp_rate;
     __u32 k0 = 0;
     struct icmp_bucket *b = icmp_bucket.lookup(&k0);
-    if (!rate || !b)
-        return 0;
-    __u64 now = coarse_now();
-    __u64 elapsed = now - b->last_ns;
-    __u32 tokens = b->tokens;
-    if (elapsed >= NSEC_PER_SEC) {
-        tokens = ICMP_BURST;
-        b->last_ns = now;
-    } else {
-        __u64 add = elapsed * rate / NSEC_PER_SEC; /* < 2^62: elapsed < 1 s, rate < 2^32 */
-        if (add) {
-            tokens = tokens + add > ICMP_BURST ? ICMP_BURST : tokens + add;
-            b->last_ns += add * NSEC_PER_SEC / rate; /* the fraction of a token is kept */
-        }
-    }
-    if (!tokens) {
-        b->tokens = 0;
-        return 0;
-    }
-    b->tokens = tokens - 1;
-    return 1;
+    return b && bucket_take(&b->last_ns, &b->tokens, cfg->icmp_rate, ICMP_BURST, coarse_now());
 }
 
 /* The ICMP error's own IPv4 and ICMP headers at `nip`, in front of its quote (the `qlen` bytes
