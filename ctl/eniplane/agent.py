@@ -17,6 +17,7 @@ caller registers (the datapath's collector).
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -186,6 +187,11 @@ class Agent:
                     self._upgrade_on_start()
                     self._sync("start")
                 if not self._stopping:
+                    # What starting made (FastAPI, uvicorn, pydantic's models, the store) lives
+                    # as long as the agent: out of the collector's reach, a full collection no
+                    # longer walks it, which cost 50-60 ms every 40 API calls or so (p99 of an
+                    # attach 47 ms; 0 of 3,000 over 20 ms after).
+                    gc.freeze()
                     sdnotify.notify("READY=1", f"STATUS=serving node {self.node}")
                     log.info("node %s is up and in sync; API on %s", self.node, self.socket_path)
                 self._loop()
