@@ -20,13 +20,15 @@ struct template {
     __u32 nflows;
     __u32 sport_off; /* where the varying ports are written in the frame */
     __u32 dport_off;
-    __u32 pad;
+    __u32 outer_off; /* where the outer UDP source port goes, 0: the template's, for every flow */
     __u8 data[FRAME_LEN];
 };
 
 struct ports {
     __be16 sport;
     __be16 dport;
+    __be16 outer; /* the outer UDP source port of the flow's frames (RFC 7348: a hash of the inner) */
+    __u16 pad;
 };
 
 BPF_ARRAY(tmpl, struct template, 1);
@@ -64,6 +66,12 @@ int gen_xdp(struct xdp_md *ctx)
         return XDP_ABORTED;
     *(__be16 *)ps = p->sport;
     *(__be16 *)pd = p->dport;
+    if (t->outer_off) {
+        void *po = data + (t->outer_off & 0xFF);
+        if (po + 2 > end)
+            return XDP_ABORTED;
+        *(__be16 *)po = p->outer;
+    }
     return XDP_TX;
 }
 
@@ -102,7 +110,9 @@ int empty_xdp(struct xdp_md *ctx)
  * table: the flows of a run spread over as much memory as any table of that capacity would
  * spread them, and at tens of thousands of flows that, not the code, is what a packet waits for
  * on a VM. */
+#ifndef STATE_WAYS
 #define STATE_WAYS 4
+#endif
 struct flow_state {
     __u64 tag;
     __u32 packets;
@@ -162,6 +172,10 @@ int state_xdp(struct xdp_md *ctx)
     if (!m || data + 12 > end)
         return XDP_DROP;
     __builtin_memcpy(data, m->b, 12);
+#ifdef REDIRECT_IFINDEX
+    return bpf_redirect(REDIRECT_IFINDEX, 0);
+#else
     return ceil_tx.redirect_map(0, 0);
+#endif
 }
 #endif

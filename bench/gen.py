@@ -36,6 +36,14 @@ def rfc4814_ports(n: int, seed: int = 4814) -> list[tuple[int, int]]:
     return out
 
 
+def vxlan_sport(sport: int, dport: int) -> int:
+    """The outer UDP source port an RFC 7348 sender picks for a flow: a hash of the inner headers
+    (here its ports) in the dynamic range 49152-65535, so that the fabric's ECMP and the
+    receiver's RSS spread flows."""
+    h = ((sport << 16 | dport) * 0x9E3779B1) & 0xFFFFFFFF
+    return 49152 + ((h >> 16) & 0x3FFF)
+
+
 class Sink:
     """sink_xdp on one interface: counts and drops every frame."""
 
@@ -63,7 +71,7 @@ class XdpGenerator:
     backend = "xdp"
 
     def __init__(self, ns: str, ifname: str, template: bytes, ports: list[tuple[int, int]],
-                 sport_off: int, dport_off: int):
+                 sport_off: int, dport_off: int, outer_off: int = 0):
         from bcc import BPF
 
         self.ns, self.ifname, self.template = ns, ifname, template
@@ -75,6 +83,7 @@ class XdpGenerator:
         t = self.bpf["tmpl"]
         leaf = t.Leaf()
         leaf.nflows, leaf.sport_off, leaf.dport_off = len(ports), sport_off, dport_off
+        leaf.outer_off = outer_off
         ctypes.memmove(ctypes.addressof(leaf.data), template, len(template))
         t[ctypes.c_int(0)] = leaf
         fp = self.bpf["flow_ports"]
@@ -82,6 +91,7 @@ class XdpGenerator:
             v = fp.Leaf()
             v.sport, v.dport = int.from_bytes(sp.to_bytes(2, "big"), "little"), \
                 int.from_bytes(dp.to_bytes(2, "big"), "little")
+            v.outer = int.from_bytes(vxlan_sport(sp, dp).to_bytes(2, "big"), "little")
             fp[ctypes.c_int(i)] = v
         self.ifindex = netlink.link_get(ns, ifname)["ifindex"]
         self.rate = 0.0  # packets per second, learned by calibration

@@ -101,8 +101,8 @@ class Topo:
         self._keep = b  # the attachment holds the program; the object holds the maps' fds
         return 0
 
-    def _load_ceiling(self, reverse: bool, state_slots: int = 0,
-                      ports_off: int = 0) -> tuple[object, int]:
+    def _load_ceiling(self, reverse: bool, state_slots: int = 0, ports_off: int = 0,
+                      defines: dict[str, int] | None = None) -> tuple[object, int]:
         """ceil_xdp set up for one direction: (the BPF object to keep, the program's fd). With
         `state_slots`, state_xdp instead: the flow is named by the four bytes of ports at
         `ports_off` in the frames it receives."""
@@ -115,6 +115,7 @@ class Topo:
         cflags = ["-DFRAME_LEN=64", "-DGEN_MAX_FLOWS=1", "-Wno-unused-function"]
         if state_slots:
             cflags += [f"-DSTATE_SLOTS={state_slots}", f"-DSTATE_OFF={ports_off}"]
+        cflags += [f"-D{k}={v}" for k, v in (defines or {}).items()]
         b = BPF(src_file=str(GEN_C).encode(), cflags=cflags)
         fn = b.load_func(b"state_xdp" if state_slots else b"ceil_xdp", BPF.XDP)
         dst = ("node", "fab0") if reverse else ("node", "vpca")

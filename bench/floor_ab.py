@@ -1,0 +1,144 @@
+"""Which floor: the state floor's variants and the generator's, one difference at a time.
+
+Contract: `python -m bench.floor_ab [--flows 1,65536] [--rounds 5] [--seconds 1] [--json F]`
+stages the benchmark topology once per flow count and, in interleaved rounds (the order rotates
+every round), times the node's program per packet with the kernel's run-time accounting
+(run_time_ns / run_cnt, BPF_ENABLE_STATS on for the whole run) in forward VXLAN for:
+  ceiling, the state floor as staged by the bench, the floor with one difference each (direct
+  indexing, bpf_redirect instead of the DEVMAP, a generator that varies the outer UDP source
+  port per flow), and eniplane with either generator.
+It prints medians (min-max) per flow count and writes every round with --json. It exists to
+answer issue 16's first question and to be re-run when the floor changes; `make bench` does not
+run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from eniplane import bpfsys, netlink
+
+from . import topo as T
+from . import throughput as TP
+from .gen import Sink, XdpGenerator, pin_cpu0, rfc4814_ports
+
+OUTER_SPORT_OFF = 34  # the outer UDP source port of a VXLAN frame: Ethernet 14 + IPv4 20
+
+
+def _variants(t: T.Topo, max_flows: int, base: dict[str, int]) -> dict[str, tuple[object, int]]:
+    """The floor as the bench stages it (`base`: its defines) and with each difference alone."""
+    vpca = t.ifindex[("node", "vpca")]
+    out = {}
+    for name, extra in (("floor", {}), ("floor direct", {"STATE_WAYS": 1}),
+                        ("floor 4-way", {"STATE_WAYS": 4}),
+                        ("floor bpf_redirect", {"REDIRECT_IFINDEX": vpca}),
+                        ("floor direct+bpf_redirect", {"STATE_WAYS": 1,
+                                                       "REDIRECT_IFINDEX": vpca})):
+        out[name] = t._load_ceiling(False, max_flows, TP.FWD_SPORT_OFF, {**base, **extra})
+    return out
+
+
+def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
+        progress=print) -> dict:
+    pin_cpu0()
+    res: dict = {}
+    with T.Topo() as t:
+        dp = t.stage(TP.FWD_SPORT_OFF, TP.RET_SPORT_OFF, max_flows)
+        floors = _variants(t, max_flows, {})
+        sink = Sink(t.ns["sink"], "s0")  # as in the bench: what arrives is dropped at once
+        pass_fd = t._fds["pass"]
+        stats = bpfsys.enable_run_time_stats()
+        try:
+            for n in flow_counts:
+                ports = rfc4814_ports(n)
+                dp.flush_flows()
+                tmpl = TP._fix_lengths(TP.fwd_template(t))
+                gens = {"inner": XdpGenerator(t.ns["gen"], "g0", tmpl, ports, TP.FWD_SPORT_OFF,
+                                              TP.FWD_DPORT_OFF),
+                        "outer": XdpGenerator(t.ns["gen"], "g0", tmpl, ports, TP.FWD_SPORT_OFF,
+                                              TP.FWD_DPORT_OFF, OUTER_SPORT_OFF)}
+                try:
+                    t.use("eniplane", "forward")
+                    gens["inner"].run(0, max_packets=max(2 * n, 1000))
+                    # (program fd on fab0, fd on vpca, generator)
+                    fab = t.node_prog_fd("eniplane", "forward")
+                    cases = {"ceiling": (t.node_prog_fd("ceiling", "forward"), pass_fd, "inner"),
+                             "eniplane": (fab, t._fds["xdp_vpc"], "inner"),
+                             "eniplane outer-sport gen": (fab, t._fds["xdp_vpc"], "outer")}
+                    for name, (_, fd) in floors.items():
+                        cases[name] = (fd, pass_fd, "inner")
+                    cases["floor outer-sport gen"] = (floors["floor"][1], pass_fd, "outer")
+                    names = list(cases)
+                    got: dict[str, list[float]] = {c: [] for c in names}
+                    for r in range(-1, rounds):  # round -1 warms every floor's table
+                        order = names[r % len(names):] + names[:r % len(names)] if r >= 0 \
+                            else names
+                        for c in order:
+                            fab_fd, vpc_fd, g = cases[c]
+                            netlink.xdp_attach(t.ns["node"], "fab0", fab_fd, "native",
+                                               replace=True)
+                            netlink.xdp_attach(t.ns["node"], "vpca", vpc_fd, "native",
+                                               replace=True)
+                            gen = gens[g]
+                            a = bpfsys.prog_info(fab_fd)
+                            gen.run(seconds if r >= 0 else 0.3)
+                            b = bpfsys.prog_info(fab_fd)
+                            if r >= 0 and b.run_cnt > a.run_cnt:
+                                got[c].append((b.run_time_ns - a.run_time_ns)
+                                              / (b.run_cnt - a.run_cnt))
+                        if r >= 0:
+                            progress(f"{n} flows, round {r + 1}/{rounds}: " +
+                                     ", ".join(f"{c} {got[c][-1]:.0f}" for c in names))
+                    res[n] = {c: {"ns": statistics.median(v), "min": min(v), "max": max(v),
+                                  "runs": v} for c, v in got.items() if v}
+                finally:
+                    for g in gens.values():
+                        g.close()
+        finally:
+            os.close(stats)
+            sink.close()
+            for b, _ in floors.values():
+                b.cleanup()
+            dp.close()
+    return res
+
+
+def table(res: dict) -> str:
+    ns = sorted(res)
+    lo, hi = ns[0], ns[-1]
+    lines = [f"| variant | {lo} flow(s) ns | {hi:,} flows ns | growth ns |", "|---|---|---|---|"]
+    for c in res[lo]:
+        a, b = res[lo][c], res[hi].get(c)
+        if not b:
+            continue
+        lines.append(f"| {c} | {a['ns']:.0f} ({a['min']:.0f}-{a['max']:.0f}) | "
+                     f"{b['ns']:.0f} ({b['min']:.0f}-{b['max']:.0f}) | {b['ns'] - a['ns']:+.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.floor_ab", description=__doc__)
+    ap.add_argument("--flows", default="1,65536")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--max-flows", type=int, default=T.DEFAULT_MAX_FLOWS)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    from eniplane.signals import exit_on_sigterm
+
+    exit_on_sigterm()
+    res = run([int(x) for x in a.flows.split(",")], a.rounds, a.seconds, a.max_flows,
+              lambda m: print(m, file=sys.stderr, flush=True))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
