@@ -27,8 +27,6 @@ from . import topo as T
 from . import throughput as TP
 from .gen import Sink, XdpGenerator, pin_cpu0, rfc4814_ports
 
-OUTER_SPORT_OFF = 34  # the outer UDP source port of a VXLAN frame: Ethernet 14 + IPv4 20
-
 
 def _variants(t: T.Topo, max_flows: int, base: dict[str, int]) -> dict[str, tuple[object, int]]:
     """The floor as the bench stages it (`base`: its defines) and with each difference alone."""
@@ -61,7 +59,7 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                 gens = {"inner": XdpGenerator(t.ns["gen"], "g0", tmpl, ports, TP.FWD_SPORT_OFF,
                                               TP.FWD_DPORT_OFF),
                         "outer": XdpGenerator(t.ns["gen"], "g0", tmpl, ports, TP.FWD_SPORT_OFF,
-                                              TP.FWD_DPORT_OFF, OUTER_SPORT_OFF)}
+                                              TP.FWD_DPORT_OFF, TP.OUTER_SPORT_OFF)}
                 try:
                     t.use("eniplane", "forward")
                     gens["inner"].run(0, max_packets=max(2 * n, 1000))

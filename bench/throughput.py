@@ -28,6 +28,7 @@ FWD_SPORT_OFF, FWD_DPORT_OFF = 84, 86  # inner UDP ports in a VXLAN frame
 GENEVE_OPT = bytes([0x01, 0x02, 0x03, 0x01, 0xAA, 0xBB, 0xCC, 0xDD])  # one 8-byte option
 GENEVE_SPORT_OFF, GENEVE_DPORT_OFF = 84 + len(GENEVE_OPT), 86 + len(GENEVE_OPT)
 RET_SPORT_OFF, RET_DPORT_OFF = 34, 36
+OUTER_SPORT_OFF = 34  # a tunnel frame's outer UDP source port, one per flow as RFC 7348 senders pick
 
 
 def fwd_template(t: T.Topo) -> bytes:
@@ -164,10 +165,10 @@ def _generator(backend: str, t: T.Topo, direction: str, ports: list[tuple[int, i
                                size=RET_LEN, src_ip=T.SERVER)
     if direction == "forward" and tunnel == "geneve":
         return XdpGenerator(t.ns["gen"], "g0", _fix_lengths(geneve_template(t)), ports,
-                            GENEVE_SPORT_OFF, GENEVE_DPORT_OFF)
+                            GENEVE_SPORT_OFF, GENEVE_DPORT_OFF, OUTER_SPORT_OFF)
     if direction == "forward":
         return XdpGenerator(t.ns["gen"], "g0", _fix_lengths(fwd_template(t)), ports,
-                            FWD_SPORT_OFF, FWD_DPORT_OFF)
+                            FWD_SPORT_OFF, FWD_DPORT_OFF, OUTER_SPORT_OFF)
     return XdpGenerator(t.ns["sink"], "s0", _fix_lengths(ret_template(t)), ports or [(1, 1)],
                         RET_SPORT_OFF, RET_DPORT_OFF)
 

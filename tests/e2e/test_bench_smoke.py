@@ -53,3 +53,37 @@ def test_bench_ipv4_smoke(tmp_path):
             "time_exceeded_fwd", "time_exceeded_return", "frag_needed_fwd",
             "frag_needed_return", "icmp_error_fwd", "icmp_error_return"} <= set(ns)
     assert all(v > 0 for v in ns.values()), ns
+
+
+def test_bench_forward_frames_vary_outer_and_inner_ports():
+    """A fabric's VTEPs pick the outer UDP source port per flow from the inner headers (RFC
+    7348), and the flows differ in their inner ports: the bench's forward generator sends what
+    such a fabric sends, one outer port per flow, not one for all."""
+    import socket
+
+    sys.path.insert(0, str(REPO))
+    from bench import throughput as TP
+    from bench import topo as T
+    from bench.gen import rfc4814_ports, vxlan_sport
+    from eniplane import netlink
+
+    with T.Topo() as t:
+        ports = rfc4814_ports(4)
+        g = TP._generator("xdp", t, "forward", ports)
+        try:
+            t._pass("node", "fab0")  # the veth takes XDP-sent frames only with a program
+            with netlink.in_netns(t.ns["node"]):
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+            s.bind(("fab0", 0))
+            s.settimeout(5)
+            g._send(8)
+            seen = []
+            while len(seen) < 8:
+                f = s.recv(2048)
+                if f[23] == 17 and int.from_bytes(f[36:38], "big") == 4789:
+                    seen.append(tuple(int.from_bytes(f[o:o + 2], "big") for o in (34, 84, 86)))
+            s.close()
+        finally:
+            g.close()
+    assert seen == [(vxlan_sport(a, b), a, b) for a, b in ports] * 2, seen
+    assert len({o for o, _, _ in seen}) == 4
