@@ -5,8 +5,9 @@ stages the benchmark topology once per flow count and, in interleaved rounds (th
 every round), times the node's program per packet with the kernel's run-time accounting
 (run_time_ns / run_cnt, BPF_ENABLE_STATS on for the whole run) in forward VXLAN for:
   ceiling, the state floor as staged by the bench, the floor with one difference each (direct
-  indexing, bpf_redirect instead of the DEVMAP, a generator that varies the outer UDP source
-  port per flow), and eniplane with either generator.
+  indexing or the 4-way sets the bench used before, bpf_redirect instead of the DEVMAP, a
+  generator that varies the outer UDP source port per flow), and eniplane with either
+  generator.
 It prints medians (min-max) per flow count and writes every round with --json. It exists to
 answer issue 16's first question and to be re-run when the floor changes; `make bench` does not
 run it.
@@ -28,26 +29,32 @@ from . import throughput as TP
 from .gen import Sink, XdpGenerator, pin_cpu0, rfc4814_ports
 
 
-def _variants(t: T.Topo, max_flows: int, base: dict[str, int]) -> dict[str, tuple[object, int]]:
+def _variants(t: T.Topo, max_flows: int, base: dict[str, int],
+              align: bool = False) -> dict[str, tuple[object, int]]:
     """The floor as the bench stages it (`base`: its defines) and with each difference alone."""
     vpca = t.ifindex[("node", "vpca")]
     out = {}
     for name, extra in (("floor", {}), ("floor direct", {"STATE_WAYS": 1}),
-                        ("floor 4-way", {"STATE_WAYS": 4}),
+                        ("floor 4-way (the bench's before)", {"STATE_WAYS": 4}),
                         ("floor bpf_redirect", {"REDIRECT_IFINDEX": vpca}),
                         ("floor direct+bpf_redirect", {"STATE_WAYS": 1,
                                                        "REDIRECT_IFINDEX": vpca})):
         out[name] = t._load_ceiling(False, max_flows, TP.FWD_SPORT_OFF, {**base, **extra})
+    if align:  # a 4-way set moved by k entries: one of the four k starts on a cache line
+        for k in range(1, 4):
+            out[f"floor 4-way +{k}"] = t._load_ceiling(
+                False, max_flows, TP.FWD_SPORT_OFF, {**base, "STATE_WAYS": 4,
+                                                     "STATE_SET_SHIFT": k})
     return out
 
 
 def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
-        progress=print) -> dict:
+        progress=print, align: bool = False) -> dict:
     pin_cpu0()
     res: dict = {}
     with T.Topo() as t:
         dp = t.stage(TP.FWD_SPORT_OFF, TP.RET_SPORT_OFF, max_flows)
-        floors = _variants(t, max_flows, {})
+        floors = _variants(t, max_flows, {}, align)
         sink = Sink(t.ns["sink"], "s0")  # as in the bench: what arrives is dropped at once
         pass_fd = t._fds["pass"]
         stats = bpfsys.enable_run_time_stats()
@@ -126,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--max-flows", type=int, default=T.DEFAULT_MAX_FLOWS)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--align", action="store_true",
+                    help="also the 4-way floor with its sets moved by 1-3 entries")
     a = ap.parse_args(argv)
     from eniplane.signals import exit_on_sigterm
 
     exit_on_sigterm()
     res = run([int(x) for x in a.flows.split(",")], a.rounds, a.seconds, a.max_flows,
-              lambda m: print(m, file=sys.stderr, flush=True))
+              lambda m: print(m, file=sys.stderr, flush=True), a.align)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     print(table(res))

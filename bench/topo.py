@@ -5,8 +5,9 @@ Contract: three namespaces named after a per-run prefix. The generator's g0 face
 them. `destroy()` removes them and the pins of any node brought up in them. Each scenario
 configures the node's namespace for one way of doing the job:
   ceiling  - a minimal XDP program that rewrites MACs and redirects fab0 -> vpca (or back);
-  state-floor - the ceiling plus one 16-byte flow entry touched per packet, in a table of
-             eniplane's capacity: the floor for any design that keeps state per flow;
+  state-floor - the ceiling plus one read-modify-write of a 16-byte flow entry per packet, at
+             the slot the flow's hash names (no walk), in a table of eniplane's capacity: the
+             floor for any design that keeps state per flow;
   eniplane - the real datapath, configured through the control plane's Datapath API;
   linux    - the kernel's VXLAN device, IP forwarding and nftables masquerade with conntrack.
 """
