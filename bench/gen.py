@@ -80,13 +80,13 @@ class XdpGenerator:
                        cflags=[f"-DFRAME_LEN={len(template)}", f"-DGEN_MAX_FLOWS={n}",
                                "-Wno-unused-function"])
         self.fd = self.bpf.load_func(b"gen_xdp", BPF.XDP).fd
-        t = self.bpf["tmpl"]
+        t = self.bpf[b"tmpl"]
         leaf = t.Leaf()
         leaf.nflows, leaf.sport_off, leaf.dport_off = len(ports), sport_off, dport_off
         leaf.outer_off = outer_off
         ctypes.memmove(ctypes.addressof(leaf.data), template, len(template))
         t[ctypes.c_int(0)] = leaf
-        fp = self.bpf["flow_ports"]
+        fp = self.bpf[b"flow_ports"]
         for i, (sp, dp) in enumerate(ports):
             v = fp.Leaf()
             v.sport, v.dport = int.from_bytes(sp.to_bytes(2, "big"), "little"), \
