@@ -1043,6 +1043,14 @@ _IPV4_USE = {"mss_clamp": "lower the MSS of SYN and SYN/ACK to what fits the VPC
              "tunnel_gateway": "source of the node's ICMP inside the tunnel (traceroute's hop)"}
 
 
+def _settings_show(out: Format, title: str, data: dict, value, use: dict[str, str]) -> None:
+    """A node-wide settings group: JSON as stored, or a table of each setting, its value as
+    people write it (`value(name, v)`) and what it does."""
+    output.emit(out, data, lambda d: output.table(
+        title, ["setting", "value", "what it does"],
+        [(k, value(k, v), use[k]) for k, v in d.items()]))
+
+
 def _ipv4_value(name: str, v) -> str:
     return ("on" if v else "off") if name == "mss_clamp" else str(v)
 
@@ -1050,10 +1058,8 @@ def _ipv4_value(name: str, v) -> str:
 @ipv4_app.command("show")
 def ipv4_show(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """The IPv4 settings: MSS clamping, the ICMP rate, the tunnel gateway's address."""
-    data = dict(_state(node).ipv4)
-    output.emit(out, data, lambda d: output.table(
-        f"node {node} IPv4 settings", ["setting", "value", "what it does"],
-        [(k, _ipv4_value(k, v), _IPV4_USE[k]) for k, v in d.items()]))
+    _settings_show(out, f"node {node} IPv4 settings", dict(_state(node).ipv4), _ipv4_value,
+                   _IPV4_USE)
 
 
 @ipv4_app.command("set")
@@ -1170,10 +1176,8 @@ def _events_value(name: str, v) -> str:
 @events_app.command("show")
 def events_show(node: str = NODE_OPT, out: Format = OUT_OPT) -> None:
     """The events settings: drops and new flows on or off, the rate."""
-    data = dict(_state(node).events)
-    output.emit(out, data, lambda d: output.table(
-        f"node {node} events settings", ["setting", "value", "what it does"],
-        [(k, _events_value(k, v), _EVENTS_USE[k]) for k, v in d.items()]))
+    _settings_show(out, f"node {node} events settings", dict(_state(node).events),
+                   _events_value, _EVENTS_USE)
 
 
 @events_app.command("set")

@@ -175,9 +175,7 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None,
     except Exception as e:
         msg = "\n".join(ln for ln in cap.text.splitlines() if "error" in ln)[:2000]
         raise LoadError(f"cannot compile {src}: {msg or e}") from None
-    _check_pinned_layouts(bpf, maps_dir)
-    if stage:
-        _check_pinned_shapes(bpf, maps_dir)
+    _check_pinned_maps(bpf, maps_dir, shapes=stage)
     fds: dict[str, int] = {}
     for name in PROGRAMS:
         cap = _CaptureStderr()
@@ -279,22 +277,28 @@ def _functions(bpf) -> set[str]:
             for i in range(lib.bpf_num_functions(bpf.module))}
 
 
-def _check_pinned_layouts(bpf, maps_dir: Path) -> None:
+def _check_pinned_maps(bpf, maps_dir: Path, shapes: bool = False) -> None:
     """bcc reuses a pinned map whatever its layout; programs built for another one would read
     past its values (the verifier then refuses them with an offset that explains nothing). Say
     which map differs before anything is loaded. The sizes are the compiler's (bcc's table
-    description), not ctypes' rendering of them."""
+    description), not ctypes' rendering of them. shapes (`upgrade`): the type and number of
+    entries too, since bcc also reuses a map of another type or size (a larger MAX_FLOWS, a new
+    tail-call slot), which the programs would index past or size their limits by."""
     from bcc import libbcc
 
     lib = libbcc.lib
     for fn in (lib.bpf_table_key_size, lib.bpf_table_leaf_size):
         fn.restype, fn.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_char_p]
+    for fn in (lib.bpf_table_type, lib.bpf_table_max_entries):
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]
     for name in sorted(p.name for p in maps_dir.iterdir()):
         fd = lib.bpf_table_fd(bpf.module, name.encode())
         if fd < 0:
             continue
         want_k = lib.bpf_table_key_size(bpf.module, name.encode())
         want_v = lib.bpf_table_leaf_size(bpf.module, name.encode())
+        want_t = lib.bpf_table_type(bpf.module, name.encode())
+        want_n = lib.bpf_table_max_entries(bpf.module, name.encode())
         have = bpfsys.map_info(fd)
         if want_v and (have.key_size, have.value_size) != (want_k, want_v):
             bpf.cleanup()
@@ -303,6 +307,15 @@ def _check_pinned_layouts(bpf, maps_dir: Path) -> None:
                 f"values, this datapath's has {want_k} and {want_v}: it was made by another "
                 f"version of eniplane. `eniplane down` removes the node's maps (its flows go "
                 f"with them), then `eniplane up` makes them anew")
+        if shapes and (have.type, have.max_entries) != (want_t, want_n):
+            types = bpfsys.MAP_TYPE_NAMES
+            bpf.cleanup()
+            raise LoadError(
+                f"the pinned map {name} is a {types.get(have.type, have.type)} of "
+                f"{have.max_entries} entries, this datapath's is a "
+                f"{types.get(want_t, want_t)} of {want_n}: it was made by another version of "
+                f"eniplane or with other sizes. `eniplane down` removes the node's maps (its "
+                f"flows go with them), then `eniplane up` makes them anew")
 
 
 def pinned_prog_fd(node: str, name: str) -> int:
@@ -371,30 +384,3 @@ def compile_staged(node: str, defines: dict[str, int] | None = None) -> dict[str
         raise
     finally:
         _on_c_exit.remove(forget)
-
-
-def _check_pinned_shapes(bpf, maps_dir: Path) -> None:
-    """What _check_pinned_layouts leaves out: bcc also reuses a pinned map of another type or
-    number of entries (a larger MAX_FLOWS, a new tail-call slot), which the programs would
-    index past or size their limits by."""
-    from bcc import libbcc
-
-    lib = libbcc.lib
-    for fn in (lib.bpf_table_type, lib.bpf_table_max_entries):
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]
-    for name in sorted(p.name for p in maps_dir.iterdir()):
-        fd = lib.bpf_table_fd(bpf.module, name.encode())
-        if fd < 0:
-            continue
-        want_t = lib.bpf_table_type(bpf.module, name.encode())
-        want_n = lib.bpf_table_max_entries(bpf.module, name.encode())
-        have = bpfsys.map_info(fd)
-        if (have.type, have.max_entries) != (want_t, want_n):
-            types = bpfsys.MAP_TYPE_NAMES
-            bpf.cleanup()
-            raise LoadError(
-                f"the pinned map {name} is a {types.get(have.type, have.type)} of "
-                f"{have.max_entries} entries, this datapath's is a "
-                f"{types.get(want_t, want_t)} of {want_n}: it was made by another version of "
-                f"eniplane or with other sizes. `eniplane down` removes the node's maps (its "
-                f"flows go with them), then `eniplane up` makes them anew")

@@ -148,18 +148,22 @@ def _stored_record(node: str) -> NodeRecord | None:
         return None
 
 
-def _pinned_prog_ids(node: str) -> set[int]:
-    ids = set()
+def pinned_prog_ids(node: str, missing_ok: bool = False) -> dict[str, int]:
+    """The id of each pinned program, by name (status, upgrade). missing_ok: leave out a pin
+    that is gone or unreadable instead of failing (`down` of a half-removed node)."""
+    ids = {}
     for name in PROGRAMS:
         pin = paths.progs_dir(node) / name
-        if not pin.exists():
+        if missing_ok and not pin.exists():
             continue
         try:
             fd = bpfsys.obj_get(str(pin))
         except EniplaneError:
-            continue
+            if missing_ok:
+                continue
+            raise
         try:
-            ids.add(bpfsys.prog_info(fd).id)
+            ids[name] = bpfsys.prog_info(fd).id
         finally:
             os.close(fd)
     return ids
@@ -178,7 +182,7 @@ def down(node: str, keep_maps: bool = False) -> DownReport:
     if rec is not None:
         targets: list[tuple[str | None, str]] = [(rec.netns, i) for i in rec.interfaces]
     else:
-        prog_ids = _pinned_prog_ids(node)
+        prog_ids = set(pinned_prog_ids(node, missing_ok=True).values())
         targets = netlink.xdp_find(prog_ids)
         if not prog_ids:
             report.notes.append("no program was pinned, so none could be looked for")
@@ -243,13 +247,7 @@ def status(node: str) -> dict:
     from .maps import PinnedMap
 
     rec = NodeRecord.load(node)
-    pinned = {}
-    for name in PROGRAMS:
-        fd = bpfsys.obj_get(str(paths.progs_dir(node) / name))
-        try:
-            pinned[name] = bpfsys.prog_info(fd).id
-        finally:
-            os.close(fd)
+    pinned = pinned_prog_ids(node)
     from .datapath import Datapath
 
     with Datapath(node) as dp:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from . import bpfsys, loader, lock, netlink, paths
 from .errors import EniplaneError, LoadError, NotFound
 from .loader import PROGRAMS
-from .node import NodeRecord
+from .node import NodeRecord, pinned_prog_ids
 
 
 def running_defines(rec: NodeRecord) -> dict[str, int]:
@@ -54,17 +54,6 @@ class _Target:
     program: str
     mode: str
     old_id: int
-
-
-def _pinned_ids(node: str) -> dict[str, int]:
-    ids = {}
-    for name in PROGRAMS:
-        fd = bpfsys.obj_get(str(paths.progs_dir(node) / name))
-        try:
-            ids[name] = bpfsys.prog_info(fd).id
-        finally:
-            os.close(fd)
-    return ids
 
 
 def _prog_name(prog_id: int) -> str:
@@ -104,7 +93,7 @@ def needed(node: str) -> bool:
     rec = NodeRecord.load(node)
     if not build_status(rec)["up_to_date"]:
         return True
-    pinned = _pinned_ids(node)
+    pinned = pinned_prog_ids(node)
     return any(t.old_id != pinned[t.program] for t in _targets(rec, pinned, []))
 
 
@@ -116,7 +105,7 @@ def upgrade(node: str, force: bool = False) -> dict:
     rec = NodeRecord.load(node)
     defines = running_defines(rec)
     old_hash, new_hash = rec.build.get("hash"), loader.build_hash(defines)
-    pinned = _pinned_ids(node)
+    pinned = pinned_prog_ids(node)
     notes: list[str] = []
     targets = _targets(rec, pinned, notes)
     report: dict = {"node": node, "changed": False, "build": {"old": old_hash, "new": new_hash},
