@@ -30,6 +30,24 @@ def one_tenant(egress: list[dict[str, Any]], function: bool = True) -> dict[str,
     return doc
 
 
+@contextmanager
+def lab_with_function(tmp: Path, suffix: str, doc: dict[str, Any],
+                      env_addr: str = "172.16.0.2") -> Iterator[dict[str, Any]]:
+    """A lab, a node configured from `doc` (one function on w1, so one ENI) and one environment
+    behind that ENI on w1, behind the kernel's VXLAN device: what most e2e modules start from.
+    Yields {lab, node, cli, eni, env (its namespace), tmp}."""
+    import json
+
+    from eniplane.lab import Lab
+
+    with Lab.create() as lab:
+        node = f"{lab.prefix}-{suffix}"
+        with configured_node(lab, node, doc, tmp) as cli:
+            (eni,) = json.loads(cli("eni", "list", "-o", "json").stdout)
+            env = lab.add_env("a", "w1", eni["vni"], env_addr)
+            yield {"lab": lab, "node": node, "cli": cli, "eni": eni, "env": env, "tmp": tmp}
+
+
 def node_cli(node: str, timeout: float = 120) -> Callable[..., subprocess.CompletedProcess]:
     """A runner for one node's commands; check=True asserts exit 0 and shows stderr if not."""
     def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

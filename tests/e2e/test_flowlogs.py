@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from clitools import PY, configured_node, one_tenant
+from clitools import PY, lab_with_function, one_tenant
 from eniplane.datapath import Datapath
 from eniplane.flowlogs import CUSTOM_FIELDS, DEFAULT_FIELDS
-from eniplane.lab import HTTP_PORT, VPC_CIDR, VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import HTTP_PORT, VPC_CIDR, VPC_SERVER, WORKER_IPS
 
 ENV = "172.16.0.2"
 
@@ -28,14 +28,9 @@ def configuration() -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("flowlogs")
-    with Lab.create() as lab:
-        node = f"{lab.prefix}-fl"
-        with configured_node(lab, node, configuration(), tmp) as cli:
-            (eni,) = json.loads(cli("eni", "list", "-o", "json").stdout)
-            lab.add_env("a", "w1", eni["vni"], ENV)
-            yield {"lab": lab, "node": node, "cli": cli, "env": lab.envs["a"]["ns"], "eni": eni,
-                   "tmp": tmp}
+    with lab_with_function(tmp_path_factory.mktemp("flowlogs"), "fl", configuration(),
+                           ENV) as w:
+        yield w
 
 
 class Logger:

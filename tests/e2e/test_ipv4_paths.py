@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from clitools import configured_node, one_tenant
+from clitools import lab_with_function, one_tenant
 from eniplane.datapath import Datapath
 from eniplane import ipv4
-from eniplane.lab import FABRIC_MTU, UDP_ECHO_PORT, VPC_CIDR, VPC_MTU, VPC_SERVER, Lab
+from eniplane.lab import FABRIC_MTU, UDP_ECHO_PORT, VPC_CIDR, VPC_MTU, VPC_SERVER
 
 PY = sys.executable
 ENV = "172.16.0.2"
@@ -105,13 +105,9 @@ def configuration() -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ipv4")
-    with Lab.create() as lab:
-        node = f"{lab.prefix}-ipv4"
-        with configured_node(lab, node, configuration(), tmp) as cli:
-            (eni,) = json.loads(cli("eni", "list", "-o", "json").stdout)
-            lab.add_env("a", "w1", eni["vni"], ENV)
-            yield {"lab": lab, "node": node, "cli": cli, "env": lab.envs["a"]["ns"]}
+    with lab_with_function(tmp_path_factory.mktemp("ipv4"), "ipv4", configuration(),
+                           ENV) as w:
+        yield w
 
 
 def stats(world) -> dict[str, int]:

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from clitools import PY, configured_node, one_tenant
+from clitools import PY, lab_with_function, one_tenant
 from eniplane.datapath import Datapath
-from eniplane.lab import VPC_SERVER, WORKER_IPS, Lab
+from eniplane.lab import VPC_SERVER, WORKER_IPS
 
 ENV_ADDR = "172.16.0.2"
 
@@ -26,13 +26,9 @@ def configuration() -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("monitor")
-    with Lab.create() as lab:
-        node = f"{lab.prefix}-mon"
-        with configured_node(lab, node, configuration(), tmp) as cli:
-            eni = json.loads(cli("eni", "list", "-o", "json").stdout)[0]
-            env = lab.add_env("mon", "w1", eni["vni"], ENV_ADDR)
-            yield {"lab": lab, "node": node, "cli": cli, "eni": eni, "env": env}
+    with lab_with_function(tmp_path_factory.mktemp("monitor"), "mon", configuration(),
+                           ENV_ADDR) as w:
+        yield w
 
 
 def test_monitor_shows_a_real_drop(world):

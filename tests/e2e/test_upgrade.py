@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from clitools import configured_node, one_tenant
+from clitools import lab_with_function, one_tenant
 
 from eniplane import loader, netlink, paths
 from eniplane.datapath import Datapath
@@ -69,14 +69,9 @@ print(json.dumps({"sent": n, "missing": sorted(set(range(n)) - got), "sent_at": 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("upgrade")
-    with Lab.create() as lab:
-        node = f"{lab.prefix}-upg"
-        with configured_node(lab, node, configuration(), tmp) as cli:
-            eni = json.loads(cli("eni", "list", "-o", "json").stdout)[0]
-            env = lab.add_env("a", "w1", eni["vni"], ENV_ADDR)
-            yield {"lab": lab, "node": node, "cli": cli, "env": env, "vni": eni["vni"],
-                   "tmp": tmp}
+    with lab_with_function(tmp_path_factory.mktemp("upgrade"), "upg", configuration(),
+                           ENV_ADDR) as w:
+        yield w
 
 
 def _new_build(tmp, name: str, edit=None):
@@ -110,7 +105,7 @@ def _pinned_ids(node: str) -> dict[str, int]:
 
 def _stream_flow(w) -> dict:
     with Datapath(w["node"], w["lab"].node_ns) as dp:
-        flows = [f for f in dp.flows(vni=w["vni"]) if f["env_port"] == STREAM_PORT]
+        flows = [f for f in dp.flows(vni=w["eni"]["vni"]) if f["env_port"] == STREAM_PORT]
     assert len(flows) == 1, flows
     return flows[0]
 
