@@ -5,7 +5,8 @@ Contract: every figure is the median of the kernel-reported duration of many sin
 would measure a different packet). The floor is an empty XDP program measured the same way;
 ratios are to it. The new-flow path opens a distinct flow on every run. `scale()` fills the flow
 tables to a given size, measures the established path at that size and reports the memory per
-flow that the kernel accounts for the flow map (one entry per flow, both directions).
+flow that the kernel accounts for the flow map (one entry per flow, both directions) and its
+share of flow_hot.
 """
 
 from __future__ import annotations
@@ -174,8 +175,12 @@ def scale(fill: int = 1_000_000, probe: int = 20_000, progress=print) -> dict:
             s0 = dp.stats()
             over_ns = statistics.median(r.durations(r.fds["xdp_fabric"], over))
             s1 = dp.stats()
-            mem = _memlock(flows.fd)
-            per_flow_kv = flows.key_size + flows.value_size
+            # a flow's memory: its `flows` entry and its share of flow_hot (types.h), whose
+            # slots are a quarter of the table's capacity
+            hot = dp.map("flow_hot")
+            mem = _memlock(flows.fd) + _memlock(hot.fd)
+            per_flow_kv = flows.key_size + flows.value_size + \
+                hot.value_size * hot.max_entries // flows.max_entries
             res = {
                 "fill": fill, "created": created, "entries": n_flows,
                 "max_entries": flows.max_entries, "fill_wall_s": wall,

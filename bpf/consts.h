@@ -98,6 +98,12 @@
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 262144
 #endif
+/* flow_hot's slots: a quarter of the flow table's capacity, rounded down to a power of two (the
+ * slot is a mask of a hash), so that a flow costs 16 bytes there (64 bytes a slot) on top of the
+ * 144 the kernel charges for its `flows` entry: 160 in all. */
+#define HOT_SLOTS_MIN 64
+#define HOT_SLOTS                                                                                  \
+    (MAX_FLOWS / 4 >= HOT_SLOTS_MIN ? (1u << (31 - __builtin_clz(MAX_FLOWS / 4))) : HOT_SLOTS_MIN)
 /* Below this many flows the LRU cannot have evicted one (see flow_guard in types.h). The kernel's
  * LRU evicts only when a CPU refills its local free list (LOCAL_FREE_TARGET, 128 nodes) and fewer
  * than that remain on the global free list; each possible CPU can hold up to 128 free nodes on

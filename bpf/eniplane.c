@@ -191,8 +191,15 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
  * space recounts after deleting flows. */
 static __always_inline void guard_before_insert(struct flow_guard *g)
 {
-    if (g && !g->holes && (__s64)g->count + 1 >= FLOW_SAFE_ENTRIES)
+    if (g && !g->holes && (__s64)g->count + 1 >= FLOW_SAFE_ENTRIES) {
         g->holes = 1;
+        /* The LRU may evict from now on, which flow_hot's slots would not see: they stop
+         * (hot_gen), and none is filled again until user space's recount clears the holes. */
+        __u32 k = 0;
+        __u32 *hg = hot_gen.lookup(&k);
+        if (hg)
+            __sync_fetch_and_add(hg, 1);
+    }
 }
 
 /* A flow now sits at position `depth` of its probe: walks with holes must reach that deep. */
@@ -365,6 +372,153 @@ static __always_inline void flow_publish(struct flow *f, struct flow *nf)
     f->tunnel = nf->tunnel;
     f->state = nf->state;
     __sync_lock_test_and_set(&f->last_seen_ns, nf->last_seen_ns);
+}
+
+/* ---- flow_hot (types.h): the sending flows' per-packet state, one line each. ---------------- */
+
+/* The set (two neighbouring slots) a flow key's entry may sit in: a multiply-xor hash of the
+ * key's four words, keyed by the port secret so that no sender can aim flows at one set. Its
+ * twin in user space is probe.hot_set (tests/datapath/test_flow_hot.py holds them equal). */
+static __always_inline __u32 hot_set(const struct flow_key *fk, __u32 secret)
+{
+    const __u32 *w = (const __u32 *)fk;
+    __u64 a = (((__u64)(w[0] ^ secret) << 32) | w[1]) * 0x9E3779B97F4A7C15ull;
+    __u64 b = (((__u64)w[2] << 32) | w[3]) * 0xC2B2AE3D27D4EB4Full;
+    return (__u32)((a ^ b) >> 32) & (HOT_SLOTS / 2 - 1);
+}
+
+static __always_inline int hot_key_is(const struct flow_hot *h, const struct flow_key *fk)
+{
+    const __u32 *a = (const __u32 *)&h->key, *b = (const __u32 *)fk;
+    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline int hot_owner_is(const struct flow_hot *h, ipv4_t worker, __u32 vni,
+                                        ipv4_t env, __be16 env_port)
+{
+    return h->worker == worker && h->vni == vni && h->env_addr == env && h->env_port == env_port;
+}
+
+/* The slot of set `set` that holds `fk`, or NULL. */
+static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u32 set)
+{
+    __u32 i = set * 2;
+    struct flow_hot *h = flow_hot.lookup(&i);
+    if (h && hot_key_is(h, fk))
+        return h;
+    i++;
+    h = flow_hot.lookup(&i);
+    if (h && hot_key_is(h, fk))
+        return h;
+    return NULL;
+}
+
+static __always_inline __u32 hot_gen_now(void)
+{
+    __u32 k = 0;
+    __u32 *g = hot_gen.lookup(&k);
+    return g ? *g : 0;
+}
+
+/* May a packet use this slot, and only it? The slot must be of this generation and epoch (the
+ * first packet of an epoch folds, below), the flow live by the slot's time, and the counters
+ * far from wrapping. */
+static __always_inline int hot_usable(struct node_cfg *cfg, const struct flow_hot *h,
+                                      __u8 proto, __u32 gen, __u64 seen, __u64 now)
+{
+    return h->gen == gen && (seen >> HOT_EPOCH_SHIFT) == (now >> HOT_EPOCH_SHIFT) &&
+           flow_live(cfg, proto, h->state, seen, now) && h->tx_packets < HOT_PACKETS_MAX &&
+           h->rx_packets < HOT_PACKETS_MAX && h->tx_bytes < HOT_BYTES_MAX &&
+           h->rx_bytes < HOT_BYTES_MAX;
+}
+
+/* A flows entry's last_seen_ns as its slot may have moved it on: what every decision on the
+ * long way judges by (`seen` is the entry's own, read by flow_seen). */
+static __always_inline __u64 hot_seen(const struct flow_key *fk, struct flow *f, __u64 seen,
+                                      __u32 secret)
+{
+    struct flow_hot *h = hot_find(fk, hot_set(fk, secret));
+    if (h && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port)) {
+        __u64 hs = h->last_seen_ns;
+        if (hs > seen)
+            return hs;
+    }
+    return seen;
+}
+
+/* Add a slot's counters and time to its flows entry (which the caller found for its key). */
+static __always_inline void hot_fold(struct flow_hot *h, struct flow *f)
+{
+    f->tx_packets += h->tx_packets;
+    f->tx_bytes += h->tx_bytes;
+    f->rx_packets += h->rx_packets;
+    f->rx_bytes += h->rx_bytes;
+    __u64 hs = h->last_seen_ns;
+    if (hs > f->last_seen_ns)
+        f->last_seen_ns = hs;
+}
+
+/* Put flow `f` (key `fk`, its entry just updated on the long way) into its set, so that its
+ * next packets take the short way. The slot that holds the key already is rewritten: its
+ * counters are folded into `f` first when it is this flow's (same owner) and `fresh` is 0;
+ * `fresh` (a flow just opened, reopened or taken over) drops what the slot held, which was a
+ * flow that is gone. Otherwise an empty slot is taken, or (`evict`) one whose flow sent nothing
+ * in this epoch or the last, or of an old generation, after folding it into its own flows
+ * entry; a set full of sending flows leaves this one on the long way. */
+static __always_inline void hot_install(const struct flow_key *fk, struct flow *f, __u32 secret,
+                                        __u32 gen, __u64 now, int fresh, int evict)
+{
+    __u32 k0 = 0;
+    struct flow_guard *g = flow_guard.lookup(&k0);
+    if (!g || g->holes) /* the LRU may evict, unseen by slots: flows stay on the long way */
+        return;
+    __u32 set = hot_set(fk, secret);
+    __u32 i0 = set * 2, i1 = i0 + 1;
+    struct flow_hot *h0 = flow_hot.lookup(&i0);
+    struct flow_hot *h1 = flow_hot.lookup(&i1);
+    if (!h0 || !h1)
+        return;
+    struct flow_hot *h = NULL;
+    if (hot_key_is(h0, fk))
+        h = h0;
+    else if (hot_key_is(h1, fk))
+        h = h1;
+    if (h) {
+        if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
+            hot_fold(h, f);
+    } else {
+        __u64 epoch = now >> HOT_EPOCH_SHIFT;
+        if (!h0->key.eni_addr)
+            h = h0;
+        else if (!h1->key.eni_addr)
+            h = h1;
+        else if (!evict)
+            return;
+        else if (h0->gen != gen || (h0->last_seen_ns >> HOT_EPOCH_SHIFT) + 1 < epoch)
+            h = h0;
+        else if (h1->gen != gen || (h1->last_seen_ns >> HOT_EPOCH_SHIFT) + 1 < epoch)
+            h = h1;
+        else
+            return;
+        if (h->key.eni_addr) { /* another flow's slot: its counters go to its own entry */
+            struct flow_key vk = h->key;
+            struct flow *vf = flows.lookup(&vk);
+            if (vf && hot_owner_is(h, vf->worker, vf->vni, vf->env_addr, vf->env_port))
+                hot_fold(h, vf);
+        }
+    }
+    /* Published as flow_publish does: the time at 0 first (no packet uses the slot while it
+     * changes hands), the time last. */
+    h->last_seen_ns = 0;
+    asm volatile("" ::: "memory");
+    h->key = *fk;
+    __builtin_memcpy(&h->worker, &f->worker, 24);
+    h->gen = gen;
+    h->tx_packets = 0;
+    h->rx_packets = 0;
+    h->tx_bytes = 0;
+    h->rx_bytes = 0;
+    __sync_lock_test_and_set(&h->last_seen_ns, f->last_seen_ns);
 }
 
 /* The flows an ENI holds against its limit (types.h: eni_flows_added). */
@@ -1098,7 +1252,8 @@ static __always_inline __be16 stale_walk(struct flow_key *fk, struct node_cfg *c
         __be16 p = probe_port(lo, range, start, i);
         fk->eni_port = p;
         struct flow *f = flows.lookup(fk);
-        if (f && flow_claimable(cfg, fk->proto, f->state, f->last_seen_ns, now)) {
+        if (f && flow_claimable(cfg, fk->proto, f->state,
+                                hot_seen(fk, f, f->last_seen_ns, cfg->port_secret), now)) {
             found = p;
             *depth = i;
             break;
@@ -1392,19 +1547,50 @@ int xdp_fabric(struct xdp_md *ctx)
     __u32 vpc_idx = eni->vpc_idx;
     __u32 eni_idx = eni->eni_idx;
     ipv4_t eni_addr = eni->addr;
-    struct flow_guard *g = flow_guard.lookup(&k0);
     __u64 now = coarse_now();
+    __u8 tcp_flags = p.l4.tcp_flags;
+    __u8 l4proto = fk.proto;
+    __u32 secret = cfg->port_secret;
+    __u32 gen = hot_gen_now();
+
+    /* 5a. The short way: the flow's slot in flow_hot, at the probe's first port (where all but
+     * a few flows sit). Only packets that change nothing but the time and the counters take
+     * it: a TCP flag that could change the state, or an environment MAC that moved, goes the
+     * long way, which keeps the flows entry true for them. */
+    if (range) {
+        fk.eni_port = probe_port(lo, range, start, 0);
+        struct flow_hot *h = hot_find(&fk, hot_set(&fk, secret));
+        if (h) {
+            __u64 hseen = *(volatile __u64 *)&h->last_seen_ns;
+            asm volatile("" : "+r"(h) : "r"(hseen)); /* the time before the owner, as flow_seen */
+            __u8 hstate = h->state;
+            if (hot_usable(cfg, h, l4proto, gen, hseen, now) &&
+                hot_owner_is(h, p.t.oip->saddr, p.t.vni, p.iip->saddr, *p.l4.sport) &&
+                !(tcp_flags & (TH_SYN | TH_FIN | TH_RST)) &&
+                !(state_bits_out(tcp_flags, hstate) & ~hstate) &&
+                mac_equal(h->env_mac, p.ieth->h_source)) {
+                if (now != hseen)
+                    h->last_seen_ns = now;
+                h->tx_packets++;
+                h->tx_bytes += p.bytes;
+                reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
+                                   STAT_fwd_established, &action);
+                goto out;
+            }
+        }
+    }
+
+    struct flow_guard *g = flow_guard.lookup(&k0);
     struct probe pr;
     flow_walk(&fk, g, lo, range, start, p.t.oip->saddr, p.t.vni, p.iip->saddr, *p.l4.sport, &pr);
     struct flow *f = pr.f;
-    __u8 tcp_flags = p.l4.tcp_flags;
-    __u8 l4proto = fk.proto;
     if (f) {
         __u8 state = f->state;
         /* A live flow, unless it is a closed TCP connection that a SYN opens again. */
         int reopens = l4proto == IPPROTO_TCP && tcp_opens(tcp_flags) &&
                       (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
-        if (flow_live(cfg, l4proto, state, pr.seen, now) && !reopens) {
+        if (flow_live(cfg, l4proto, state, hot_seen(&fk, f, pr.seen, secret), now) &&
+            !reopens) {
             /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py),
              * so an entry found here was opened by a worker that is still placed. */
             if (pr.probed)
@@ -1423,6 +1609,8 @@ int xdp_fabric(struct xdp_md *ctx)
             }
             if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
                 mac_copy(f->env_mac, p.ieth->h_source);
+            if (!pr.probed) /* the short way looks only at the probe's first port */
+                hot_install(&fk, f, secret, gen, now, 0, 1);
             reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
                                STAT_fwd_established, &action);
             goto out;
@@ -1644,7 +1832,9 @@ int xdp_fabric_open(struct xdp_md *ctx)
         __u64 sseen = flow_seen(&sf);
         __u32 old_idx = sf->eni_idx;
         takeover_race_point(sf, now);
-        if (!flow_claimable(cfg, l4proto, sf->state, sseen, now) || !flow_claim(sf, sseen)) {
+        if (!flow_claimable(cfg, l4proto, sf->state, hot_seen(&fk, sf, sseen, cfg->port_secret),
+                            now) ||
+            !flow_claim(sf, sseen)) {
             reason = STAT_drop_port_race;
             goto out;
         }
@@ -1671,6 +1861,8 @@ int xdp_fabric_open(struct xdp_md *ctx)
     goto out;
 
 emit:
+    /* Its slot, if its set has room: a slot that held this key held a flow that is gone. */
+    hot_install(&fk, &nf, cfg->port_secret, hot_gen_now(), now, 1, 0);
     reason = snat_emit(ctx, cfg, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason,
                        &action);
 out:
@@ -1806,7 +1998,7 @@ int xdp_fabric_frag(struct xdp_md *ctx)
         goto out;
     __u64 seen = flow_seen(&f);
     if (f->worker != worker || f->vni != vni || f->env_addr != env ||
-        !flow_live(cfg, fk.proto, f->state, seen, now))
+        !flow_live(cfg, fk.proto, f->state, hot_seen(&fk, f, seen, cfg->port_secret), now))
         goto out;
     struct vpc *vpc = NULL;
     reason = vpc_ready(fk.vpc_idx, &vpc);
@@ -2035,7 +2227,8 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     struct probe pr;
     flow_walk(&fk, flow_guard.lookup(&k0), lo, range, start, p.t.oip->saddr, p.t.vni, env,
               env_port, &pr);
-    if (!pr.f || !flow_live(cfg, proto, pr.f->state, pr.seen, os->now)) {
+    if (!pr.f || !flow_live(cfg, proto, pr.f->state,
+                            hot_seen(&fk, pr.f, pr.seen, cfg->port_secret), os->now)) {
         reason = STAT_drop_icmp_error_no_flow;
         goto out;
     }
@@ -2167,7 +2360,32 @@ int xdp_vpc(struct xdp_md *ctx)
         fk.eni_port = *dport_p;
         fk.remote_port = sport;
     }
-    struct flow *f = flows.lookup(&fk);
+    /* The short way (types.h: flow_hot): a reply whose slot is usable and which changes
+     * nothing but the time and the counters takes its owner from the slot. */
+    __u32 secret = cfg->port_secret;
+    __u32 gen = hot_gen_now();
+    __u64 now = coarse_now();
+    struct flow_hot *h = NULL;
+    __u64 hseen = 0;
+    if (!later && !is_err) {
+        h = hot_find(&fk, hot_set(&fk, secret));
+        if (h) {
+            hseen = *(volatile __u64 *)&h->last_seen_ns;
+            asm volatile("" : "+r"(h) : "r"(hseen)); /* the time before the owner */
+            __u8 hstate = h->state;
+            if (!hot_usable(cfg, h, fk.proto, gen, hseen, now) ||
+                (state_bits_in(tcp_flags) & ~hstate))
+                h = NULL;
+        }
+    }
+    struct flow_owner o;
+    struct flow *f = NULL;
+    __u64 seen = hseen;
+    if (h) {
+        __builtin_memcpy(&o, &h->worker, sizeof(o));
+        goto live;
+    }
+    f = flows.lookup(&fk);
     if (!f) {
         if (later) { /* the first fragment's flow is gone */
             action = XDP_DROP;
@@ -2181,15 +2399,16 @@ int xdp_vpc(struct xdp_md *ctx)
     }
     /* Addressed to an ENI, with a flow: ours to deliver or to drop with a reason. */
     action = XDP_DROP;
-    __u64 seen = flow_seen(&f); /* before the owner (flow lifecycle) */
-    __u64 now = coarse_now();
-    __u8 state = f->state;
-    if (!flow_live(cfg, fk.proto, state, seen, now)) {
+    seen = flow_seen(&f); /* before the owner (flow lifecycle) */
+    __builtin_memcpy(&o, &f->worker, sizeof(o));
+    if (!flow_live(cfg, fk.proto, o.state, hot_seen(&fk, f, seen, secret), now)) {
         /* its owner may be gone, its port another's soon */
         reason = is_err ? STAT_drop_icmp_error_no_flow
                         : later ? STAT_drop_frag_no_first : STAT_drop_flow_expired;
         goto out;
     }
+live:
+    action = XDP_DROP;
     /* The node is the hop between the VPC and the environment: a TTL that would reach 0 is
      * answered (time exceeded, from the ENI address), unless no answer is due. */
     if (ip->ttl <= 1) {
@@ -2199,7 +2418,7 @@ int xdp_vpc(struct xdp_md *ctx)
                                      STAT_drop_ttl_expired, &action);
         goto out;
     }
-    struct worker *w = worker_of(f->worker);
+    struct worker *w = worker_of(o.worker);
     if (!w) {
         reason = STAT_drop_unknown_worker;
         goto out;
@@ -2224,13 +2443,13 @@ int xdp_vpc(struct xdp_md *ctx)
     if (later) {
         /* no ports: only the address, as the first fragment's was */
         ipv4_t old_dst = ip->daddr;
-        ip->daddr = f->env_addr;
-        ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
+        ip->daddr = o.env_addr;
+        ip->check = csum_replace4(ip->check, old_dst, o.env_addr);
         ipv4_dec_ttl(ip);
         reason = STAT_rev_fragment;
     } else if (is_err) {
         /* An error about the flow: translated, delivered, and no sign of the flow's life. */
-        icmp_error_translate(ip, &ie, f->env_addr, f->env_port, data_end);
+        icmp_error_translate(ip, &ie, o.env_addr, o.env_port, data_end);
         reason = STAT_rev_icmp_error;
     } else {
         /* Reverse translation: destination back to the environment's address and port. */
@@ -2241,37 +2460,47 @@ int xdp_vpc(struct xdp_md *ctx)
                                  .dst = old_dst, .id = ip->id, .proto = l4proto};
             frag_note(&k, &fk, ip);
         }
-        ip->daddr = f->env_addr;
-        ip->check = csum_replace4(ip->check, old_dst, f->env_addr);
+        ip->daddr = o.env_addr;
+        ip->check = csum_replace4(ip->check, old_dst, o.env_addr);
         ipv4_dec_ttl(ip);
-        l4_csum_fix(l4proto, l4.check, old_dst, f->env_addr, old_port, f->env_port);
-        *dport_p = f->env_port;
+        l4_csum_fix(l4proto, l4.check, old_dst, o.env_addr, old_port, o.env_port);
+        *dport_p = o.env_port;
         /* the SYN/ACK: what the environment may send fits the path */
         if ((tcp_flags & TH_SYN) && !(cfg->flags & NODE_F_NO_MSS_CLAMP))
             tcp_clamp_mss((struct tcphdr *)l4.sport, data_end,
                           bpf_ntohs(ip->tot_len) - ip->ihl * 4, mss_of(cfg, vpc));
-        if (now != seen) /* stores only where something changed, as forward */
-            f->last_seen_ns = now;
-        if (tcp_flags) { /* TCP only (0 for the rest): what it shows each way */
-            __u8 add = state_bits_in(tcp_flags);
-            if (add & ~state)
-                f->state = state | add;
-        }
         reason = STAT_rev_established;
     }
-    mac_copy(eth->h_dest, f->env_mac);
+    mac_copy(eth->h_dest, o.env_mac);
     mac_copy(eth->h_source, cfg->gateway_mac);
-    f->rx_packets++; /* plain adds, as on the forward path */
-    f->rx_bytes += frame_len;
-    __u32 vni = f->vni;
-    struct eni_stats *es = eni_stats_of(f->eni_idx);
+    /* stores only where something changed, as forward; plain adds, as forward */
+    if (h) {
+        if (now != seen)
+            h->last_seen_ns = now;
+        h->rx_packets++;
+        h->rx_bytes += frame_len;
+    } else if (f) {
+        if (!later && !is_err) {
+            if (now != seen)
+                f->last_seen_ns = now;
+            __u8 add = state_bits_in(tcp_flags); /* TCP only (0 for the rest) */
+            if (add & ~o.state)
+                f->state = o.state | add;
+        }
+        f->rx_packets++;
+        f->rx_bytes += frame_len;
+        if (!later && !is_err)
+            hot_install(&fk, f, secret, gen, now, 0, 1);
+    }
+    __u32 vni = o.vni;
+    struct eni_stats *es = eni_stats_of(o.eni_idx);
     if (es) {
         es->rx_packets++;
         es->rx_bytes += frame_len;
     }
 
-    __u8 tunnel = f->tunnel;
-    ipv4_t worker = f->worker;
+    __u8 tunnel = o.tunnel;
+    ipv4_t worker = o.worker;
     __u16 usport = TUNNEL_SPORT_BASE + (tunnel_hash(&fk) & 0x3FFF);
     /* The outer headers, with the VLAN tags the worker's own frames carry (learned with its
      * MAC), so that the reply travels the fabric the way the worker's traffic came. */

@@ -2,8 +2,8 @@
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
  * Writers: the control plane writes config, workers, worker_slots (owners), placements, enis,
  * eni_addrs,
- * vpcs, vpc_ifs, vpc_if_slots, sg_rules, tx_ports, fabric_calls and eni_flows_removed; the
- * datapath writes the flow tables, frags, icmp_bucket, eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned
+ * vpcs, vpc_ifs, vpc_if_slots, sg_rules, tx_ports, fabric_calls, hot_gen and eni_flows_removed; the
+ * datapath writes the flow tables (flows, flow_hot), frags, icmp_bucket, eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned
  * gateway MACs.
  */
 #ifndef ENIPLANE_MAPS_H
@@ -35,6 +35,11 @@ BPF_TABLE_PINNED("lpm_trie", struct sg_key, struct sg_ports, sg_rules, MAX_SG_PR
                  PIN_DIR "/sg_rules", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS, PIN_DIR "/flows");
 BPF_TABLE_PINNED("array", __u32, struct flow_guard, flow_guard, 1, PIN_DIR "/flow_guard");
+BPF_TABLE_PINNED("array", __u32, struct flow_hot, flow_hot, HOT_SLOTS, PIN_DIR "/flow_hot");
+/* hot_gen[0]: the generation flow_hot's slots must carry to be used (types.h); user space bumps
+ * it after it flushes flows, which stops their slots at once. Read by every established packet,
+ * written only by user space: a line of its own that stays in every CPU's cache. */
+BPF_TABLE_PINNED("array", __u32, __u32, hot_gen, 1, PIN_DIR "/hot_gen");
 BPF_TABLE_PINNED("array", __u32, __u64, eni_flows_added, MAX_ENIS, PIN_DIR "/eni_flows_added");
 BPF_TABLE_PINNED("array", __u32, __u64, eni_flows_removed, MAX_ENIS, PIN_DIR "/eni_flows_removed");
 /* What xdp_fabric's walk found, handed to xdp_fabric_open: per CPU, since a tail call runs on

@@ -225,6 +225,56 @@ struct clock_cache {
     __u64 ns;
 };
 
+/* flow_hot[hot_slot(key)]: the per-packet state of the flows that are sending, one cache line
+ * each, in front of `flows`. The established paths read and write only this line: `flows` is
+ * a kernel hash (a bucket and a 128-byte element, over ~36 MiB at the default capacity) that
+ * only new flows, expiry, listings and the rare events (a TCP flag that changes the state, a new
+ * environment MAC) need. An entry copies its flow's key and owner whole: it matches a packet
+ * only on equal key and owner, so no collision can skip a security-group check or deliver to
+ * another environment. It holds the flow's last_seen_ns and, as deltas not yet added to the
+ * entry in `flows`, its counters. A hit is taken only within the 2^30 ns epoch of its
+ * last_seen_ns and with the current hot_gen: the first packet of each epoch goes the long way,
+ * which adds the deltas to `flows` ("folds") and sets the LRU's reference bit. User space bumps
+ * hot_gen when it flushes flows; the datapath bumps it when the LRU may start to evict
+ * (flow_guard.holes), and fills no slot while it may: a flow the LRU evicted is never served
+ * from a slot. Readers of `flows` add what
+ * a slot holding the same key and owner has (Datapath in user space; flow_seen_hot here).
+ * Two neighbouring slots form a set (one 128-byte pair of lines, which the CPU fetches
+ * together): a flow sits in either. */
+struct flow_hot {
+    struct flow_key key; /* all zero: an empty slot */
+    ipv4_t worker;       /* the owner, as in struct flow (the same order: copied in one go) */
+    __u32 vni;
+    ipv4_t env_addr;
+    __be16 env_port;
+    __u16 eni_idx;
+    mac_t env_mac;
+    __u8 tunnel;
+    __u8 state;          /* never ahead of the entry's: packets that change it go the long way */
+    __u64 last_seen_ns;
+    __u32 gen;           /* hot_gen when the slot was written */
+    __u32 tx_bytes;      /* counters not yet folded into the flows entry */
+    __u32 rx_bytes;
+    __u16 tx_packets;
+    __u16 rx_packets;
+};
+/* A flow's owner as flows and flow_hot both hold it (the same 24 bytes in the same order): the
+ * return path copies it from whichever it found the flow in. In no map. */
+struct flow_owner {
+    ipv4_t worker;
+    __u32 vni;
+    ipv4_t env_addr;
+    __be16 env_port;
+    __u16 eni_idx;
+    mac_t env_mac;
+    __u8 tunnel;
+    __u8 state;
+};
+#define HOT_EPOCH_SHIFT 30 /* ~1.07 s: the longest a flow's counters wait in its slot */
+/* A slot's counters are folded before they could wrap: one more packet could add 64 KiB. */
+#define HOT_BYTES_MAX (0xFFFFFFFFu - 0x10000u)
+#define HOT_PACKETS_MAX 0xFFFFu
+
 /* flow_guard[0]: may a walk along a port probe stop at the first empty slot? Only while no entry
  * that a later flow probed past can have gone. Entries go in two ways: user space deletes them
  * (it recounts and checks every remaining flow's probe, see Datapath.flush_flows), or the LRU
@@ -367,6 +417,11 @@ _Static_assert(sizeof(struct vpc) == 32, "vpc layout");
 _Static_assert(sizeof(struct sg_key) == 16, "sg_key layout");
 _Static_assert(sizeof(struct flow_key) == 16, "flow_key layout");
 _Static_assert(sizeof(struct flow) == 64, "flow layout");
+_Static_assert(sizeof(struct flow_hot) == 64, "flow_hot layout");
+_Static_assert(sizeof(struct flow_owner) == 24, "flow_owner layout");
+_Static_assert(__builtin_offsetof(struct flow_hot, worker) == 16 &&
+                   __builtin_offsetof(struct flow, worker) == 40,
+               "flow_hot and flow keep the owner in the same order");
 _Static_assert(sizeof(struct flow_guard) == 40, "flow_guard layout");
 _Static_assert(sizeof(struct open_scratch) == 40, "open_scratch layout");
 _Static_assert(sizeof(struct icmp_bucket) == 16, "icmp_bucket layout");

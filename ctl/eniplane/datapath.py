@@ -27,7 +27,8 @@ from .sgcompile import Rule, compile_rules
 # Held equal to the C by tests/unit/test_consts.py: the pins of maps.h, types.h's VPC_F_* flags
 # and maps.h's TX_SLOT_FABRIC.
 MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
-             "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_guard", "eni_flows_added",
+             "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_hot", "hot_gen", "flow_guard",
+             "eni_flows_added",
              "eni_flows_removed", "open_scratch", "fabric_calls", "icmp_bucket", "frags", "stats",
              "eni_stats", "clock", "event_cpu", "sg_denials", "redirect_failures", "events",
              "tx_ports")
@@ -552,6 +553,66 @@ class Datapath:
             self._reset_entries(idx)
 
     # ---- flows -----------------------------------------------------------------------------
+    # A sending flow's time and counters move on in its flow_hot slot (types.h) and reach its
+    # `flows` entry about once a second: every read of `flows` here adds what the slot holds.
+    def _hot_slots(self, keys: list[bytes] | None = None) -> dict[bytes, bytes]:
+        """flow_hot's slots by the `flows` key they hold (raw bytes, undecoded): those of
+        `keys`, two lookups each, or (None, or too many keys for that to be cheaper) every
+        occupied slot, in one batched read of the table."""
+        m = self.map("flow_hot")
+        out: dict[bytes, bytes] = {}
+        if keys is None or len(keys) * 2 * 16 > m.max_entries:
+            for _, raw in m.items_raw():
+                if any(raw[:16]):
+                    out[raw[:16]] = raw
+            return out
+        secret, sets = self.config()["port_secret"], m.max_entries // 2
+        for k in keys:
+            s = probe.hot_set(secret, k, sets)
+            for i in (2 * s, 2 * s + 1):
+                raw = m.lookup_raw(i)
+                if raw is not None and raw[:16] == k:
+                    out[k] = raw
+                    break
+        return out
+
+    def _with_hot(self, v: dict[str, Any], raw: bytes | None) -> dict[str, Any]:
+        """A `flows` value with what its slot adds (when the slot is the same flow's: same
+        owner): its counters, and its time when later."""
+        if raw is None:
+            return v
+        h = self.map("flow_hot").decode_value(raw)
+        if any(h[f] != v[f] for f in ("worker", "vni", "env_addr", "env_port")):
+            return v
+        v = dict(v)
+        for f in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes"):
+            v[f] += h[f]
+        v["last_seen_ns"] = max(v["last_seen_ns"], h["last_seen_ns"])
+        return v
+
+    def _flow_items(self) -> Iterable[tuple[bytes, dict[str, Any], dict[str, Any]]]:
+        """Every `flows` entry as (raw key, key, value with its slot's share)."""
+        m = self.map("flows")
+        items = list(m.items_raw())
+        hot = self._hot_slots([k for k, _ in items])
+        for k, raw in items:
+            yield k, m.decode_key(k), self._with_hot(m.decode_value(raw), hot.get(k))
+
+    def flow_value(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """One `flows` entry's value by its key, with its slot's share (what listings show)."""
+        m = self.map("flows")
+        k = m._key(key)
+        raw = m.lookup_raw(k)
+        if raw is None:
+            return None
+        return self._with_hot(m.decode_value(raw), self._hot_slots([k]).get(k))
+
+    def hot_invalidate(self) -> None:
+        """Stop every flow_hot slot at once (hot_gen): after flows were flushed, no packet may
+        take the short way on a slot of theirs. Flows that remain go the long way once."""
+        g = self.map("hot_gen")
+        g.update(0, (g.lookup(0) + 1) & 0xFFFFFFFF)
+
     def flows(self, vni: int | None = None, limit: int | None = None,
               include_expired: bool = True) -> list[dict[str, Any]]:
         """Every flow as one record: the environment's side, the VPC's side, both directions'
@@ -560,7 +621,7 @@ class Datapath:
         `include_expired`."""
         out = []
         now, timeouts = self.now_ns(), self.timeouts()
-        for k, v in self.map("flows").items():
+        for _, k, v in self._flow_items():
             if vni is not None and v["vni"] != vni:
                 continue
             f = flow_record(k, v, now, timeouts)
@@ -587,13 +648,11 @@ class Datapath:
         the ENI's range, the signal before drop_port_exhausted. Decodes each entry once and
         builds no records: the whole table is read per call."""
         now, timeouts = self.now_ns(), self.timeouts()
-        m = self.map("flows")
         states = Counter({name: 0 for name in lifecycle.STATE_NAMES})
         states["expired"] = 0
         dests: Counter = Counter()
         n = 0
-        for k, raw in m.items_raw():
-            key, v = m.decode_key(k), m.decode_value(raw)
+        for _, key, v in self._flow_items():
             n += 1
             if lifecycle.is_live(key["proto"], v["state"], v["last_seen_ns"], now, timeouts):
                 states[lifecycle.state_name(key["proto"], v["state"])] += 1
@@ -667,8 +726,10 @@ class Datapath:
         touched: set[tuple] = set()
         by_idx: Counter = Counter()
         by_state: Counter = Counter()
-        for k, raw in m.items_raw():  # batches: deleting as it goes never restarts the walk
-            v = m.decode_value(raw)
+        items = list(m.items_raw())  # the table as it was: what opens meanwhile stays
+        hot = self._hot_slots([k for k, _ in items])
+        for k, raw in items:
+            v = self._with_hot(m.decode_value(raw), hot.get(k))
             key = m.decode_key(k)
             if not doomed(key, v):
                 held[v["eni_idx"]] += 1
@@ -679,9 +740,10 @@ class Datapath:
             gone = m.pop(k)
             if gone is None:
                 continue
+            raw_gone, gone = gone, self._with_hot(gone, hot.get(k))
             if still is not None and not still(key, gone):
-                try:
-                    m.update(k, gone, flags=BPF_NOEXIST)
+                try:  # as it was: its slot's share is still in its slot
+                    m.update(k, raw_gone, flags=BPF_NOEXIST)
                     restored += 1
                     held[gone["eni_idx"]] += 1
                     continue
@@ -728,7 +790,7 @@ class Datapath:
                                 worker, vni, env_addr, env_port, remote, remote_port, proto):
             k = {"vpc_idx": eni["vpc_idx"], "proto": proto, "eni_addr": eni["addr"],
                  "remote": remote, "eni_port": port, "remote_port": remote_port}
-            v = m.lookup(k)
+            v = self.flow_value(k)
             if v and (v["worker"], v["vni"], v["env_addr"], v["env_port"]) == \
                     (worker, vni, env_addr, env_port):
                 return flow_record(k, v, self.now_ns(), self.timeouts())
@@ -744,7 +806,10 @@ class Datapath:
                     (workers is None or v["worker"] in workers) and
                     (pairs is None or (v["worker"], v["vni"]) in pairs))
 
-        return self._remove_flows(doomed)[0]
+        n = self._remove_flows(doomed)[0]
+        if n:
+            self.hot_invalidate()
+        return n
 
     def guard_resync(self, flows: list[dict[str, Any]] | None = None,
                      touched: set[tuple] | None = None, start: dict | None = None,

@@ -1,6 +1,6 @@
 """User space's mirror of the datapath's port probe and flow guard, as pure functions.
 
-Contract: mirrors bpf/eniplane.c (`port_hash`, the probe's start, `probe_port`) and bpf/consts.h
+Contract: mirrors bpf/eniplane.c (`port_hash`, the probe's start, `probe_port`, `hot_set`) and bpf/consts.h
 (PORT_TRIES, FLOW_SAFE_ENTRIES), and computes the flow_guard value of bpf/types.h after flows
 were deleted. Nothing here reads or writes a map: datapath.py reads the maps, calls these and
 writes the result. tests/datapath/test_probe.py holds port_hash/probe_ports equal to the kernel's
@@ -72,6 +72,19 @@ def probe_ports(secret: int, port_lo: int, port_hi: int, worker: str, vni: int, 
     start = probe_start(port_hash(secret, worker, vni, env_addr, env_port, remote, remote_port,
                                   proto), rng)
     return [port_lo + (start + i) % rng for i in range(min(rng, PORT_TRIES))]
+
+
+_M64 = (1 << 64) - 1
+
+
+def hot_set(secret: int, key_raw: bytes, sets: int) -> int:
+    """hot_set of eniplane.c: the set of flow_hot (two neighbouring slots, 2s and 2s+1) that a
+    flow's entry may sit in, from its `flows` key as the map holds it (16 bytes) and the number
+    of sets (a power of two)."""
+    w = [int.from_bytes(key_raw[i:i + 4], sys.byteorder) for i in range(0, 16, 4)]
+    a = ((((w[0] ^ secret) << 32) | w[1]) * 0x9E3779B97F4A7C15) & _M64
+    b = (((w[2] << 32) | w[3]) * 0xC2B2AE3D27D4EB4F) & _M64
+    return ((a ^ b) >> 32) & (sets - 1)
 
 
 def dest(f: Mapping[str, Any]) -> tuple:

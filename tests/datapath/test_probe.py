@@ -76,6 +76,7 @@ def test_a_flow_behind_a_hole_is_found_and_never_duplicated(env):
     assert env.dp.map("flows").delete({"vpc_idx": 1, "proto": 17, "eni_addr": ENI_TINY,
                                        "remote": DEST, "eni_port": f1["nat_port"],
                                        "remote_port": 7})
+    env.dp.hot_invalidate()  # as a flush does: the flow's flow_hot slot stops too
     evicted = env.dp.map("flow_guard").lookup(0)["evicted"]
     assert env.dp.guard_resync(deleted=1) == {"count": 1, "holes": 1, "depths": 0b10,
                                               "evicted": evicted, "swept": 0}
@@ -101,6 +102,7 @@ def test_with_holes_a_walk_goes_only_as_deep_as_flows_sit(env):
     f1 = env.dp.find_flow(WORKER, VNI_TINY, ENV_IP, first, DEST, 7, 17)
     env.dp.map("flows").delete({"vpc_idx": 1, "proto": 17, "eni_addr": ENI_TINY, "remote": DEST,
                                 "eni_port": f1["nat_port"], "remote_port": 7})
+    env.dp.hot_invalidate()  # as a flush does: the flow's flow_hot slot stops too
     g.update(0, {"count": 1, "holes": 1, "depths": 0b01})
     _, _, d = env.run("xdp_fabric", pkt(second, VNI_TINY, DEST))
     assert d.get("fwd_new_flow") == 1, d
@@ -147,6 +149,7 @@ def test_without_holes_a_walk_stops_at_the_first_empty_slot(env):
     f1 = env.dp.find_flow(WORKER, VNI_TINY, ENV_IP, first, DEST, 7, 17)
     env.dp.map("flows").delete({"vpc_idx": 1, "proto": 17, "eni_addr": ENI_TINY, "remote": DEST,
                                 "eni_port": f1["nat_port"], "remote_port": 7})
+    env.dp.hot_invalidate()  # as a flush does: the flow's flow_hot slot stops too
     got, _, d = env.run("xdp_fabric", pkt(second, VNI_TINY, DEST))
     assert d.get("fwd_new_flow") == 1, d
     assert len(env.dp.flows(vni=VNI_TINY)) == 2  # a duplicate: the hazard guarded against

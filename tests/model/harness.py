@@ -102,7 +102,6 @@ class Harness:
         self.mss_clamp = True
         self.frags_map = self.dp.map("frags")
         self.shift = self.dp.map("clock_shift")
-        self.flows_map = self.dp.map("flows")
         self.fds = {p: bpfsys.obj_get(str(paths.progs_dir(node) / p))
                     for p in ("xdp_fabric", "xdp_vpc")}
         self.packets = 0
@@ -290,8 +289,8 @@ class Harness:
         clock cache), or it is a disagreement. The model then goes on with the kernel's value,
         so that the blur of one packet never adds up over a sequence."""
         vpc_idx, eni_addr, remote, port, rport, proto = flow.rkey
-        v = self.flows_map.lookup({"vpc_idx": vpc_idx, "proto": proto, "eni_addr": eni_addr,
-                                   "remote": remote, "eni_port": port, "remote_port": rport})
+        v = self.dp.flow_value({"vpc_idx": vpc_idx, "proto": proto, "eni_addr": eni_addr,
+                                "remote": remote, "eni_port": port, "remote_port": rport})
         if v is None:
             return  # the invariants name it
         seen = v["last_seen_ns"]

@@ -1,0 +1,202 @@
+"""flow_hot (types.h): the short way of established packets. A flow's slot is where user space
+computes it; established packets both ways take it and leave the `flows` entry alone; listings
+add the slot's share; the first packet of each epoch folds it back; a slot serves only its own
+key and owner; packets that change state or MAC, flushed flows and a table where the LRU may
+evict never take it."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+
+from conftest import (ENV_IP, ENV_MAC, GW_A, SERVER, VNI_A, VNI_TINY, WORKER, env_frame,
+                      node_env, tunnel)
+from eniplane import probe
+from eniplane.sgcompile import Rule
+
+EPOCH_NS = 1 << 30  # HOT_EPOCH_SHIFT
+DEST = "10.0.0.20"
+
+
+@pytest.fixture(scope="module")
+def hot(lab):
+    with node_env(lab, "hot", {"ENIPLANE_TEST_HOOKS": 1}) as e:
+        yield e
+
+
+@pytest.fixture
+def env(hot):
+    hot.dp.flush_flows()
+    for vni, idx, addr, lo, hi in ((VNI_A, 1, "10.0.1.4", 1024, 65535),
+                                   (VNI_TINY, 3, "10.0.2.4", 2000, 2001)):
+        hot.dp.set_eni(vni, idx, 1, addr, lo, hi)
+    for vni in (VNI_A, VNI_TINY):
+        hot.dp.set_sg_rules(vni, [Rule.of("tcp", "10.0.0.0/16", (80, 80)),
+                                  Rule.of("udp", "10.0.0.0/16", (7, 7))])
+    return hot
+
+
+def advance(env, ns: int) -> None:
+    m = env.dp.map("clock_shift")
+    m.update(0, m.lookup(0) + int(ns))
+
+
+def send(env, l4, sport_mac: str = ENV_MAC, vni: int = VNI_A, dst: str = SERVER):
+    f = env_frame(l4, dst=dst)
+    f[Ether].src = sport_mac
+    return env.run("xdp_fabric", bytes(tunnel(f, vni=vni)))
+
+
+def reply(env, out: bytes, l4):
+    p = Ether(out)
+    r = Ether(src=GW_A, dst=p[Ether].src) / IP(src=p[IP].dst, dst=p[IP].src) / l4
+    name = next(n for n in env.vpc_if if n.endswith("vpca"))
+    return env.run("xdp_vpc", bytes(r), name)
+
+
+def key_of(out: bytes, proto: int = 17) -> dict:
+    p = Ether(out)
+    return {"vpc_idx": 1, "proto": proto, "eni_addr": p[IP].src, "remote": p[IP].dst,
+            "eni_port": p[IP].payload.sport, "remote_port": p[IP].payload.dport}
+
+
+def slot_of(env, key: dict) -> tuple[int, dict] | None:
+    """The flow_hot slot that holds `key`, found the way the datapath finds it (hot_set)."""
+    m = env.dp.map("flow_hot")
+    raw_key = env.dp.map("flows")._key(key)
+    s = probe.hot_set(env.dp.config()["port_secret"], raw_key, m.max_entries // 2)
+    for i in (2 * s, 2 * s + 1):
+        raw = m.lookup_raw(i)
+        if raw[:16] == raw_key:
+            return i, m.decode_value(raw)
+    return None
+
+
+def entry(env, key: dict) -> dict:
+    """The `flows` entry itself, without its slot's share."""
+    return env.dp.map("flows").lookup(key)
+
+
+def test_established_packets_take_the_slot_both_ways_and_listings_add_it(env):
+    got, out, d = send(env, UDP(sport=31000, dport=7) / Raw(b"a"))
+    assert (got, d.get("fwd_new_flow")) == ("REDIRECT", 1), d
+    k = key_of(out)
+    assert slot_of(env, k) is not None  # where user space computes it: the new flow's slot
+    for _ in range(3):
+        got, o2, d = send(env, UDP(sport=31000, dport=7) / Raw(b"bb"))
+        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+        assert Ether(o2)[UDP].sport == k["eni_port"]
+    for _ in range(2):
+        got, back, d = reply(env, out, UDP(sport=7, dport=k["eni_port"]) / Raw(b"r"))
+        assert (got, d.get("rev_established")) == ("REDIRECT", 1), d
+        assert Ether(back)[VXLAN].payload[UDP].dport == 31000
+        assert Ether(back)[VXLAN].payload[IP].dst == ENV_IP
+    e = entry(env, k)
+    _, h = slot_of(env, k)
+    # the entry saw only the first packet; the slot has the rest
+    assert (e["tx_packets"], e["rx_packets"]) == (1, 0)
+    assert (h["tx_packets"], h["rx_packets"]) == (3, 2)
+    f = env.dp.find_flow(WORKER, VNI_A, ENV_IP, 31000, SERVER, 7, 17)
+    assert (f["tx_packets"], f["rx_packets"]) == (4, 2)
+    assert f["last_seen_ns"] == max(e["last_seen_ns"], h["last_seen_ns"])
+    listed = [x for x in env.dp.flows() if x["env_port"] == 31000]
+    assert [(x["tx_packets"], x["tx_bytes"], x["rx_packets"]) for x in listed] == \
+        [(4, f["tx_bytes"], 2)]
+
+
+def test_the_first_packet_of_an_epoch_folds_the_slot_into_the_entry(env):
+    _, out, _ = send(env, UDP(sport=31001, dport=7) / Raw(b"a"))
+    k = key_of(out)
+    send(env, UDP(sport=31001, dport=7) / Raw(b"a"))
+    reply(env, out, UDP(sport=7, dport=k["eni_port"]) / Raw(b"r"))
+    assert (entry(env, k)["tx_packets"], slot_of(env, k)[1]["tx_packets"]) == (1, 1)
+    advance(env, EPOCH_NS)
+    got, _, d = send(env, UDP(sport=31001, dport=7) / Raw(b"a"))
+    assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    e, (_, h) = entry(env, k), slot_of(env, k)
+    assert (e["tx_packets"], e["rx_packets"]) == (3, 1)  # all of it, in the entry
+    assert (h["tx_packets"], h["rx_packets"], h["last_seen_ns"]) == (0, 0, e["last_seen_ns"])
+
+
+def test_a_slot_serves_only_its_own_owner(env):
+    """Two environment ports whose probes start at the same port: the second flow's probe
+    begins at the first one's key, whose slot names the first owner. It never takes it."""
+    secret = env.dp.config()["port_secret"]
+    starts: dict[int, int] = {}
+    pair = None
+    for sport in range(43000, 43100):
+        s = probe.probe_start(probe.port_hash(secret, WORKER, VNI_TINY, ENV_IP, sport, DEST, 7,
+                                              17), 2)
+        if s in starts:
+            pair = (starts[s], sport)
+            break
+        starts[s] = sport
+    assert pair
+    first, second = pair
+    _, o1, _ = send(env, UDP(sport=first, dport=7) / Raw(b"1"), vni=VNI_TINY, dst=DEST)
+    _, o2, d = send(env, UDP(sport=second, dport=7) / Raw(b"2"), vni=VNI_TINY, dst=DEST)
+    assert d.get("fwd_new_flow") == 1, d
+    p1, p2 = Ether(o1)[UDP].sport, Ether(o2)[UDP].sport
+    assert p1 != p2
+    for _ in range(3):
+        got, o, d = send(env, UDP(sport=second, dport=7) / Raw(b"2"), vni=VNI_TINY, dst=DEST)
+        assert (got, d.get("flow_probed"), Ether(o)[UDP].sport) == ("REDIRECT", 1, p2), d
+    h1 = slot_of(env, key_of(o1))[1]
+    assert (h1["env_port"], h1["tx_packets"]) == (first, 0)  # the first flow's, untouched
+    f2 = env.dp.find_flow(WORKER, VNI_TINY, ENV_IP, second, DEST, 7, 17)
+    assert f2["tx_packets"] == 4 and f2["nat_port"] == p2
+
+
+def test_state_changes_and_a_moved_mac_go_the_long_way(env):
+    _, out, _ = send(env, TCP(sport=32000, dport=80, flags="S"))
+    k = key_of(out, proto=6)
+    reply(env, out, TCP(sport=80, dport=k["eni_port"], flags="SA"))
+    send(env, TCP(sport=32000, dport=80, flags="A"))
+    assert entry(env, k)["state"] == 7  # SYN, SYN/ACK, ACK: each written at once
+    for _ in range(2):
+        got, _, d = send(env, TCP(sport=32000, dport=80, flags="PA") / Raw(b"data"))
+        assert d.get("fwd_established") == 1, d
+    assert slot_of(env, k)[1]["tx_packets"] == 2  # data: the short way
+    send(env, TCP(sport=32000, dport=80, flags="FA"))
+    assert entry(env, k)["state"] & 8  # FIN_OUT, in the entry at once
+    assert slot_of(env, k)[1]["state"] == entry(env, k)["state"]
+    moved = "02:ee:00:00:00:99"
+    got, _, d = send(env, TCP(sport=32000, dport=80, flags="A"), sport_mac=moved)
+    assert d.get("fwd_established") == 1, d
+    assert entry(env, k)["env_mac"] == moved  # replies follow it from this packet on
+    got, back, d = reply(env, out, TCP(sport=80, dport=k["eni_port"], flags="A"))
+    assert Ether(back)[VXLAN].payload[Ether].dst == moved
+
+
+def test_a_flush_stops_the_slots_at_once(env):
+    _, out, _ = send(env, UDP(sport=31002, dport=7) / Raw(b"a"))
+    send(env, UDP(sport=31002, dport=7) / Raw(b"a"))
+    assert slot_of(env, key_of(out))[1]["tx_packets"] == 1
+    gen = env.dp.map("hot_gen").lookup(0)
+    env.dp.flush_flows(vnis={VNI_A})
+    assert env.dp.map("hot_gen").lookup(0) == gen + 1
+    got, _, d = reply(env, out, UDP(sport=7, dport=key_of(out)["eni_port"]) / Raw(b"r"))
+    assert (got, d.get("drop_no_flow")) == ("DROP", 1), d  # not from the slot
+    got, _, d = send(env, UDP(sport=31002, dport=7) / Raw(b"a"))
+    assert d.get("fwd_new_flow") == 1, d  # a new flow, not the slot's
+    f = env.dp.find_flow(WORKER, VNI_A, ENV_IP, 31002, SERVER, 7, 17)
+    assert f["tx_packets"] == 1  # nothing of the flushed flow's slot carried over
+
+
+def test_no_slot_serves_a_table_the_lru_may_evict_from(small_env):
+    """A 64-entry table may evict from its first flow (flow_guard.holes): slots stop (hot_gen)
+    and none is filled, so an evicted flow is never served from one."""
+    env = small_env
+    env.dp.flush_flows()
+    gen = env.dp.map("hot_gen").lookup(0)
+    for _ in range(3):
+        got, out, d = send(env, UDP(sport=31003, dport=7) / Raw(b"a"))
+        assert got == "REDIRECT", d
+    assert env.dp.map("flow_guard").lookup(0)["holes"] == 1
+    assert slot_of(env, key_of(out)) is None
+    assert env.dp.map("flow_hot").max_entries == 64  # HOT_SLOTS_MIN
+    assert env.dp.map("hot_gen").lookup(0) >= gen
+    assert entry(env, key_of(out))["tx_packets"] == 3
