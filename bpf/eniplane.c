@@ -420,14 +420,14 @@ static __always_inline __u32 hot_gen_now(void)
     return g ? *g : 0;
 }
 
-/* May a packet use this slot, and only it? The slot must be of this generation and epoch (the
- * first packet of an epoch folds, below), the flow live by the slot's time, and the counters
- * far from wrapping. */
+/* May a packet use this slot, and only it? The slot must be of this generation, the flow live
+ * by the slot's time, and the counters far from wrapping (the packet that would go past folds
+ * them into the entry on the long way). */
 static __always_inline int hot_usable(struct node_cfg *cfg, const struct flow_hot *h,
                                       __u8 proto, __u32 gen, __u64 seen, __u64 now)
 {
-    return h->gen == gen && (seen >> HOT_EPOCH_SHIFT) == (now >> HOT_EPOCH_SHIFT) &&
-           flow_live(cfg, proto, h->state, seen, now) && h->tx_packets < HOT_PACKETS_MAX &&
+    return h->gen == gen && flow_live(cfg, proto, h->state, seen, now) &&
+           h->tx_packets < HOT_PACKETS_MAX &&
            h->rx_packets < HOT_PACKETS_MAX && h->tx_bytes < HOT_BYTES_MAX &&
            h->rx_bytes < HOT_BYTES_MAX;
 }
@@ -446,6 +446,15 @@ static __always_inline __u64 hot_seen(const struct flow_key *fk, struct flow *f,
     return seen;
 }
 
+/* flow_live with the entry's time as its slot may have moved it on. The slot is read only when
+ * the entry's own time says the flow is gone (the slot's is never earlier). */
+static __always_inline int flow_live_hot(struct node_cfg *cfg, const struct flow_key *fk,
+                                         struct flow *f, __u8 state, __u64 seen, __u64 now)
+{
+    return flow_live(cfg, fk->proto, state, seen, now) ||
+           flow_live(cfg, fk->proto, state, hot_seen(fk, f, seen, cfg->port_secret), now);
+}
+
 /* Add a slot's counters and time to its flows entry (which the caller found for its key). */
 static __always_inline void hot_fold(struct flow_hot *h, struct flow *f)
 {
@@ -462,11 +471,11 @@ static __always_inline void hot_fold(struct flow_hot *h, struct flow *f)
  * next packets take the short way. The slot that holds the key already is rewritten: its
  * counters are folded into `f` first when it is this flow's (same owner) and `fresh` is 0;
  * `fresh` (a flow just opened, reopened or taken over) drops what the slot held, which was a
- * flow that is gone. Otherwise an empty slot is taken, or (`evict`) one whose flow sent nothing
- * in this epoch or the last, or of an old generation, after folding it into its own flows
- * entry; a set full of sending flows leaves this one on the long way. */
+ * flow that is gone. Otherwise an empty slot is taken, or one of an old generation, or (`idle`)
+ * one whose flow sent nothing for HOT_IDLE_NS, after folding it into its own flows entry; a set
+ * full of sending flows leaves this one on the long way. */
 static __always_inline void hot_install(const struct flow_key *fk, struct flow *f, __u32 secret,
-                                        __u32 gen, __u64 now, int fresh, int evict)
+                                        __u32 gen, __u64 now, int fresh, int idle)
 {
     __u32 k0 = 0;
     struct flow_guard *g = flow_guard.lookup(&k0);
@@ -487,16 +496,13 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
         if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
             hot_fold(h, f);
     } else {
-        __u64 epoch = now >> HOT_EPOCH_SHIFT;
         if (!h0->key.eni_addr)
             h = h0;
         else if (!h1->key.eni_addr)
             h = h1;
-        else if (!evict)
-            return;
-        else if (h0->gen != gen || (h0->last_seen_ns >> HOT_EPOCH_SHIFT) + 1 < epoch)
+        else if (h0->gen != gen || (idle && h0->last_seen_ns + HOT_IDLE_NS < now))
             h = h0;
-        else if (h1->gen != gen || (h1->last_seen_ns >> HOT_EPOCH_SHIFT) + 1 < epoch)
+        else if (h1->gen != gen || (idle && h1->last_seen_ns + HOT_IDLE_NS < now))
             h = h1;
         else
             return;
@@ -1252,8 +1258,9 @@ static __always_inline __be16 stale_walk(struct flow_key *fk, struct node_cfg *c
         __be16 p = probe_port(lo, range, start, i);
         fk->eni_port = p;
         struct flow *f = flows.lookup(fk);
-        if (f && flow_claimable(cfg, fk->proto, f->state,
-                                hot_seen(fk, f, f->last_seen_ns, cfg->port_secret), now)) {
+        if (f && flow_claimable(cfg, fk->proto, f->state, f->last_seen_ns, now) &&
+            flow_claimable(cfg, fk->proto, f->state,
+                           hot_seen(fk, f, f->last_seen_ns, cfg->port_secret), now)) {
             found = p;
             *depth = i;
             break;
@@ -1557,7 +1564,8 @@ int xdp_fabric(struct xdp_md *ctx)
      * a few flows sit). Only packets that change nothing but the time and the counters take
      * it: a TCP flag that could change the state, or an environment MAC that moved, goes the
      * long way, which keeps the flows entry true for them. */
-    if (range) {
+    int hot_on = !(cfg->flags & NODE_F_NO_HOT);
+    if (range && !(tcp_flags & TH_SYN) && hot_on) { /* a SYN goes the long way: no need to look */
         fk.eni_port = probe_port(lo, range, start, 0);
         struct flow_hot *h = hot_find(&fk, hot_set(&fk, secret));
         if (h) {
@@ -1589,8 +1597,7 @@ int xdp_fabric(struct xdp_md *ctx)
         /* A live flow, unless it is a closed TCP connection that a SYN opens again. */
         int reopens = l4proto == IPPROTO_TCP && tcp_opens(tcp_flags) &&
                       (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
-        if (flow_live(cfg, l4proto, state, hot_seen(&fk, f, pr.seen, secret), now) &&
-            !reopens) {
+        if (flow_live_hot(cfg, &fk, f, state, pr.seen, now) && !reopens) {
             /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py),
              * so an entry found here was opened by a worker that is still placed. */
             if (pr.probed)
@@ -1609,7 +1616,7 @@ int xdp_fabric(struct xdp_md *ctx)
             }
             if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
                 mac_copy(f->env_mac, p.ieth->h_source);
-            if (!pr.probed) /* the short way looks only at the probe's first port */
+            if (!pr.probed && hot_on) /* the short way looks only at the probe's first port */
                 hot_install(&fk, f, secret, gen, now, 0, 1);
             reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
                                STAT_fwd_established, &action);
@@ -1862,7 +1869,8 @@ int xdp_fabric_open(struct xdp_md *ctx)
 
 emit:
     /* Its slot, if its set has room: a slot that held this key held a flow that is gone. */
-    hot_install(&fk, &nf, cfg->port_secret, hot_gen_now(), now, 1, 0);
+    if (!(cfg->flags & NODE_F_NO_HOT))
+        hot_install(&fk, &nf, cfg->port_secret, hot_gen_now(), now, 1, 0);
     reason = snat_emit(ctx, cfg, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason,
                        &action);
 out:
@@ -1998,7 +2006,7 @@ int xdp_fabric_frag(struct xdp_md *ctx)
         goto out;
     __u64 seen = flow_seen(&f);
     if (f->worker != worker || f->vni != vni || f->env_addr != env ||
-        !flow_live(cfg, fk.proto, f->state, hot_seen(&fk, f, seen, cfg->port_secret), now))
+        !flow_live_hot(cfg, &fk, f, f->state, seen, now))
         goto out;
     struct vpc *vpc = NULL;
     reason = vpc_ready(fk.vpc_idx, &vpc);
@@ -2227,8 +2235,7 @@ int xdp_fabric_icmp(struct xdp_md *ctx)
     struct probe pr;
     flow_walk(&fk, flow_guard.lookup(&k0), lo, range, start, p.t.oip->saddr, p.t.vni, env,
               env_port, &pr);
-    if (!pr.f || !flow_live(cfg, proto, pr.f->state,
-                            hot_seen(&fk, pr.f, pr.seen, cfg->port_secret), os->now)) {
+    if (!pr.f || !flow_live_hot(cfg, &fk, pr.f, pr.f->state, pr.seen, os->now)) {
         reason = STAT_drop_icmp_error_no_flow;
         goto out;
     }
@@ -2367,7 +2374,8 @@ int xdp_vpc(struct xdp_md *ctx)
     __u64 now = coarse_now();
     struct flow_hot *h = NULL;
     __u64 hseen = 0;
-    if (!later && !is_err) {
+    int hot_on = !(cfg->flags & NODE_F_NO_HOT);
+    if (!later && !is_err && hot_on) {
         h = hot_find(&fk, hot_set(&fk, secret));
         if (h) {
             hseen = *(volatile __u64 *)&h->last_seen_ns;
@@ -2401,7 +2409,7 @@ int xdp_vpc(struct xdp_md *ctx)
     action = XDP_DROP;
     seen = flow_seen(&f); /* before the owner (flow lifecycle) */
     __builtin_memcpy(&o, &f->worker, sizeof(o));
-    if (!flow_live(cfg, fk.proto, o.state, hot_seen(&fk, f, seen, secret), now)) {
+    if (!flow_live_hot(cfg, &fk, f, o.state, seen, now)) {
         /* its owner may be gone, its port another's soon */
         reason = is_err ? STAT_drop_icmp_error_no_flow
                         : later ? STAT_drop_frag_no_first : STAT_drop_flow_expired;
@@ -2489,7 +2497,7 @@ live:
         }
         f->rx_packets++;
         f->rx_bytes += frame_len;
-        if (!later && !is_err)
+        if (!later && !is_err && hot_on)
             hot_install(&fk, f, secret, gen, now, 0, 1);
     }
     __u32 vni = o.vni;

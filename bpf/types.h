@@ -50,6 +50,7 @@ struct node_cfg {
 #define NODE_F_NO_MSS_CLAMP 1 /* leave the MSS of SYNs and SYN/ACKs as they are */
 #define NODE_F_EVENT_DROPS 2  /* drops go into `events`, sampled (event_rate) */
 #define NODE_F_EVENT_FLOWS 4  /* so do new flows */
+#define NODE_F_NO_HOT 8       /* every packet goes the long way (flow_hot unused): the bench's A/B */
 
 /* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
 struct vlan_tag {
@@ -232,12 +233,12 @@ struct clock_cache {
  * environment MAC) need. An entry copies its flow's key and owner whole: it matches a packet
  * only on equal key and owner, so no collision can skip a security-group check or deliver to
  * another environment. It holds the flow's last_seen_ns and, as deltas not yet added to the
- * entry in `flows`, its counters. A hit is taken only within the 2^30 ns epoch of its
- * last_seen_ns and with the current hot_gen: the first packet of each epoch goes the long way,
- * which adds the deltas to `flows` ("folds") and sets the LRU's reference bit. User space bumps
- * hot_gen when it flushes flows; the datapath bumps it when the LRU may start to evict
- * (flow_guard.holes), and fills no slot while it may: a flow the LRU evicted is never served
- * from a slot. Readers of `flows` add what
+ * entry in `flows`, its counters, which the long way adds to the entry ("folds") whenever it
+ * meets the slot: when they near their width, when the state or MAC changes, when another flow
+ * takes the slot. A hit needs the current hot_gen: user space bumps it when it flushes flows;
+ * the datapath bumps it when the LRU may start to evict (flow_guard.holes) and fills no slot
+ * while it may. So a flow the LRU evicted is never served from a slot, and the LRU judges
+ * recency from the long way's lookups only when it matters, when it may evict. Readers of `flows` add what
  * a slot holding the same key and owner has (Datapath in user space; flow_seen_hot here).
  * Two neighbouring slots form a set (one 128-byte pair of lines, which the CPU fetches
  * together): a flow sits in either. */
@@ -270,7 +271,8 @@ struct flow_owner {
     __u8 tunnel;
     __u8 state;
 };
-#define HOT_EPOCH_SHIFT 30 /* ~1.07 s: the longest a flow's counters wait in its slot */
+/* A slot whose flow sent nothing for this long may go to another flow of its set. */
+#define HOT_IDLE_NS 1000000000ull
 /* A slot's counters are folded before they could wrap: one more packet could add 64 KiB. */
 #define HOT_BYTES_MAX (0xFFFFFFFFu - 0x10000u)
 #define HOT_PACKETS_MAX 0xFFFFu

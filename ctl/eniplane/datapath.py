@@ -42,6 +42,7 @@ TX_SLOT_FABRIC = 0
 
 NODE_F_NO_MSS_CLAMP = 1  # types.h: node_cfg.flags
 NODE_F_EVENT_DROPS, NODE_F_EVENT_FLOWS = 2, 4
+NODE_F_NO_HOT = 8  # every packet the long way: flow_hot unused (bench.hot_ab's switch)
 
 
 def _events_config(values: dict, flags: int) -> dict:
@@ -612,6 +613,15 @@ class Datapath:
         take the short way on a slot of theirs. Flows that remain go the long way once."""
         g = self.map("hot_gen")
         g.update(0, (g.lookup(0) + 1) & 0xFFFFFFFF)
+
+    def set_hot(self, on: bool) -> None:
+        """flow_hot on (the default) or off (NODE_F_NO_HOT: every packet goes the long way),
+        for A/B measurements in one run (bench.hot_ab). Off, slots stay as they are (their
+        shares are still added) and are used again once on."""
+        cfg = self.config()
+        flags = cfg.get("flags", 0)
+        self._set_config_fields({"flags": flags & ~NODE_F_NO_HOT if on else
+                                 flags | NODE_F_NO_HOT})
 
     def flows(self, vni: int | None = None, limit: int | None = None,
               include_expired: bool = True) -> list[dict[str, Any]]:

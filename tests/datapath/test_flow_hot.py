@@ -1,7 +1,7 @@
 """flow_hot (types.h): the short way of established packets. A flow's slot is where user space
 computes it; established packets both ways take it and leave the `flows` entry alone; listings
-add the slot's share; the first packet of each epoch folds it back; a slot serves only its own
-key and owner; packets that change state or MAC, flushed flows and a table where the LRU may
+add the slot's share; the long way folds it back (counters near their width, another flow
+taking an idle slot); a slot serves only its own key and owner; packets that change state or MAC, flushed flows and a table where the LRU may
 evict never take it."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from conftest import (ENV_IP, ENV_MAC, GW_A, SERVER, VNI_A, VNI_TINY, WORKER, en
 from eniplane import probe
 from eniplane.sgcompile import Rule
 
-EPOCH_NS = 1 << 30  # HOT_EPOCH_SHIFT
 DEST = "10.0.0.20"
 
 
@@ -107,18 +106,61 @@ def test_established_packets_take_the_slot_both_ways_and_listings_add_it(env):
         [(4, f["tx_bytes"], 2)]
 
 
-def test_the_first_packet_of_an_epoch_folds_the_slot_into_the_entry(env):
+def test_counters_near_their_width_are_folded_into_the_entry(env):
     _, out, _ = send(env, UDP(sport=31001, dport=7) / Raw(b"a"))
     k = key_of(out)
     send(env, UDP(sport=31001, dport=7) / Raw(b"a"))
     reply(env, out, UDP(sport=7, dport=k["eni_port"]) / Raw(b"r"))
     assert (entry(env, k)["tx_packets"], slot_of(env, k)[1]["tx_packets"]) == (1, 1)
-    advance(env, EPOCH_NS)
+    i, h = slot_of(env, k)
+    env.dp.map("flow_hot").update(i, {**h, "tx_packets": 0xFFFF})  # as 65,535 packets leave it
     got, _, d = send(env, UDP(sport=31001, dport=7) / Raw(b"a"))
     assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
     e, (_, h) = entry(env, k), slot_of(env, k)
-    assert (e["tx_packets"], e["rx_packets"]) == (3, 1)  # all of it, in the entry
+    assert (e["tx_packets"], e["rx_packets"]) == (1 + 0xFFFF + 1, 1)  # all of it, in the entry
     assert (h["tx_packets"], h["rx_packets"], h["last_seen_ns"]) == (0, 0, e["last_seen_ns"])
+
+
+def _three_in_one_set(env) -> list[int]:
+    """Three environment ports of VNI_A whose flows' keys fall into one flow_hot set."""
+    secret = env.dp.config()["port_secret"]
+    sets = env.dp.map("flow_hot").max_entries // 2
+    eni = env.dp.map("enis").lookup(VNI_A)
+    by_set: dict[int, list[int]] = {}
+    ports: set[int] = set()
+    for sport in range(20000, 60000):
+        port = probe.probe_ports(secret, 1024, 65535, WORKER, VNI_A, ENV_IP, sport, SERVER, 7,
+                                 17)[0]
+        if port in ports:  # one key, one set: three keys are wanted
+            continue
+        ports.add(port)
+        raw = env.dp.map("flows")._key({"vpc_idx": eni["vpc_idx"], "proto": 17,
+                                        "eni_addr": eni["addr"], "remote": SERVER,
+                                        "eni_port": port, "remote_port": 7})
+        group = by_set.setdefault(probe.hot_set(secret, raw, sets), [])
+        group.append(sport)
+        if len(group) == 3:
+            return group
+    raise AssertionError("no three flows in one set")
+
+
+def test_a_full_set_gives_an_idle_slot_to_a_sending_flow_after_folding_it(env):
+    a, b, c = _three_in_one_set(env)
+    outs = {}
+    for sport in (a, b, c):
+        _, outs[sport], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"))
+        assert d.get("fwd_new_flow") == 1, d
+    send(env, UDP(sport=a, dport=7) / Raw(b"a"))  # a's slot now holds a packet of its own
+    got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
+    assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    assert slot_of(env, key_of(outs[c])) is None  # both of the set's slots send: c waits
+    advance(env, 1_500_000_000)
+    send(env, UDP(sport=b, dport=7) / Raw(b"b"))  # b sends, a is idle
+    send(env, UDP(sport=c, dport=7) / Raw(b"c"))
+    assert slot_of(env, key_of(outs[a])) is None
+    assert slot_of(env, key_of(outs[c])) is not None  # a's slot went to c
+    assert entry(env, key_of(outs[a]))["tx_packets"] == 2  # a's slot folded first
+    assert entry(env, key_of(outs[c]))["tx_packets"] == 3
 
 
 def test_a_slot_serves_only_its_own_owner(env):
