@@ -1616,7 +1616,10 @@ int xdp_fabric(struct xdp_md *ctx)
             }
             if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
                 mac_copy(f->env_mac, p.ieth->h_source);
-            if (!pr.probed && hot_on) /* the short way looks only at the probe's first port */
+            /* Its slot, from the entry as it is now. A flow further along its probe has one
+             * too when the return path gave it one: the short way forward looks only at the
+             * probe's first port, but the return's must not keep a state or MAC that changed. */
+            if (hot_on)
                 hot_install(&fk, f, secret, gen, now, 0, 1);
             reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
                                STAT_fwd_established, &action);

@@ -620,6 +620,9 @@ class Datapath:
         shares are still added) and are used again once on."""
         cfg = self.config()
         flags = cfg.get("flags", 0)
+        if on and flags & NODE_F_NO_HOT:
+            # off, the long way changed entries' state and MACs without their slots
+            self.hot_invalidate()
         self._set_config_fields({"flags": flags & ~NODE_F_NO_HOT if on else
                                  flags | NODE_F_NO_HOT})
 
