@@ -467,20 +467,23 @@ static __always_inline void hot_fold(struct flow_hot *h, struct flow *f)
         f->last_seen_ns = hs;
 }
 
-/* Put flow `f` (key `fk`, its entry just updated on the long way) into its set, so that its
- * next packets take the short way. The slot that holds the key already is rewritten: its
+/* Put flow `f` (key `fk`, its entry just updated on the long way, or just made) into its set,
+ * so that its next packets take the short way. The slot that holds the key already is
+ * rewritten, or emptied without `fill` (slots off, or the LRU may evict): every entry made or
+ * changed on the long way passes here, so no slot outlives its flow's entry with the key and
+ * owner of a new one, and none keeps a state or MAC that changed. Its
  * counters are folded into `f` first when it is this flow's (same owner) and `fresh` is 0;
  * `fresh` (a flow just opened, reopened or taken over) drops what the slot held, which was a
  * flow that is gone. Otherwise an empty slot is taken, or one of an old generation, or (`idle`)
  * one whose flow sent nothing for HOT_IDLE_NS, after folding it into its own flows entry; a set
  * full of sending flows leaves this one on the long way. */
 static __always_inline void hot_install(const struct flow_key *fk, struct flow *f, __u32 secret,
-                                        __u32 gen, __u64 now, int fresh, int idle)
+                                        __u32 gen, __u64 now, int fresh, int idle, int fill)
 {
     __u32 k0 = 0;
     struct flow_guard *g = flow_guard.lookup(&k0);
     if (!g || g->holes) /* the LRU may evict, unseen by slots: flows stay on the long way */
-        return;
+        fill = 0;
     __u32 set = hot_set(fk, secret);
     __u32 i0 = set * 2, i1 = i0 + 1;
     struct flow_hot *h0 = flow_hot.lookup(&i0);
@@ -495,7 +498,15 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     if (h) {
         if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
             hot_fold(h, f);
+        if (!fill) { /* emptied: what it held is in the entry now, or was a gone flow's */
+            h->last_seen_ns = 0;
+            asm volatile("" ::: "memory");
+            __builtin_memset(h, 0, sizeof(*h));
+            return;
+        }
     } else {
+        if (!fill)
+            return;
         if (!h0->key.eni_addr)
             h = h0;
         else if (!h1->key.eni_addr)
@@ -1619,8 +1630,7 @@ int xdp_fabric(struct xdp_md *ctx)
             /* Its slot, from the entry as it is now. A flow further along its probe has one
              * too when the return path gave it one: the short way forward looks only at the
              * probe's first port, but the return's must not keep a state or MAC that changed. */
-            if (hot_on)
-                hot_install(&fk, f, secret, gen, now, 0, 1);
+            hot_install(&fk, f, secret, gen, now, 0, 1, hot_on);
             reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
                                STAT_fwd_established, &action);
             goto out;
@@ -1872,8 +1882,8 @@ int xdp_fabric_open(struct xdp_md *ctx)
 
 emit:
     /* Its slot, if its set has room: a slot that held this key held a flow that is gone. */
-    if (!(cfg->flags & NODE_F_NO_HOT))
-        hot_install(&fk, &nf, cfg->port_secret, hot_gen_now(), now, 1, 0);
+    hot_install(&fk, &nf, cfg->port_secret, hot_gen_now(), now, 1, 0,
+                !(cfg->flags & NODE_F_NO_HOT));
     reason = snat_emit(ctx, cfg, &p, eni->vpc_idx, eni_idx, eni->addr, fk.eni_port, reason,
                        &action);
 out:
@@ -2500,8 +2510,8 @@ live:
         }
         f->rx_packets++;
         f->rx_bytes += frame_len;
-        if (!later && !is_err && hot_on)
-            hot_install(&fk, f, secret, gen, now, 0, 1);
+        if (!later && !is_err)
+            hot_install(&fk, f, secret, gen, now, 0, 1, hot_on);
     }
     __u32 vni = o.vni;
     struct eni_stats *es = eni_stats_of(o.eni_idx);

@@ -242,3 +242,23 @@ def test_no_slot_serves_a_table_the_lru_may_evict_from(small_env):
     assert env.dp.map("flow_hot").max_entries == 64  # HOT_SLOTS_MIN
     assert env.dp.map("hot_gen").lookup(0) >= gen
     assert entry(env, key_of(out))["tx_packets"] == 3
+
+
+def test_a_new_flow_empties_its_keys_old_slot_even_when_no_slot_may_be_filled(env):
+    """The kept fuzz case a3b988038e0b: a flushed flow's slot (its counters still in it) met
+    the same tuple's new flow while flow_guard said holes; the new entry must not inherit it."""
+    _, out, _ = send(env, UDP(sport=31004, dport=7) / Raw(b"a"))
+    send(env, UDP(sport=31004, dport=7) / Raw(b"a"))
+    k = key_of(out)
+    assert slot_of(env, k)[1]["tx_packets"] == 1
+    env.dp.flush_flows(vnis={VNI_A})
+    g = env.dp.map("flow_guard")
+    g.update(0, {**g.lookup(0), "holes": 1})
+    try:
+        got, out2, d = send(env, UDP(sport=31004, dport=7) / Raw(b"a"))
+        assert (d.get("fwd_new_flow"), key_of(out2)) == (1, k), d
+        assert slot_of(env, k) is None  # emptied, not filled
+        f = env.dp.find_flow(WORKER, VNI_A, ENV_IP, 31004, SERVER, 7, 17)
+        assert f["tx_packets"] == 1
+    finally:
+        env.dp.guard_resync()
