@@ -517,7 +517,9 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
             h = h1;
         else
             return;
-        if (h->key.eni_addr) { /* another flow's slot: its counters go to its own entry */
+        /* Another flow's slot: its counters go to its own entry. Not a slot that was placed
+         * under another port secret (a test node's), whose flow is gone. */
+        if (h->key.eni_addr && hot_set(&h->key, secret) == set) {
             struct flow_key vk = h->key;
             struct flow *vf = flows.lookup(&vk);
             if (vf && hot_owner_is(h, vf->worker, vf->vni, vf->env_addr, vf->env_port))
