@@ -1631,8 +1631,10 @@ int xdp_fabric(struct xdp_md *ctx)
                 mac_copy(f->env_mac, p.ieth->h_source);
             /* Its slot, from the entry as it is now. A flow further along its probe has one
              * too when the return path gave it one: the short way forward looks only at the
-             * probe's first port, but the return's must not keep a state or MAC that changed. */
-            hot_install(&fk, f, secret, gen, now, 0, 1, hot_on);
+             * probe's first port, but the return's must not keep a state or MAC that changed.
+             * With the slots off, none is touched (turning them on stops them all). */
+            if (hot_on)
+                hot_install(&fk, f, secret, gen, now, 0, 1, 1);
             reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
                                STAT_fwd_established, &action);
             goto out;
@@ -2512,8 +2514,8 @@ live:
         }
         f->rx_packets++;
         f->rx_bytes += frame_len;
-        if (!later && !is_err)
-            hot_install(&fk, f, secret, gen, now, 0, 1, hot_on);
+        if (!later && !is_err && hot_on)
+            hot_install(&fk, f, secret, gen, now, 0, 1, 1);
     }
     __u32 vni = o.vni;
     struct eni_stats *es = eni_stats_of(o.eni_idx);

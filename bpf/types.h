@@ -50,7 +50,7 @@ struct node_cfg {
 #define NODE_F_NO_MSS_CLAMP 1 /* leave the MSS of SYNs and SYN/ACKs as they are */
 #define NODE_F_EVENT_DROPS 2  /* drops go into `events`, sampled (event_rate) */
 #define NODE_F_EVENT_FLOWS 4  /* so do new flows */
-#define NODE_F_NO_HOT 8       /* every packet goes the long way (flow_hot unused): the bench's A/B */
+#define NODE_F_NO_HOT 8       /* established packets go the long way and touch no slot: the bench's A/B */
 
 /* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
 struct vlan_tag {

@@ -262,3 +262,28 @@ def test_a_new_flow_empties_its_keys_old_slot_even_when_no_slot_may_be_filled(en
         assert f["tx_packets"] == 1
     finally:
         env.dp.guard_resync()
+
+
+def test_slots_off_leave_them_alone_and_on_again_stops_them_first(env):
+    """NODE_F_NO_HOT (bench.hot_ab's switch): established packets go the long way and touch no
+    slot; turning the slots on again stops them all (hot_gen), so no state or MAC that changed
+    meanwhile is used, and each flow's next packet folds its slot."""
+    _, out, _ = send(env, TCP(sport=32001, dport=80, flags="S"))
+    k = key_of(out, proto=6)
+    reply(env, out, TCP(sport=80, dport=k["eni_port"], flags="SA"))
+    send(env, TCP(sport=32001, dport=80, flags="A"))
+    send(env, TCP(sport=32001, dport=80, flags="PA") / Raw(b"on"))
+    assert slot_of(env, k)[1]["tx_packets"] == 1
+    env.dp.set_hot(False)
+    try:
+        send(env, TCP(sport=32001, dport=80, flags="PA") / Raw(b"off"))
+        send(env, TCP(sport=32001, dport=80, flags="FA"))
+        assert slot_of(env, k)[1]["tx_packets"] == 1  # untouched
+        assert slot_of(env, k)[1]["state"] == 7 and entry(env, k)["state"] & 8
+    finally:
+        env.dp.set_hot(True)
+    got, _, d = send(env, TCP(sport=32001, dport=80, flags="A"))
+    assert d.get("fwd_established") == 1, d
+    e, (_, h) = entry(env, k), slot_of(env, k)
+    assert e["tx_packets"] == 6 and h["tx_packets"] == 0  # folded on the long way
+    assert h["state"] == e["state"] and h["state"] & 8  # the FIN the slot did not see
