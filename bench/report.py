@@ -29,7 +29,8 @@ PROGRAM_SCENARIOS = ("ceiling", "state-floor", "eniplane", "eniplane-geneve")
 
 
 def _program_ns(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Per direction and flow count, the node program's ns per packet in each scenario."""
+    """Per direction and flow count, the node program's ns per packet in each scenario, and
+    eniplane's gap to the state floor (issue 16's yardstick: at most 60 ns)."""
     by = {(r["direction"], r["flows"], r["scenario"]): r.get("program_ns") for r in results}
     scen = [s for s in PROGRAM_SCENARIOS if any(k[2] == s and v for k, v in by.items())]
     rows = []
@@ -37,8 +38,10 @@ def _program_ns(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         for n in sorted({r["flows"] for r in results if r["direction"] == d}):
             vals = [by.get((d, n, s)) for s in scen]
             if any(vals):
-                rows.append([d, f"{n:,}"] + [f"{v:.0f}" if v else "-" for v in vals])
-    return ["direction", "flows"] + scen, rows
+                floor, eni = by.get((d, n, "state-floor")), by.get((d, n, "eniplane"))
+                gap = f"{eni - floor:+.0f}" if floor and eni else "-"
+                rows.append([d, f"{n:,}"] + [f"{v:.0f}" if v else "-" for v in vals] + [gap])
+    return ["direction", "flows"] + scen + ["gap to the floor"], rows
 
 
 def tables(doc: dict) -> None:

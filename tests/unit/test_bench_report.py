@@ -25,10 +25,11 @@ def test_throughput_rows_carry_the_ratios():
     assert row == "| forward (VXLAN) | 65,536 | 4.00 | 2.50 | 2.00 | 0.40 | 50% | 80% | 5.0x |"
 
 
-def test_program_ns_leaves_out_the_linux_stack():
+def test_program_ns_leaves_out_the_linux_stack_and_gives_the_gap_to_the_floor():
     md = report.markdown_tables(_doc())["program_ns"]
-    assert md.splitlines()[0] == "| direction | flows | ceiling | state floor | eniplane |"
-    assert "| return | 65,536 | 50 | 190 | 260 |" in md
+    assert md.splitlines()[0] == \
+        "| direction | flows | ceiling | state floor | eniplane | gap to the floor |"
+    assert "| return | 65,536 | 50 | 190 | 260 | +70 |" in md
 
 
 def test_update_doc_fills_empty_and_filled_blocks_alike(tmp_path):
@@ -38,6 +39,6 @@ def test_update_doc_fills_empty_and_filled_blocks_alike(tmp_path):
     assert sorted(report.update_doc(page, _doc())) == ["program_ns", "throughput"]
     once = page.read_text()
     assert "old table" not in once and once.startswith("intro\n") and once.endswith("end\n")
-    assert "| return | 65,536 | 50 | 190 | 260 |\n<!-- /bench:program_ns -->\nmiddle" in once
+    assert "| return | 65,536 | 50 | 190 | 260 | +70 |\n<!-- /bench:program_ns -->\nmiddle" in once
     report.update_doc(page, _doc())
     assert page.read_text() == once  # a second run rewrites the blocks, nothing else
