@@ -210,7 +210,8 @@ def markdown_tables(doc: dict) -> dict[str, str]:
              f"{s['established_ns_empty']:.0f} / {s['established_ns_full_hot']:.0f} ns"],
             ["established path, random flows of the full table (cold caches)",
              f"{s['established_ns_full']:,.0f} ns"],
-            ["memory per flow, key + value (one entry serves both directions, and a quarter of a flow_hot slot)",
+            ["memory per flow, key + value (one entry, both directions; a quarter of a flow_hot "
+             "slot)",
              f"{s['bytes_per_flow_key_value']} B"],
             ["memory per flow, what the kernel charges (memlock / max_entries)",
              f"{s['bytes_per_flow_kernel']:.0f} B"],

@@ -27,12 +27,11 @@ from .sgcompile import Rule, compile_rules
 
 # Held equal to the C by tests/unit/test_consts.py: the pins of maps.h, types.h's VPC_F_* flags
 # and maps.h's TX_SLOT_FABRIC.
-MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs", "vpcs",
-             "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_hot", "hot_gen", "flow_guard",
-             "eni_flows_added",
-             "eni_flows_removed", "open_scratch", "fabric_calls", "icmp_bucket", "frags", "stats",
-             "eni_stats", "clock", "event_cpu", "sg_denials", "redirect_failures", "events",
-             "tx_ports")
+MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs",
+             "vpcs", "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_hot", "hot_gen",
+             "flow_guard", "eni_flows_added", "eni_flows_removed", "open_scratch", "fabric_calls",
+             "icmp_bucket", "frags", "stats", "eni_stats", "clock", "event_cpu", "sg_denials",
+             "redirect_failures", "events", "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8
 WORKER_F_MAC, WORKER_F_RELEARN, WORKER_F_STATIC = 1, 2, 4
 NO_MAC = "00:00:00:00:00:00"
@@ -568,8 +567,8 @@ class Datapath:
             for idx, raw in m.items_raw():
                 # only where the datapath would look: a slot placed under another port secret
                 # (a test node's) is no flow's now
-                if any(raw[:16]) and \
-                        probe.hot_set(secret, raw[:16], sets) == int.from_bytes(idx, sys.byteorder) // 2:
+                slot = int.from_bytes(idx, sys.byteorder)
+                if any(raw[:16]) and probe.hot_set(secret, raw[:16], sets) == slot // 2:
                     out[raw[:16]] = raw
             return out
         for k in keys:

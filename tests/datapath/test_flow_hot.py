@@ -1,8 +1,8 @@
 """flow_hot (types.h): the short way of established packets. A flow's slot is where user space
 computes it; established packets both ways take it and leave the `flows` entry alone; listings
 add the slot's share; the long way folds it back (counters near their width, another flow
-taking an idle slot); a slot serves only its own key and owner; packets that change state or MAC, flushed flows and a table where the LRU may
-evict never take it."""
+taking an idle slot); a slot serves only its own key and owner; packets that change state or
+MAC, flushed flows and a table where the LRU may evict never take it."""
 
 from __future__ import annotations
 
