@@ -594,11 +594,15 @@ class Datapath:
         v["last_seen_ns"] = max(v["last_seen_ns"], h["last_seen_ns"])
         return v
 
-    def _flow_items(self) -> Iterable[tuple[bytes, dict[str, Any], dict[str, Any]]]:
-        """Every `flows` entry as (raw key, key, value with its slot's share)."""
+    def _flow_items(self, hot_out: dict[bytes, bytes] | None = None
+                    ) -> Iterable[tuple[bytes, dict[str, Any], dict[str, Any]]]:
+        """Every `flows` entry as (raw key, key, value with its slot's share); with `hot_out`,
+        the slots read are put there too (by raw key)."""
         m = self.map("flows")
         items = list(m.items_raw())
         hot = self._hot_slots([k for k, _ in items])
+        if hot_out is not None:
+            hot_out.update(hot)
         for k, raw in items:
             yield k, m.decode_key(k), self._with_hot(m.decode_value(raw), hot.get(k))
 
@@ -659,26 +663,35 @@ class Datapath:
 
     def flow_summary(self) -> dict[str, Any]:
         """One pass over the flow table, for the metrics: its entries, live flows by state (and
-        "expired", as flow_states), and per ENI (by VNI) the most live flows towards one
+        "expired", as flow_states), per ENI (by VNI) the most live flows towards one
         destination (remote, remote port, protocol): the NAT ports that destination holds of
-        the ENI's range, the signal before drop_port_exhausted. Decodes each entry once and
-        builds no records: the whole table is read per call."""
+        the ENI's range, the signal before drop_port_exhausted; and `short_way`, the live flows
+        whose flow_hot slot their next packet may take (of the current hot_gen). Decodes each
+        entry once and builds no records: the whole table is read per call."""
         now, timeouts = self.now_ns(), self.timeouts()
         states = Counter({name: 0 for name in lifecycle.STATE_NAMES})
         states["expired"] = 0
         dests: Counter = Counter()
-        n = 0
-        for _, key, v in self._flow_items():
+        n = short = 0
+        hot: dict[bytes, bytes] = {}
+        gen = self.map("hot_gen").lookup(0)
+        h = self.map("flow_hot")
+        for k, key, v in self._flow_items(hot):
             n += 1
             if lifecycle.is_live(key["proto"], v["state"], v["last_seen_ns"], now, timeouts):
                 states[lifecycle.state_name(key["proto"], v["state"])] += 1
                 dests[(v["vni"], key["remote"], key["remote_port"], key["proto"])] += 1
+                if k in hot:
+                    s = h.decode_value(hot[k])
+                    short += s["gen"] == gen and s["env_port"] == v["env_port"] and \
+                        s["env_addr"] == v["env_addr"] and s["worker"] == v["worker"]
             else:
                 states["expired"] += 1
         fullest: dict[int, int] = {}
         for (vni, *_), c in dests.items():
             fullest[vni] = max(fullest.get(vni, 0), c)
-        return {"entries": n, "states": dict(states), "fullest_destination": fullest}
+        return {"entries": n, "states": dict(states), "fullest_destination": fullest,
+                "short_way": short}
 
     def map_levels(self, known: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Every pinned map's entries and capacity (an array counts as full: its slots always

@@ -198,6 +198,10 @@ class DatapathCollector(Collector):
                                    labels=["state"])
         for state, n in scan["states"].items():
             states.add_metric([state], n)
+        short = GaugeMetricFamily(f"{NS}_flows_short_way", "Live flows whose next established "
+                                  "packet may take their flow_hot slot (docs/architecture.md, "
+                                  "\"The short way\"); the rest go through the flow table")
+        short.add_metric([], scan["short_way"])
         m_entries = GaugeMetricFamily(f"{NS}_map_entries", "Entries in a pinned map",
                                       labels=["map"])
         m_max = GaugeMetricFamily(f"{NS}_map_max_entries", "A pinned map's capacity",
@@ -216,4 +220,4 @@ class DatapathCollector(Collector):
         took = GaugeMetricFamily(f"{NS}_flow_scan_duration_seconds",
                                  "How long the last flow-table scan took")
         took.add_metric([], scan["duration"])
-        return fams + [states, m_entries, m_max, m_fill, age, took]
+        return fams + [states, short, m_entries, m_max, m_fill, age, took]

@@ -287,3 +287,15 @@ def test_slots_off_leave_them_alone_and_on_again_stops_them_first(env):
     e, (_, h) = entry(env, k), slot_of(env, k)
     assert e["tx_packets"] == 6 and h["tx_packets"] == 0  # folded on the long way
     assert h["state"] == e["state"] and h["state"] & 8  # the FIN the slot did not see
+
+
+def test_the_metrics_count_the_flows_on_the_short_way(env):
+    """flow_summary's short_way (eniplane_flows_short_way): live flows whose slot is current."""
+    assert env.dp.flow_summary()["short_way"] == 0
+    _, out, _ = send(env, UDP(sport=31006, dport=7) / Raw(b"a"))
+    send(env, UDP(sport=31007, dport=7) / Raw(b"b"))
+    assert env.dp.flow_summary()["short_way"] == 2
+    env.dp.hot_invalidate()  # as a flush of other flows would: both go the long way next
+    assert env.dp.flow_summary()["short_way"] == 0
+    send(env, UDP(sport=31006, dport=7) / Raw(b"a"))
+    assert env.dp.flow_summary()["short_way"] == 1

@@ -73,7 +73,7 @@ class FakeDp:
     def flow_summary(self):
         self.scans += 1
         return {"entries": 5, "states": {"established": 3, "expired": 2},
-                "fullest_destination": {4096: 256, 4097: 2}}
+                "fullest_destination": {4096: 256, 4097: 2}, "short_way": 2}
 
     def map_levels(self, known):
         return [{"name": "flows", "entries": known["flows"], "max_entries": 100},
@@ -105,6 +105,7 @@ def test_the_exposition_parses_and_says_what_the_datapath_says():
     assert dropped[(("reason", "sg_denied"),)] == dp.counters["drop_sg_denied"]
     assert got["eniplane_xdp_actions_total"][(("action", "pass"),)] == dp.counters["xdp_pass"]
     assert got["eniplane_flows_evicted_total"][()] == 5
+    assert got["eniplane_flows_short_way"][()] == 2
     a = (("eni", "eni-a"), ("subnet", "sub-a"), ("vpc", "vpc-a"))
     assert got["eniplane_eni_packets_total"][(("direction", "egress"),) + a] == 1
     assert got["eniplane_eni_bytes_total"][(("direction", "ingress"),) + a] == 4
