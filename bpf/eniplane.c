@@ -413,6 +413,14 @@ static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u3
     return NULL;
 }
 
+/* A slot's last_seen_ns, read before any of its other fields, as flow_seen reads an entry's. */
+static __always_inline __u64 hot_time(struct flow_hot **h)
+{
+    __u64 seen = *(volatile __u64 *)&(*h)->last_seen_ns;
+    asm volatile("" : "+r"(*h) : "r"(seen));
+    return seen;
+}
+
 static __always_inline __u32 hot_gen_now(void)
 {
     __u32 k = 0;
@@ -453,6 +461,16 @@ static __always_inline int flow_live_hot(struct node_cfg *cfg, const struct flow
 {
     return flow_live(cfg, fk->proto, state, seen, now) ||
            flow_live(cfg, fk->proto, state, hot_seen(fk, f, seen, cfg->port_secret), now);
+}
+
+/* flow_claimable, likewise: only an entry that is claimable by its own time can be by its
+ * slot's (which is never earlier), so the slot is read only then. */
+static __always_inline int flow_claimable_hot(struct node_cfg *cfg, const struct flow_key *fk,
+                                              struct flow *f, __u8 state, __u64 seen,
+                                              __u64 now)
+{
+    return flow_claimable(cfg, fk->proto, state, seen, now) &&
+           flow_claimable(cfg, fk->proto, state, hot_seen(fk, f, seen, cfg->port_secret), now);
 }
 
 /* Add a slot's counters and time to its flows entry (which the caller found for its key). */
@@ -531,7 +549,7 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     h->last_seen_ns = 0;
     asm volatile("" ::: "memory");
     h->key = *fk;
-    __builtin_memcpy(&h->worker, &f->worker, 24);
+    __builtin_memcpy(&h->worker, &f->worker, sizeof(struct flow_owner));
     h->gen = gen;
     h->tx_packets = 0;
     h->rx_packets = 0;
@@ -1271,9 +1289,7 @@ static __always_inline __be16 stale_walk(struct flow_key *fk, struct node_cfg *c
         __be16 p = probe_port(lo, range, start, i);
         fk->eni_port = p;
         struct flow *f = flows.lookup(fk);
-        if (f && flow_claimable(cfg, fk->proto, f->state, f->last_seen_ns, now) &&
-            flow_claimable(cfg, fk->proto, f->state,
-                           hot_seen(fk, f, f->last_seen_ns, cfg->port_secret), now)) {
+        if (f && flow_claimable_hot(cfg, fk, f, f->state, f->last_seen_ns, now)) {
             found = p;
             *depth = i;
             break;
@@ -1582,8 +1598,7 @@ int xdp_fabric(struct xdp_md *ctx)
         fk.eni_port = probe_port(lo, range, start, 0);
         struct flow_hot *h = hot_find(&fk, hot_set(&fk, secret));
         if (h) {
-            __u64 hseen = *(volatile __u64 *)&h->last_seen_ns;
-            asm volatile("" : "+r"(h) : "r"(hseen)); /* the time before the owner, as flow_seen */
+            __u64 hseen = hot_time(&h);
             __u8 hstate = h->state;
             if (hot_usable(cfg, h, l4proto, gen, hseen, now) &&
                 hot_owner_is(h, p.t.oip->saddr, p.t.vni, p.iip->saddr, *p.l4.sport) &&
@@ -1611,8 +1626,9 @@ int xdp_fabric(struct xdp_md *ctx)
         int reopens = l4proto == IPPROTO_TCP && tcp_opens(tcp_flags) &&
                       (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
         if (flow_live_hot(cfg, &fk, f, state, pr.seen, now) && !reopens) {
-            /* 5a. Established. Revoking a placement flushes the pair's flows (datapath.py),
-             * so an entry found here was opened by a worker that is still placed. */
+            /* 5b. Established, the long way. Revoking a placement flushes the pair's flows
+             * (datapath.py), so an entry found here was opened by a worker that is still
+             * placed. */
             if (pr.probed)
                 count(st, STAT_flow_probed);
             /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow),
@@ -1640,7 +1656,7 @@ int xdp_fabric(struct xdp_md *ctx)
             goto out;
         }
     }
-    /* 5b. No live flow: xdp_fabric_open decides, with what the walk found. */
+    /* 5c. No live flow: xdp_fabric_open decides, with what the walk found. */
     os->seen = pr.seen;
     os->own_port = f ? fk.eni_port : 0;
     os->free_port = pr.free_port;
@@ -1856,8 +1872,7 @@ int xdp_fabric_open(struct xdp_md *ctx)
         __u64 sseen = flow_seen(&sf);
         __u32 old_idx = sf->eni_idx;
         takeover_race_point(sf, now);
-        if (!flow_claimable(cfg, l4proto, sf->state, hot_seen(&fk, sf, sseen, cfg->port_secret),
-                            now) ||
+        if (!flow_claimable_hot(cfg, &fk, sf, sf->state, sseen, now) ||
             !flow_claim(sf, sseen)) {
             reason = STAT_drop_port_race;
             goto out;
@@ -2395,8 +2410,7 @@ int xdp_vpc(struct xdp_md *ctx)
     if (!later && !is_err && hot_on) {
         h = hot_find(&fk, hot_set(&fk, secret));
         if (h) {
-            hseen = *(volatile __u64 *)&h->last_seen_ns;
-            asm volatile("" : "+r"(h) : "r"(hseen)); /* the time before the owner */
+            hseen = hot_time(&h);
             __u8 hstate = h->state;
             if (!hot_usable(cfg, h, fk.proto, gen, hseen, now) ||
                 (state_bits_in(tcp_flags) & ~hstate))

@@ -1,10 +1,10 @@
 /* maps.h - every map of the datapath, pinned under PIN_DIR (/sys/fs/bpf/eniplane/<node>/maps).
  * Contract: loading again finds the pins and reuses them, so their contents survive a reload.
  * Writers: the control plane writes config, workers, worker_slots (owners), placements, enis,
- * eni_addrs,
- * vpcs, vpc_ifs, vpc_if_slots, sg_rules, tx_ports, fabric_calls, hot_gen and eni_flows_removed; the
- * datapath writes the flow tables (flows, flow_hot), frags, icmp_bucket, eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned
- * gateway MACs.
+ * eni_addrs, vpcs, vpc_ifs, vpc_if_slots, sg_rules, tx_ports, fabric_calls, hot_gen and
+ * eni_flows_removed; the datapath writes the flow tables (flows, flow_hot), frags, icmp_bucket,
+ * eni_flows_added, open_scratch, the counters, the clock cache, worker MACs and learned gateway
+ * MACs (and bumps hot_gen, see types.h).
  */
 #ifndef ENIPLANE_MAPS_H
 #define ENIPLANE_MAPS_H

@@ -50,7 +50,7 @@ struct node_cfg {
 #define NODE_F_NO_MSS_CLAMP 1 /* leave the MSS of SYNs and SYN/ACKs as they are */
 #define NODE_F_EVENT_DROPS 2  /* drops go into `events`, sampled (event_rate) */
 #define NODE_F_EVENT_FLOWS 4  /* so do new flows */
-#define NODE_F_NO_HOT 8       /* established packets go the long way and touch no slot: the bench's A/B */
+#define NODE_F_NO_HOT 8       /* established packets go the long way, touching no slot (A/B) */
 
 /* The outer VLAN tags a worker's frames arrive with, replayed on the frames sent back to it. */
 struct vlan_tag {
@@ -238,8 +238,9 @@ struct clock_cache {
  * takes the slot. A hit needs the current hot_gen: user space bumps it when it flushes flows;
  * the datapath bumps it when the LRU may start to evict (flow_guard.holes) and fills no slot
  * while it may. So a flow the LRU evicted is never served from a slot, and the LRU judges
- * recency from the long way's lookups only when it matters, when it may evict. Readers of `flows` add what
- * a slot holding the same key and owner has (Datapath in user space; flow_seen_hot here).
+ * recency from the long way's lookups only when it matters, when it may evict. Readers of
+ * `flows` add what a slot holding the same key and owner has (Datapath in user space;
+ * flow_live_hot and flow_claimable_hot here).
  * Two neighbouring slots form a set (one 128-byte pair of lines, which the CPU fetches
  * together): a flow sits in either. */
 struct flow_hot {

@@ -42,7 +42,7 @@ TX_SLOT_FABRIC = 0
 
 NODE_F_NO_MSS_CLAMP = 1  # types.h: node_cfg.flags
 NODE_F_EVENT_DROPS, NODE_F_EVENT_FLOWS = 2, 4
-NODE_F_NO_HOT = 8  # every packet the long way: flow_hot unused (bench.hot_ab's switch)
+NODE_F_NO_HOT = 8  # established packets the long way, no slot touched (bench.hot_ab's switch)
 
 
 def _events_config(values: dict, flags: int) -> dict:
@@ -555,7 +555,8 @@ class Datapath:
 
     # ---- flows -----------------------------------------------------------------------------
     # A sending flow's time and counters move on in its flow_hot slot (types.h) and reach its
-    # `flows` entry about once a second: every read of `flows` here adds what the slot holds.
+    # `flows` entry only when the long way meets the slot: every read of `flows` here adds what
+    # the slot holds.
     def _hot_slots(self, keys: list[bytes] | None = None) -> dict[bytes, bytes]:
         """flow_hot's slots by the `flows` key they hold (raw bytes, undecoded): those of
         `keys`, two lookups each, or (None, or too many keys for that to be cheaper) every
@@ -580,13 +581,21 @@ class Datapath:
                     break
         return out
 
-    def _with_hot(self, v: dict[str, Any], raw: bytes | None) -> dict[str, Any]:
-        """A `flows` value with what its slot adds (when the slot is the same flow's: same
-        owner): its counters, and its time when later."""
+    def _slot_of(self, v: dict[str, Any], raw: bytes | None) -> dict[str, Any] | None:
+        """The slot (decoded) that holds a `flows` value's key, if it is the same flow's (the
+        same owner, as hot_owner_is in the C); else None."""
         if raw is None:
-            return v
+            return None
         h = self.map("flow_hot").decode_value(raw)
         if any(h[f] != v[f] for f in ("worker", "vni", "env_addr", "env_port")):
+            return None
+        return h
+
+    @staticmethod
+    def _with_hot(v: dict[str, Any], h: dict[str, Any] | None) -> dict[str, Any]:
+        """A `flows` value with what its slot `h` (from _slot_of) adds: its counters, and its
+        time when later."""
+        if h is None:
             return v
         v = dict(v)
         for f in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes"):
@@ -594,17 +603,16 @@ class Datapath:
         v["last_seen_ns"] = max(v["last_seen_ns"], h["last_seen_ns"])
         return v
 
-    def _flow_items(self, hot_out: dict[bytes, bytes] | None = None
-                    ) -> Iterable[tuple[bytes, dict[str, Any], dict[str, Any]]]:
-        """Every `flows` entry as (raw key, key, value with its slot's share); with `hot_out`,
-        the slots read are put there too (by raw key)."""
+    def _flow_items(self) -> Iterable[tuple[dict[str, Any], dict[str, Any],
+                                            dict[str, Any] | None]]:
+        """Every `flows` entry as (key, value with its slot's share, the slot or None)."""
         m = self.map("flows")
         items = list(m.items_raw())
         hot = self._hot_slots([k for k, _ in items])
-        if hot_out is not None:
-            hot_out.update(hot)
         for k, raw in items:
-            yield k, m.decode_key(k), self._with_hot(m.decode_value(raw), hot.get(k))
+            v = m.decode_value(raw)
+            h = self._slot_of(v, hot.get(k))
+            yield m.decode_key(k), self._with_hot(v, h), h
 
     def flow_value(self, key: dict[str, Any]) -> dict[str, Any] | None:
         """One `flows` entry's value by its key, with its slot's share (what listings show)."""
@@ -613,7 +621,8 @@ class Datapath:
         raw = m.lookup_raw(k)
         if raw is None:
             return None
-        return self._with_hot(m.decode_value(raw), self._hot_slots([k]).get(k))
+        v = m.decode_value(raw)
+        return self._with_hot(v, self._slot_of(v, self._hot_slots([k]).get(k)))
 
     def hot_invalidate(self) -> None:
         """Stop every flow_hot slot at once (hot_gen): after flows were flushed, no packet may
@@ -622,9 +631,9 @@ class Datapath:
         g.update(0, (g.lookup(0) + 1) & 0xFFFFFFFF)
 
     def set_hot(self, on: bool) -> None:
-        """flow_hot on (the default) or off (NODE_F_NO_HOT: every packet goes the long way),
-        for A/B measurements in one run (bench.hot_ab). Off, slots stay as they are (their
-        shares are still added) and are used again once on."""
+        """flow_hot on (the default) or off (NODE_F_NO_HOT: established packets go the long way
+        and touch no slot), for A/B measurements in one run (bench.hot_ab). Off, slots stay as
+        they are (their shares are still added); on again, they are stopped first."""
         cfg = self.config()
         flags = cfg.get("flags", 0)
         if on and flags & NODE_F_NO_HOT:
@@ -641,7 +650,7 @@ class Datapath:
         `include_expired`."""
         out = []
         now, timeouts = self.now_ns(), self.timeouts()
-        for _, k, v in self._flow_items():
+        for k, v, _ in self._flow_items():
             if vni is not None and v["vni"] != vni:
                 continue
             f = flow_record(k, v, now, timeouts)
@@ -673,18 +682,13 @@ class Datapath:
         states["expired"] = 0
         dests: Counter = Counter()
         n = short = 0
-        hot: dict[bytes, bytes] = {}
         gen = self.map("hot_gen").lookup(0)
-        h = self.map("flow_hot")
-        for k, key, v in self._flow_items(hot):
+        for key, v, slot in self._flow_items():
             n += 1
             if lifecycle.is_live(key["proto"], v["state"], v["last_seen_ns"], now, timeouts):
                 states[lifecycle.state_name(key["proto"], v["state"])] += 1
                 dests[(v["vni"], key["remote"], key["remote_port"], key["proto"])] += 1
-                if k in hot:
-                    s = h.decode_value(hot[k])
-                    short += s["gen"] == gen and s["env_port"] == v["env_port"] and \
-                        s["env_addr"] == v["env_addr"] and s["worker"] == v["worker"]
+                short += slot is not None and slot["gen"] == gen
             else:
                 states["expired"] += 1
         fullest: dict[int, int] = {}
@@ -758,7 +762,8 @@ class Datapath:
         items = list(m.items_raw())  # the table as it was: what opens meanwhile stays
         hot = self._hot_slots([k for k, _ in items])
         for k, raw in items:
-            v = self._with_hot(m.decode_value(raw), hot.get(k))
+            v = m.decode_value(raw)
+            v = self._with_hot(v, self._slot_of(v, hot.get(k)))
             key = m.decode_key(k)
             if not doomed(key, v):
                 held[v["eni_idx"]] += 1
@@ -769,7 +774,7 @@ class Datapath:
             gone = m.pop(k)
             if gone is None:
                 continue
-            raw_gone, gone = gone, self._with_hot(gone, hot.get(k))
+            raw_gone, gone = gone, self._with_hot(gone, self._slot_of(gone, hot.get(k)))
             if still is not None and not still(key, gone):
                 try:  # as it was: its slot's share is still in its slot
                     m.update(k, raw_gone, flags=BPF_NOEXIST)
@@ -814,7 +819,6 @@ class Datapath:
         eni = self.map("enis").lookup(vni)
         if eni is None:
             return None
-        m = self.map("flows")
         for port in probe.probe_ports(self.config()["port_secret"], eni["port_lo"], eni["port_hi"],
                                 worker, vni, env_addr, env_port, remote, remote_port, proto):
             k = {"vpc_idx": eni["vpc_idx"], "proto": proto, "eni_addr": eni["addr"],

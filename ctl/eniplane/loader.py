@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from . import bpfsys, paths
 from .errors import LoadError
@@ -152,6 +152,18 @@ def compile_and_pin(node: str, defines: dict[str, int] | None = None) -> dict[st
         _on_c_exit.remove(forget)
 
 
+def _load_func(bpf: Any, name: str, prog_type: int) -> Any:
+    """bcc's load_func, with the verifier's log, trimmed, in the error when it refuses."""
+    cap = _CaptureStderr()
+    try:
+        with cap:
+            return bpf.load_func(name.encode(), prog_type)
+    except Exception as e:
+        reason = str(e).split(":")[-1].strip()
+        raise LoadError(f"the verifier rejected {name} ({reason}):\n"
+                        f"{_trim_verifier_log(cap.text)}") from None
+
+
 def _compile_and_pin(node: str, defines: dict[str, int] | None,
                      stage: bool = False) -> dict[str, int]:
     """stage: pin the programs under progs_new/ and leave fabric_calls alone (`upgrade` swaps
@@ -178,14 +190,7 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None,
     _check_pinned_maps(bpf, maps_dir, shapes=stage)
     fds: dict[str, int] = {}
     for name in PROGRAMS:
-        cap = _CaptureStderr()
-        try:
-            with cap:
-                fn = bpf.load_func(name.encode(), BPF.XDP)
-        except Exception as e:
-            reason = str(e).split(":")[-1].strip()
-            raise LoadError(f"the verifier rejected {name} ({reason}):\n"
-                            f"{_trim_verifier_log(cap.text)}") from None
+        fn = _load_func(bpf, name, BPF.XDP)
         pin = progs_dir / name
         if pin.exists():
             pin.unlink()
@@ -252,14 +257,7 @@ def attach_redirect_watch(bpf, progs_dir: Path) -> None:
     links = progs_dir / "links"
     links.mkdir(exist_ok=True)
     for name, tracepoint in REDIRECT_WATCH.items():
-        cap = _CaptureStderr()
-        try:
-            with cap:
-                fn = bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
-        except Exception as e:
-            reason = str(e).split(":")[-1].strip()
-            raise LoadError(f"the verifier rejected {name} ({reason}):\n"
-                            f"{_trim_verifier_log(cap.text)}") from None
+        fn = _load_func(bpf, name, BPF.RAW_TRACEPOINT)
         link = bpfsys.raw_tracepoint_open(fn.fd, tracepoint)
         try:
             pin = links / tracepoint

@@ -5,7 +5,8 @@ bpf/consts.h (PORT_TRIES, FLOW_SAFE_ENTRIES), and computes the flow_guard value 
 after flows were deleted. Nothing here reads or writes a map: datapath.py reads the maps, calls
 these and writes the result. tests/datapath/test_probe.py holds port_hash/probe_ports equal to
 the kernel's (flows sit where these functions say), tests/datapath/test_flow_hot.py hot_set,
-tests/unit/test_consts.py holds the constants equal to consts.h. A flow here is a record of datapath.flow_record; an ENI is an `enis` map value.
+tests/unit/test_consts.py holds the constants equal to consts.h. A flow here is a record of
+datapath.flow_record; an ENI is an `enis` map value.
 """
 
 from __future__ import annotations
