@@ -1,7 +1,8 @@
 """flow_hot on and off, in one run: what the short way is worth, per flow count and direction.
 
-Contract: `python -m bench.hot_ab [--flows 1,16384,65536] [--rounds 5] [--seconds 1] [--json F]`
-stages the benchmark topology once, opens the flows once per flow count (forward warm-up), and
+Contract: `python -m bench.hot_ab [--flows 1,16384,65536] [--rounds 5] [--seconds 1] [--json F]
+[--in-order]` stages the benchmark topology once (sinks on both far ends, as the bench has them),
+opens the flows once per flow count (forward, in a shuffled order: throughput.open_flows), and
 then, in interleaved rounds whose order alternates, times eniplane's program per packet with the
 kernel's run-time accounting (run_time_ns / run_cnt, BPF_ENABLE_STATS on for the whole run),
 forward (xdp_fabric) and return (xdp_vpc), with flow_hot on and with it off (NODE_F_NO_HOT:
@@ -23,15 +24,18 @@ from eniplane import bpfsys
 
 from . import throughput as TP
 from . import topo as T
-from .gen import pin_cpu0, rfc4814_ports
+from .gen import Sink, pin_cpu0, rfc4814_ports
 
 
 def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
-        progress=print) -> dict:
+        progress=print, in_order: bool = False) -> dict:
     pin_cpu0()
     res: dict = {}
     with T.Topo() as t:
         dp = t.stage(TP.FWD_SPORT_OFF, TP.RET_SPORT_OFF, max_flows)
+        # as in the bench: what arrives is dropped at once (without a program on the receiving
+        # veth every redirect would fail, and the failure path would run with each packet)
+        sinks = [Sink(t.ns["sink"], "s0"), Sink(t.ns["gen"], "g0")]
         stats = bpfsys.enable_run_time_stats()
         try:
             for n in flow_counts:
@@ -41,7 +45,10 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                 made = [TP._generator("xdp", t, "forward", ports)]
                 try:
                     t.use("eniplane", "forward")
-                    made[0].run(0, max_packets=max(2 * n, 1000))
+                    if in_order:  # the bench's way before open_flows: a stream for `flows`
+                        made[0].run(0, max_packets=max(2 * n, 1000))
+                    else:
+                        TP.open_flows(t, "xdp", ports)
                     made.append(TP._generator("xdp", t, "return",
                                               TP.reply_ports(t, "eniplane", ports, dp)))
                     made.append(TP._generator("xdp", t, "return",
@@ -81,6 +88,8 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                         g.close()
         finally:
             os.close(stats)
+            for s in sinks:
+                s.close()
             dp.close()
     return res
 
@@ -106,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--max-flows", type=int, default=T.DEFAULT_MAX_FLOWS)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--in-order", action="store_true",
+                    help="open the flows in the order the rounds send them in (not open_flows' "
+                         "shuffled order), which lays `flows` entries out as a stream")
     a = ap.parse_args(argv)
     res = run([int(x) for x in a.flows.split(",")], a.rounds, a.seconds, a.max_flows,
-              progress=lambda m: print(m, file=sys.stderr, flush=True))
+              progress=lambda m: print(m, file=sys.stderr, flush=True), in_order=a.in_order)
     print(table(res))
     if a.json:
         a.json.write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
