@@ -24,6 +24,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from eniplane import bpfsys, netlink, paths
+from eniplane.lifecycle import U32_MAX
 from eniplane.sgcompile import Rule
 
 from . import topo as T
@@ -145,6 +146,9 @@ def scale(fill: int = 1_000_000, probe: int = 20_000, progress=print) -> dict:
     """Fill the flow tables with `fill` flows; the established path at that size; memory."""
     with T.Topo() as t:
         dp = t.eniplane(max_flows=max(1 << 20, 1 << (fill - 1).bit_length()))
+        # one ENI holds every flow here: its limit (65,000 by default) must not be what stops
+        # the fill or the flows past the table's capacity
+        dp.set_flow_limit(U32_MAX)
         r = Runner(t)
         try:
             pkt = _fwd_packet(t, 40000)
