@@ -12,6 +12,7 @@ import ctypes.util
 import errno as _errno
 import os
 import platform
+import struct
 import sys
 from functools import lru_cache
 
@@ -225,6 +226,33 @@ def prog_info(fd: int) -> ProgInfo:
          _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
          "program info")
     return info
+
+
+def prog_jited_lines(fd: int) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+    """A program's JIT image and its line records: (start address, length, [(JIT address,
+    file name offset, line text offset, line << 10 | column)]), the offsets into the strings
+    of the program's BTF (prog_info(fd).btf_id). Empty records when it was loaded without
+    line information."""
+    info = prog_info(fd)
+    n = min(info.nr_line_info, info.nr_jited_line_info)
+    if not n or not info.nr_jited_ksyms:
+        return 0, 0, []
+    rec = info.line_info_rec_size
+    lines = ctypes.create_string_buffer(info.nr_line_info * rec)
+    jited = (ctypes.c_uint64 * info.nr_jited_line_info)()
+    ksyms = (ctypes.c_uint64 * info.nr_jited_ksyms)()
+    ask = ProgInfo(nr_line_info=info.nr_line_info, line_info_rec_size=rec,
+                   line_info=ctypes.addressof(lines), nr_jited_line_info=info.nr_jited_line_info,
+                   jited_line_info_rec_size=8, jited_line_info=ctypes.addressof(jited),
+                   nr_jited_ksyms=info.nr_jited_ksyms, jited_ksyms=ctypes.addressof(ksyms))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD,
+         _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(ask), info=ctypes.addressof(ask)),
+         "program line info")
+    out = []
+    for i in range(n):
+        _, file_off, line_off, line_col = struct.unpack_from("<IIII", lines.raw, i * rec)
+        out.append((jited[i], file_off, line_off, line_col))
+    return ksyms[0], info.jited_prog_len, out
 
 
 class _EnableStatsAttr(ctypes.Structure):
