@@ -47,13 +47,20 @@ static __always_inline __u16 ipv4_csum20(struct iphdr *ip)
     return csum_fold32(csum_add20(ip, 0));
 }
 
-/* Decrement TTL; the checksum follows the (ttl, protocol) word. */
+/* Decrement TTL; the checksum follows the (ttl, protocol) word. The word is written whole,
+ * from the value read: reading it back after a store to its TTL byte alone would wait for
+ * that store to reach the cache (no store forwarding from a narrower store). */
 static __always_inline void ipv4_dec_ttl(struct iphdr *ip)
 {
     __u16 *word = (__u16 *)&ip->ttl;
     __u16 old = *word;
-    ip->ttl--;
-    ip->check = csum_replace2(ip->check, old, *word);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    __u16 now = (old & 0xFF00) | ((old - 1) & 0x00FF);
+#else
+    __u16 now = (old & 0x00FF) | ((old - 0x100) & 0xFF00);
+#endif
+    *word = now;
+    ip->check = csum_replace2(ip->check, old, now);
 }
 
 /* Rewrite an L4 checksum for an address change (pseudo header) plus a port change. */
