@@ -6,8 +6,10 @@ every round), times the node's program per packet with the kernel's run-time acc
 (run_time_ns / run_cnt, BPF_ENABLE_STATS on for the whole run) in forward VXLAN for:
   ceiling, the state floor as staged by the bench, the floor with one difference each (direct
   indexing or the 4-way sets the bench used before, bpf_redirect instead of the DEVMAP, a
-  generator that varies the outer UDP source port per flow), and eniplane with either
-  generator.
+  generator that varies the outer UDP source port per flow), eniplane with either generator,
+  and "index + pool", a design with a translator's whole 64-byte entry per flow (gen.c,
+  STATE_POOL) that issue 16 weighs against the floor.
+Every table is opened in a shuffled order first, as the bench opens eniplane's.
 It prints medians (min-max) per flow count and writes every round with --json. It exists to
 answer issue 16's first question and to be re-run when the floor changes; `make bench` does not
 run it.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -38,13 +41,20 @@ def _variants(t: T.Topo, max_flows: int, base: dict[str, int],
                         ("floor 4-way (the bench's before)", {"STATE_WAYS": 4}),
                         ("floor bpf_redirect", {"REDIRECT_IFINDEX": vpca}),
                         ("floor direct+bpf_redirect", {"STATE_WAYS": 1,
-                                                       "REDIRECT_IFINDEX": vpca})):
+                                                       "REDIRECT_IFINDEX": vpca}),
+                        ("index + pool (a design, not a floor)", {"STATE_POOL": 1})):
         out[name] = t._load_ceiling(False, max_flows, TP.FWD_SPORT_OFF, {**base, **extra})
     if align:  # a 4-way set moved by k entries: one of the four k starts on a cache line
         for k in range(1, 4):
             out[f"floor 4-way +{k}"] = t._load_ceiling(
                 False, max_flows, TP.FWD_SPORT_OFF, {**base, "STATE_WAYS": 4,
                                                      "STATE_SET_SHIFT": k})
+    return out
+
+
+def _shuffled(ports: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = list(ports)
+    random.Random(len(ports)).shuffle(out)
     return out
 
 
@@ -68,8 +78,20 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                         "outer": XdpGenerator(t.ns["gen"], "g0", tmpl, ports, TP.FWD_SPORT_OFF,
                                               TP.FWD_DPORT_OFF, TP.OUTER_SPORT_OFF)}
                 try:
-                    t.use("eniplane", "forward")
-                    gens["inner"].run(0, max_packets=max(2 * n, 1000))
+                    # every table opened in a shuffled order, as the bench opens eniplane's
+                    # (throughput.open_flows): tables that hand out entries in arrival order
+                    # would otherwise read them as a stream
+                    opener = XdpGenerator(t.ns["gen"], "g0", tmpl, _shuffled(ports),
+                                          TP.FWD_SPORT_OFF, TP.FWD_DPORT_OFF)
+                    try:
+                        t.use("eniplane", "forward")
+                        opener.run(0, max_packets=max(2 * n, 1000))
+                        for _, fd in floors.values():
+                            netlink.xdp_attach(t.ns["node"], "fab0", fd, "native",
+                                               replace=True)
+                            opener.run(0, max_packets=max(2 * n, 1000))
+                    finally:
+                        opener.close()
                     # (program fd on fab0, fd on vpca, generator)
                     fab = t.node_prog_fd("eniplane", "forward")
                     cases = {"ceiling": (t.node_prog_fd("ceiling", "forward"), pass_fd, "inner"),

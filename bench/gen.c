@@ -129,6 +129,27 @@ struct state_counts {
 };
 BPF_PERCPU_ARRAY(state_counts, struct state_counts, 1);
 
+#ifdef STATE_POOL
+/* Not the floor: a design that might come within reach of it with a translator's whole entry
+ * (issue 16). A set-associative index of 8-byte entries (a 32-bit tag and an entry number,
+ * eight to a cache line, as many as the floor has slots) in front of a pool of 64-byte entries
+ * handed out in arrival order: the flows of a run occupy the pool's first entries, however
+ * large its capacity, so what a packet touches (the index's line and its entry's) stays within
+ * the TLB's reach at tens of thousands of flows. 72 bytes per flow of capacity. The entry's 48
+ * bytes past its tag stand for a flow key and owner, read with it. */
+struct pool_entry {
+    __u64 tag;
+    __u64 key[2];
+    __u64 owner[3];
+    __u32 seen;
+    __u32 packets;
+    __u64 bytes;
+};
+BPF_ARRAY(pool_index, __u64, STATE_SLOTS);
+BPF_ARRAY(pool, struct pool_entry, STATE_SLOTS);
+BPF_ARRAY(pool_next, __u32, 1);
+#endif
+
 int state_xdp(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -142,6 +163,60 @@ int state_xdp(struct xdp_md *ctx)
     h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
     h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
     h ^= h >> 31;
+#ifdef STATE_POOL
+    {
+        struct state_counts *n = state_counts.lookup(&k);
+        if (!n)
+            return XDP_DROP;
+        __u32 now = bpf_jiffies64();
+        __u32 set = (__u32)(((h >> 32) * (STATE_SLOTS / 8)) >> 32) * 8;
+        __u32 tag = (__u32)h | 1; /* 0 marks a free index entry */
+        struct pool_entry *e = NULL;
+        __u32 free = 8;
+#pragma unroll
+        for (__u32 w = 0; w < 8; w++) {
+            __u32 i = set + w;
+            __u64 *v = pool_index.lookup(&i);
+            if (!v)
+                return XDP_DROP;
+            __u64 x = *v;
+            if ((__u32)(x >> 32) == tag) {
+                __u32 ei = (__u32)x;
+                e = pool.lookup(&ei);
+                if (e && e->tag == h && e->key[0] == ports)
+                    break;
+                e = NULL;
+            } else if (!x && free == 8) {
+                free = w;
+            }
+        }
+        if (e) {
+            e->packets++;
+            e->bytes += end - data;
+            if (e->seen != now)
+                e->seen = now;
+            n->found++;
+        } else {
+            __u32 *next = pool_next.lookup(&k);
+            if (!next)
+                return XDP_DROP;
+            __u32 ei = *next % STATE_SLOTS; /* one CPU runs the bench: no atomic needed */
+            *next = ei + 1;
+            e = pool.lookup(&ei);
+            __u32 i = set + (free & 7);
+            __u64 *v = pool_index.lookup(&i);
+            if (!e || !v)
+                return XDP_DROP;
+            e->tag = h;
+            e->key[0] = ports;
+            e->packets = 1;
+            e->bytes = end - data;
+            e->seen = now;
+            *v = (__u64)tag << 32 | ei;
+            n->made++;
+        }
+    }
+#else
 #ifndef STATE_SET_SHIFT /* floor_ab --align: moves 4-way sets by 1-3 entries, in case one */
 #define STATE_SET_SHIFT 0   /* straddled two lines; none of the four placements ran faster */
 #endif
@@ -176,6 +251,7 @@ int state_xdp(struct xdp_md *ctx)
         stalest->seen = now;
         n->made++;
     }
+#endif
     struct macs *m = ceil_macs.lookup(&k);
     if (!m || data + 12 > end)
         return XDP_DROP;
