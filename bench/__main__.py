@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         else set(a.what)
     what |= {w for w in ("lifecycle", "ipv4") if w in a.what}
     if a.smoke:
-        a.seconds, a.repeats, a.flows, a.fill, a.enis = 0.05, 1, "1,16", 2000, 20
+        # the fill passes an ENI's default flow limit (65,000): the scale step must lift it
+        a.seconds, a.repeats, a.flows, a.fill, a.enis = 0.05, 1, "1,16", 66_000, 20
     flows = [int(x) for x in a.flows.split(",")]
     n = 300 if a.smoke else 20_000
 

@@ -35,7 +35,7 @@ def test_bench_smoke(tmp_path):
     assert timed == {(r["direction"], r["flows"], r["scenario"])
                      for r in doc["throughput"]["results"] if r["scenario"] != "linux"}
     assert set(doc["cost"]["new_flow_ns"]) == {"1", "60", "300"}
-    assert doc["scale"]["created"] == doc["scale"]["fill"]
+    assert doc["scale"]["created"] == doc["scale"]["fill"] == 66_000  # past an ENI's limit
     assert doc["control"]["apply_enis"] == 20
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per-packet cost" in p.stdout
@@ -87,3 +87,27 @@ def test_bench_forward_frames_vary_outer_and_inner_ports():
             g.close()
     assert seen == [(vxlan_sport(a, b), a, b) for a, b in ports] * 2, seen
     assert len({o for o, _, _ in seen}) == 4
+
+
+def _ab(tmp_path, module: str, *args: str) -> dict:
+    out = tmp_path / f"{module}.json"
+    p = subprocess.run([sys.executable, "-m", module, "--flows", "1", "--rounds", "1",
+                        "--seconds", "0.05", "--max-flows", "4096", "--json", str(out), *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(out.read_text())["1"]
+
+
+def test_hot_ab_smoke(tmp_path):
+    """bench.hot_ab: every case of both directions timed (the sinks took the packets)."""
+    got = _ab(tmp_path, "bench.hot_ab")
+    assert set(got) == {f"{d} {c}" for d in ("forward", "return")
+                        for c in ("hot on", "hot off", "state floor")}
+    assert all(v["ns"] > 0 for v in got.values()), got
+
+
+def test_floor_ab_smoke(tmp_path):
+    """bench.floor_ab: every variant timed, the index + pool design (gen.c STATE_POOL) too."""
+    got = _ab(tmp_path, "bench.floor_ab")
+    assert "index + pool (a design, not a floor)" in got and "floor" in got
+    assert all(v["ns"] > 0 for v in got.values()), got
