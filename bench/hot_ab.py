@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -24,73 +23,62 @@ from eniplane import bpfsys
 
 from . import throughput as TP
 from . import topo as T
-from .gen import Sink, pin_cpu0, rfc4814_ports
+from .gen import pin_cpu0, rfc4814_ports
 
 
 def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
         progress=print, in_order: bool = False) -> dict:
     pin_cpu0()
     res: dict = {}
-    with T.Topo() as t:
-        dp = t.stage(TP.FWD_SPORT_OFF, TP.RET_SPORT_OFF, max_flows)
-        # as in the bench: what arrives is dropped at once (without a program on the receiving
-        # veth every redirect would fail, and the failure path would run with each packet)
-        sinks = [Sink(t.ns["sink"], "s0"), Sink(t.ns["gen"], "g0")]
-        stats = bpfsys.enable_run_time_stats()
-        try:
-            for n in flow_counts:
-                ports = rfc4814_ports(n)
+    with TP.staged_for_timing(max_flows) as (t, dp):
+        for n in flow_counts:
+            ports = rfc4814_ports(n)
+            dp.set_hot(True)
+            dp.flush_flows()
+            made = [TP._generator("xdp", t, "forward", ports)]
+            try:
+                t.use("eniplane", "forward")
+                if in_order:  # the bench's way before open_flows: a stream for `flows`
+                    made[0].run(0, max_packets=max(2 * n, 1000))
+                else:
+                    TP.open_flows(t, "xdp", ports)
+                made.append(TP._generator("xdp", t, "return",
+                                          TP.reply_ports(t, "eniplane", ports, dp)))
+                made.append(TP._generator("xdp", t, "return",
+                                          TP.reply_ports(t, "linux", ports)))
+                gens = {"forward": made[0], "return": made[1]}
+                floor_gens = {"forward": made[0], "return": made[2]}
+                got: dict[str, list[float]] = {}
+                for direction in ("forward", "return"):
+                    cases = ["hot on", "hot off", "state floor"]
+                    for r in range(-1, rounds):  # round -1 warms both ways
+                        order = cases[r % 3:] + cases[:r % 3] if r >= 0 else cases
+                        for c in order:
+                            if c == "state floor":
+                                t.use("state-floor", direction)
+                                fd, gen = t.node_prog_fd("state-floor", direction), \
+                                    floor_gens[direction]
+                            else:
+                                dp.set_hot(c == "hot on")
+                                t.use("eniplane", direction)
+                                fd, gen = t.node_prog_fd("eniplane", direction), \
+                                    gens[direction]
+                            a = bpfsys.prog_info(fd)
+                            gen.run(seconds if r >= 0 else 0.3)
+                            b = bpfsys.prog_info(fd)
+                            if r >= 0 and b.run_cnt > a.run_cnt:
+                                got.setdefault(f"{direction} {c}", []).append(
+                                    (b.run_time_ns - a.run_time_ns) / (b.run_cnt - a.run_cnt))
+                        if r >= 0:
+                            progress(f"{n} flows, {direction}, round {r + 1}/{rounds}: " +
+                                     ", ".join(f"{c} {got[f'{direction} {c}'][-1]:.0f}"
+                                               for c in cases if f"{direction} {c}" in got))
                 dp.set_hot(True)
-                dp.flush_flows()
-                made = [TP._generator("xdp", t, "forward", ports)]
-                try:
-                    t.use("eniplane", "forward")
-                    if in_order:  # the bench's way before open_flows: a stream for `flows`
-                        made[0].run(0, max_packets=max(2 * n, 1000))
-                    else:
-                        TP.open_flows(t, "xdp", ports)
-                    made.append(TP._generator("xdp", t, "return",
-                                              TP.reply_ports(t, "eniplane", ports, dp)))
-                    made.append(TP._generator("xdp", t, "return",
-                                              TP.reply_ports(t, "linux", ports)))
-                    gens = {"forward": made[0], "return": made[1]}
-                    floor_gens = {"forward": made[0], "return": made[2]}
-                    got: dict[str, list[float]] = {}
-                    for direction in ("forward", "return"):
-                        cases = ["hot on", "hot off", "state floor"]
-                        for r in range(-1, rounds):  # round -1 warms both ways
-                            order = cases[r % 3:] + cases[:r % 3] if r >= 0 else cases
-                            for c in order:
-                                if c == "state floor":
-                                    t.use("state-floor", direction)
-                                    fd, gen = t.node_prog_fd("state-floor", direction), \
-                                        floor_gens[direction]
-                                else:
-                                    dp.set_hot(c == "hot on")
-                                    t.use("eniplane", direction)
-                                    fd, gen = t.node_prog_fd("eniplane", direction), \
-                                        gens[direction]
-                                a = bpfsys.prog_info(fd)
-                                gen.run(seconds if r >= 0 else 0.3)
-                                b = bpfsys.prog_info(fd)
-                                if r >= 0 and b.run_cnt > a.run_cnt:
-                                    got.setdefault(f"{direction} {c}", []).append(
-                                        (b.run_time_ns - a.run_time_ns) / (b.run_cnt - a.run_cnt))
-                            if r >= 0:
-                                progress(f"{n} flows, {direction}, round {r + 1}/{rounds}: " +
-                                         ", ".join(f"{c} {got[f'{direction} {c}'][-1]:.0f}"
-                                                   for c in cases if f"{direction} {c}" in got))
-                    dp.set_hot(True)
-                    res[n] = {c: {"ns": statistics.median(v), "min": min(v), "max": max(v),
-                                  "runs": v} for c, v in got.items()}
-                finally:
-                    for g in made:
-                        g.close()
-        finally:
-            os.close(stats)
-            for s in sinks:
-                s.close()
-            dp.close()
+                res[n] = {c: {"ns": statistics.median(v), "min": min(v), "max": max(v),
+                              "runs": v} for c, v in got.items()}
+            finally:
+                for g in made:
+                    g.close()
     return res
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import os
 import re
 import shutil
 import struct
@@ -36,7 +35,7 @@ from eniplane.loader import bpf_dir
 
 from . import throughput as TP
 from . import topo as T
-from .gen import Sink, pin_cpu0, rfc4814_ports
+from .gen import pin_cpu0, rfc4814_ports
 
 PROGRAM = {"forward": "xdp_fabric", "return": "xdp_vpc"}
 
@@ -254,36 +253,28 @@ def run(flow_counts: list[int], directions: list[str], seconds: float, max_flows
         raise SystemExit("bench.profile needs perf (Debian: apt install linux-perf)")
     pin_cpu0()
     res: dict = {}
-    with T.Topo() as t, tempfile.TemporaryDirectory(prefix="eniplane-profile-") as tmp:
-        dp = t.stage(TP.FWD_SPORT_OFF, TP.RET_SPORT_OFF, max_flows)
-        sinks = [Sink(t.ns["sink"], "s0"), Sink(t.ns["gen"], "g0")]
-        stats = bpfsys.enable_run_time_stats()
-        try:
-            for n in flow_counts:
-                ports = rfc4814_ports(n)
-                dp.flush_flows()
-                TP.open_flows(t, "xdp", ports)
-                made = [TP._generator("xdp", t, "forward", ports)]
-                try:
-                    if "return" in directions:
-                        made.append(TP._generator("xdp", t, "return",
-                                                  TP.reply_ports(t, "eniplane", ports, dp)))
-                    gens = {"forward": made[0], "return": made[-1]}
-                    for d in directions:
-                        t.use("eniplane", d)
-                        gens[d].run(0.3)  # warm
-                        r = profile_one(t, gens[d], d, seconds, Path(tmp))
-                        res.setdefault(n, {})[d] = r
-                        progress(f"{n} flows, {d}: {r['ns_per_packet']:.0f} ns per packet, "
-                                 f"{r['samples']} samples in {r['program']}")
-                finally:
-                    for g in made:
-                        g.close()
-        finally:
-            os.close(stats)
-            for s in sinks:
-                s.close()
-            dp.close()
+    with TP.staged_for_timing(max_flows) as (t, dp), \
+            tempfile.TemporaryDirectory(prefix="eniplane-profile-") as tmp:
+        for n in flow_counts:
+            ports = rfc4814_ports(n)
+            dp.flush_flows()
+            TP.open_flows(t, "xdp", ports)
+            made = [TP._generator("xdp", t, "forward", ports)]
+            try:
+                if "return" in directions:
+                    made.append(TP._generator("xdp", t, "return",
+                                              TP.reply_ports(t, "eniplane", ports, dp)))
+                gens = {"forward": made[0], "return": made[-1]}
+                for d in directions:
+                    t.use("eniplane", d)
+                    gens[d].run(0.3)  # warm
+                    r = profile_one(t, gens[d], d, seconds, Path(tmp))
+                    res.setdefault(n, {})[d] = r
+                    progress(f"{n} flows, {d}: {r['ns_per_packet']:.0f} ns per packet, "
+                             f"{r['samples']} samples in {r['program']}")
+            finally:
+                for g in made:
+                    g.close()
     return res
 
 

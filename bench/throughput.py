@@ -12,9 +12,11 @@ a warm-up before anything is measured, in another order than the runs then send 
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -192,6 +194,27 @@ def open_flows(t: T.Topo, backend: str, ports: list[tuple[int, int]],
             opener.run(0, max_packets=max(2 * len(ports), 1000))
     finally:
         opener.close()
+
+
+@contextmanager
+def staged_for_timing(max_flows: int) -> Iterator[tuple[T.Topo, object]]:
+    """The topology staged (every scenario loaded, eniplane up), sinks on both far ends as the
+    bench has them (without a program on the receiving veth every redirect would fail, and the
+    kernel's failure path would run with each packet), and the kernel's run-time accounting on:
+    for the tools that time the node's programs (hot_ab, profile). Yields (topology, Datapath)."""
+    from eniplane import bpfsys
+
+    with T.Topo() as t:
+        dp = t.stage(FWD_SPORT_OFF, RET_SPORT_OFF, max_flows)
+        sinks = [Sink(t.ns["sink"], "s0"), Sink(t.ns["gen"], "g0")]
+        stats = bpfsys.enable_run_time_stats()
+        try:
+            yield t, dp
+        finally:
+            os.close(stats)
+            for s in sinks:
+                s.close()
+            dp.close()
 
 
 def run(flow_counts: list[int], seconds: float, repeats: int,
