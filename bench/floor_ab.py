@@ -42,7 +42,8 @@ def _variants(t: T.Topo, max_flows: int, base: dict[str, int],
                         ("floor bpf_redirect", {"REDIRECT_IFINDEX": vpca}),
                         ("floor direct+bpf_redirect", {"STATE_WAYS": 1,
                                                        "REDIRECT_IFINDEX": vpca}),
-                        ("index + pool (a design, not a floor)", {"STATE_POOL": 1})):
+                        ("index + pool (a design, not a floor)", {"STATE_POOL": 1}),
+                        ("index + pool + 600 adds", {"STATE_POOL": 1, "STATE_WORK": 600})):
         out[name] = t._load_ceiling(False, max_flows, TP.FWD_SPORT_OFF, {**base, **extra})
     if align:  # a 4-way set moved by k entries: one of the four k starts on a cache line
         for k in range(1, 4):

@@ -190,9 +190,25 @@ int state_xdp(struct xdp_md *ctx)
                 free = w;
             }
         }
+#ifdef STATE_WORK
+        /* STATE_WORK independent adds after the entry's load: work that needs no memory, as a
+         * translator's rewrite does, which fills the core's reorder window so that the next
+         * packet's loads cannot start while this one's miss is outstanding */
+        __u64 w0 = h, w1 = h >> 7, w2 = h >> 13, w3 = h >> 21;
+#pragma unroll
+        for (int i = 0; i < STATE_WORK / 8; i++) {
+            w0 ^= w0 >> 3;
+            w1 ^= w1 >> 5;
+            w2 ^= w2 >> 7;
+            w3 ^= w3 >> 11;
+        }
+#endif
         if (e) {
             e->packets++;
             e->bytes += end - data;
+#ifdef STATE_WORK
+            e->owner[0] = w0 ^ w1 ^ w2 ^ w3;
+#endif
             if (e->seen != now)
                 e->seen = now;
             n->found++;

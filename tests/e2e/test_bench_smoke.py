@@ -111,3 +111,20 @@ def test_floor_ab_smoke(tmp_path):
     got = _ab(tmp_path, "bench.floor_ab")
     assert "index + pool (a design, not a floor)" in got and "floor" in got
     assert all(v["ns"] > 0 for v in got.values()), got
+
+
+def test_build_ab_smoke(tmp_path):
+    """bench.build_ab: two nodes of the same tree staged side by side, each timed both ways
+    beside its own floor, and the table that compares them."""
+    out = tmp_path / "build_ab.json"
+    p = subprocess.run([sys.executable, "-m", "bench.build_ab", "--old", str(REPO), "--flows",
+                        "16", "--rounds", "1", "--seconds", "0.05", "--max-flows", "4096",
+                        "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(out.read_text())
+    for d in ("forward", "return"):
+        for build in ("old", "new"):
+            assert all(v[0] > 0 for v in got[d][build].values()), got
+            assert set(got[d][build]) == {"eniplane", "state-floor"}
+    assert "| forward | new |" in p.stdout
