@@ -22,7 +22,6 @@ import statistics
 import sys
 from pathlib import Path
 
-from eniplane import bpfsys
 
 from . import throughput as TP
 from . import topo as T
@@ -64,13 +63,12 @@ def run(builds: dict[str, Path], n: int, rounds: int, seconds: float, max_flows:
                         t, gens = nodes[name]
                         for scen in ("eniplane", "state-floor"):
                             t.use(scen, d)
-                            fd = t.node_prog_fd(scen, d)
-                            a = bpfsys.prog_info(fd)
-                            gens[(scen, d)].run(seconds if r >= 0 else 0.3)
-                            b = bpfsys.prog_info(fd)
-                            if r >= 0 and b.run_cnt > a.run_cnt:
-                                got.setdefault((name, d, scen), []).append(
-                                    (b.run_time_ns - a.run_time_ns) / (b.run_cnt - a.run_cnt))
+                            gen = gens[(scen, d)]
+                            runs, ns = TP.program_runs(
+                                t.node_prog_fd(scen, d),
+                                lambda: gen.run(seconds if r >= 0 else 0.3))
+                            if r >= 0 and runs > 0:
+                                got.setdefault((name, d, scen), []).append(ns)
                 if r >= 0:
                     progress(f"round {r + 1}/{rounds}: " + ", ".join(
                         f"{name} {d} {got[(name, d, 'eniplane')][-1]:.0f} "

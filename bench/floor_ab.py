@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -53,12 +52,6 @@ def _variants(t: T.Topo, max_flows: int, base: dict[str, int],
     return out
 
 
-def _shuffled(ports: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out = list(ports)
-    random.Random(len(ports)).shuffle(out)
-    return out
-
-
 def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
         progress=print, align: bool = False) -> dict:
     pin_cpu0()
@@ -82,7 +75,7 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                     # every table opened in a shuffled order, as the bench opens eniplane's
                     # (throughput.open_flows): tables that hand out entries in arrival order
                     # would otherwise read them as a stream
-                    opener = XdpGenerator(t.ns["gen"], "g0", tmpl, _shuffled(ports),
+                    opener = XdpGenerator(t.ns["gen"], "g0", tmpl, TP.shuffled(ports),
                                           TP.FWD_SPORT_OFF, TP.FWD_DPORT_OFF)
                     try:
                         t.use("eniplane", "forward")
@@ -113,12 +106,10 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                             netlink.xdp_attach(t.ns["node"], "vpca", vpc_fd, "native",
                                                replace=True)
                             gen = gens[g]
-                            a = bpfsys.prog_info(fab_fd)
-                            gen.run(seconds if r >= 0 else 0.3)
-                            b = bpfsys.prog_info(fab_fd)
-                            if r >= 0 and b.run_cnt > a.run_cnt:
-                                got[c].append((b.run_time_ns - a.run_time_ns)
-                                              / (b.run_cnt - a.run_cnt))
+                            runs, ns = TP.program_runs(
+                                fab_fd, lambda: gen.run(seconds if r >= 0 else 0.3))
+                            if r >= 0 and runs > 0:
+                                got[c].append(ns)
                         if r >= 0:
                             progress(f"{n} flows, round {r + 1}/{rounds}: " +
                                      ", ".join(f"{c} {got[c][-1]:.0f}" for c in names))

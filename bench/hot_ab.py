@@ -19,7 +19,6 @@ import statistics
 import sys
 from pathlib import Path
 
-from eniplane import bpfsys
 
 from . import throughput as TP
 from . import topo as T
@@ -63,12 +62,10 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                                 t.use("eniplane", direction)
                                 fd, gen = t.node_prog_fd("eniplane", direction), \
                                     gens[direction]
-                            a = bpfsys.prog_info(fd)
-                            gen.run(seconds if r >= 0 else 0.3)
-                            b = bpfsys.prog_info(fd)
-                            if r >= 0 and b.run_cnt > a.run_cnt:
-                                got.setdefault(f"{direction} {c}", []).append(
-                                    (b.run_time_ns - a.run_time_ns) / (b.run_cnt - a.run_cnt))
+                            runs, ns = TP.program_runs(
+                                fd, lambda: gen.run(seconds if r >= 0 else 0.3))
+                            if r >= 0 and runs > 0:
+                                got.setdefault(f"{direction} {c}", []).append(ns)
                         if r >= 0:
                             progress(f"{n} flows, {direction}, round {r + 1}/{rounds}: " +
                                      ", ".join(f"{c} {got[f'{direction} {c}'][-1]:.0f}"

@@ -51,11 +51,11 @@ class JitLines:
     """A loaded program's JIT image and, for each address in it, the source line it came from."""
 
     def __init__(self, fd: int) -> None:
-        self.start, size, recs = bpfsys.prog_jited_lines(fd)
+        self.start, size, btf_id, recs = bpfsys.prog_jited_lines(fd)
         if not recs:
             raise RuntimeError("the program carries no line information (loaded without BTF?)")
         self.end = self.start + size
-        strings = _btf_strings(bpfsys.btf_raw(bpfsys.prog_info(fd).btf_id))
+        strings = _btf_strings(bpfsys.btf_raw(btf_id))
         recs.sort()
         self.addrs = [r[0] for r in recs]
         lines = [Line(_string(strings, f), lc >> 10, _string(strings, t).strip())
@@ -213,16 +213,17 @@ def profile_one(t: T.Topo, gen, direction: str, seconds: float, workdir: Path) -
     fd = t.node_prog_fd("eniplane", direction)
     jit = JitLines(fd)
     data = workdir / f"perf-{direction}.data"
-    a = bpfsys.prog_info(fd)
-    rec = subprocess.Popen(["perf", "record", "-q", "-g", "-C", "0", "-o", str(data), "--",
-                            "sleep", str(seconds + 0.5)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        gen.run(seconds)
-    finally:
-        rec.wait(timeout=seconds + 60)
-    b = bpfsys.prog_info(fd)
-    ns = (b.run_time_ns - a.run_time_ns) / max(1, b.run_cnt - a.run_cnt)
+
+    def recorded() -> None:
+        rec = subprocess.Popen(["perf", "record", "-q", "-g", "-C", "0", "-o", str(data), "--",
+                                "sleep", str(seconds + 0.5)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            gen.run(seconds)
+        finally:
+            rec.wait(timeout=seconds + 60)
+
+    runs, ns = TP.program_runs(fd, recorded)
     per_line = attribute(_perf_samples(data), jit)
     total = sum(per_line.values())
     funcs: dict[str, dict[int, str]] = {}
@@ -234,7 +235,7 @@ def profile_one(t: T.Topo, gen, direction: str, seconds: float, workdir: Path) -
         by_func[fn] += n
         rows.append({"file": Path(ln.file).name, "line": ln.line, "function": fn,
                      "text": ln.text, "samples": n, "ns": ns * n / total if total else 0.0})
-    return {"program": PROGRAM[direction], "ns_per_packet": ns, "packets": b.run_cnt - a.run_cnt,
+    return {"program": PROGRAM[direction], "ns_per_packet": ns, "packets": runs,
             "samples": total, "lines": rows,
             "functions": [{"function": fn, "samples": n, "ns": ns * n / total if total else 0.0}
                           for fn, n in by_func.most_common()]}

@@ -133,12 +133,10 @@ def program_ns(t: T.Topo, direction: str, gens: dict, seconds: float) -> dict[st
             if s == "linux":
                 continue
             t.use(_staged(s), direction)
-            fd = t.node_prog_fd(_staged(s), direction)
-            a = bpfsys.prog_info(fd)
-            gen.run(seconds)
-            b = bpfsys.prog_info(fd)
-            if b.run_cnt > a.run_cnt:
-                out[s] = (b.run_time_ns - a.run_time_ns) / (b.run_cnt - a.run_cnt)
+            runs, ns = program_runs(t.node_prog_fd(_staged(s), direction),
+                                    lambda: gen.run(seconds))
+            if runs > 0:
+                out[s] = ns
     finally:
         os.close(stats)
     return out
@@ -177,6 +175,25 @@ def _generator(backend: str, t: T.Topo, direction: str, ports: list[tuple[int, i
                         RET_SPORT_OFF, RET_DPORT_OFF)
 
 
+def shuffled(ports: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The flows in the order open_flows opens them: shuffled, the same way every run."""
+    order = list(ports)
+    random.Random(len(ports)).shuffle(order)
+    return order
+
+
+def program_runs(fd: int, run: Callable[[], object]) -> tuple[int, float]:
+    """How many times the program `fd` ran while `run()` sent it packets, and its nanoseconds
+    per run (0.0 when it never ran), by the kernel's run-time accounting (which must be on)."""
+    from eniplane import bpfsys
+
+    a = bpfsys.prog_info(fd)
+    run()
+    b = bpfsys.prog_info(fd)
+    runs = b.run_cnt - a.run_cnt
+    return runs, (b.run_time_ns - a.run_time_ns) / runs if runs > 0 else 0.0
+
+
 def open_flows(t: T.Topo, backend: str, ports: list[tuple[int, int]],
                scenarios: tuple[str, ...] = ("eniplane",)) -> None:
     """Open every flow (forward, two packets each) in the given scenarios, in a shuffled order.
@@ -184,10 +201,8 @@ def open_flows(t: T.Topo, backend: str, ports: list[tuple[int, int]],
     order flows arrive (the kernel's LRU hash, conntrack's slab) would find them laid out in
     memory in the order they are then sent, and read them as a stream, which no real traffic
     gives it: measured at 64k flows, eniplane's flows entries cost 100-180 ns less per packet
-    opened in order (bench/hot_ab.py --shuffled and without)."""
-    order = list(ports)
-    random.Random(len(ports)).shuffle(order)
-    opener = _generator(backend, t, "forward", order)
+    opened in order (bench/hot_ab.py, with --in-order and without)."""
+    opener = _generator(backend, t, "forward", shuffled(ports))
     try:
         for s in scenarios:
             t.use(s, "forward")

@@ -228,15 +228,14 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
-def prog_jited_lines(fd: int) -> tuple[int, int, list[tuple[int, int, int, int]]]:
-    """A program's JIT image and its line records: (start address, length, [(JIT address,
-    file name offset, line text offset, line << 10 | column)]), the offsets into the strings
-    of the program's BTF (prog_info(fd).btf_id). Empty records when it was loaded without
-    line information."""
+def prog_jited_lines(fd: int) -> tuple[int, int, int, list[tuple[int, int, int, int]]]:
+    """A program's JIT image and its line records: (start address, length, BTF id, [(JIT
+    address, file name offset, line text offset, line << 10 | column)]), the offsets into the
+    strings of that BTF. Empty records when it was loaded without line information."""
     info = prog_info(fd)
     n = min(info.nr_line_info, info.nr_jited_line_info)
     if not n or not info.nr_jited_ksyms:
-        return 0, 0, []
+        return 0, 0, info.btf_id, []
     rec = info.line_info_rec_size
     lines = ctypes.create_string_buffer(info.nr_line_info * rec)
     jited = (ctypes.c_uint64 * info.nr_jited_line_info)()
@@ -252,7 +251,7 @@ def prog_jited_lines(fd: int) -> tuple[int, int, list[tuple[int, int, int, int]]
     for i in range(n):
         _, file_off, line_off, line_col = struct.unpack_from("<IIII", lines.raw, i * rec)
         out.append((jited[i], file_off, line_off, line_col))
-    return ksyms[0], info.jited_prog_len, out
+    return ksyms[0], info.jited_prog_len, info.btf_id, out
 
 
 class _EnableStatsAttr(ctypes.Structure):
