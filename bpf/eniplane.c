@@ -623,21 +623,18 @@ static __always_inline void *encap_write(void *data, void *data_end, struct node
     __u8 *th = l3 + 20 + 8;
     if ((void *)(th + 8) > data_end)
         return NULL;
-    /* The checksum from the values written, not read back from the header: its 16-bit words
-     * straddle the narrower stores that wrote them, and a load that no single store covers
-     * waits for the stores to reach the cache. */
-    ipv4_t saddr = cfg->fabric_ip;
-    __be16 tot_len = bpf_htons(outer_len);
-    *(__be16 *)oip = bpf_htons(0x4500); /* version 4, IHL 5, TOS 0 */
-    oip->tot_len = tot_len;
+    oip->version = 4;
+    oip->ihl = 5;
+    oip->tos = 0;
+    oip->tot_len = bpf_htons(outer_len);
     oip->id = 0;
     oip->frag_off = 0;
-    *(__be16 *)&oip->ttl = bpf_htons(OUTER_TTL << 8 | IPPROTO_UDP);
-    oip->saddr = saddr;
+    oip->ttl = OUTER_TTL;
+    oip->protocol = IPPROTO_UDP;
+    oip->check = 0;
+    oip->saddr = cfg->fabric_ip;
     oip->daddr = worker;
-    oip->check = csum_fold32(bpf_htons(0x4500) + tot_len +
-                             bpf_htons(OUTER_TTL << 8 | IPPROTO_UDP) + (saddr & 0xFFFF) +
-                             (saddr >> 16) + (worker & 0xFFFF) + (worker >> 16));
+    oip->check = ipv4_csum20(oip);
     oudp->source = sport;
     oudp->len = bpf_htons(outer_len - 20);
     oudp->check = 0; /* allowed for both tunnels over IPv4 */
