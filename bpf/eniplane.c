@@ -379,7 +379,7 @@ static __always_inline void flow_publish(struct flow *f, struct flow *nf)
 
 /* ---- flow_hot (types.h): the sending flows' per-packet state, one line each. ---------------- */
 
-/* The set (two neighbouring slots) a flow key's entry may sit in: a multiply-xor hash of the
+/* The set (HOT_WAYS neighbouring slots) a flow key's entry may sit in: a multiply-xor hash of the
  * key's four words, keyed by the port secret so that no sender can aim flows at one set. Its
  * twin in user space is probe.hot_set (tests/datapath/test_flow_hot.py holds them equal). */
 static __always_inline __u32 hot_set(const struct flow_key *fk, __u32 secret)
@@ -396,7 +396,7 @@ static __always_inline __u32 hot_set(const struct flow_key *fk, __u32 secret)
 #endif
     __u64 a = (((__u64)(w0 ^ secret) << 32) | fk->eni_addr) * 0x9E3779B97F4A7C15ull;
     __u64 b = (((__u64)fk->remote << 32) | w3) * 0xC2B2AE3D27D4EB4Full;
-    return (__u32)((a ^ b) >> 32) & (HOT_SLOTS / 2 - 1);
+    return (__u32)((a ^ b) >> 32) & (HOT_SLOTS / HOT_WAYS - 1);
 }
 
 static __always_inline int hot_key_is(const struct flow_hot *h, const struct flow_key *fk)
@@ -414,14 +414,13 @@ static __always_inline int hot_owner_is(const struct flow_hot *h, ipv4_t worker,
 /* The slot of set `set` that holds `fk`, or NULL. */
 static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u32 set)
 {
-    __u32 i = set * 2;
-    struct flow_hot *h = flow_hot.lookup(&i);
-    if (h && hot_key_is(h, fk))
-        return h;
-    i++;
-    h = flow_hot.lookup(&i);
-    if (h && hot_key_is(h, fk))
-        return h;
+#pragma unroll
+    for (__u32 w = 0; w < HOT_WAYS; w++) {
+        __u32 i = set * HOT_WAYS + w;
+        struct flow_hot *h = flow_hot.lookup(&i);
+        if (h && hot_key_is(h, fk))
+            return h;
+    }
     return NULL;
 }
 
@@ -515,16 +514,24 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     if (!g || g->holes) /* the LRU may evict, unseen by slots: flows stay on the long way */
         fill = 0;
     __u32 set = hot_set(fk, secret);
-    __u32 i0 = set * 2, i1 = i0 + 1;
-    struct flow_hot *h0 = flow_hot.lookup(&i0);
-    struct flow_hot *h1 = flow_hot.lookup(&i1);
-    if (!h0 || !h1)
-        return;
-    struct flow_hot *h = NULL;
-    if (hot_key_is(h0, fk))
-        h = h0;
-    else if (hot_key_is(h1, fk))
-        h = h1;
+    struct flow_hot *h = NULL, *empty = NULL, *stale = NULL;
+#pragma unroll
+    for (__u32 w = 0; w < HOT_WAYS; w++) {
+        __u32 i = set * HOT_WAYS + w;
+        struct flow_hot *x = flow_hot.lookup(&i);
+        if (!x)
+            return;
+        if (hot_key_is(x, fk)) {
+            h = x;
+            break;
+        }
+        if (!x->key.eni_addr) {
+            if (!empty)
+                empty = x;
+        } else if (!stale && (x->gen != gen || (idle && x->last_seen_ns + HOT_IDLE_NS < now))) {
+            stale = x;
+        }
+    }
     if (h) {
         if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
             hot_fold(h, f);
@@ -537,15 +544,8 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     } else {
         if (!fill)
             return;
-        if (!h0->key.eni_addr)
-            h = h0;
-        else if (!h1->key.eni_addr)
-            h = h1;
-        else if (h0->gen != gen || (idle && h0->last_seen_ns + HOT_IDLE_NS < now))
-            h = h0;
-        else if (h1->gen != gen || (idle && h1->last_seen_ns + HOT_IDLE_NS < now))
-            h = h1;
-        else
+        h = empty ? empty : stale;
+        if (!h)
             return;
         /* Another flow's slot: its counters go to its own entry. Not a slot that was placed
          * under another port secret (a test node's), whose flow is gone. */

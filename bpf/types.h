@@ -241,8 +241,7 @@ struct clock_cache {
  * recency from the long way's lookups only when it matters, when it may evict. Readers of
  * `flows` add what a slot holding the same key and owner has (Datapath in user space;
  * flow_live_hot and flow_claimable_hot here).
- * Two neighbouring slots form a set (one 128-byte pair of lines, which the CPU fetches
- * together): a flow sits in either. */
+ * HOT_WAYS (consts.h) neighbouring slots form a set: a flow sits in any of them. */
 struct flow_hot {
     struct flow_key key; /* all zero: an empty slot */
     ipv4_t worker;       /* the owner, as in struct flow (the same order: copied in one go) */
@@ -421,6 +420,7 @@ _Static_assert(sizeof(struct sg_key) == 16, "sg_key layout");
 _Static_assert(sizeof(struct flow_key) == 16, "flow_key layout");
 _Static_assert(sizeof(struct flow) == 64, "flow layout");
 _Static_assert(sizeof(struct flow_hot) == 64, "flow_hot layout");
+_Static_assert(HOT_SLOTS % HOT_WAYS == 0 && (HOT_WAYS & (HOT_WAYS - 1)) == 0, "flow_hot sets");
 _Static_assert(sizeof(struct flow_owner) == 24, "flow_owner layout");
 _Static_assert(__builtin_offsetof(struct flow_hot, worker) == 16 &&
                    __builtin_offsetof(struct flow, worker) == 40,

@@ -559,22 +559,21 @@ class Datapath:
     # the slot holds.
     def _hot_slots(self, keys: list[bytes] | None = None) -> dict[bytes, bytes]:
         """flow_hot's slots by the `flows` key they hold (raw bytes, undecoded): those of
-        `keys`, two lookups each, or (None, or too many keys for that to be cheaper) every
+        `keys`, a set's lookups each, or (None, or too many keys for that to be cheaper) every
         occupied slot, in one batched read of the table."""
         m = self.map("flow_hot")
         out: dict[bytes, bytes] = {}
-        secret, sets = self.config()["port_secret"], m.max_entries // 2
-        if keys is None or len(keys) * 2 * 16 > m.max_entries:
+        secret, sets = self.config()["port_secret"], m.max_entries // probe.HOT_WAYS
+        if keys is None or len(keys) * probe.HOT_WAYS * 16 > m.max_entries:
             for idx, raw in m.items_raw():
                 # only where the datapath would look: a slot placed under another port secret
                 # (a test node's) is no flow's now
-                slot = int.from_bytes(idx, sys.byteorder)
-                if any(raw[:16]) and probe.hot_set(secret, raw[:16], sets) == slot // 2:
+                s = int.from_bytes(idx, sys.byteorder) // probe.HOT_WAYS
+                if any(raw[:16]) and probe.hot_set(secret, raw[:16], sets) == s:
                     out[raw[:16]] = raw
             return out
         for k in keys:
-            s = probe.hot_set(secret, k, sets)
-            for i in (2 * s, 2 * s + 1):
+            for i in probe.hot_ways(secret, k, m.max_entries):
                 raw = m.lookup_raw(i)
                 if raw is not None and raw[:16] == k:
                     out[k] = raw

@@ -16,6 +16,7 @@ import sys
 from typing import Any, Iterable, Mapping
 
 PORT_TRIES = 16  # consts.h
+HOT_WAYS = 8  # consts.h: the slots of one flow_hot set
 
 
 LRU_LOCAL_FREE_TARGET = 128  # consts.h, after the kernel's bpf_lru_list.c
@@ -79,13 +80,19 @@ _M64 = (1 << 64) - 1
 
 
 def hot_set(secret: int, key_raw: bytes, sets: int) -> int:
-    """hot_set of eniplane.c: the set of flow_hot (two neighbouring slots, 2s and 2s+1) that a
-    flow's entry may sit in, from its `flows` key as the map holds it (16 bytes) and the number
-    of sets (a power of two)."""
+    """hot_set of eniplane.c: the set of flow_hot (HOT_WAYS neighbouring slots) that a flow's
+    entry may sit in, from its `flows` key as the map holds it (16 bytes) and the number of sets
+    (a power of two)."""
     w = [int.from_bytes(key_raw[i:i + 4], sys.byteorder) for i in range(0, 16, 4)]
     a = ((((w[0] ^ secret) << 32) | w[1]) * 0x9E3779B97F4A7C15) & _M64
     b = (((w[2] << 32) | w[3]) * 0xC2B2AE3D27D4EB4F) & _M64
     return ((a ^ b) >> 32) & (sets - 1)
+
+
+def hot_ways(secret: int, key_raw: bytes, slots: int) -> range:
+    """The flow_hot slots (their indices) that a flow key may sit in, in a table of `slots`."""
+    s = hot_set(secret, key_raw, slots // HOT_WAYS)
+    return range(s * HOT_WAYS, (s + 1) * HOT_WAYS)
 
 
 def dest(f: Mapping[str, Any]) -> tuple:

@@ -66,8 +66,7 @@ def slot_of(env, key: dict) -> tuple[int, dict] | None:
     """The flow_hot slot that holds `key`, found the way the datapath finds it (hot_set)."""
     m = env.dp.map("flow_hot")
     raw_key = env.dp.map("flows")._key(key)
-    s = probe.hot_set(env.dp.config()["port_secret"], raw_key, m.max_entries // 2)
-    for i in (2 * s, 2 * s + 1):
+    for i in probe.hot_ways(env.dp.config()["port_secret"], raw_key, m.max_entries):
         raw = m.lookup_raw(i)
         if raw[:16] == raw_key:
             return i, m.decode_value(raw)
@@ -121,17 +120,17 @@ def test_counters_near_their_width_are_folded_into_the_entry(env):
     assert (h["tx_packets"], h["rx_packets"], h["last_seen_ns"]) == (0, 0, e["last_seen_ns"])
 
 
-def _three_in_one_set(env) -> list[int]:
-    """Three environment ports of VNI_A whose flows' keys fall into one flow_hot set."""
+def _one_set_and_one_more(env) -> list[int]:
+    """HOT_WAYS + 1 environment ports of VNI_A whose flows' keys fall into one flow_hot set."""
     secret = env.dp.config()["port_secret"]
-    sets = env.dp.map("flow_hot").max_entries // 2
+    sets = env.dp.map("flow_hot").max_entries // probe.HOT_WAYS
     eni = env.dp.map("enis").lookup(VNI_A)
     by_set: dict[int, list[int]] = {}
     ports: set[int] = set()
     for sport in range(20000, 60000):
         port = probe.probe_ports(secret, 1024, 65535, WORKER, VNI_A, ENV_IP, sport, SERVER, 7,
                                  17)[0]
-        if port in ports:  # one key, one set: three keys are wanted
+        if port in ports:  # one key, one set: distinct keys are wanted
             continue
         ports.add(port)
         raw = env.dp.map("flows")._key({"vpc_idx": eni["vpc_idx"], "proto": 17,
@@ -139,26 +138,30 @@ def _three_in_one_set(env) -> list[int]:
                                         "eni_port": port, "remote_port": 7})
         group = by_set.setdefault(probe.hot_set(secret, raw, sets), [])
         group.append(sport)
-        if len(group) == 3:
+        if len(group) == probe.HOT_WAYS + 1:
             return group
-    raise AssertionError("no three flows in one set")
+    raise AssertionError("no set with a flow more than it has slots")
 
 
 def test_a_full_set_gives_an_idle_slot_to_a_sending_flow_after_folding_it(env):
-    a, b, c = _three_in_one_set(env)
+    *held, c = _one_set_and_one_more(env)
+    a, rest = held[0], held[1:]
     outs = {}
-    for sport in (a, b, c):
+    for sport in (*held, c):
         _, outs[sport], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"))
         assert d.get("fwd_new_flow") == 1, d
+    assert all(slot_of(env, key_of(outs[s])) is not None for s in held)  # the set, full
     send(env, UDP(sport=a, dport=7) / Raw(b"a"))  # a's slot now holds a packet of its own
     got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
     assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
-    assert slot_of(env, key_of(outs[c])) is None  # both of the set's slots send: c waits
+    assert slot_of(env, key_of(outs[c])) is None  # every slot of the set sends: c waits
     advance(env, 1_500_000_000)
-    send(env, UDP(sport=b, dport=7) / Raw(b"b"))  # b sends, a is idle
+    for sport in rest:  # they send, a is idle
+        send(env, UDP(sport=sport, dport=7) / Raw(b"b"))
     send(env, UDP(sport=c, dport=7) / Raw(b"c"))
     assert slot_of(env, key_of(outs[a])) is None
     assert slot_of(env, key_of(outs[c])) is not None  # a's slot went to c
+    assert all(slot_of(env, key_of(outs[s])) is not None for s in rest)
     assert entry(env, key_of(outs[a]))["tx_packets"] == 2  # a's slot folded first
     assert entry(env, key_of(outs[c]))["tx_packets"] == 3
 

@@ -65,6 +65,10 @@ def test_port_tries_is_the_datapaths():
     assert probe.PORT_TRIES == define("PORT_TRIES")
 
 
+def test_hot_ways_is_the_datapaths():
+    assert probe.HOT_WAYS == define("HOT_WAYS")
+
+
 def test_default_max_flows_is_the_datapaths():
     assert loader.DEFAULT_MAX_FLOWS == define("MAX_FLOWS")
 
