@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 
 
+from . import report
 from . import throughput as TP
 from . import topo as T
 from .gen import pin_cpu0, rfc4814_ports
@@ -123,11 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (c / "bpf" / "eniplane.c").is_file():
             ap.error(f"{c} is not a checkout of eniplane (no bpf/eniplane.c)")
     res = run({"old": a.old / "bpf", "new": a.new / "bpf"}, a.flows, a.rounds, a.seconds,
-              a.max_flows, progress=lambda m: print(m, file=sys.stderr, flush=True))
-    print(table(res))
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
-    return 0
+              a.max_flows, progress=report.progress)
+    return report.finish(table(res), res, a.json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ run it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from eniplane import bpfsys, netlink
 
+from . import report
 from . import topo as T
 from . import throughput as TP
 from .gen import Sink, XdpGenerator, pin_cpu0, rfc4814_ports
@@ -154,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_on_sigterm()
     res = run([int(x) for x in a.flows.split(",")], a.rounds, a.seconds, a.max_flows,
-              lambda m: print(m, file=sys.stderr, flush=True), a.align)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
-    print(table(res))
-    return 0
+              report.progress, a.align)
+    return report.finish(table(res), res, a.json)
 
 
 if __name__ == "__main__":

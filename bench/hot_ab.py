@@ -14,12 +14,12 @@ It prints medians (min-max) and writes every round with --json; `make bench` doe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 
+from . import report
 from . import throughput as TP
 from . import topo as T
 from .gen import pin_cpu0, rfc4814_ports
@@ -105,11 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                          "shuffled order), which lays `flows` entries out as a stream")
     a = ap.parse_args(argv)
     res = run([int(x) for x in a.flows.split(",")], a.rounds, a.seconds, a.max_flows,
-              progress=lambda m: print(m, file=sys.stderr, flush=True), in_order=a.in_order)
-    print(table(res))
-    if a.json:
-        a.json.write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
-    return 0
+              progress=report.progress, in_order=a.in_order)
+    return report.finish(table(res), res, a.json)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import mmap
 import random
 import statistics
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from eniplane import bpfsys
 
+from . import report
 from .gen import pin_cpu0
 
 MEMLAT_C = Path(__file__).with_name("memlat.c")
@@ -117,12 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    res = run([float(x) for x in a.mib.split(",")], a.rounds,
-              lambda m: print(m, file=sys.stderr, flush=True))
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
-    print(table(res))
-    return 0
+    res = run([float(x) for x in a.mib.split(",")], a.rounds, report.progress)
+    return report.finish(table(res), res, a.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import re
 import shutil
 import struct
@@ -33,6 +32,7 @@ from pathlib import Path
 from eniplane import bpfsys
 from eniplane.loader import bpf_dir
 
+from . import report
 from . import throughput as TP
 from . import topo as T
 from .gen import pin_cpu0, rfc4814_ports
@@ -310,11 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     dirs = ["forward", "return"] if a.direction == "both" else [a.direction]
     res = run([int(x) for x in a.flows.split(",")], dirs, a.seconds, a.max_flows,
-              progress=lambda m: print(m, file=sys.stderr, flush=True))
-    print(table(res, a.top))
-    if a.json:
-        a.json.write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
-    return 0
+              progress=report.progress)
+    return report.finish(table(res, a.top), res, a.json)
 
 
 if __name__ == "__main__":

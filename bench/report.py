@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
+
+
+def progress(msg: str) -> None:
+    """A tool's progress line: on stderr, so that stdout carries only its table."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def finish(table: str, res: dict, json_path: Path | None) -> int:
+    """How every A/B tool ends: its table on stdout, every round as JSON when asked."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
+    return 0
 
 
 def machine() -> dict:
