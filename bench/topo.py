@@ -18,7 +18,7 @@ import secrets
 import shutil
 import subprocess
 
-from eniplane import netlink, paths
+from eniplane import loader, netlink, paths
 from eniplane.loader import DEFAULT_MAX_FLOWS
 
 FABRIC_IP, GEN_IP = "100.64.0.1", "100.64.0.11"
@@ -42,6 +42,9 @@ class Topo:
         self.ns = {r: f"{self.prefix}-{r}" for r in ("gen", "node", "sink")}
         self.node_name = f"{self.prefix}-node"
         self.created: list[str] = []  # destroy() removes only what this run made
+        # LLVM may end the process while a node of this topology compiles: nothing would
+        # unwind, and the namespaces would outlive the run
+        self._forget_exit_hook = loader.on_compiler_exit(self.destroy)
         try:
             for n in self.ns.values():
                 netlink.netns_add(n)
@@ -285,6 +288,8 @@ class Topo:
             pass
         for n in self.created:
             netlink.netns_del(n)
+        self.created = []
+        self._forget_exit_hook()
 
     def __enter__(self) -> "Topo":
         return self

@@ -449,6 +449,23 @@ def load_xdp_pass() -> int:
                                              license=ctypes.addressof(lic)), "xdp pass program")
 
 
+def prog_load_log(prog_type: int, insns: bytes, log_size: int = 16 << 20) -> str:
+    """Load `insns` once more with the verifier's log on, and return the log's tail (whatever
+    the verdict; a program that loads is closed at once). For loads whose refusal came without
+    the log: bcc asks for none when the kernel answers E2BIG."""
+    ib, ia = _buf(insns)
+    lic = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(log_size)
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ia,
+                         license=ctypes.addressof(lic), log_level=1, log_size=log_size,
+                         log_buf=ctypes.addressof(log))
+    try:
+        os.close(_bpf(BPF_PROG_LOAD, attr, "program load with the verifier's log"))
+    except BpfError:
+        pass
+    return log.value.decode(errors="replace")
+
+
 def probe() -> None:
     """Load a two-instruction socket filter: proves this process may load BPF at all."""
     insns = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0,  # r0 = 0

@@ -5,7 +5,7 @@ tests that load the datapath) call it. Maps are declared pinned in C (maps.h), s
 finds and reuses them and their contents survive. Programs are pinned under <pin dir>/progs so
 that commands that attach an interface later (a new VPC) need no compiler; `upgrade` stages a
 new build's under <pin dir>/progs_new and says which build runs by build_hash. A verifier rejection becomes a LoadError that
-carries the trimmed verifier log. LLVM ends the whole process (exit(1)) on a backend error that
+carries the trimmed verifier log (asked for again when bcc got none: E2BIG). LLVM ends the whole process (exit(1)) on a backend error that
 clang's front end let through: a C-level exit hook then still prints the compiler's words and
 removes the pins this load created.
 """
@@ -43,8 +43,19 @@ DEFAULT_MAX_FLOWS = 262144
 _on_c_exit: list[Callable[[], None]] = []
 
 
+def on_compiler_exit(hook: Callable[[], None]) -> Callable[[], None]:
+    """Have `hook` run too if the compiler ends the process during a load (a caller that made
+    things outside the node's pins: the bench's namespaces). Returns what takes it back."""
+    _on_c_exit.append(hook)
+
+    def forget() -> None:
+        if hook in _on_c_exit:
+            _on_c_exit.remove(hook)
+    return forget
+
+
 def _run_c_exit_hooks(_: object) -> None:
-    for hook in reversed(_on_c_exit):
+    for hook in reversed(list(_on_c_exit)):  # a hook may take itself back
         try:
             hook()
         except Exception:
@@ -153,15 +164,22 @@ def compile_and_pin(node: str, defines: dict[str, int] | None = None) -> dict[st
 
 
 def _load_func(bpf: Any, name: str, prog_type: int) -> Any:
-    """bcc's load_func, with the verifier's log, trimmed, in the error when it refuses."""
+    """bcc's load_func, with the verifier's log, trimmed, in the error when it refuses. On
+    E2BIG bcc asks for no log and says "too large ... at most 4096 insns", which is the limit
+    for loaders without CAP_BPF; for this one it is the verifier's budget (a million
+    instructions explored), so the verdict is asked for again, with the log."""
     cap = _CaptureStderr()
     try:
         with cap:
             return bpf.load_func(name.encode(), prog_type)
     except Exception as e:
         reason = str(e).split(":")[-1].strip()
+        log = cap.text
+        if "too large" in log:
+            reason = "E2BIG, more than the verifier will explore"
+            log = bpfsys.prog_load_log(prog_type, bpf.dump_func(name.encode()))
         raise LoadError(f"the verifier rejected {name} ({reason}):\n"
-                        f"{_trim_verifier_log(cap.text)}") from None
+                        f"{_trim_verifier_log(log)}") from None
 
 
 def _compile_and_pin(node: str, defines: dict[str, int] | None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from eniplane import loader, node as nodemod, paths
 from eniplane.errors import LoadError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypatch):
@@ -34,6 +37,41 @@ def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypat
     assert not nodemod.is_up(name)
     from eniplane import netlink
     assert netlink.link_get(lab.node_ns, "vpcb")["xdp_prog_id"] == 0
+
+
+def test_a_program_past_the_verifiers_budget_is_reported_with_its_verdict(lab, tmp_path,
+                                                                          monkeypatch):
+    """E2BIG: bcc reports it without the verifier's log, as "too large ... at most 4096 insns"
+    (the limit of loaders without CAP_BPF). The error says what the verifier said instead."""
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bad)
+    src = (bad / "eniplane.c").read_text()
+    # a loop of a million rounds without a branch in them: the verifier walks every round
+    anchor = "void *data_end = (void *)(long)ctx->data_end;"
+    at = src.index(anchor, src.index("int xdp_vpc(struct xdp_md *ctx)")) + len(anchor)
+    src = src[:at] + """
+    __u32 walk = (__u32)(data_end - data);
+#pragma clang loop unroll(disable)
+    for (__u32 i = 0; i < 1000000; i++)
+        walk = walk * 3 + (walk >> 1) + i;
+    if (walk == 7)
+        return XDP_DROP;""" + src[at:]
+    (bad / "eniplane.c").write_text(src)
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
+    name = f"{lab.prefix}-big"
+    try:
+        with pytest.raises(LoadError) as e:
+            nodemod.up(name, "vpcb", lab.fabric_ip, lab.node_ns)
+    finally:
+        if nodemod.is_up(name):
+            nodemod.down(name)
+    msg = str(e.value)
+    assert "xdp_vpc" in msg and "more than the verifier will explore" in msg, msg
+    # the verifier's own verdict (it gives up on the jumps or on the million instructions)
+    assert "too complex" in msg or "too large" in msg, msg
+    assert "(limit 1000000)" in msg and "at most 4096" not in msg, msg
+    assert len(msg.splitlines()) <= 14
+    assert not paths.pin_dir(name).exists()
 
 
 def test_a_failed_load_leaves_no_pins(lab, tmp_path, monkeypatch):
@@ -69,6 +107,31 @@ def test_a_compiler_that_ends_the_process_still_says_why(lab, tmp_path):
     assert p.returncode != 0
     assert "the compiler ended the process" in p.stderr and "atomic" in p.stderr, p.stderr
     assert not paths.pin_dir(name).exists()
+
+
+def test_a_compiler_that_ends_the_process_leaves_no_bench_namespaces(tmp_path):
+    """The bench's topology, staging a node whose compile LLVM ends: its namespaces go too."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bad)
+    src = (bad / "eniplane.c").read_text()
+    anchor = "    count(st, STAT_rx_vpc);"
+    src = src.replace(anchor, anchor + "\n    if (st) __sync_fetch_and_or((__u32 *)st, 1);", 1)
+    (bad / "eniplane.c").write_text(src)
+    code = ("from bench import topo as T, throughput as TP\n"
+            "t = T.Topo()\n"
+            "print(t.prefix, flush=True)\n"
+            "t.stage(TP.FWD_SPORT_OFF, TP.RET_SPORT_OFF, 4096)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                       env={**__import__("os").environ, "ENIPLANE_BPF_DIR": str(bad)},
+                       capture_output=True, text=True, timeout=300)
+    prefix = p.stdout.split()[0]
+    assert p.returncode != 0 and "the compiler ended the process" in p.stderr, p.stderr
+    from eniplane import netlink
+    assert not [r for r in ("gen", "node", "sink") if netlink.netns_exists(f"{prefix}-{r}")]
+    assert not paths.pin_dir(f"{prefix}-node").exists()
 
 
 def test_pinned_maps_of_another_layout_are_named_not_misread(lab, tmp_path, monkeypatch):
