@@ -46,7 +46,9 @@ def _program_ns(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Per direction and flow count, the node program's ns per packet in each scenario, and
     eniplane's gap to the state floor (issue 16's yardstick: at most 60 ns)."""
     by = {(r["direction"], r["flows"], r["scenario"]): r.get("program_ns") for r in results}
+    phase = {(r["direction"], r["flows"]): r.get("memlat_ns") for r in results}
     scen = [s for s in PROGRAM_SCENARIOS if any(k[2] == s and v for k, v in by.items())]
+    sizes = next((list(p) for p in phase.values() if p), [])
     rows = []
     for d in ("forward", "return"):
         for n in sorted({r["flows"] for r in results if r["direction"] == d}):
@@ -54,8 +56,11 @@ def _program_ns(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             if any(vals):
                 floor, eni = by.get((d, n, "state-floor")), by.get((d, n, "eniplane"))
                 gap = f"{eni - floor:+.0f}" if floor and eni else "-"
-                rows.append([d, f"{n:,}"] + [f"{v:.0f}" if v else "-" for v in vals] + [gap])
-    return ["direction", "flows"] + scen + ["gap to the floor"], rows
+                p = phase.get((d, n)) or {}
+                rows.append([d, f"{n:,}"] + [f"{v:.0f}" if v else "-" for v in vals] + [gap] +
+                            ([" / ".join(f"{p[m]:.0f}" for m in sizes)] if sizes else []))
+    phase_col = [f"host: ns per load over {' / '.join(sizes)} MiB"] if sizes else []
+    return ["direction", "flows"] + scen + ["gap to the floor"] + phase_col, rows
 
 
 def tables(doc: dict) -> None:

@@ -12,6 +12,7 @@ a warm-up before anything is measured, in another order than the runs then send 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
@@ -23,9 +24,13 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
+from . import memlat
 from . import topo as T
 from .gen import Sink, XdpGenerator, rfc4814_ports
 
+# Table sizes whose load cost tells the host's phase (bench.memlat): in the cache, at its edge
+# on this VM, past it (docs/operations.md, "What a larger table costs per packet")
+PHASE_MIB = (4, 8, 16)
 FWD_LEN = 110  # the VXLAN frame size of the shared notes' reference figures
 RET_LEN = 64
 FWD_SPORT_OFF, FWD_DPORT_OFF = 84, 86  # inner UDP ports in a VXLAN frame
@@ -239,7 +244,8 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
 
     pin_cpu0()
     results = []
-    with T.Topo() as t:
+    chase = memlat.Chase(max(PHASE_MIB))
+    with contextlib.closing(chase), T.Topo() as t:
         dp = t.stage(FWD_SPORT_OFF, RET_SPORT_OFF, max_flows)
         fwd_sink = Sink(t.ns["sink"], "s0")
         ret_sink = Sink(t.ns["gen"], "g0")
@@ -274,11 +280,18 @@ def run(flow_counts: list[int], seconds: float, repeats: int,
                         # made counts first packets and flows that took back a shared slot
                         res["state-floor"]["entries"] = {k: after[k] - before[k] for k in after}
                         timed = program_ns(t, direction, gens, min(seconds, 0.5))
+                        # the host's phase as the pass met it: what a load from tables of
+                        # these sizes cost (bench.memlat), beside the figures it explains
+                        phase = {f"{m:g}": chase.ns_per_load(m) for m in PHASE_MIB}
                         for s, ns in timed.items():
                             res[s]["program_ns"] = ns
+                        for r in res.values():
+                            r["memlat_ns"] = phase
                         progress(f"{direction}, {n} flows, ns per packet on the node: " +
                                  (", ".join(f"{s} {ns:.0f}" for s, ns in timed.items())
-                                  or "not available (no BPF_ENABLE_STATS)"))
+                                  or "not available (no BPF_ENABLE_STATS)") +
+                                 "; ns per load over " + " / ".join(phase) + " MiB: " +
+                                 " / ".join(f"{v:.0f}" for v in phase.values()))
                         for s, r in res.items():
                             results.append({"direction": direction, "scenario": s, "flows": n,
                                             "generator": backend, **r})

@@ -34,6 +34,9 @@ def test_bench_smoke(tmp_path):
              if r.get("program_ns", 0) > 0}
     assert timed == {(r["direction"], r["flows"], r["scenario"])
                      for r in doc["throughput"]["results"] if r["scenario"] != "linux"}
+    # every pass says which phase of the host it met (bench.memlat beside the program times)
+    assert all(set(r["memlat_ns"]) == {"4", "8", "16"} and min(r["memlat_ns"].values()) > 0
+               for r in doc["throughput"]["results"])
     assert set(doc["cost"]["new_flow_ns"]) == {"1", "60", "300"}
     assert doc["scale"]["created"] == doc["scale"]["fill"] == 66_000  # past an ENI's limit
     assert doc["control"]["apply_enis"] == 20
