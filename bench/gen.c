@@ -122,7 +122,9 @@ struct flow_state {
     __u32 packets;
     __u32 seen;
 };
+#ifndef STATE_POOL /* the pool variant keeps its flows in pool_index and pool alone */
 BPF_ARRAY(state_slots, struct flow_state, STATE_SLOTS);
+#endif
 struct state_counts {
     __u64 found; /* packets whose flow entry was there */
     __u64 made;  /* entries written for a flow (its first packet, or after it gave way) */
@@ -134,8 +136,8 @@ BPF_PERCPU_ARRAY(state_counts, struct state_counts, 1);
  * (issue 16). A set-associative index of 8-byte entries (a 32-bit tag and an entry number,
  * eight to a cache line, as many as the floor has slots) in front of a pool of 64-byte entries
  * handed out in arrival order: the flows of a run occupy the pool's first entries, however
- * large its capacity, so what a packet touches (the index's line and its entry's) stays within
- * the TLB's reach at tens of thousands of flows. 72 bytes per flow of capacity. The entry's 48
+ * large its capacity, so what a packet touches (the index's line and its entry's) is as little
+ * memory as the flows need (what bounds a table on this VM is its share of the L3: bench.memlat). 72 bytes per flow of capacity. The entry's 48
  * bytes past its tag stand for a flow key and owner, read with it. */
 struct pool_entry {
     __u64 tag;
