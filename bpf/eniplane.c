@@ -1628,53 +1628,9 @@ int xdp_fabric(struct xdp_md *ctx)
         }
     }
 
-    struct flow_guard *g = flow_guard.lookup(&k0);
-    struct probe pr;
-    flow_walk(&fk, g, lo, range, start, p.t.oip->saddr, p.t.vni, p.iip->saddr, *p.l4.sport, &pr);
-    struct flow *f = pr.f;
-    if (f) {
-        __u8 state = f->state;
-        /* A live flow, unless it is a closed TCP connection that a SYN opens again. */
-        int reopens = l4proto == IPPROTO_TCP && tcp_opens(tcp_flags) &&
-                      (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
-        if (flow_live_hot(cfg, &fk, f, state, pr.seen, now) && !reopens) {
-            /* 5b. Established, the long way. Revoking a placement flushes the pair's flows
-             * (datapath.py), so an entry found here was opened by a worker that is still
-             * placed. */
-            if (pr.probed)
-                count(st, STAT_flow_probed);
-            /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow),
-             * and these counters serve expiry and inspection, where a rare lost increment
-             * does no harm. */
-            if (now != pr.seen) /* store only what changed: fewer dirty lines to write */
-                f->last_seen_ns = now;
-            f->tx_packets++;
-            f->tx_bytes += p.bytes;
-            if (tcp_flags) { /* TCP only (0 for the rest) */
-                __u8 add = state_bits_out(tcp_flags, state);
-                if (add & ~state)
-                    f->state = state | add;
-            }
-            if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
-                mac_copy(f->env_mac, p.ieth->h_source);
-            /* Its slot, from the entry as it is now. A flow further along its probe has one
-             * too when the return path gave it one: the short way forward looks only at the
-             * probe's first port, but the return's must not keep a state or MAC that changed.
-             * With the slots off, none is touched (turning them on stops them all). */
-            if (hot_on)
-                hot_install(&fk, f, secret, gen, now, 0, 1, 1);
-            reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
-                               STAT_fwd_established, &action);
-            goto out;
-        }
-    }
-    /* 5c. No live flow: xdp_fabric_open decides, with what the walk found. */
-    os->seen = pr.seen;
-    os->own_port = f ? fk.eni_port : 0;
-    os->free_port = pr.free_port;
-    os->free_depth = pr.free_depth;
+    /* 5b, 5c. The long way, in a program of its own (xdp_fabric_long). */
     os->now = now;
-    fabric_calls.call(ctx, FABRIC_CALL_OPEN);
+    fabric_long.call(ctx, 0);
     reason = STAT_drop_tail_call; /* only reached when the tail call failed */
 out:
     return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
@@ -1752,6 +1708,94 @@ static __always_inline __u32 tail_enter(struct xdp_md *ctx, struct node_cfg **cf
     if (!*cfg || !*os)
         return STAT_drop_tail_call;
     return l4 ? fabric_again(ctx, *os, p) : fabric_again_ip(ctx, *os, p);
+}
+
+/* xdp_fabric_long (entered only by xdp_fabric's tail call, never attached): an environment's
+ * packet that the short way did not serve. It walks the probe for the flow's entry: a live one
+ * takes the established long way (5b), the rest go on to xdp_fabric_open (5c). A program of its
+ * own because the verifier walks everything after the probe once for each place the walk can
+ * stop: inside xdp_fabric that cost 660,000 of the million instructions it will walk, and left
+ * the short way none to grow by. */
+int xdp_fabric_long(struct xdp_md *ctx)
+{
+    int action = XDP_DROP;
+    __u32 k0 = 0;
+    struct stats *st = stats.lookup(&k0);
+    struct node_cfg *cfg;
+    struct open_scratch *os;
+    struct fabric_pkt p;
+    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 1);
+    if (reason)
+        goto out;
+    struct flow_key fk;
+    struct eni *eni = flow_key_of(cfg, &p, &fk);
+    if (!eni) {
+        reason = STAT_drop_unknown_vni;
+        goto out;
+    }
+    __u32 lo = eni->port_lo;
+    __u32 range = port_range(eni);
+    __u32 start = probe_start(cfg, &p, &fk, range);
+    __u32 vpc_idx = eni->vpc_idx;
+    __u32 eni_idx = eni->eni_idx;
+    ipv4_t eni_addr = eni->addr;
+    __u64 now = os->now;
+    __u8 tcp_flags = p.l4.tcp_flags;
+    __u8 l4proto = fk.proto;
+    __u32 secret = cfg->port_secret;
+    __u32 gen = hot_gen_now();
+    int hot_on = !(cfg->flags & NODE_F_NO_HOT);
+
+    struct flow_guard *g = flow_guard.lookup(&k0);
+    struct probe pr;
+    flow_walk(&fk, g, lo, range, start, p.t.oip->saddr, p.t.vni, p.iip->saddr, *p.l4.sport, &pr);
+    struct flow *f = pr.f;
+    if (f) {
+        __u8 state = f->state;
+        /* A live flow, unless it is a closed TCP connection that a SYN opens again. */
+        int reopens = l4proto == IPPROTO_TCP && tcp_opens(tcp_flags) &&
+                      (state & (FLOW_S_FIN_OUT | FLOW_S_FIN_IN)) == (FLOW_S_FIN_OUT | FLOW_S_FIN_IN);
+        if (flow_live_hot(cfg, &fk, f, state, pr.seen, now) && !reopens) {
+            /* 5b. Established, the long way. Revoking a placement flushes the pair's flows
+             * (datapath.py), so an entry found here was opened by a worker that is still
+             * placed. */
+            if (pr.probed)
+                count(st, STAT_flow_probed);
+            /* Plain adds: a flow's packets arrive on one CPU (RSS hashes the outer flow),
+             * and these counters serve expiry and inspection, where a rare lost increment
+             * does no harm. */
+            if (now != pr.seen) /* store only what changed: fewer dirty lines to write */
+                f->last_seen_ns = now;
+            f->tx_packets++;
+            f->tx_bytes += p.bytes;
+            if (tcp_flags) { /* TCP only (0 for the rest) */
+                __u8 add = state_bits_out(tcp_flags, state);
+                if (add & ~state)
+                    f->state = state | add;
+            }
+            if (!mac_equal(f->env_mac, p.ieth->h_source)) /* replies follow the environment */
+                mac_copy(f->env_mac, p.ieth->h_source);
+            /* Its slot, from the entry as it is now. A flow further along its probe has one
+             * too when the return path gave it one: the short way forward looks only at the
+             * probe's first port, but the return's must not keep a state or MAC that changed.
+             * With the slots off, none is touched (turning them on stops them all). */
+            if (hot_on)
+                hot_install(&fk, f, secret, gen, now, 0, 1, 1);
+            reason = snat_emit(ctx, cfg, &p, vpc_idx, eni_idx, eni_addr, fk.eni_port,
+                               STAT_fwd_established, &action);
+            goto out;
+        }
+    }
+    /* 5c. No live flow: xdp_fabric_open decides, with what the walk found. */
+    os->seen = pr.seen;
+    os->own_port = f ? fk.eni_port : 0;
+    os->free_port = pr.free_port;
+    os->free_depth = pr.free_depth;
+    os->now = now;
+    fabric_calls.call(ctx, FABRIC_CALL_OPEN);
+    reason = STAT_drop_tail_call; /* only reached when the tail call failed */
+out:
+    return record(ctx, st, reason, action, EVENT_DIR_FABRIC);
 }
 
 /* xdp_fabric_open (entered only by xdp_fabric's tail call, never attached): a packet of an

@@ -55,6 +55,10 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct open_scratch, open_scratch, 1,
 #define FABRIC_CALL_FRAG 3
 #define FABRIC_CALLS 4
 BPF_TABLE_PINNED("prog", __u32, __u32, fabric_calls, FABRIC_CALLS, PIN_DIR "/fabric_calls");
+/* fabric_long[0] = xdp_fabric_long, filled by the loader with fabric_calls: an array of its own
+ * rather than a fifth slot there, so that a node pinned by an earlier build upgrades in place
+ * (`upgrade` adds maps, and refuses a pinned map whose size changed). */
+BPF_TABLE_PINNED("prog", __u32, __u32, fabric_long, 1, PIN_DIR "/fabric_long");
 BPF_TABLE_PINNED("percpu_array", __u32, struct icmp_bucket, icmp_bucket, 1,
                  PIN_DIR "/icmp_bucket");
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag, frags, MAX_FRAGS, PIN_DIR "/frags");

@@ -30,6 +30,7 @@ from .sgcompile import Rule, compile_rules
 MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cache", "eni_addrs",
              "vpcs", "vpc_ifs", "vpc_if_slots", "sg_rules", "flows", "flow_hot", "hot_gen",
              "flow_guard", "eni_flows_added", "eni_flows_removed", "open_scratch", "fabric_calls",
+             "fabric_long",
              "icmp_bucket", "frags", "stats", "eni_stats", "clock", "event_cpu", "sg_denials",
              "redirect_failures", "events", "tx_ports")
 VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8

@@ -28,10 +28,14 @@ PROG_FABRIC, PROG_VPC = ATTACHABLE = ("xdp_fabric", "xdp_vpc")
 # Entered only by tail calls from xdp_fabric, through fabric_calls (maps.h)
 PROG_FABRIC_OPEN, PROG_FABRIC_ICMP = "xdp_fabric_open", "xdp_fabric_icmp"
 PROG_FABRIC_REPLY, PROG_FABRIC_FRAG = "xdp_fabric_reply", "xdp_fabric_frag"
-PROGRAMS = ATTACHABLE + (PROG_FABRIC_OPEN, PROG_FABRIC_ICMP, PROG_FABRIC_REPLY, PROG_FABRIC_FRAG)
 FABRIC_CALL_OPEN, FABRIC_CALL_ICMP, FABRIC_CALL_REPLY, FABRIC_CALL_FRAG = 0, 1, 2, 3
 FABRIC_CALLS = {FABRIC_CALL_OPEN: PROG_FABRIC_OPEN, FABRIC_CALL_ICMP: PROG_FABRIC_ICMP,
                 FABRIC_CALL_REPLY: PROG_FABRIC_REPLY, FABRIC_CALL_FRAG: PROG_FABRIC_FRAG}
+# ...and through fabric_long (maps.h), its only slot
+PROG_FABRIC_LONG = "xdp_fabric_long"
+PROGRAMS = ATTACHABLE + tuple(FABRIC_CALLS.values()) + (PROG_FABRIC_LONG,)
+# program arrays the loader fills: {pinned map: {slot: program}}
+TAIL_CALLS = {"fabric_calls": FABRIC_CALLS, "fabric_long": {0: PROG_FABRIC_LONG}}
 # redirect failures (eniplane.c): raw tracepoint programs, attached by pinned links under
 # <progs>/links, named after their tracepoints
 REDIRECT_WATCH = {"redirect_err": "xdp_redirect_err", "devmap_xmit": "xdp_devmap_xmit"}
@@ -222,14 +226,18 @@ def _compile_and_pin(node: str, defines: dict[str, int] | None,
 
 
 def fill_fabric_calls(node: str, fds: dict[str, int]) -> None:
-    """Point fabric_calls' slots at these programs. Each slot's update is atomic: a tail call
-    made meanwhile enters the old program or the new one."""
-    calls = bpfsys.obj_get(str(paths.maps_dir(node) / "fabric_calls"))
-    try:
-        for slot, name in FABRIC_CALLS.items():
-            bpfsys.map_update(calls, slot.to_bytes(4, "little"), fds[name].to_bytes(4, "little"))
-    finally:
-        os.close(calls)
+    """Point the program arrays' slots (TAIL_CALLS) at these programs. Each slot's update is
+    atomic: a tail call made meanwhile enters the old program or the new one. A program that
+    `fds` lacks (an earlier build's, put back by a failed upgrade) leaves its slot as it is."""
+    for table, slots in TAIL_CALLS.items():
+        calls = bpfsys.obj_get(str(paths.maps_dir(node) / table))
+        try:
+            for slot, name in slots.items():
+                if name in fds:
+                    bpfsys.map_update(calls, slot.to_bytes(4, "little"),
+                                      fds[name].to_bytes(4, "little"))
+        finally:
+            os.close(calls)
 
 
 def kernel_offsets(path: str = VMLINUX_BTF) -> dict[str, int]:

@@ -130,7 +130,12 @@ def test_program_names_are_the_entry_points():
     entries = re.findall(r"^[ \t]*int\s+(\w+)\s*\(\s*struct\s+xdp_md\s*\*", src, re.M)
     assert sorted(loader.PROGRAMS) == sorted(entries)
     assert (loader.PROG_FABRIC, loader.PROG_VPC) == loader.ATTACHABLE
-    assert loader.PROGRAMS == loader.ATTACHABLE + tuple(loader.FABRIC_CALLS.values())
+    tail = [n for slots in loader.TAIL_CALLS.values() for n in slots.values()]
+    assert loader.PROGRAMS == loader.ATTACHABLE + tuple(tail)
+    assert loader.TAIL_CALLS["fabric_calls"] == loader.FABRIC_CALLS
+    # fabric_long's one slot is called, as `fabric_long` is declared in maps.h with one entry
+    assert re.search(r"fabric_long\.call\(ctx, 0\)", c_source())
+    assert re.search(r'BPF_TABLE_PINNED\("prog", __u32, __u32, fabric_long, 1,', c_source())
     for slot, name in loader.FABRIC_CALLS.items():
         macro = "FABRIC_CALL_" + name.removeprefix("xdp_fabric_").upper()
         assert define(macro) == slot
