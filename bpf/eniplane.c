@@ -1710,6 +1710,18 @@ static __always_inline __u32 tail_enter(struct xdp_md *ctx, struct node_cfg **cf
     return l4 ? fabric_again(ctx, *os, p) : fabric_again_ip(ctx, *os, p);
 }
 
+/* tail_enter for the programs that work on the packet's flow: its key and its ENI too. */
+static __always_inline __u32 tail_enter_flow(struct xdp_md *ctx, struct node_cfg **cfg,
+                                             struct open_scratch **os, struct fabric_pkt *p,
+                                             struct flow_key *fk, struct eni **eni)
+{
+    __u32 bad = tail_enter(ctx, cfg, os, p, 1);
+    if (bad)
+        return bad;
+    *eni = flow_key_of(*cfg, p, fk);
+    return *eni ? 0 : STAT_drop_unknown_vni;
+}
+
 /* xdp_fabric_long (entered only by xdp_fabric's tail call, never attached): an environment's
  * packet that the short way did not serve. It walks the probe for the flow's entry: a live one
  * takes the established long way (5b), the rest go on to xdp_fabric_open (5c). A program of its
@@ -1724,15 +1736,11 @@ int xdp_fabric_long(struct xdp_md *ctx)
     struct node_cfg *cfg;
     struct open_scratch *os;
     struct fabric_pkt p;
-    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 1);
+    struct flow_key fk;
+    struct eni *eni;
+    __u32 reason = tail_enter_flow(ctx, &cfg, &os, &p, &fk, &eni);
     if (reason)
         goto out;
-    struct flow_key fk;
-    struct eni *eni = flow_key_of(cfg, &p, &fk);
-    if (!eni) {
-        reason = STAT_drop_unknown_vni;
-        goto out;
-    }
     __u32 lo = eni->port_lo;
     __u32 range = port_range(eni);
     __u32 start = probe_start(cfg, &p, &fk, range);
@@ -1810,15 +1818,11 @@ int xdp_fabric_open(struct xdp_md *ctx)
     struct node_cfg *cfg;
     struct open_scratch *os;
     struct fabric_pkt p;
-    __u32 reason = tail_enter(ctx, &cfg, &os, &p, 1);
+    struct flow_key fk;
+    struct eni *eni;
+    __u32 reason = tail_enter_flow(ctx, &cfg, &os, &p, &fk, &eni);
     if (reason)
         goto out;
-    struct flow_key fk;
-    struct eni *eni = flow_key_of(cfg, &p, &fk);
-    if (!eni) {
-        reason = STAT_drop_unknown_vni;
-        goto out;
-    }
     ipv4_t worker = p.t.oip->saddr;
     __u32 vni = p.t.vni;
     ipv4_t env = p.iip->saddr;

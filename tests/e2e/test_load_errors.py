@@ -13,15 +13,21 @@ from eniplane.errors import LoadError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypatch):
+def _xdp_vpc_starting_with(tmp_path: Path, code: str) -> Path:
+    """A copy of bpf/ whose xdp_vpc runs `code` first (after its data pointers): its directory."""
     bad = tmp_path / "bpf"
     shutil.copytree(loader.bpf_dir(), bad)
     src = (bad / "eniplane.c").read_text()
-    # an unchecked packet read in xdp_vpc: exactly what the verifier exists to refuse
     anchor = "void *data_end = (void *)(long)ctx->data_end;"
     at = src.index(anchor, src.index("int xdp_vpc(struct xdp_md *ctx)")) + len(anchor)
-    src = src[:at] + "\n    if (*(volatile __u32 *)(data + 64)) return XDP_DROP;" + src[at:]
-    (bad / "eniplane.c").write_text(src)
+    (bad / "eniplane.c").write_text(src[:at] + code + src[at:])
+    return bad
+
+
+def test_verifier_rejection_is_reported_and_rolled_back(lab, tmp_path, monkeypatch):
+    # an unchecked packet read in xdp_vpc: exactly what the verifier exists to refuse
+    bad = _xdp_vpc_starting_with(tmp_path,
+                                 "\n    if (*(volatile __u32 *)(data + 64)) return XDP_DROP;")
     monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
     name = f"{lab.prefix}-bad"
     try:
@@ -43,20 +49,14 @@ def test_a_program_past_the_verifiers_budget_is_reported_with_its_verdict(lab, t
                                                                           monkeypatch):
     """E2BIG: bcc reports it without the verifier's log, as "too large ... at most 4096 insns"
     (the limit of loaders without CAP_BPF). The error says what the verifier said instead."""
-    bad = tmp_path / "bpf"
-    shutil.copytree(loader.bpf_dir(), bad)
-    src = (bad / "eniplane.c").read_text()
     # a loop of a million rounds without a branch in them: the verifier walks every round
-    anchor = "void *data_end = (void *)(long)ctx->data_end;"
-    at = src.index(anchor, src.index("int xdp_vpc(struct xdp_md *ctx)")) + len(anchor)
-    src = src[:at] + """
+    bad = _xdp_vpc_starting_with(tmp_path, """
     __u32 walk = (__u32)(data_end - data);
 #pragma clang loop unroll(disable)
     for (__u32 i = 0; i < 1000000; i++)
         walk = walk * 3 + (walk >> 1) + i;
     if (walk == 7)
-        return XDP_DROP;""" + src[at:]
-    (bad / "eniplane.c").write_text(src)
+        return XDP_DROP;""")
     monkeypatch.setenv("ENIPLANE_BPF_DIR", str(bad))
     name = f"{lab.prefix}-big"
     try:
@@ -86,19 +86,25 @@ def test_a_failed_load_leaves_no_pins(lab, tmp_path, monkeypatch):
     assert not paths.pin_dir(name).exists()
 
 
+def _bpf_that_llvm_ends(tmp_path: Path) -> Path:
+    """A copy of bpf/ with a 32-bit atomic OR: clang accepts it, the BPF backend (before
+    -mcpu=v3) gives up and exit()s the process. Its directory."""
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bad)
+    src = (bad / "eniplane.c").read_text()
+    anchor = "    count(st, STAT_rx_vpc);"
+    src = src.replace(anchor, anchor + "\n    if (st) __sync_fetch_and_or((__u32 *)st, 1);", 1)
+    (bad / "eniplane.c").write_text(src)
+    return bad
+
+
 def test_a_compiler_that_ends_the_process_still_says_why(lab, tmp_path):
     """LLVM's backend errors exit() the process from inside bcc: the loader's exit hook prints
     the compiler's words and removes the pins the load had created."""
     import subprocess
     import sys
 
-    bad = tmp_path / "bpf"
-    shutil.copytree(loader.bpf_dir(), bad)
-    src = (bad / "eniplane.c").read_text()
-    anchor = "    count(st, STAT_rx_vpc);"
-    # a 32-bit atomic OR: clang accepts it, the BPF backend (before -mcpu=v3) gives up
-    src = src.replace(anchor, anchor + "\n    if (st) __sync_fetch_and_or((__u32 *)st, 1);", 1)
-    (bad / "eniplane.c").write_text(src)
+    bad = _bpf_that_llvm_ends(tmp_path)
     name = f"{lab.prefix}-llvm"
     p = subprocess.run([sys.executable, "-c",
                         f"from eniplane import loader; loader.compile_and_pin({name!r})"],
@@ -114,12 +120,7 @@ def test_a_compiler_that_ends_the_process_leaves_no_bench_namespaces(tmp_path):
     import subprocess
     import sys
 
-    bad = tmp_path / "bpf"
-    shutil.copytree(loader.bpf_dir(), bad)
-    src = (bad / "eniplane.c").read_text()
-    anchor = "    count(st, STAT_rx_vpc);"
-    src = src.replace(anchor, anchor + "\n    if (st) __sync_fetch_and_or((__u32 *)st, 1);", 1)
-    (bad / "eniplane.c").write_text(src)
+    bad = _bpf_that_llvm_ends(tmp_path)
     code = ("from bench import topo as T, throughput as TP\n"
             "t = T.Topo()\n"
             "print(t.prefix, flush=True)\n"
