@@ -137,7 +137,8 @@ BPF_PERCPU_ARRAY(state_counts, struct state_counts, 1);
  * eight to a cache line, as many as the floor has slots) in front of a pool of 64-byte entries
  * handed out in arrival order: the flows of a run occupy the pool's first entries, however
  * large its capacity, so what a packet touches (the index's line and its entry's) is as little
- * memory as the flows need (what bounds a table on this VM is its share of the L3: bench.memlat). 72 bytes per flow of capacity. The entry's 48
+ * memory as the flows need (what bounds a table on this VM is its share of the L3:
+ * bench.memlat). 72 bytes per flow of capacity. The entry's 48
  * bytes past its tag stand for a flow key and owner, read with it. */
 struct pool_entry {
     __u64 tag;

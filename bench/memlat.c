@@ -10,10 +10,9 @@
  */
 #include <uapi/linux/bpf.h>
 
-#ifndef LINES
-#error "LINES: the most lines a chase may cover, fixed per compile"
+#if !defined(LINES) || !defined(STEPS)
+#error "LINES (the most lines a chase may cover) and STEPS (links per run): memlat.py gives both"
 #endif
-#define STEPS 64
 
 struct line {
     __u32 next;

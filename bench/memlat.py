@@ -28,7 +28,7 @@ from .gen import pin_cpu0
 
 MEMLAT_C = Path(__file__).with_name("memlat.c")
 LINE = 64
-STEPS = 64  # memlat.c
+STEPS = 64  # links a run of memlat.c follows (given to it as -DSTEPS)
 MIN_LOADS = 400_000
 DEFAULT_MIB = (0.0625, 1, 2, 4, 6, 8, 12, 16, 32, 64)
 
@@ -40,7 +40,7 @@ class Chase:
         from bcc import BPF  # only the tool that times loads compiles
 
         self.lines = int(max_mib * (1 << 20)) // LINE
-        self.bpf = BPF(src_file=str(MEMLAT_C).encode(), cflags=[f"-DLINES={self.lines}"])
+        self.bpf = BPF(src_file=str(MEMLAT_C).encode(), cflags=[f"-DLINES={self.lines}", f"-DSTEPS={STEPS}"])
         self.fd = self.bpf.load_func(b"chase_xdp", BPF.XDP).fd
         self._mm = mmap.mmap(self.bpf[b"chase"].map_fd, self.lines * LINE, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)

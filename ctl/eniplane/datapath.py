@@ -703,6 +703,8 @@ class Datapath:
         flows' from flow_summary)."""
         out = []
         for name in MAP_NAMES:
+            if not (paths.maps_dir(self.node) / name).exists():
+                continue  # a map the build that pinned the node did not have (upgrade adds it)
             m = self.map(name)
             n = (known or {}).get(name)
             out.append({"name": name, "entries": m.count() if n is None else n,

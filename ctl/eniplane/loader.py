@@ -5,9 +5,10 @@ tests that load the datapath) call it. Maps are declared pinned in C (maps.h), s
 finds and reuses them and their contents survive. Programs are pinned under <pin dir>/progs so
 that commands that attach an interface later (a new VPC) need no compiler; `upgrade` stages a
 new build's under <pin dir>/progs_new and says which build runs by build_hash. A verifier rejection becomes a LoadError that
-carries the trimmed verifier log (asked for again when bcc got none: E2BIG). LLVM ends the whole process (exit(1)) on a backend error that
-clang's front end let through: a C-level exit hook then still prints the compiler's words and
-removes the pins this load created.
+carries the trimmed verifier log (asked for again when bcc got none: E2BIG). LLVM ends the
+whole process (exit(1)) on a backend error that clang's front end let through: a C-level exit
+hook then still prints the compiler's words and removes the pins this load created (and runs
+the hooks of on_compiler_exit).
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ def status(node: str) -> dict:
     from .maps import PinnedMap
 
     rec = NodeRecord.load(node)
-    pinned = pinned_prog_ids(node)
+    pinned = pinned_prog_ids(node, missing_ok=True)  # an earlier build may have had fewer
     from .datapath import Datapath
 
     with Datapath(node) as dp:
@@ -276,6 +276,8 @@ def status(node: str) -> dict:
         ifaces.append(row)
     maps = []
     for name in MAP_NAMES:
+        if not (paths.maps_dir(node) / name).exists():
+            continue  # a map the build that pinned the node did not have (upgrade adds it)
         with PinnedMap(str(paths.maps_dir(node) / name)) as m:
             n = m.count()
             maps.append({"name": name, "type": m.type_name, "id": m.id, "entries": n,

@@ -93,7 +93,7 @@ def needed(node: str) -> bool:
     rec = NodeRecord.load(node)
     if not build_status(rec)["up_to_date"]:
         return True
-    pinned = pinned_prog_ids(node)
+    pinned = pinned_prog_ids(node, missing_ok=True)
     return any(t.old_id != pinned[t.program] for t in _targets(rec, pinned, []))
 
 
@@ -105,7 +105,8 @@ def upgrade(node: str, force: bool = False) -> dict:
     rec = NodeRecord.load(node)
     defines = running_defines(rec)
     old_hash, new_hash = rec.build.get("hash"), loader.build_hash(defines)
-    pinned = pinned_prog_ids(node)
+    # a build before this one may have had fewer programs (xdp_fabric_long came later)
+    pinned = pinned_prog_ids(node, missing_ok=True)
     notes: list[str] = []
     targets = _targets(rec, pinned, notes)
     report: dict = {"node": node, "changed": False, "build": {"old": old_hash, "new": new_hash},
@@ -134,7 +135,7 @@ def upgrade(node: str, force: bool = False) -> dict:
     report["changed"] = True
     report["interfaces"] = [{"ifname": t.ifname, "program": t.program, "mode": t.mode,
                              "old_id": t.old_id, "new_id": new_ids[t.program]} for t in targets]
-    report["programs"] = {name: {"old_id": pinned[name], "new_id": new_ids[name]}
+    report["programs"] = {name: {"old_id": pinned.get(name), "new_id": new_ids[name]}
                           for name in PROGRAMS}
     report["maps_added"] = sorted({p.name for p in paths.maps_dir(node).iterdir()} - maps_before)
     return report
@@ -184,7 +185,10 @@ def _put_back(node: str, rec: NodeRecord, swapped: list[_Target],
     old_fds: dict[str, int] = {}
     try:
         for name in PROGRAMS:
-            old_fds[name] = loader.pinned_prog_fd(node, name)
+            try:
+                old_fds[name] = loader.pinned_prog_fd(node, name)
+            except EniplaneError:  # one the old build did not have: its slot stays as it is
+                pass
         loader.fill_fabric_calls(node, old_fds)
     except EniplaneError:
         pass

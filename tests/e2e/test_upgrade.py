@@ -184,6 +184,30 @@ def test_upgrade_under_a_steady_stream_loses_nothing_and_keeps_the_flow(world, m
     assert not again["changed"] and _prog_ids(w) == ids_after
 
 
+def test_a_node_of_a_build_with_fewer_programs_upgrades_in_place(world, monkeypatch):
+    """A node brought up before xdp_fabric_long existed has neither its pin nor the fabric_long
+    program array: status still reads it, and upgrade adds both, names the new map, and the node
+    forwards new flows (which take the long way) afterwards."""
+    w = world
+    node = w["node"]
+    assert "still-there" in _echo(w)
+    (paths.progs_dir(node) / loader.PROG_FABRIC_LONG).unlink()  # as the earlier build pinned
+    (paths.maps_dir(node) / "fabric_long").unlink()
+    status = json.loads(w["cli"]("status", "-o", "json").stdout)
+    assert loader.PROG_FABRIC_LONG not in status["programs"] and "xdp_fabric" in status["programs"]
+    assert "fabric_long" not in {m["name"] for m in status["maps"]}
+    with Datapath(node, w["lab"].node_ns) as dp:  # what the metrics read
+        assert "fabric_long" not in {m["name"] for m in dp.map_levels()}
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(_new_build(w["tmp"], "fewer")))
+    up = w["cli"]("upgrade", "-o", "json", check=False)
+    assert up.returncode == 0, up.stderr
+    rep = json.loads(up.stdout)
+    assert rep["changed"] and "fabric_long" in rep["maps_added"], rep
+    assert rep["programs"][loader.PROG_FABRIC_LONG]["old_id"] is None
+    assert set(_pinned_ids(node)) == set(loader.PROGRAMS)
+    assert "still-there" in _echo(w)
+
+
 def test_a_changed_map_layout_is_refused_and_the_old_programs_keep_running(world, monkeypatch):
     """flow_guard grows by 8 bytes in the new build: the upgrade names the map and both sizes,
     exits 1, and leaves the attached programs, the pins and the maps as they were."""
