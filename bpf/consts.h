@@ -102,13 +102,15 @@
  * slot is a mask of a hash), so that a flow costs 16 bytes there (64 bytes a slot) on top of the
  * 144 the kernel charges for its `flows` entry: 160 in all. */
 #define HOT_SLOTS_MIN 64
-/* The slots of one set: a flow's slot may be any of them. Eight, since the table runs full (a
- * quarter of the capacity) while a quarter of the capacity sends: 65,000 flows in 65,536 slots
- * find their set full for 27% of them in sets of two, 19% in sets of four, 14% in sets of eight,
- * and each of those goes the long way (three dependent misses) on every packet. A lookup reads
- * the keys of the set's slots, whose addresses need nothing from memory: their lines are fetched
- * in parallel. Sixteen (10% without a slot) gained 10-11 ns at 64k flows but cost new flows 4%
- * and took xdp_fabric_open, which fills slots too, to 787k of the verifier's million. */
+/* The slots of one set: a flow's slot may be any of them, in either of its two sets (hot_sets).
+ * Eight, since the table runs full (a quarter of the capacity) while a quarter of the capacity
+ * sends: 65,000 flows in 65,536 slots find their set full for 27% of them in sets of two, 19% in
+ * sets of four, 14% in sets of eight, and each of those goes the long way (three dependent
+ * misses) on every packet; a second set takes that to 7.3% (9.3% of flows sit in their second
+ * set and read both). A lookup reads the keys of a set's slots, whose addresses need nothing
+ * from memory: their lines are fetched in parallel. Sixteen in one set (10% without a slot)
+ * gained 10-11 ns at 64k flows but cost new flows 4% and took xdp_fabric_open, which fills slots
+ * too, to 787k of the verifier's million. */
 #ifndef HOT_WAYS
 #define HOT_WAYS 8
 #endif

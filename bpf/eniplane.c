@@ -379,10 +379,13 @@ static __always_inline void flow_publish(struct flow *f, struct flow *nf)
 
 /* ---- flow_hot (types.h): the sending flows' per-packet state, one line each. ---------------- */
 
-/* The set (HOT_WAYS neighbouring slots) a flow key's entry may sit in: a multiply-xor hash of the
- * key's four words, keyed by the port secret so that no sender can aim flows at one set. Its
- * twin in user space is probe.hot_set (tests/datapath/test_flow_hot.py holds them equal). */
-static __always_inline __u32 hot_set(const struct flow_key *fk, __u32 secret)
+/* The two sets (of HOT_WAYS neighbouring slots each) a flow key's slot may sit in: a
+ * multiply-xor hash of the key's four words, keyed by the port secret so that no sender can aim
+ * flows at a set, gives the first; a further mix of the same hash the second. A flow takes its
+ * first set while it has room and its second when not (types.h: flow_hot). Their twin in user
+ * space is probe.hot_sets (tests/datapath/test_flow_hot.py holds them equal). */
+static __always_inline void hot_sets(const struct flow_key *fk, __u32 secret, __u32 *s0,
+                                     __u32 *s1)
 {
     /* The words as memory holds them, put together from the fields: the key was just written
      * field by field, and a word-wide load over those narrower stores would wait for them to
@@ -396,13 +399,18 @@ static __always_inline __u32 hot_set(const struct flow_key *fk, __u32 secret)
 #endif
     __u64 a = (((__u64)(w0 ^ secret) << 32) | fk->eni_addr) * 0x9E3779B97F4A7C15ull;
     __u64 b = (((__u64)fk->remote << 32) | w3) * 0xC2B2AE3D27D4EB4Full;
-    return (__u32)((a ^ b) >> 32) & (HOT_SLOTS / HOT_WAYS - 1);
+    __u64 h = a ^ b;
+    /* the second from all 64 bits: the low half alone depends on the ENI address and ports only */
+    __u64 m = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ull;
+    *s0 = (__u32)(h >> 32) & (HOT_SLOTS / HOT_WAYS - 1);
+    *s1 = (__u32)(m >> 32) & (HOT_SLOTS / HOT_WAYS - 1);
 }
 
 static __always_inline int hot_key_is(const struct flow_hot *h, const struct flow_key *fk)
 {
     const __u32 *a = (const __u32 *)&h->key, *b = (const __u32 *)fk;
-    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+    /* one branch, not four: fewer paths for the verifier to walk in the scans of two sets */
+    return !((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]));
 }
 
 static __always_inline int hot_owner_is(const struct flow_hot *h, ipv4_t worker, __u32 vni,
@@ -412,7 +420,7 @@ static __always_inline int hot_owner_is(const struct flow_hot *h, ipv4_t worker,
 }
 
 /* The slot of set `set` that holds `fk`, or NULL. */
-static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u32 set)
+static __always_inline struct flow_hot *hot_find_in(const struct flow_key *fk, __u32 set)
 {
 #pragma unroll
     for (__u32 w = 0; w < HOT_WAYS; w++) {
@@ -422,6 +430,16 @@ static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u3
             return h;
     }
     return NULL;
+}
+
+/* The slot that holds `fk`, or NULL: its first set, then its second (hot_install keeps a key in
+ * one slot at most). */
+static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u32 secret)
+{
+    __u32 s0, s1;
+    hot_sets(fk, secret, &s0, &s1);
+    struct flow_hot *h = hot_find_in(fk, s0);
+    return h ? h : hot_find_in(fk, s1);
 }
 
 /* A slot's last_seen_ns, read before any of its other fields, as flow_seen reads an entry's. */
@@ -456,7 +474,7 @@ static __always_inline int hot_usable(struct node_cfg *cfg, const struct flow_ho
 static __always_inline __u64 hot_seen(const struct flow_key *fk, struct flow *f, __u64 seen,
                                       __u32 secret)
 {
-    struct flow_hot *h = hot_find(fk, hot_set(fk, secret));
+    struct flow_hot *h = hot_find(fk, secret);
     if (h && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port)) {
         __u64 hs = h->last_seen_ns;
         if (hs > seen)
@@ -496,16 +514,59 @@ static __always_inline void hot_fold(struct flow_hot *h, struct flow *f)
         f->last_seen_ns = hs;
 }
 
-/* Put flow `f` (key `fk`, its entry just updated on the long way, or just made) into its set,
- * so that its next packets take the short way. The slot that holds the key already is
+/* A slot of set `set` that a flow without one may take: an empty one or one of an old
+ * generation (no packet uses it), or (`idle`) one whose flow sent nothing for HOT_IDLE_NS;
+ * or NULL. */
+static __always_inline struct flow_hot *hot_free_in(__u32 set, int idle, __u32 gen, __u64 now)
+{
+#pragma unroll
+    for (__u32 w = 0; w < HOT_WAYS; w++) {
+        __u32 i = set * HOT_WAYS + w;
+        struct flow_hot *x = flow_hot.lookup(&i);
+        if (!x)
+            return NULL;
+        if (idle ? x->last_seen_ns + HOT_IDLE_NS < now : !x->key.eni_addr || x->gen != gen)
+            return x;
+    }
+    return NULL;
+}
+
+/* The slot a flow without one takes (its set in `*set`), or NULL: a free slot of its first
+ * set, then of its second (a flow keeps to its first set while that has room), then (`idle`)
+ * an idle flow's of either, which costs that flow the short way. One kind per scan: tracking
+ * both in one pass would have the verifier walk each combination of found and not found. */
+static __always_inline struct flow_hot *hot_free(const struct flow_key *fk, __u32 secret,
+                                                 __u32 gen, __u64 now, int idle, __u32 *set)
+{
+    __u32 s[2];
+    hot_sets(fk, secret, &s[0], &s[1]);
+#pragma unroll
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass && !idle)
+            break;
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            struct flow_hot *x = hot_free_in(s[c], pass, gen, now);
+            if (x) {
+                *set = s[c];
+                return x;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Put flow `f` (key `fk`, its entry just updated on the long way, or just made) into one of its
+ * two sets, so that its next packets take the short way. The slot that holds the key already is
  * rewritten, or emptied without `fill` (slots off, or the LRU may evict): every entry made or
  * changed on the long way passes here, so no slot outlives its flow's entry with the key and
  * owner of a new one, and none keeps a state or MAC that changed. Its
  * counters are folded into `f` first when it is this flow's (same owner) and `fresh` is 0;
  * `fresh` (a flow just opened, reopened or taken over) drops what the slot held, which was a
- * flow that is gone. Otherwise an empty slot is taken, or one of an old generation, or (`idle`)
- * one whose flow sent nothing for HOT_IDLE_NS, after folding it into its own flows entry; a set
- * full of sending flows leaves this one on the long way. */
+ * flow that is gone. Otherwise an empty slot is taken (the first set's before the second's),
+ * or one of an old generation, or (`idle`) one whose flow sent nothing for HOT_IDLE_NS, after
+ * folding it into its own flows entry; two sets full of sending flows leave this one on the
+ * long way. */
 static __always_inline void hot_install(const struct flow_key *fk, struct flow *f, __u32 secret,
                                         __u32 gen, __u64 now, int fresh, int idle, int fill)
 {
@@ -513,25 +574,7 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     struct flow_guard *g = flow_guard.lookup(&k0);
     if (!g || g->holes) /* the LRU may evict, unseen by slots: flows stay on the long way */
         fill = 0;
-    __u32 set = hot_set(fk, secret);
-    struct flow_hot *h = NULL, *empty = NULL, *stale = NULL;
-#pragma unroll
-    for (__u32 w = 0; w < HOT_WAYS; w++) {
-        __u32 i = set * HOT_WAYS + w;
-        struct flow_hot *x = flow_hot.lookup(&i);
-        if (!x)
-            return;
-        if (hot_key_is(x, fk)) {
-            h = x;
-            break;
-        }
-        if (!x->key.eni_addr) {
-            if (!empty)
-                empty = x;
-        } else if (!stale && (x->gen != gen || (idle && x->last_seen_ns + HOT_IDLE_NS < now))) {
-            stale = x;
-        }
-    }
+    struct flow_hot *h = hot_find(fk, secret);
     if (h) {
         if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
             hot_fold(h, f);
@@ -544,16 +587,21 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     } else {
         if (!fill)
             return;
-        h = empty ? empty : stale;
+        __u32 set;
+        h = hot_free(fk, secret, gen, now, idle, &set);
         if (!h)
             return;
         /* Another flow's slot: its counters go to its own entry. Not a slot that was placed
          * under another port secret (a test node's), whose flow is gone. */
-        if (h->key.eni_addr && hot_set(&h->key, secret) == set) {
-            struct flow_key vk = h->key;
-            struct flow *vf = flows.lookup(&vk);
-            if (vf && hot_owner_is(h, vf->worker, vf->vni, vf->env_addr, vf->env_port))
-                hot_fold(h, vf);
+        if (h->key.eni_addr) {
+            __u32 v0, v1;
+            hot_sets(&h->key, secret, &v0, &v1);
+            if (v0 == set || v1 == set) {
+                struct flow_key vk = h->key;
+                struct flow *vf = flows.lookup(&vk);
+                if (vf && hot_owner_is(h, vf->worker, vf->vni, vf->env_addr, vf->env_port))
+                    hot_fold(h, vf);
+            }
         }
     }
     /* Published as flow_publish does: the time at 0 first (no packet uses the slot while it
@@ -1608,7 +1656,7 @@ int xdp_fabric(struct xdp_md *ctx)
     int hot_on = !(cfg->flags & NODE_F_NO_HOT);
     if (range && !(tcp_flags & TH_SYN) && hot_on) { /* a SYN goes the long way: no need to look */
         fk.eni_port = probe_port(lo, range, start, 0);
-        struct flow_hot *h = hot_find(&fk, hot_set(&fk, secret));
+        struct flow_hot *h = hot_find(&fk, secret);
         if (h) {
             __u64 hseen = hot_time(&h);
             __u8 hstate = h->state;
@@ -2468,7 +2516,7 @@ int xdp_vpc(struct xdp_md *ctx)
     __u64 hseen = 0;
     int hot_on = !(cfg->flags & NODE_F_NO_HOT);
     if (!later && !is_err && hot_on) {
-        h = hot_find(&fk, hot_set(&fk, secret));
+        h = hot_find(&fk, secret);
         if (h) {
             hseen = hot_time(&h);
             __u8 hstate = h->state;

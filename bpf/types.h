@@ -226,8 +226,8 @@ struct clock_cache {
     __u64 ns;
 };
 
-/* flow_hot[hot_slot(key)]: the per-packet state of the flows that are sending, one cache line
- * each, in front of `flows`. The established paths read and write only this line: `flows` is
+/* flow_hot: the per-packet state of the flows that are sending, one cache line each, in front
+ * of `flows`. The established paths read and write only this line: `flows` is
  * a kernel hash (a bucket and a 128-byte element, over ~36 MiB at the default capacity) that
  * only new flows, expiry, listings and the rare events (a TCP flag that changes the state, a new
  * environment MAC) need. An entry copies its flow's key and owner whole: it matches a packet
@@ -241,7 +241,8 @@ struct clock_cache {
  * recency from the long way's lookups only when it matters, when it may evict. Readers of
  * `flows` add what a slot holding the same key and owner has (Datapath in user space;
  * flow_live_hot and flow_claimable_hot here).
- * HOT_WAYS (consts.h) neighbouring slots form a set: a flow sits in any of them. */
+ * HOT_WAYS (consts.h) neighbouring slots form a set; a flow key has two sets (hot_sets) and sits
+ * in any slot of either, in its first set while that has room. */
 struct flow_hot {
     struct flow_key key; /* all zero: an empty slot */
     ipv4_t worker;       /* the owner, as in struct flow (the same order: copied in one go) */

@@ -560,17 +560,17 @@ class Datapath:
     # the slot holds.
     def _hot_slots(self, keys: list[bytes] | None = None) -> dict[bytes, bytes]:
         """flow_hot's slots by the `flows` key they hold (raw bytes, undecoded): those of
-        `keys`, a set's lookups each, or (None, or too many keys for that to be cheaper) every
+        `keys`, two sets' lookups each, or (None, or too many keys for that to be cheaper) every
         occupied slot, in one batched read of the table."""
         m = self.map("flow_hot")
         out: dict[bytes, bytes] = {}
         secret, sets = self.config()["port_secret"], m.max_entries // probe.HOT_WAYS
-        if keys is None or len(keys) * probe.HOT_WAYS * 16 > m.max_entries:
+        if keys is None or len(keys) * 2 * probe.HOT_WAYS * 16 > m.max_entries:
             for idx, raw in m.items_raw():
                 # only where the datapath would look: a slot placed under another port secret
                 # (a test node's) is no flow's now
                 s = int.from_bytes(idx, sys.byteorder) // probe.HOT_WAYS
-                if any(raw[:16]) and probe.hot_set(secret, raw[:16], sets) == s:
+                if any(raw[:16]) and s in probe.hot_sets(secret, raw[:16], sets):
                     out[raw[:16]] = raw
             return out
         for k in keys:

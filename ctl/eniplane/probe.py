@@ -1,10 +1,10 @@
 """User space's mirror of the datapath's port probe and flow guard, as pure functions.
 
-Contract: mirrors bpf/eniplane.c (`port_hash`, the probe's start, `probe_port`, `hot_set`) and
+Contract: mirrors bpf/eniplane.c (`port_hash`, the probe's start, `probe_port`, `hot_sets`) and
 bpf/consts.h (PORT_TRIES, FLOW_SAFE_ENTRIES), and computes the flow_guard value of bpf/types.h
 after flows were deleted. Nothing here reads or writes a map: datapath.py reads the maps, calls
 these and writes the result. tests/datapath/test_probe.py holds port_hash/probe_ports equal to
-the kernel's (flows sit where these functions say), tests/datapath/test_flow_hot.py hot_set,
+the kernel's (flows sit where these functions say), tests/datapath/test_flow_hot.py hot_sets,
 tests/unit/test_consts.py holds the constants equal to consts.h. A flow here is a record of
 datapath.flow_record; an ENI is an `enis` map value.
 """
@@ -79,20 +79,25 @@ def probe_ports(secret: int, port_lo: int, port_hi: int, worker: str, vni: int, 
 _M64 = (1 << 64) - 1
 
 
-def hot_set(secret: int, key_raw: bytes, sets: int) -> int:
-    """hot_set of eniplane.c: the set of flow_hot (HOT_WAYS neighbouring slots) that a flow's
-    entry may sit in, from its `flows` key as the map holds it (16 bytes) and the number of sets
-    (a power of two)."""
+def hot_sets(secret: int, key_raw: bytes, sets: int) -> tuple[int, int]:
+    """hot_sets of eniplane.c: the two sets of flow_hot (HOT_WAYS neighbouring slots each) that
+    a flow's slot may sit in, first choice first, from its `flows` key as the map holds it (16
+    bytes) and the number of sets (a power of two)."""
     w = [int.from_bytes(key_raw[i:i + 4], sys.byteorder) for i in range(0, 16, 4)]
     a = ((((w[0] ^ secret) << 32) | w[1]) * 0x9E3779B97F4A7C15) & _M64
     b = (((w[2] << 32) | w[3]) * 0xC2B2AE3D27D4EB4F) & _M64
-    return ((a ^ b) >> 32) & (sets - 1)
+    h = a ^ b
+    m = ((h ^ (h >> 29)) * 0xBF58476D1CE4E5B9) & _M64
+    return (h >> 32) & (sets - 1), (m >> 32) & (sets - 1)
 
 
-def hot_ways(secret: int, key_raw: bytes, slots: int) -> range:
-    """The flow_hot slots (their indices) that a flow key may sit in, in a table of `slots`."""
-    s = hot_set(secret, key_raw, slots // HOT_WAYS)
-    return range(s * HOT_WAYS, (s + 1) * HOT_WAYS)
+def hot_ways(secret: int, key_raw: bytes, slots: int) -> list[int]:
+    """The flow_hot slots (their indices) that a flow key may sit in, in a table of `slots`:
+    its first set's, then its second's (once, when both are one set)."""
+    out: list[int] = []
+    for s in dict.fromkeys(hot_sets(secret, key_raw, slots // HOT_WAYS)):
+        out.extend(range(s * HOT_WAYS, (s + 1) * HOT_WAYS))
+    return out
 
 
 def dest(f: Mapping[str, Any]) -> tuple:

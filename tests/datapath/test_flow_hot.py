@@ -63,7 +63,7 @@ def key_of(out: bytes, proto: int = 17) -> dict:
 
 
 def slot_of(env, key: dict) -> tuple[int, dict] | None:
-    """The flow_hot slot that holds `key`, found the way the datapath finds it (hot_set)."""
+    """The flow_hot slot that holds `key`, found the way the datapath finds it (hot_sets)."""
     m = env.dp.map("flow_hot")
     raw_key = env.dp.map("flows")._key(key)
     for i in probe.hot_ways(env.dp.config()["port_secret"], raw_key, m.max_entries):
@@ -120,52 +120,93 @@ def test_counters_near_their_width_are_folded_into_the_entry(env):
     assert (h["tx_packets"], h["rx_packets"], h["last_seen_ns"]) == (0, 0, e["last_seen_ns"])
 
 
-def _one_set_and_one_more(env) -> list[int]:
-    """HOT_WAYS + 1 environment ports of VNI_A whose flows' keys fall into one flow_hot set."""
+def _two_sets_and_one_more(env) -> tuple[int, list[tuple[int, str]]]:
+    """A flow c (an environment port of VNI_A to SERVER) and 2 * HOT_WAYS flows (environment
+    port, destination) whose first sets are c's two sets, HOT_WAYS each: sent before c, they
+    fill both."""
     secret = env.dp.config()["port_secret"]
     sets = env.dp.map("flow_hot").max_entries // probe.HOT_WAYS
     eni = env.dp.map("enis").lookup(VNI_A)
-    by_set: dict[int, list[int]] = {}
-    ports: set[int] = set()
-    # every source port: with the node's random secret, 40,000 of them left no set of eight
-    # with a ninth flow about one time in seven
-    for sport in range(1024, 65536):
-        port = probe.probe_ports(secret, 1024, 65535, WORKER, VNI_A, ENV_IP, sport, SERVER, 7,
+    flows = env.dp.map("flows")
+
+    def first_port_and_sets(sport: int, dst: str) -> tuple[int, tuple[int, int]]:
+        port = probe.probe_ports(secret, 1024, 65535, WORKER, VNI_A, ENV_IP, sport, dst, 7,
                                  17)[0]
-        if port in ports:  # one key, one set: distinct keys are wanted
+        raw = flows._key({"vpc_idx": eni["vpc_idx"], "proto": 17, "eni_addr": eni["addr"],
+                          "remote": dst, "eni_port": port, "remote_port": 7})
+        return port, probe.hot_sets(secret, raw, sets)
+
+    c, c_port = next((sp, p) for sp in range(1024, 1100)
+                     for p, s in [first_port_and_sets(sp, SERVER)] if s[0] != s[1])
+    a_set, b_set = first_port_and_sets(c, SERVER)[1]
+    by_set: dict[int, list[tuple[int, str]]] = {a_set: [], b_set: []}
+    keys = {(c_port, SERVER)}
+    # destinations across the VPC's /16 (its rules allow them all): about sets * HOT_WAYS
+    # candidates give each of two sets its HOT_WAYS
+    for n in range(1, 65536):
+        dst = f"10.0.{n >> 8}.{n & 0xFF}"
+        if dst in ("10.0.1.4", "10.0.2.4"):  # the ENIs' own
             continue
-        ports.add(port)
-        raw = env.dp.map("flows")._key({"vpc_idx": eni["vpc_idx"], "proto": 17,
-                                        "eni_addr": eni["addr"], "remote": SERVER,
-                                        "eni_port": port, "remote_port": 7})
-        group = by_set.setdefault(probe.hot_set(secret, raw, sets), [])
-        group.append(sport)
-        if len(group) == probe.HOT_WAYS + 1:
-            return group
-    raise AssertionError("no set with a flow more than it has slots")
+        for sport in (31100, 31101):
+            port, (first, _) = first_port_and_sets(sport, dst)
+            group = by_set.get(first)
+            if group is None or len(group) == probe.HOT_WAYS or (port, dst) in keys:
+                continue
+            keys.add((port, dst))
+            group.append((sport, dst))
+        if all(len(g) == probe.HOT_WAYS for g in by_set.values()):
+            return c, by_set[a_set] + by_set[b_set]
+    raise AssertionError("no two sets with a flow more than they have slots")
 
 
-def test_a_full_set_gives_an_idle_slot_to_a_sending_flow_after_folding_it(env):
-    *held, c = _one_set_and_one_more(env)
+def test_two_full_sets_give_an_idle_slot_to_a_sending_flow_after_folding_it(env):
+    c, held = _two_sets_and_one_more(env)
     a, rest = held[0], held[1:]
     outs = {}
-    for sport in (*held, c):
-        _, outs[sport], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"))
+    for sport, dst in (*held, (c, SERVER)):
+        _, outs[sport, dst], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"), dst=dst)
         assert d.get("fwd_new_flow") == 1, d
-    assert all(slot_of(env, key_of(outs[s])) is not None for s in held)  # the set, full
-    send(env, UDP(sport=a, dport=7) / Raw(b"a"))  # a's slot now holds a packet of its own
+    assert all(slot_of(env, key_of(outs[f])) is not None for f in held)  # both sets, full
+    send(env, UDP(sport=a[0], dport=7) / Raw(b"a"), dst=a[1])  # a's slot: a packet of its own
+    cf = (c, SERVER)
     got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
     assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
-    assert slot_of(env, key_of(outs[c])) is None  # every slot of the set sends: c waits
+    assert slot_of(env, key_of(outs[cf])) is None  # every slot of both sets sends: c waits
     advance(env, 1_500_000_000)
-    for sport in rest:  # they send, a is idle
-        send(env, UDP(sport=sport, dport=7) / Raw(b"b"))
+    for sport, dst in rest:  # they send, a is idle
+        send(env, UDP(sport=sport, dport=7) / Raw(b"b"), dst=dst)
     send(env, UDP(sport=c, dport=7) / Raw(b"c"))
     assert slot_of(env, key_of(outs[a])) is None
-    assert slot_of(env, key_of(outs[c])) is not None  # a's slot went to c
-    assert all(slot_of(env, key_of(outs[s])) is not None for s in rest)
+    assert slot_of(env, key_of(outs[cf])) is not None  # a's slot went to c
+    assert all(slot_of(env, key_of(outs[f])) is not None for f in rest)
     assert entry(env, key_of(outs[a]))["tx_packets"] == 2  # a's slot folded first
-    assert entry(env, key_of(outs[c]))["tx_packets"] == 3
+    assert entry(env, key_of(outs[cf]))["tx_packets"] == 3
+
+
+def test_a_flow_whose_first_set_is_full_takes_its_second(env):
+    """The first set's eight, then a flow with the same first set: its slot is in its second
+    set, where the datapath and user space both find it; its packets take the short way."""
+    c, held = _two_sets_and_one_more(env)
+    secret = env.dp.config()["port_secret"]
+    sets = env.dp.map("flow_hot").max_entries // probe.HOT_WAYS
+    first = held[:probe.HOT_WAYS]  # the flows whose first set is c's first
+    outs = {f: send(env, UDP(sport=f[0], dport=7) / Raw(b"n"), dst=f[1])[1] for f in first}
+    _, out, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
+    assert d.get("fwd_new_flow") == 1, d
+    k = key_of(out)
+    i, h = slot_of(env, k)
+    s0, s1 = probe.hot_sets(secret, env.dp.map("flows")._key(k), sets)
+    assert all(slot_of(env, key_of(o))[0] // probe.HOT_WAYS == s0 for o in outs.values())
+    assert i // probe.HOT_WAYS == s1 != s0
+    for _ in range(3):
+        got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
+        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    got, _, d = reply(env, out, UDP(sport=7, dport=k["eni_port"]) / Raw(b"r"))
+    assert (got, d.get("rev_established")) == ("REDIRECT", 1), d
+    assert (entry(env, k)["tx_packets"], slot_of(env, k)[1]["tx_packets"]) == (1, 3)
+    assert slot_of(env, k)[1]["rx_packets"] == 1
+    f = env.dp.find_flow(WORKER, VNI_A, ENV_IP, c, SERVER, 7, 17)
+    assert (f["tx_packets"], f["rx_packets"]) == (4, 1)  # listings find the second set too
 
 
 def test_a_slot_serves_only_its_own_owner(env):

@@ -65,3 +65,25 @@ def test_entries_missing_beyond_the_deleted_ones_were_evicted():
     start = {**EMPTY, "count": 5, "evicted": 3}
     g = probe.resync_guard([first], ENIS, SECRET, start, start, [], 262144, deleted=2)
     assert (g["count"], g["evicted"]) == (1, 5)
+
+
+def test_a_key_has_two_sets_that_spread_apart_from_each_other():
+    """hot_sets: the second set is not a function of the first (else a full first set would
+    send its flows to one second set, and two choices would be one)."""
+    import os
+    sets = 8192
+    pairs = [probe.hot_sets(SECRET, os.urandom(16), sets) for _ in range(20000)]
+    assert all(0 <= a < sets and 0 <= b < sets for a, b in pairs)
+    assert sum(a == b for a, b in pairs) < 20  # 20000 / 8192 expected about 2.4
+    seconds_of: dict[int, set[int]] = {}
+    for a, b in pairs:
+        seconds_of.setdefault(a, set()).add(b)
+    # keys sharing a first set scatter over second sets: as many as keys, nearly
+    assert sum(len(v) for v in seconds_of.values()) > 0.99 * len(pairs)
+    # hot_ways: both sets' slots, first set's first, each once
+    key = os.urandom(16)
+    a, b = probe.hot_sets(SECRET, key, sets)
+    ways = probe.hot_ways(SECRET, key, sets * probe.HOT_WAYS)
+    assert ways[:probe.HOT_WAYS] == list(range(a * probe.HOT_WAYS, (a + 1) * probe.HOT_WAYS))
+    assert len(ways) == (probe.HOT_WAYS if a == b else 2 * probe.HOT_WAYS)
+    assert {w // probe.HOT_WAYS for w in ways} == {a, b}
