@@ -52,6 +52,7 @@ REAPER = "xdp_flow_reap"
 REAP_MODE_SWEEP, REAP_MODE_FLUSH = 1, 2
 REAP_REMOVED, REAP_CHANGED, REAP_LIVE, REAP_GONE = 1, 2, 3, 4
 REAP_LOCK = "reap.lock"
+FLUSH_ROUNDS = 3  # a flush reaps an entry that changed under it again, this many times at most
 
 
 @dataclass
@@ -110,7 +111,8 @@ class Datapath:
         self._reap_at: dict[str, int] | None = None
         self._reaper_fd: int | None = None
         # tests only: called with ("chosen", entries) after the table was read and before the
-        # first reap, and ("reaped", a batch) after each (Datapath._remove_flows)
+        # first reap, and ("reaped", entries) once they were removed and before anything is
+        # put back (the kernel reaper: after each batch; the user-space path: after each pop)
         self._reap_hook: Callable[[str, list], None] | None = None
 
     def __enter__(self) -> "Datapath":
@@ -828,6 +830,37 @@ class Datapath:
             return {}
         return sum_percpu(self.map("reap_stats").lookup(0))
 
+    def _flush_again(self, entries: list[tuple[bytes, dict, int]],
+                     doomed: Callable[[dict, dict], bool], r: "Removal",
+                     last: bool) -> list[tuple[bytes, dict, int]]:
+        """A flush's entries that changed under the reaper (a packet, a takeover), read again:
+        those `doomed` still picks, with their new time, to be reaped again; one whose time is
+        0 (a takeover rewriting it, a few instructions from done) after a moment. The rest,
+        and everything on the `last` round, count as kept (r.kept), gone ones as gone."""
+        m = self.map("flows")
+        out: list[tuple[bytes, dict, int]] = []
+        for attempt in range(2):
+            pending = []
+            for k, key, _ in entries:
+                raw = m.lookup_raw(k)
+                if raw is None:
+                    r.gone += 1
+                    continue
+                v = m.decode_value(raw)
+                seen = v["last_seen_ns"]
+                if not seen and not attempt and not last:
+                    pending.append((k, key, 0))
+                elif not last and seen and doomed(key, self._with_hot(
+                        v, self._slot_of(v, self._hot_slots([k]).get(k)))):
+                    out.append((k, key, seen))
+                else:
+                    r.kept += 1
+            if not pending:
+                break
+            time.sleep(0.001)
+            entries = pending
+        return out
+
     def _remove_flows(self, doomed: Callable[[dict, dict], bool], swept: bool = False,
                       gone_out: list[dict[str, Any]] | None = None,
                       now: int | None = None,
@@ -883,28 +916,38 @@ class Datapath:
 
         if kernel:
             size = self._reap_layout()["count"]
-            for i in range(0, len(chosen), size):
-                part = chosen[i:i + size]
-                for (k, key, _), (res, raw_gone) in zip(
-                        part, self._reap([(k, seen) for k, _, seen in part], flush=not swept)):
-                    if res == REAP_REMOVED:
-                        went(k, key, raw_gone)
-                    elif res == REAP_GONE:
-                        r.gone += 1
-                    else:  # REAP_CHANGED, REAP_LIVE: the entry stands
-                        r.kept += 1
-                self._count_removed(by_idx)  # a long sweep gives the limits back as it goes
-                by_idx.clear()
-                if self._reap_hook is not None:
-                    self._reap_hook("reaped", part)
+            for round_ in range(FLUSH_ROUNDS if not swept else 1):
+                again: list[tuple[bytes, dict, int]] = []
+                for i in range(0, len(chosen), size):
+                    part = chosen[i:i + size]
+                    for (k, key, _), (res, raw_gone) in zip(
+                            part, self._reap([(k, seen) for k, _, seen in part],
+                                             flush=not swept)):
+                        if res == REAP_REMOVED:
+                            went(k, key, raw_gone)
+                        elif res == REAP_GONE:
+                            r.gone += 1
+                        elif not swept:  # a flush judges it again as it is now
+                            again.append((k, key, 0))
+                        else:  # REAP_CHANGED, REAP_LIVE: a packet made it live, it stands
+                            r.kept += 1
+                    self._count_removed(by_idx)  # a long sweep gives the limits back as it goes
+                    by_idx.clear()
+                    if self._reap_hook is not None:
+                        self._reap_hook("reaped", part)
+                chosen = self._flush_again(again, doomed, r, last=round_ == FLUSH_ROUNDS - 1)
+                if not chosen:
+                    break
         else:
             for k, key, _ in chosen:
-                raw_gone = m.pop(k)
-                if raw_gone is None:
+                v = m.pop(k)
+                if v is None:
                     r.gone += 1
                     continue
-                v = m.decode_value(raw_gone)
+                raw_gone = m._value(v)
                 gone = self._with_hot(v, self._slot_of(v, hot.get(k)))
+                if self._reap_hook is not None:  # tests: the entry is out, not yet back
+                    self._reap_hook("reaped", [(k, key, v["last_seen_ns"])])
                 if swept and not lifecycle.is_expired(key["proto"], gone["state"],
                                                       gone["last_seen_ns"], now, timeouts):
                     try:  # as it was: its slot's share is still in its slot
@@ -917,8 +960,6 @@ class Datapath:
                 if r.removed % 256 == 0:
                     self._count_removed(by_idx)
                     by_idx.clear()
-            if self._reap_hook is not None:
-                self._reap_hook("reaped", chosen)
         self._count_removed(by_idx)
         added = self._entries_added()
         mid = g.lookup(0)
