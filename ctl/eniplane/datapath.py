@@ -824,11 +824,14 @@ class Datapath:
         return res
 
     def reap_stats(self) -> dict[str, int]:
-        """What the kernel reaper did since the maps were made (struct reap_stats, summed over
-        CPUs; {} on a node without it)."""
+        """What the kernel reaper did with the entries sweeps and flushes chose, since the maps
+        were made, as reap_<field of struct reap_stats> (summed over CPUs): reap_swept,
+        reap_flushed, reap_kept_changed (a packet or a takeover moved it on between the read
+        and the reap: what the user-space path deleted and put back), reap_kept_live (live by
+        its flow_hot slot), reap_gone. {} on a node without the reaper."""
         if not (paths.maps_dir(self.node) / "reap_stats").exists():
             return {}
-        return sum_percpu(self.map("reap_stats").lookup(0))
+        return {f"reap_{k}": v for k, v in sum_percpu(self.map("reap_stats").lookup(0)).items()}
 
     def _flush_again(self, entries: list[tuple[bytes, dict, int]],
                      doomed: Callable[[dict, dict], bool], r: "Removal",

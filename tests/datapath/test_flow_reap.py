@@ -84,7 +84,7 @@ def entry(env, sport: int, dport: int = 7, vni: int = VNI_A, dst: str = SERVER,
 
 
 def reap_counts(env) -> dict:
-    return env.dp.reap_stats()
+    return {k.removeprefix("reap_"): v for k, v in env.dp.reap_stats().items()}
 
 
 # ---- one entry, every outcome -----------------------------------------------------------------
