@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable
 
 from . import events as event_settings
-from . import ipv4, lifecycle, paths, probe
+from . import bpfsys, ipv4, lifecycle, paths, probe
 from .maps import PinnedMap, sum_percpu
 from .bpfsys import BPF_NOEXIST
 from .errors import EniplaneError, InvalidInput
@@ -793,7 +793,7 @@ class Datapath:
         pairs, at most the batch's capacity: [(REAP_* result, raw entry as it went)]. One
         sweeper at a time writes, runs and reads the batch map (the node's reap lock, held
         for this batch only)."""
-        from . import bpfsys, lock
+        from . import lock
 
         at = self._reap_layout()
         if len(batch) > at["count"]:
@@ -943,11 +943,11 @@ class Datapath:
                     break
         else:
             for k, key, _ in chosen:
-                v = m.pop(k)
-                if v is None:
+                raw_gone = bpfsys.map_lookup_and_delete(m.fd, k, m.value_buf_size)
+                if raw_gone is None:
                     r.gone += 1
                     continue
-                raw_gone = m._value(v)
+                v = m.decode_value(raw_gone)
                 gone = self._with_hot(v, self._slot_of(v, hot.get(k)))
                 if self._reap_hook is not None:  # tests: the entry is out, not yet back
                     self._reap_hook("reaped", [(k, key, v["last_seen_ns"])])
