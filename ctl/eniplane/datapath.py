@@ -47,7 +47,7 @@ NODE_F_EVENT_DROPS, NODE_F_EVENT_FLOWS = 2, 4
 NODE_F_NO_HOT = 8  # established packets the long way, no slot touched (bench.hot_ab's switch)
 
 # The kernel reaper (eniplane.c: xdp_flow_reap), its modes and results (types.h: REAP_*), and
-# the lock file that lets one sweeper at a time use its batch map
+# the lock file that lets one sweep or flush at a time remove entries (and use its batch map)
 REAPER = "xdp_flow_reap"
 REAP_MODE_SWEEP, REAP_MODE_FLUSH = 1, 2
 REAP_REMOVED, REAP_CHANGED, REAP_LIVE, REAP_GONE = 1, 2, 3, 4
@@ -790,11 +790,9 @@ class Datapath:
 
     def _reap(self, batch: list[tuple[bytes, int]], flush: bool) -> list[tuple[int, bytes]]:
         """Run the kernel reaper over (raw key, last_seen_ns as read from the entry itself)
-        pairs, at most the batch's capacity: [(REAP_* result, raw entry as it went)]. One
-        sweeper at a time writes, runs and reads the batch map (the node's reap lock, held
-        for this batch only)."""
-        from . import lock
-
+        pairs, at most the batch's capacity: [(REAP_* result, raw entry as it went)]. The
+        caller holds the node's reap lock (_remove_flows), so that no other process writes
+        the batch map between this one's write, run and read."""
         at = self._reap_layout()
         if len(batch) > at["count"]:
             raise ValueError(f"a reap batch holds {at['count']} entries, not {len(batch)}")
@@ -809,10 +807,9 @@ class Datapath:
         m = self.map("reap_batch")
         if self._reaper_fd is None:
             self._reaper_fd = bpfsys.obj_get(str(paths.progs_dir(self.node) / REAPER))
-        with lock.exclusive(self.node, REAP_LOCK):
-            m.update(0, bytes(buf))
-            rc = bpfsys.prog_test_run(self._reaper_fd, bytes(64), out_size=0)[0]
-            out = m.lookup_raw(0)
+        m.update(0, bytes(buf))
+        rc = bpfsys.prog_test_run(self._reaper_fd, bytes(64), out_size=0)[0]
+        out = m.lookup_raw(0)
         if rc != 1:  # XDP_DROP: the batch was taken; XDP_ABORTED: a map or the mode missing
             raise EniplaneError(f"the flow reaper refused its batch (returned {rc})")
         vsize = self.map("flows").value_size
@@ -878,7 +875,19 @@ class Datapath:
         flush (live entries go too). Entries go through the kernel reaper (_reap), a batch at
         a time; on a node without it, by lookup-and-delete from here, putting back one that
         a packet made live meanwhile (the old way, which leaves it missing for that moment).
-        With `gone_out`, each removed entry's flow_record is appended to it."""
+        With `gone_out`, each removed entry's flow_record is appended to it.
+        One remover at a time, from the guard's first read to its last write (the node's reap
+        lock, which also keeps the reaper's batch map to one writer): two that overlapped
+        would each write a guard recomputed only where their own deletes went, and one could
+        clear `holes` while the other's empty slots still hide flows behind them."""
+        from . import lock
+
+        with lock.exclusive(self.node, REAP_LOCK):
+            return self._remove_flows_locked(doomed, swept, gone_out, now, timeouts)
+
+    def _remove_flows_locked(self, doomed: Callable[[dict, dict], bool], swept: bool,
+                             gone_out: list[dict[str, Any]] | None, now: int | None,
+                             timeouts: dict[str, int] | None) -> "Removal":
         m, g = self.map("flows"), self.map("flow_guard")
         kernel = self.has_reaper()
         start = g.lookup(0)

@@ -118,8 +118,9 @@ def locked(fn: F) -> F:
 
 @contextmanager
 def exclusive(node: str, name: str, wait: float | None = None) -> Iterator[None]:
-    """An flock on <state dir>/<name> of its own, held for a short step (the reaper's batch:
-    Datapath._reap). Unlike `held` it is not re-entrant, and every call opens the file anew:
+    """An flock on <state dir>/<name> of its own, held for one step that needs no node lock
+    (Datapath._remove_flows: sweeps and flushes). Unlike `held` it is not re-entrant, and every
+    call opens the file anew:
     two threads of one process (the agent's sweep and an API request's flush) exclude each
     other too, as flock does between open file descriptions. Bounded like `held`."""
     path = paths.state_dir(node) / name

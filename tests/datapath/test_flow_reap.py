@@ -232,7 +232,8 @@ def test_a_connection_that_takes_an_entry_over_during_a_sweep_is_never_reset(env
 # ---- the node's lock on the batch map, and a node without the reaper --------------------------
 def test_one_sweeper_at_a_time_uses_the_batch(env):
     """Another sweeper holding the reap lock makes this one wait for it, not write over its
-    batch; two sweeps at once remove each entry exactly once."""
+    batch nor the flow guard; two sweeps at once remove each entry exactly once, and the guard
+    they leave is the one a single sweep leaves."""
     for sport in range(49500, 49500 + 300):
         udp(env, sport)
     advance(env, 351 * S)
@@ -263,6 +264,8 @@ def test_one_sweeper_at_a_time_uses_the_batch(env):
     ports = sorted(f["env_port"] for _, out in results for f in out)
     assert ports == list(range(49800, 49800 + 600))  # each once, with its own record
     assert env.dp.flows() == []
+    g = env.dp.map("flow_guard").lookup(0)
+    assert (g["count"], g["holes"]) == (0, 0), g  # nothing left, no hole to walk past
 
 
 def test_a_node_without_the_reaper_sweeps_from_user_space(env):
