@@ -2753,9 +2753,16 @@ static __always_inline void reap_one(struct node_cfg *cfg, struct reap_item *it,
         return;
     }
     /* Claimed: 0 reads as "not live" to every packet, and no takeover or reopen can claim it
-     * any more. Copied as it is now, then deleted by its key. */
+     * any more. Copied as it is now, then deleted by its key, unless the key now names another
+     * element: only the LRU removes a claimed entry, and a new flow may have been inserted
+     * under the key since (a delete by key would take that one). */
     __builtin_memcpy(&it->value, f, sizeof(struct flow));
     it->value.last_seen_ns = seen;
+    if (flows.lookup(&fk) != f) {
+        it->result = REAP_GONE;
+        rs->gone++;
+        return;
+    }
     flows.delete(&fk);
     it->result = REAP_REMOVED;
     if (mode == REAP_MODE_FLUSH)
