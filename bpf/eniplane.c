@@ -2766,9 +2766,9 @@ static __always_inline void reap_one(struct node_cfg *cfg, struct reap_item *it,
     flows.delete(&fk);
     it->result = REAP_REMOVED;
     if (mode == REAP_MODE_FLUSH)
-        rs->flushed++;
+        rs->removed_flush++;
     else
-        rs->swept++;
+        rs->removed_sweep++;
 }
 
 int xdp_flow_reap(struct xdp_md *ctx)

@@ -464,8 +464,8 @@ struct reap_batch {
 };
 /* reap_stats[0], per CPU: what the reaper did with each item, since the maps were made. */
 struct reap_stats {
-    __u64 swept;        /* removed by a sweep (expired, nothing moved it on) */
-    __u64 flushed;      /* removed by a flush */
+    __u64 removed_sweep; /* removed by a sweep (expired, nothing moved it on) */
+    __u64 removed_flush; /* removed by a flush */
     __u64 kept_changed; /* chosen, then kept: its time moved on (a packet, a takeover) between
                          * user space's read and the reap, or a takeover's claim won */
     __u64 kept_live;    /* chosen by a sweep, then kept: live by its flow_hot slot */

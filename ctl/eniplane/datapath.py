@@ -822,8 +822,8 @@ class Datapath:
 
     def reap_stats(self) -> dict[str, int]:
         """What the kernel reaper did with the entries sweeps and flushes chose, since the maps
-        were made, as reap_<field of struct reap_stats> (summed over CPUs): reap_swept,
-        reap_flushed, reap_kept_changed (a packet or a takeover moved it on between the read
+        were made, as reap_<field of struct reap_stats> (summed over CPUs): reap_removed_sweep,
+        reap_removed_flush, reap_kept_changed (a packet or a takeover moved it on between the read
         and the reap: what the user-space path deleted and put back), reap_kept_live (live by
         its flow_hot slot), reap_gone. {} on a node without the reaper."""
         if not (paths.maps_dir(self.node) / "reap_stats").exists():

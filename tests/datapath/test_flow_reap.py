@@ -122,7 +122,7 @@ def _live_by_its_slot(env, sport):  # its entry's own time is past the timeout, 
 
 
 ROWS = [  # (setup, flush, result, the reap_stats counter that moves, the entry stays)
-    pytest.param(_expired, False, REAP_REMOVED, "swept", False, id="expired-swept"),
+    pytest.param(_expired, False, REAP_REMOVED, "removed_sweep", False, id="expired-swept"),
     pytest.param(_moved_on, False, REAP_CHANGED, "kept_changed", True, id="time-moved-kept"),
     pytest.param(_mid_takeover, False, REAP_CHANGED, "kept_changed", True, id="claimed-0-kept"),
     pytest.param(_mid_takeover, True, REAP_CHANGED, "kept_changed", True,
@@ -130,7 +130,7 @@ ROWS = [  # (setup, flush, result, the reap_stats counter that moves, the entry 
     pytest.param(_live, False, REAP_LIVE, "kept_live", True, id="live-kept-by-sweep"),
     pytest.param(_live_by_its_slot, False, REAP_LIVE, "kept_live", True,
                  id="live-by-slot-kept-by-sweep"),
-    pytest.param(_live, True, REAP_REMOVED, "flushed", False, id="live-flushed"),
+    pytest.param(_live, True, REAP_REMOVED, "removed_flush", False, id="live-flushed"),
 ]
 
 
@@ -305,5 +305,5 @@ def test_a_flush_reaps_again_what_changed_under_it(env):
     assert env.dp.flush_flows(vnis=[VNI_A]) == 2
     after = reap_counts(env)
     assert (after["kept_changed"] - before["kept_changed"],
-            after["flushed"] - before["flushed"]) == (1, 2)
+            after["removed_flush"] - before["removed_flush"]) == (1, 2)
     assert env.dp.flows() == []

@@ -235,7 +235,7 @@ def test_a_node_without_the_kernel_reaper_sweeps_then_upgrades_to_it(world, monk
     p = w["cli"]("flows", "sweep", "-o", "json")
     assert json.loads(p.stdout)["reaper"] == "kernel" and "predate" not in p.stderr
     counters = json.loads(w["cli"]("stats", "-o", "json").stdout)["counters"]
-    assert "reap_swept" in counters and "reap_kept_changed" in counters
+    assert "reap_removed_sweep" in counters and "reap_kept_changed" in counters
     assert "still-there" in _echo(w)
 
 
@@ -247,8 +247,7 @@ def test_a_changed_map_layout_is_refused_and_the_old_programs_keep_running(world
     def grow_flow_guard(d):
         types = (d / "types.h").read_text()
         assert "    __u64 swept;" in types and "sizeof(struct flow_guard) == 40" in types
-        # flow_guard's (the first: struct reap_stats has a `swept` too)
-        types = types.replace("    __u64 swept;", "    __u64 swept;\n    __u64 extra;", 1)
+        types = types.replace("    __u64 swept;", "    __u64 swept;\n    __u64 extra;")
         types = types.replace("sizeof(struct flow_guard) == 40", "sizeof(struct flow_guard) == 48")
         (d / "types.h").write_text(types)
 
