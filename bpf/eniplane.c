@@ -2763,3 +2763,78 @@ int devmap_xmit(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 #endif
+
+/* ---- the reaper: user space's sweep and flush remove `flows` entries here, never by deleting
+ * them from user space. xdp_flow_reap is never attached: Datapath._reap runs it with
+ * BPF_PROG_TEST_RUN on a dummy frame, over the batch it wrote into reap_batch (types.h).
+ * Contract: an entry goes only after this program claimed it with the compare-and-swap of
+ * last_seen_ns that takeovers and reopens use (flow_claim), from the very time user space read:
+ * so a reap and a takeover never both win, an entry that any packet moved on since the read is
+ * kept, and nothing is ever deleted and put back (a packet of a taken-over flow would find no
+ * entry in between, and a non-SYN segment without a flow is answered with a RST). A sweep keeps
+ * an entry that is live again by its own time or its flow_hot slot's (flow_live_hot); a flush
+ * removes live ones too. The entry is copied out after the claim, as it went, then deleted. */
+static __always_inline void reap_one(struct node_cfg *cfg, struct reap_item *it, __u32 mode,
+                                     __u64 now, struct reap_stats *rs)
+{
+    struct flow_key fk = it->key;
+    struct flow *f = flows.lookup(&fk);
+    if (!f) {
+        it->result = REAP_GONE;
+        rs->gone++;
+        return;
+    }
+    __u64 seen = flow_seen(&f); /* before anything else of the entry (the flow lifecycle) */
+    if (!seen || seen != it->seen) {
+        it->result = REAP_CHANGED;
+        rs->kept_changed++;
+        return;
+    }
+    if (mode != REAP_MODE_FLUSH && flow_live_hot(cfg, &fk, f, f->state, seen, now)) {
+        it->result = REAP_LIVE;
+        rs->kept_live++;
+        return;
+    }
+    if (!flow_claim(f, seen)) {
+        it->result = REAP_CHANGED;
+        rs->kept_changed++;
+        return;
+    }
+    /* Claimed: 0 reads as "not live" to every packet, and no takeover or reopen can claim it
+     * any more. Copied as it is now, then deleted by its key, unless the key now names another
+     * element: only the LRU removes a claimed entry, and a new flow may have been inserted
+     * under the key since (a delete by key would take that one). */
+    __builtin_memcpy(&it->value, f, sizeof(struct flow));
+    it->value.last_seen_ns = seen;
+    if (flows.lookup(&fk) != f) {
+        it->result = REAP_GONE;
+        rs->gone++;
+        return;
+    }
+    flows.delete(&fk);
+    it->result = REAP_REMOVED;
+    if (mode == REAP_MODE_FLUSH)
+        rs->removed_flush++;
+    else
+        rs->removed_sweep++;
+}
+
+int xdp_flow_reap(struct xdp_md *ctx)
+{
+    __u32 k0 = 0;
+    struct reap_batch *b = reap_batch.lookup(&k0);
+    struct node_cfg *cfg = config.lookup(&k0);
+    struct reap_stats *rs = reap_stats.lookup(&k0);
+    if (!b || !cfg || !rs)
+        return XDP_ABORTED;
+    __u32 mode = b->mode;
+    if (mode != REAP_MODE_SWEEP && mode != REAP_MODE_FLUSH)
+        return XDP_ABORTED;
+    __u64 now = coarse_now();
+    for (__u32 i = 0; i < REAP_BATCH; i++) {
+        if (i >= b->n)
+            break;
+        reap_one(cfg, &b->items[i], mode, now, rs);
+    }
+    return XDP_DROP;
+}

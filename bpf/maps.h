@@ -99,4 +99,11 @@ struct tx_ports_table_t {
 __attribute__((section("maps/devmap:" PIN_DIR "/tx_ports")))
 struct tx_ports_table_t tx_ports = {.max_entries = MAX_VPCS + 1};
 
+/* The reaper's (xdp_flow_reap, types.h): reap_batch[0] is the batch user space hands it, written
+ * and read back by one sweep or flush at a time (Datapath._remove_flows holds the node's reap
+ * lock throughout); reap_stats[0] counts its outcomes, per CPU. Maps of their own,
+ * so that `upgrade` adds them to a node pinned by a build without them. */
+BPF_TABLE_PINNED("array", __u32, struct reap_batch, reap_batch, 1, PIN_DIR "/reap_batch");
+BPF_TABLE_PINNED("percpu_array", __u32, struct reap_stats, reap_stats, 1, PIN_DIR "/reap_stats");
+
 #endif

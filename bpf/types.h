@@ -436,4 +436,43 @@ _Static_assert(sizeof(struct event_cpu) == 16 + sizeof(struct event), "event_cpu
 _Static_assert(sizeof(struct sg_denial_key) == 24, "sg_denial_key layout");
 _Static_assert(sizeof(struct sg_denial) == 32, "sg_denial layout");
 
+/* ---- the reaper (xdp_flow_reap, eniplane.c): user space's sweep and flush remove `flows`
+ * entries through it, a batch per BPF_PROG_TEST_RUN. User space writes the batch into
+ * reap_batch[0]: the mode and, per item, the entry's key and the last_seen_ns it read from the
+ * entry itself (not its flow_hot slot's); the program writes each item's result and, for an entry
+ * it removed, the entry as it was when it went. */
+#ifndef REAP_BATCH
+#define REAP_BATCH 64
+#endif
+#define REAP_MODE_SWEEP 1 /* remove only what is still not live, by the entry's and its slot's time */
+#define REAP_MODE_FLUSH 2 /* remove live entries too (no expiry check; still claimed by the CAS) */
+#define REAP_REMOVED 1    /* claimed and deleted: `value` is the entry as it went */
+#define REAP_CHANGED 2    /* kept: its time is not the one read (a packet, a takeover under way or
+                           * done), or another claim won the compare-and-swap */
+#define REAP_LIVE 3       /* kept (sweep): live again by its flow_hot slot's time */
+#define REAP_GONE 4       /* no such entry any more (another sweeper, the LRU) */
+struct reap_item {
+    struct flow_key key;
+    __u64 seen;         /* in: the entry's own last_seen_ns as user space read it (never 0) */
+    __u32 result;       /* out: REAP_* (0: not reached) */
+    __u32 pad;
+    struct flow value;  /* out, REAP_REMOVED: the entry as it went (last_seen_ns: `seen`) */
+};
+struct reap_batch {
+    __u32 mode;         /* REAP_MODE_* */
+    __u32 n;            /* items used, from the first */
+    struct reap_item items[REAP_BATCH];
+};
+/* reap_stats[0], per CPU: what the reaper did with each item, since the maps were made. */
+struct reap_stats {
+    __u64 removed_sweep; /* removed by a sweep (expired, nothing moved it on) */
+    __u64 removed_flush; /* removed by a flush */
+    __u64 kept_changed; /* chosen, then kept: its time moved on (a packet, a takeover) between
+                         * user space's read and the reap, or a takeover's claim won */
+    __u64 kept_live;    /* chosen by a sweep, then kept: live by its flow_hot slot */
+    __u64 gone;         /* chosen, then found gone (another sweeper took it, or the LRU) */
+};
+_Static_assert(sizeof(struct reap_item) == 96, "reap_item layout");
+_Static_assert(sizeof(struct reap_stats) == 40, "reap_stats layout");
+
 #endif

@@ -163,6 +163,7 @@ class Agent:
         self.on_swept = on_swept
         self.on_stop = list(on_stop)  # e.g. flow logs write the window in progress
         self.metrics = AgentMetrics(self.registry)
+        self._told_reaper = False  # warned once that sweeps run without the kernel reaper
         self._mutex = threading.RLock()  # everything that takes the node lock
         self._stopping = False
         self._watch: Optional[StoreWatch] = None
@@ -362,7 +363,12 @@ class Agent:
         t0 = time.perf_counter()
         try:
             with Datapath(self.node) as dp:
-                dp.sweep(removed=removed)
+                rep = dp.sweep(removed=removed)
+            if rep["reaper"] != "kernel" and not self._told_reaper:
+                self._told_reaper = True
+                log.warning("the node's programs predate the kernel reaper: sweeping from user "
+                            "space, where a flow taken over during a sweep can see one RST "
+                            "(eniplane upgrade adds it)")
         except EniplaneError as e:
             log.error("sweep failed: %s", e)
             return

@@ -922,8 +922,13 @@ def flows_sweep(ctx: typer.Context, node: str = NODE_OPT, out: Format = OUT_OPT)
         raise NotFound(f"node {node} is not up")
     with Datapath(node) as dp:
         result = dp.sweep()
+    if result["reaper"] != "kernel":
+        output.info(f"node {node}'s programs predate the kernel reaper: swept from user space, "
+                    f"where a flow taken over during the sweep can see one RST; "
+                    f"`eniplane upgrade --node {node}` adds it")
     output.emit(out, {"node": node, **result}, lambda d: output.info(
-        f"swept {d['removed']} expired flows on node {node}"))
+        f"swept {d['removed']} expired flows on node {node}" +
+        (f" ({d['kept']} taken over or used again meanwhile, kept)" if d["kept"] else "")))
 
 
 class LogView(str, enum.Enum):

@@ -15,10 +15,11 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable
 
 from . import events as event_settings
-from . import ipv4, lifecycle, paths, probe
+from . import bpfsys, ipv4, lifecycle, paths, probe
 from .maps import PinnedMap, sum_percpu
 from .bpfsys import BPF_NOEXIST
 from .errors import EniplaneError, InvalidInput
@@ -32,7 +33,7 @@ MAP_NAMES = ("config", "workers", "worker_slots", "placements", "enis", "eni_cac
              "flow_guard", "eni_flows_added", "eni_flows_removed", "open_scratch", "fabric_calls",
              "fabric_long",
              "icmp_bucket", "frags", "stats", "eni_stats", "clock", "event_cpu", "sg_denials",
-             "redirect_failures", "events", "tx_ports")
+             "redirect_failures", "events", "tx_ports", "reap_batch", "reap_stats")
 VPC_F_GW_MAC, VPC_F_ACTIVE, VPC_F_GW_RELEARN, VPC_F_GW_STATIC = 1, 2, 4, 8
 WORKER_F_MAC, WORKER_F_RELEARN, WORKER_F_STATIC = 1, 2, 4
 NO_MAC = "00:00:00:00:00:00"
@@ -44,6 +45,26 @@ TX_SLOT_FABRIC = 0
 NODE_F_NO_MSS_CLAMP = 1  # types.h: node_cfg.flags
 NODE_F_EVENT_DROPS, NODE_F_EVENT_FLOWS = 2, 4
 NODE_F_NO_HOT = 8  # established packets the long way, no slot touched (bench.hot_ab's switch)
+
+# The kernel reaper (eniplane.c: xdp_flow_reap), its modes and results (types.h: REAP_*), and
+# the lock file that lets one sweep or flush at a time remove entries (and use its batch map)
+REAPER = "xdp_flow_reap"
+REAP_MODE_SWEEP, REAP_MODE_FLUSH = 1, 2
+REAP_REMOVED, REAP_CHANGED, REAP_LIVE, REAP_GONE = 1, 2, 3, 4
+REAP_LOCK = "reap.lock"
+FLUSH_ROUNDS = 3  # a flush reaps an entry that changed under it again, this many times at most
+
+
+@dataclass
+class Removal:
+    """What Datapath._remove_flows did: entries removed (and by state name), kept (chosen, then
+    found changed or live again), gone (chosen, then found deleted by someone else), and which
+    reaper ran ("kernel" or "user space")."""
+    reaper: str
+    removed: int = 0
+    kept: int = 0
+    gone: int = 0
+    by_state: Counter = field(default_factory=Counter)
 
 
 def _events_config(values: dict, flags: int) -> dict:
@@ -87,6 +108,12 @@ class Datapath:
         self.node = node
         self.netns = netns
         self._maps: dict[str, PinnedMap] = {}
+        self._reap_at: dict[str, int] | None = None
+        self._reaper_fd: int | None = None
+        # tests only: called with ("chosen", entries) after the table was read and before the
+        # first reap, and ("reaped", entries) once they were removed and before anything is
+        # put back (the kernel reaper: after each batch; the user-space path: after each pop)
+        self._reap_hook: Callable[[str, list], None] | None = None
 
     def __enter__(self) -> "Datapath":
         return self
@@ -98,6 +125,9 @@ class Datapath:
         for m in self._maps.values():
             m.close()
         self._maps.clear()
+        if self._reaper_fd is not None:
+            os.close(self._reaper_fd)
+            self._reaper_fd = None
 
     def map(self, name: str) -> PinnedMap:
         if name not in self._maps:
@@ -714,11 +744,13 @@ class Datapath:
     def sweep(self, removed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Remove every entry idle past its timeout, which no packet took over or reopened: what
         keeps listings, counts and the ENIs' limits true. The datapath needs no sweep to give
-        ports back (it takes expired entries over). Each entry goes by a lookup-and-delete,
-        which returns it as it was when it went: one that the datapath made live again in the
-        meantime is put back at once (BPF_NOEXIST, so nothing newer is overwritten). With
-        `removed`, each entry that went is appended to it as a flow record (flow_record), as it
-        was when it went: what flow logs end flows with."""
+        ports back (it takes expired entries over). The entries go through the kernel reaper
+        (_reap): each is claimed with the takeovers' compare-and-swap from the time read here,
+        so one that a packet moved on or took over since is kept (`kept`), never deleted and
+        put back; one found gone meanwhile counts as `gone`. `reaper` says which path ran: a
+        node pinned by a build without xdp_flow_reap sweeps from user space (`eniplane
+        upgrade` adds it). With `removed`, each entry that went is appended to it as a flow
+        record (flow_record), as it was when it went: what flow logs end flows with."""
         t0 = time.perf_counter()
         timeouts = self.timeouts()
         now = self.now_ns()
@@ -729,75 +761,217 @@ class Datapath:
             scanned += 1
             return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now, timeouts)
 
-        def still_expired(key: dict, v: dict) -> bool:
-            # the sweep's own start time will do: an entry a packet touched since is newer
-            return lifecycle.is_expired(key["proto"], v["state"], v["last_seen_ns"], now,
-                                        timeouts)
+        r = self._remove_flows(expired, swept=True, gone_out=removed, now=now,
+                               timeouts=timeouts)
+        return {"scanned": scanned, "removed": r.removed, "kept": r.kept, "gone": r.gone,
+                "by_state": dict(r.by_state), "reaper": r.reaper,
+                "seconds": round(time.perf_counter() - t0, 6)}
 
-        n, by_state, restored = self._remove_flows(expired, still_expired, swept=True,
-                                                   gone_out=removed)
-        return {"scanned": scanned, "removed": n, "restored": restored,
-                "by_state": dict(by_state), "seconds": round(time.perf_counter() - t0, 6)}
+    # ---- the reaper (eniplane.c: xdp_flow_reap; types.h: struct reap_batch) -----------------
+    def has_reaper(self) -> bool:
+        """Whether the node's programs include the kernel reaper (a build from before it has
+        neither its pin nor its maps: `eniplane upgrade` adds them)."""
+        return ((paths.progs_dir(self.node) / REAPER).exists() and
+                (paths.maps_dir(self.node) / "reap_batch").exists())
 
-    def _remove_flows(self, doomed: Callable[[dict, dict], bool],
-                      still: Callable[[dict, dict], bool] | None = None,
-                      swept: bool = False,
-                      gone_out: list[dict[str, Any]] | None = None) -> tuple[int, Counter, int]:
+    def _reap_layout(self) -> dict[str, int]:
+        """Where struct reap_batch keeps what _reap writes and reads, from the map's BTF."""
+        if self._reap_at is None:
+            b = self.map("reap_batch").value_codec
+            top = {m.name: m for m in b.members}
+            items = top["items"].codec
+            item = {m.name: m.offset for m in items.elem.members}
+            self._reap_at = {"mode": top["mode"].offset, "n": top["n"].offset,
+                             "items": top["items"].offset, "count": items.count,
+                             "size": items.elem.size, "key": item["key"], "seen": item["seen"],
+                             "result": item["result"], "value": item["value"],
+                             "bytes": b.size}
+        return self._reap_at
+
+    def _reap(self, batch: list[tuple[bytes, int]], flush: bool) -> list[tuple[int, bytes]]:
+        """Run the kernel reaper over (raw key, last_seen_ns as read from the entry itself)
+        pairs, at most the batch's capacity: [(REAP_* result, raw entry as it went)]. The
+        caller holds the node's reap lock (_remove_flows), so that no other process writes
+        the batch map between this one's write, run and read."""
+        at = self._reap_layout()
+        if len(batch) > at["count"]:
+            raise ValueError(f"a reap batch holds {at['count']} entries, not {len(batch)}")
+        buf = bytearray(at["bytes"])
+        buf[at["mode"]:at["mode"] + 4] = (REAP_MODE_FLUSH if flush else
+                                          REAP_MODE_SWEEP).to_bytes(4, sys.byteorder)
+        buf[at["n"]:at["n"] + 4] = len(batch).to_bytes(4, sys.byteorder)
+        for i, (k, seen) in enumerate(batch):
+            o = at["items"] + i * at["size"]
+            buf[o + at["key"]:o + at["key"] + len(k)] = k
+            buf[o + at["seen"]:o + at["seen"] + 8] = seen.to_bytes(8, sys.byteorder)
+        m = self.map("reap_batch")
+        if self._reaper_fd is None:
+            self._reaper_fd = bpfsys.obj_get(str(paths.progs_dir(self.node) / REAPER))
+        m.update(0, bytes(buf))
+        rc = bpfsys.prog_test_run(self._reaper_fd, bytes(64), out_size=0)[0]
+        out = m.lookup_raw(0)
+        if rc != 1:  # XDP_DROP: the batch was taken; XDP_ABORTED: a map or the mode missing
+            raise EniplaneError(f"the flow reaper refused its batch (returned {rc})")
+        vsize = self.map("flows").value_size
+        res = []
+        for i in range(len(batch)):
+            o = at["items"] + i * at["size"]
+            r = int.from_bytes(out[o + at["result"]:o + at["result"] + 4], sys.byteorder)
+            res.append((r, out[o + at["value"]:o + at["value"] + vsize]))
+        return res
+
+    def reap_stats(self) -> dict[str, int]:
+        """What the kernel reaper did with the entries sweeps and flushes chose, since the maps
+        were made, as reap_<field of struct reap_stats> (summed over CPUs): reap_removed_sweep,
+        reap_removed_flush, reap_kept_changed (a packet or a takeover moved it on between the read
+        and the reap: what the user-space path deleted and put back), reap_kept_live (live by
+        its flow_hot slot), reap_gone. {} on a node without the reaper."""
+        if not (paths.maps_dir(self.node) / "reap_stats").exists():
+            return {}
+        return {f"reap_{k}": v for k, v in sum_percpu(self.map("reap_stats").lookup(0)).items()}
+
+    def _flush_again(self, entries: list[tuple[bytes, dict, int]],
+                     doomed: Callable[[dict, dict], bool], r: "Removal",
+                     last: bool) -> list[tuple[bytes, dict, int]]:
+        """A flush's entries that changed under the reaper (a packet, a takeover), read again:
+        those `doomed` still picks, with their new time, to be reaped again; one whose time is
+        0 (a takeover rewriting it, a few instructions from done) after a moment. The rest,
+        and everything on the `last` round, count as kept (r.kept), gone ones as gone."""
+        m = self.map("flows")
+        out: list[tuple[bytes, dict, int]] = []
+        for attempt in range(2):
+            pending = []
+            for k, key, _ in entries:
+                raw = m.lookup_raw(k)
+                if raw is None:
+                    r.gone += 1
+                    continue
+                v = m.decode_value(raw)
+                seen = v["last_seen_ns"]
+                if not seen and not attempt and not last:
+                    pending.append((k, key, 0))
+                elif not last and seen and doomed(key, self._with_hot(
+                        v, self._slot_of(v, self._hot_slots([k]).get(k)))):
+                    out.append((k, key, seen))
+                else:
+                    r.kept += 1
+            if not pending:
+                break
+            time.sleep(0.001)
+            entries = pending
+        return out
+
+    def _remove_flows(self, doomed: Callable[[dict, dict], bool], swept: bool = False,
+                      gone_out: list[dict[str, Any]] | None = None,
+                      now: int | None = None,
+                      timeouts: dict[str, int] | None = None) -> "Removal":
         """Delete the entries that doomed(key, value) picks while the datapath goes on, keeping
         the flow guard true (types.h). Walks are told to go past empty slots before the first
         delete: a flow that opens behind a slot while it goes would otherwise be lost to its own
         walk, and opened twice. Afterwards the table is read again, with whatever opened
         meanwhile, and the guard recomputed from it (probe.resync_guard), for the destinations
-        that lost entries. With `still`, an entry is checked again as it was when it went (a
-        lookup-and-delete returns it): one that no longer qualifies is put back (BPF_NOEXIST).
-        Returns (entries removed, removed by state name, entries put back); with `gone_out`,
-        each removed entry's flow_record is appended to it."""
+        that lost entries. `swept`: a sweep (only entries still not live go; the kernel
+        reaper checks that itself, the user-space fallback with `now` and `timeouts`), else a
+        flush (live entries go too). Entries go through the kernel reaper (_reap), a batch at
+        a time; on a node without it, by lookup-and-delete from here, putting back one that
+        a packet made live meanwhile (the old way, which leaves it missing for that moment).
+        With `gone_out`, each removed entry's flow_record is appended to it.
+        One remover at a time, from the guard's first read to its last write (the node's reap
+        lock, which also keeps the reaper's batch map to one writer): two that overlapped
+        would each write a guard recomputed only where their own deletes went, and one could
+        clear `holes` while the other's empty slots still hide flows behind them."""
+        from . import lock
+
+        with lock.exclusive(self.node, REAP_LOCK):
+            return self._remove_flows_locked(doomed, swept, gone_out, now, timeouts)
+
+    def _remove_flows_locked(self, doomed: Callable[[dict, dict], bool], swept: bool,
+                             gone_out: list[dict[str, Any]] | None, now: int | None,
+                             timeouts: dict[str, int] | None) -> "Removal":
         m, g = self.map("flows"), self.map("flow_guard")
+        kernel = self.has_reaper()
         start = g.lookup(0)
         added = self._entries_added()
         held: Counter = Counter()  # what the table holds per ENI handle, as this pass saw it
-        announced = False
-        removed = restored = 0
+        r = Removal(reaper="kernel" if kernel else "user space")
         touched: set[tuple] = set()
         by_idx: Counter = Counter()
-        by_state: Counter = Counter()
         items = list(m.items_raw())  # the table as it was: what opens meanwhile stays
         hot = self._hot_slots([k for k, _ in items])
+        chosen: list[tuple[bytes, dict, int]] = []  # (raw key, key, the entry's own time)
         for k, raw in items:
             v = m.decode_value(raw)
-            v = self._with_hot(v, self._slot_of(v, hot.get(k)))
+            vh = self._with_hot(v, self._slot_of(v, hot.get(k)))
             key = m.decode_key(k)
-            if not doomed(key, v):
+            if doomed(key, vh):
+                chosen.append((k, key, v["last_seen_ns"]))
+            else:
                 held[v["eni_idx"]] += 1
-                continue
-            if not announced and not start["holes"]:
-                g.update(0, {**g.lookup(0), "holes": 1})
-                announced = True
-            gone = m.pop(k)
-            if gone is None:
-                continue
-            raw_gone, gone = gone, self._with_hot(gone, self._slot_of(gone, hot.get(k)))
-            if still is not None and not still(key, gone):
-                try:  # as it was: its slot's share is still in its slot
-                    m.update(k, raw_gone, flags=BPF_NOEXIST)
-                    restored += 1
-                    held[gone["eni_idx"]] += 1
-                    continue
-                except EniplaneError:
-                    pass  # a newer entry took the slot: it stands
-            removed += 1
+        if self._reap_hook is not None:  # tests: what happens between the read and the reap
+            self._reap_hook("chosen", chosen)
+        if not chosen:
+            self._recount_entries(added, held)
+            return r
+        if not start["holes"]:
+            g.update(0, {**g.lookup(0), "holes": 1})
+
+        def went(k: bytes, key: dict, raw_gone: bytes) -> None:
+            v = m.decode_value(raw_gone)
+            gone = self._with_hot(v, self._slot_of(v, hot.get(k)))
+            r.removed += 1
             by_idx[gone["eni_idx"]] += 1
-            by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
+            r.by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
             record = flow_record(key, gone)
             touched.add(probe.dest(record))
             if gone_out is not None:
                 gone_out.append(record)
-            if removed % 256 == 0:  # a long sweep gives the ENIs' limits back as it goes
-                self._count_removed(by_idx)
-                by_idx.clear()
-        if not (removed or announced):
-            self._recount_entries(added, held)
-            return 0, by_state, restored
+
+        if kernel:
+            size = self._reap_layout()["count"]
+            for round_ in range(FLUSH_ROUNDS if not swept else 1):
+                again: list[tuple[bytes, dict, int]] = []
+                for i in range(0, len(chosen), size):
+                    part = chosen[i:i + size]
+                    for (k, key, _), (res, raw_gone) in zip(
+                            part, self._reap([(k, seen) for k, _, seen in part],
+                                             flush=not swept)):
+                        if res == REAP_REMOVED:
+                            went(k, key, raw_gone)
+                        elif res == REAP_GONE:
+                            r.gone += 1
+                        elif not swept:  # a flush judges it again as it is now
+                            again.append((k, key, 0))
+                        else:  # REAP_CHANGED, REAP_LIVE: a packet made it live, it stands
+                            r.kept += 1
+                    self._count_removed(by_idx)  # a long sweep gives the limits back as it goes
+                    by_idx.clear()
+                    if self._reap_hook is not None:
+                        self._reap_hook("reaped", part)
+                chosen = self._flush_again(again, doomed, r, last=round_ == FLUSH_ROUNDS - 1)
+                if not chosen:
+                    break
+        else:
+            for k, key, _ in chosen:
+                raw_gone = bpfsys.map_lookup_and_delete(m.fd, k, m.value_buf_size)
+                if raw_gone is None:
+                    r.gone += 1
+                    continue
+                v = m.decode_value(raw_gone)
+                gone = self._with_hot(v, self._slot_of(v, hot.get(k)))
+                if self._reap_hook is not None:  # tests: the entry is out, not yet back
+                    self._reap_hook("reaped", [(k, key, v["last_seen_ns"])])
+                if swept and not lifecycle.is_expired(key["proto"], gone["state"],
+                                                      gone["last_seen_ns"], now, timeouts):
+                    try:  # as it was: its slot's share is still in its slot
+                        m.update(k, raw_gone, flags=BPF_NOEXIST)
+                        r.kept += 1
+                        continue
+                    except EniplaneError:
+                        pass  # a newer entry took the slot: it stands
+                went(k, key, raw_gone)
+                if r.removed % 256 == 0:
+                    self._count_removed(by_idx)
+                    by_idx.clear()
         self._count_removed(by_idx)
         added = self._entries_added()
         mid = g.lookup(0)
@@ -806,13 +980,13 @@ class Datapath:
         # as if the guard had been read just before the table: inserts up to `mid` are in it;
         # the holes flag is the one from before this call (its own says nothing)
         base = {**mid, "holes": start["holes"], "evicted": start["evicted"]}
-        now = {**g.lookup(0), "holes": start["holes"]}
+        cur = {**g.lookup(0), "holes": start["holes"]}
         new = probe.resync_guard(flows, dict(self.map("enis").items()),
-                                 self.config()["port_secret"], base, now, touched,
-                                 m.max_entries, removed)
-        new["swept"] = start["swept"] + (removed if swept else 0)
+                                 self.config()["port_secret"], base, cur, touched,
+                                 m.max_entries, r.removed)
+        new["swept"] = start["swept"] + (r.removed if swept else 0)
         g.update(0, new)
-        return removed, by_state, restored
+        return r
 
     def find_flow(self, worker: str, vni: int, env_addr: str, env_port: int, remote: str,
                   remote_port: int, proto: int) -> dict[str, Any] | None:
@@ -841,7 +1015,7 @@ class Datapath:
                     (workers is None or v["worker"] in workers) and
                     (pairs is None or (v["worker"], v["vni"]) in pairs))
 
-        n = self._remove_flows(doomed)[0]
+        n = self._remove_flows(doomed).removed
         if n:
             self.hot_invalidate()
         return n

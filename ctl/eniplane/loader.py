@@ -34,7 +34,11 @@ FABRIC_CALLS = {FABRIC_CALL_OPEN: PROG_FABRIC_OPEN, FABRIC_CALL_ICMP: PROG_FABRI
                 FABRIC_CALL_REPLY: PROG_FABRIC_REPLY, FABRIC_CALL_FRAG: PROG_FABRIC_FRAG}
 # ...and through fabric_long (maps.h), its only slot
 PROG_FABRIC_LONG = "xdp_fabric_long"
-PROGRAMS = ATTACHABLE + tuple(FABRIC_CALLS.values()) + (PROG_FABRIC_LONG,)
+# Run by user space with BPF_PROG_TEST_RUN, never attached nor called: the sweep's and the
+# flush's reaper (Datapath._reap)
+PROG_FLOW_REAP = "xdp_flow_reap"
+RUN_BY_USER = (PROG_FLOW_REAP,)
+PROGRAMS = ATTACHABLE + tuple(FABRIC_CALLS.values()) + (PROG_FABRIC_LONG,) + RUN_BY_USER
 # program arrays the loader fills: {pinned map: {slot: program}}
 TAIL_CALLS = {"fabric_calls": FABRIC_CALLS, "fabric_long": {0: PROG_FABRIC_LONG}}
 # redirect failures (eniplane.c): raw tracepoint programs, attached by pinned links under

@@ -114,3 +114,33 @@ def locked(fn: F) -> F:
         with held(node):
             return fn(node, *args, **kwargs)
     return run  # type: ignore[return-value]
+
+
+@contextmanager
+def exclusive(node: str, name: str, wait: float | None = None) -> Iterator[None]:
+    """An flock on <state dir>/<name> of its own, held for one step that needs no node lock
+    (Datapath._remove_flows: sweeps and flushes). Unlike `held` it is not re-entrant, and every
+    call opens the file anew:
+    two threads of one process (the agent's sweep and an API request's flush) exclude each
+    other too, as flock does between open file descriptions. Bounded like `held`."""
+    path = paths.state_dir(node) / name
+    wait = timeout() if wait is None else wait
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise EniplaneError(f"cannot open the lock {path}: {e.strerror}") from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EniplaneError(f"node {node} is busy: another process holds {path}; "
+                                        f"waited {wait:g} s") from None
+                time.sleep(0.001)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

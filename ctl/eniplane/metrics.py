@@ -156,6 +156,13 @@ class DatapathCollector(Collector):
         s = CounterMetricFamily(f"{NS}_flows_swept", "Expired flows the sweeper removed")
         s.add_metric([], dp.flows_swept())
         fams += [c, s]
+        reaped = dp.reap_stats()
+        if reaped:  # a node without the kernel reaper has none
+            r = CounterMetricFamily(f"{NS}_flows_reaped", "What the kernel reaper did with the "
+                                    "entries sweeps and flushes chose", labels=["outcome"])
+            for name, value in reaped.items():
+                r.add_metric([name.removeprefix("reap_")], value)
+            fams.append(r)
 
         names = self._names()
         enis = dp.enis()

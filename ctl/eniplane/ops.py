@@ -174,7 +174,7 @@ def stats(node: str, eni: Optional[str] = None, nonzero: bool = False) -> dict:
     else:
         with Datapath(node) as dp:
             counters = {**dp.stats(), "flows_evicted": dp.flows_evicted(),
-                        "flows_swept": dp.flows_swept()}
+                        "flows_swept": dp.flows_swept(), **dp.reap_stats()}
             states = dp.flow_states()
         data = {"node": node, "counters": counters, "flow_states": states}
     if nonzero:  # for scripts as for people: -o json lists the same counters as the table

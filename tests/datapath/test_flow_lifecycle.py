@@ -437,13 +437,16 @@ def test_a_flow_opened_behind_an_entry_while_it_is_removed_is_never_lost(env):
         assert d.get("fwd_new_flow") == 1 and nat_port(out) != held, d
         return True
 
-    def gone(key: dict, v: dict) -> bool:  # `old` is deleted, the guard not yet recounted
-        got, _, d = _udp_tiny(env, late)
-        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
-        return True
+    def gone(stage: str, batch: list) -> None:  # `old` is deleted, the guard not yet recounted
+        if stage == "reaped":
+            got, _, d = _udp_tiny(env, late)
+            assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
 
-    removed, _, _ = env.dp._remove_flows(doomed, gone)
-    assert removed == 1
+    env.dp._reap_hook = gone
+    try:
+        assert env.dp._remove_flows(doomed).removed == 1
+    finally:
+        env.dp._reap_hook = None
     for _ in range(3):
         got, _, d = _udp_tiny(env, late)
         assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d

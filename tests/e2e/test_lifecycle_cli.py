@@ -180,7 +180,8 @@ def test_an_idle_flow_expires_is_listed_with_all_and_swept(world):
         assert json.loads(cli("stats", "-o", "json").stdout)["flow_states"].get("active", 0) == 0
         before = json.loads(cli("stats", "-o", "json").stdout)["counters"]["flows_swept"]
         swept = json.loads(cli("flows", "sweep", "-o", "json").stdout)
-        assert swept["removed"] >= 1
+        assert swept["removed"] >= 1 and swept["reaper"] == "kernel", swept
+        assert {"kept", "gone", "scanned", "by_state", "seconds"} <= set(swept), swept
         after = json.loads(cli("stats", "-o", "json").stdout)["counters"]["flows_swept"]
         assert after == before + swept["removed"]
         assert json.loads(cli("flows", "--all", "--eni", eni["id"], "-o", "json").stdout) == []

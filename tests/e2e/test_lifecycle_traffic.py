@@ -372,7 +372,9 @@ def test_100k_short_connections_with_the_sweeper_keep_the_eni_small(world, short
         res = _finish(p)
         d = _delta(dp.stats(), before)
         print(f"sweeper: {res}; samples (entries, live, bound, done): {samples}; "
-              f"sweeps {[(s['removed'], s['seconds']) for s in sweeps]}; counters {d}")
+              f"sweeps {[(s['removed'], s['kept'], s['seconds']) for s in sweeps]}; "
+              f"counters {d}")
+        assert all(s["reaper"] == "kernel" for s in sweeps), sweeps
         assert res["rc"] == 0 and res["ok"] == N_SHORT and res["failed"] == 0, res
         assert d.get("tx_tcp_rst", 0) == 0 and d.get("drop_flow_limit", 0) == 0, d
         assert len(samples) >= 3, samples

@@ -208,6 +208,37 @@ def test_a_node_of_a_build_with_fewer_programs_upgrades_in_place(world, monkeypa
     assert "still-there" in _echo(w)
 
 
+def test_a_node_without_the_kernel_reaper_sweeps_then_upgrades_to_it(world, monkeypatch):
+    """A node brought up before xdp_flow_reap existed has neither its pin nor reap_batch and
+    reap_stats: `flows sweep` still sweeps (from user space) and says what to run; upgrade adds
+    the program and both maps, and the next sweep runs in the kernel."""
+    w = world
+    node = w["node"]
+    assert "still-there" in _echo(w)
+    (paths.progs_dir(node) / loader.PROG_FLOW_REAP).unlink()  # as the earlier build pinned
+    for m in ("reap_batch", "reap_stats"):
+        (paths.maps_dir(node) / m).unlink()
+    status = json.loads(w["cli"]("status", "-o", "json").stdout)
+    assert loader.PROG_FLOW_REAP not in status["programs"] and "xdp_fabric" in status["programs"]
+    counters = json.loads(w["cli"]("stats", "-o", "json").stdout)["counters"]
+    assert not [k for k in counters if k.startswith("reap_")], counters
+    p = w["cli"]("flows", "sweep", "-o", "json")
+    assert json.loads(p.stdout)["reaper"] == "user space"
+    assert "predate the kernel reaper" in p.stderr and "eniplane upgrade" in p.stderr, p.stderr
+    monkeypatch.setenv("ENIPLANE_BPF_DIR", str(_new_build(w["tmp"], "noreaper")))
+    up = w["cli"]("upgrade", "-o", "json", check=False)
+    assert up.returncode == 0, up.stderr
+    rep = json.loads(up.stdout)
+    assert rep["changed"] and {"reap_batch", "reap_stats"} <= set(rep["maps_added"]), rep
+    assert rep["programs"][loader.PROG_FLOW_REAP]["old_id"] is None
+    assert set(_pinned_ids(node)) == set(loader.PROGRAMS)
+    p = w["cli"]("flows", "sweep", "-o", "json")
+    assert json.loads(p.stdout)["reaper"] == "kernel" and "predate" not in p.stderr
+    counters = json.loads(w["cli"]("stats", "-o", "json").stdout)["counters"]
+    assert "reap_removed_sweep" in counters and "reap_kept_changed" in counters
+    assert "still-there" in _echo(w)
+
+
 def test_a_changed_map_layout_is_refused_and_the_old_programs_keep_running(world, monkeypatch):
     """flow_guard grows by 8 bytes in the new build: the upgrade names the map and both sizes,
     exits 1, and leaves the attached programs, the pins and the maps as they were."""

@@ -131,7 +131,10 @@ def test_program_names_are_the_entry_points():
     assert sorted(loader.PROGRAMS) == sorted(entries)
     assert (loader.PROG_FABRIC, loader.PROG_VPC) == loader.ATTACHABLE
     tail = [n for slots in loader.TAIL_CALLS.values() for n in slots.values()]
-    assert loader.PROGRAMS == loader.ATTACHABLE + tuple(tail)
+    assert loader.PROGRAMS == loader.ATTACHABLE + tuple(tail) + loader.RUN_BY_USER
+    assert loader.RUN_BY_USER == (datapath.REAPER,) == (loader.PROG_FLOW_REAP,)
+    # never called: no program array holds it
+    assert not re.search(r"\.call\(ctx,[^;]*REAP", c_source())
     assert loader.TAIL_CALLS["fabric_calls"] == loader.FABRIC_CALLS
     # fabric_long's one slot is called, as `fabric_long` is declared in maps.h with one entry
     assert re.search(r"fabric_long\.call\(ctx, 0\)", c_source())
@@ -187,3 +190,12 @@ def test_a_flag_added_to_the_c_only_is_caught(monkeypatch, line, name, value):
     assert defines(flags) == {**before, name: value}
     with pytest.raises(AssertionError):
         test_flag_bits_are_the_datapaths()
+
+
+def test_the_reapers_modes_and_results_are_the_datapaths():
+    """types.h's REAP_MODE_* and REAP_* results, which Datapath._reap writes and reads."""
+    got = defines(r"REAP_(?:MODE_)?[A-Z]+")
+    assert {k: v for k, v in got.items() if k != "REAP_BATCH"} == {
+        "REAP_MODE_SWEEP": datapath.REAP_MODE_SWEEP, "REAP_MODE_FLUSH": datapath.REAP_MODE_FLUSH,
+        "REAP_REMOVED": datapath.REAP_REMOVED, "REAP_CHANGED": datapath.REAP_CHANGED,
+        "REAP_LIVE": datapath.REAP_LIVE, "REAP_GONE": datapath.REAP_GONE}

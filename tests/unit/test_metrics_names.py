@@ -55,6 +55,10 @@ class FakeDp:
     def flows_swept(self):
         return 6
 
+    def reap_stats(self):
+        return {"reap_removed_sweep": 7, "reap_removed_flush": 0, "reap_kept_changed": 1, "reap_kept_live": 0,
+                "reap_gone": 0}
+
     def enis(self):
         return {4096: {"port_lo": 1024, "port_hi": 2047, "max_flows": 0},
                 4097: {"port_lo": 2000, "port_hi": 2001, "max_flows": 10}}
@@ -105,6 +109,8 @@ def test_the_exposition_parses_and_says_what_the_datapath_says():
     assert dropped[(("reason", "sg_denied"),)] == dp.counters["drop_sg_denied"]
     assert got["eniplane_xdp_actions_total"][(("action", "pass"),)] == dp.counters["xdp_pass"]
     assert got["eniplane_flows_evicted_total"][()] == 5
+    assert got["eniplane_flows_reaped_total"][(("outcome", "kept_changed"),)] == 1
+    assert got["eniplane_flows_reaped_total"][(("outcome", "removed_sweep"),)] == 7
     assert got["eniplane_flows_short_way"][()] == 2
     a = (("eni", "eni-a"), ("subnet", "sub-a"), ("vpc", "vpc-a"))
     assert got["eniplane_eni_packets_total"][(("direction", "egress"),) + a] == 1
