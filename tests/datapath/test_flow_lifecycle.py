@@ -269,7 +269,12 @@ def test_an_expired_port_goes_to_another_tuple_only_after_timeout_and_grace(env)
     assert ports == {2000, 2001}
     got, _, d = _udp_tiny(env, 42002)
     assert (got, d.get("drop_port_exhausted")) == ("DROP", 1), d
-    advance(env, 350 * S + GRACE // 2)  # expired, but within the grace: not yet another's
+    # expired, but within the grace: not yet another's. 10 ms past the timeout (more than a
+    # jiffy of the coarse clock), so that 90 ms of the 100 ms grace are left for real time to
+    # pass before the next packet (half of it was not always enough on a loaded host)
+    advance(env, 350 * S + 10_000_000)
+    assert all(env.dp.find_flow(WORKER, VNI_TINY, ENV_IP, sp, DEST, 7, 17)["live"] is False
+               for sp in (42000, 42001))
     got, _, d = _udp_tiny(env, 42002)
     assert (got, d.get("drop_port_exhausted")) == ("DROP", 1), d
     advance(env, GRACE)
