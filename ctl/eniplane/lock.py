@@ -67,6 +67,29 @@ def _command() -> str:
     return " ".join([prog, *sys.argv[1:]])
 
 
+def _acquire(path: Path, node: str, wait: float, poll: float, who: Callable[[], str]) -> int:
+    """`path` opened (made if missing) and exclusively flocked within `wait` seconds, polling
+    every `poll`: its descriptor, whose closing releases the lock. Past the wait, an error that
+    names `who()` holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise EniplaneError(f"cannot open the lock {path}: {e.strerror}") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                busy = who()
+                os.close(fd)
+                raise EniplaneError(f"node {node} is busy: {busy} holds {path}; "
+                                    f"waited {wait:g} s") from None
+            time.sleep(poll)
+
+
 @contextmanager
 def held(node: str, wait: float | None = None) -> Iterator[None]:
     path = lock_path(node)
@@ -78,23 +101,8 @@ def held(node: str, wait: float | None = None) -> Iterator[None]:
         finally:
             _held[key][1] -= 1
         return
-    wait = timeout() if wait is None else wait
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(path, node, timeout() if wait is None else wait, POLL, lambda: holder(path))
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise EniplaneError(f"cannot open the lock {path}: {e.strerror}") from None
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise EniplaneError(f"node {node} is busy: {holder(path)} holds {path}; "
-                                        f"waited {wait:g} s") from None
-                time.sleep(POLL)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {_command()}\n".encode(), 0)
         _held[key] = [fd, 1]
@@ -120,27 +128,12 @@ def locked(fn: F) -> F:
 def exclusive(node: str, name: str, wait: float | None = None) -> Iterator[None]:
     """An flock on <state dir>/<name> of its own, held for one step that needs no node lock
     (Datapath._remove_flows: sweeps and flushes). Unlike `held` it is not re-entrant, and every
-    call opens the file anew:
-    two threads of one process (the agent's sweep and an API request's flush) exclude each
-    other too, as flock does between open file descriptions. Bounded like `held`."""
-    path = paths.state_dir(node) / name
-    wait = timeout() if wait is None else wait
-    path.parent.mkdir(parents=True, exist_ok=True)
+    call opens the file anew: two threads of one process (the agent's sweep and an API
+    request's flush) exclude each other too, as flock does between open file descriptions.
+    Bounded like `held`."""
+    fd = _acquire(paths.state_dir(node) / name, node, timeout() if wait is None else wait,
+                  0.001, lambda: "another process")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise EniplaneError(f"cannot open the lock {path}: {e.strerror}") from None
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise EniplaneError(f"node {node} is busy: another process holds {path}; "
-                                        f"waited {wait:g} s") from None
-                time.sleep(0.001)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
