@@ -909,10 +909,14 @@ class Datapath:
         by_idx: Counter = Counter()
         items = list(m.items_raw())  # the table as it was: what opens meanwhile stays
         hot = self._hot_slots([k for k, _ in items])
+
+        def with_slot(k: bytes, v: dict) -> dict:  # an entry with its slot's share added
+            return self._with_hot(v, self._slot_of(v, hot.get(k)))
+
         chosen: list[tuple[bytes, dict, int]] = []  # (raw key, key, the entry's own time)
         for k, raw in items:
             v = m.decode_value(raw)
-            vh = self._with_hot(v, self._slot_of(v, hot.get(k)))
+            vh = with_slot(k, v)
             key = m.decode_key(k)
             if doomed(key, vh):
                 chosen.append((k, key, v["last_seen_ns"]))
@@ -926,9 +930,7 @@ class Datapath:
         if not start["holes"]:
             g.update(0, {**g.lookup(0), "holes": 1})
 
-        def went(k: bytes, key: dict, raw_gone: bytes) -> None:
-            v = m.decode_value(raw_gone)
-            gone = self._with_hot(v, self._slot_of(v, hot.get(k)))
+        def went(key: dict, gone: dict) -> None:
             r.removed += 1
             by_idx[gone["eni_idx"]] += 1
             r.by_state[lifecycle.state_name(key["proto"], gone["state"])] += 1
@@ -947,7 +949,7 @@ class Datapath:
                             part, self._reap([(k, seen) for k, _, seen in part],
                                              flush=not swept)):
                         if res == REAP_REMOVED:
-                            went(k, key, raw_gone)
+                            went(key, with_slot(k, m.decode_value(raw_gone)))
                         elif res == REAP_GONE:
                             r.gone += 1
                         elif not swept:  # a flush judges it again as it is now
@@ -968,7 +970,7 @@ class Datapath:
                     r.gone += 1
                     continue
                 v = m.decode_value(raw_gone)
-                gone = self._with_hot(v, self._slot_of(v, hot.get(k)))
+                gone = with_slot(k, v)
                 if self._reap_hook is not None:  # tests: the entry is out, not yet back
                     self._reap_hook("reaped", [(k, key, v["last_seen_ns"])])
                 if swept and not lifecycle.is_expired(key["proto"], gone["state"],
@@ -979,7 +981,7 @@ class Datapath:
                         continue
                     except EniplaneError:
                         pass  # a newer entry took the slot: it stands
-                went(k, key, raw_gone)
+                went(key, gone)
                 if r.removed % 256 == 0:
                     self._count_removed(by_idx)
                     by_idx.clear()
