@@ -432,14 +432,21 @@ static __always_inline struct flow_hot *hot_find_in(const struct flow_key *fk, _
     return NULL;
 }
 
-/* The slot that holds `fk`, or NULL: its first set, then its second (hot_install keeps a key in
- * one slot at most). */
+/* The slot that holds `fk`, or NULL: its first set `s0`, then its second `s1` (hot_install
+ * keeps a key in one slot at most). */
+static __always_inline struct flow_hot *hot_find_at(const struct flow_key *fk, __u32 s0,
+                                                    __u32 s1)
+{
+    struct flow_hot *h = hot_find_in(fk, s0);
+    return h ? h : hot_find_in(fk, s1);
+}
+
+/* The same, its sets computed. */
 static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u32 secret)
 {
     __u32 s0, s1;
     hot_sets(fk, secret, &s0, &s1);
-    struct flow_hot *h = hot_find_in(fk, s0);
-    return h ? h : hot_find_in(fk, s1);
+    return hot_find_at(fk, s0, s1);
 }
 
 /* A slot's last_seen_ns, read before any of its other fields, as flow_seen reads an entry's. */
@@ -532,14 +539,13 @@ static __always_inline struct flow_hot *hot_free_in(__u32 set, int idle, __u32 g
 }
 
 /* The slot a flow without one takes (its set in `*set`), or NULL: a free slot of its first
- * set, then of its second (a flow keeps to its first set while that has room), then (`idle`)
+ * set `s0`, then of its second (a flow keeps to its first set while that has room), then (`idle`)
  * an idle flow's of either, which costs that flow the short way. One kind per scan: tracking
  * both in one pass would have the verifier walk each combination of found and not found. */
-static __always_inline struct flow_hot *hot_free(const struct flow_key *fk, __u32 secret,
-                                                 __u32 gen, __u64 now, int idle, __u32 *set)
+static __always_inline struct flow_hot *hot_free(__u32 s0, __u32 s1, __u32 gen, __u64 now,
+                                                 int idle, __u32 *set)
 {
-    __u32 s[2];
-    hot_sets(fk, secret, &s[0], &s[1]);
+    __u32 s[2] = {s0, s1};
 #pragma unroll
     for (int pass = 0; pass < 2; pass++) {
         if (pass && !idle)
@@ -574,7 +580,9 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     struct flow_guard *g = flow_guard.lookup(&k0);
     if (!g || g->holes) /* the LRU may evict, unseen by slots: flows stay on the long way */
         fill = 0;
-    struct flow_hot *h = hot_find(fk, secret);
+    __u32 s0, s1;
+    hot_sets(fk, secret, &s0, &s1);
+    struct flow_hot *h = hot_find_at(fk, s0, s1);
     if (h) {
         if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
             hot_fold(h, f);
@@ -588,7 +596,7 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
         if (!fill)
             return;
         __u32 set;
-        h = hot_free(fk, secret, gen, now, idle, &set);
+        h = hot_free(s0, s1, gen, now, idle, &set);
         if (!h)
             return;
         /* Another flow's slot: its counters go to its own entry. Not a slot that was placed
@@ -1842,12 +1850,12 @@ int xdp_fabric_long(struct xdp_md *ctx)
             goto out;
         }
     }
-    /* 5c. No live flow: xdp_fabric_open decides, with what the walk found. */
+    /* 5c. No live flow: xdp_fabric_open decides, with what the walk found (os->now is
+     * xdp_fabric's already). */
     os->seen = pr.seen;
     os->own_port = f ? fk.eni_port : 0;
     os->free_port = pr.free_port;
     os->free_depth = pr.free_depth;
-    os->now = now;
     fabric_calls.call(ctx, FABRIC_CALL_OPEN);
     reason = STAT_drop_tail_call; /* only reached when the tail call failed */
 out:
