@@ -8,8 +8,12 @@ bench does), and then, in rounds whose order alternates, times each node's progr
 (run_time_ns / run_cnt) forward and return, each beside its own state floor. Consecutive runs of
 one build differ by up to 2x on this VM as its host's neighbours come and go (docs/performance.md,
 "Issue 16, continued"); runs a second apart share the phase, so the per-round differences
-between builds, and each build's gap to its floor, are what to read. Prints medians (min-max) and
-writes every round with --json; `make bench` does not run it.
+between builds, and each build's gap to its floor, are what to read. The two nodes' tables sit
+in memory of their own, which the rounds cannot alternate: at 64k flows an A/A run (one build
+in both nodes, 2026-11-30) read the second node 29 ns slower forward, and the reverse order of
+an A/B then read -1 where the first order read +29. So at 64k flows run an A/B both ways round
+before reading a difference under about 30 ns; at one flow two nodes agree within a few ns.
+Prints medians (min-max) and writes every round with --json; `make bench` does not run it.
 """
 
 from __future__ import annotations
