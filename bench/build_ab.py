@@ -1,19 +1,23 @@
 """Two datapath builds side by side, live: the one A/B that the host's phases cannot decide.
 
 Contract: `python -m bench.build_ab --old CHECKOUT [--new CHECKOUT] [--flows 65536] [--rounds 5]
-[--seconds 1] [--json F]` stages one benchmark topology per build (each its own namespaces and
-node, eniplane up from that checkout's bpf/ through ENIPLANE_BPF_DIR; the control plane is this
-tree's, so the builds must agree on map layouts), opens the same flows in each (shuffled, as the
-bench does), and then, in rounds whose order alternates, times each node's program per packet
-(run_time_ns / run_cnt) forward and return, each beside its own state floor. Consecutive runs of
-one build differ by up to 2x on this VM as its host's neighbours come and go (docs/performance.md,
-"Issue 16, continued"); runs a second apart share the phase, so the per-round differences
-between builds, and each build's gap to its floor, are what to read. The two nodes' tables sit
-in memory of their own, which the rounds cannot alternate: at 64k flows an A/A run (one build
-in both nodes, 2026-11-30) read the second node 29 ns slower forward, and the reverse order of
-an A/B then read -1 where the first order read +29. So at 64k flows run an A/B both ways round
-before reading a difference under about 30 ns; at one flow two nodes agree within a few ns.
-Prints medians (min-max) and writes every round with --json; `make bench` does not run it.
+[--seconds 1] [--copies 2] [--json F]` stages each build in `copies` topologies and nodes, in
+mirrored order (A B B A), each node eniplane up from that checkout's bpf/ through
+ENIPLANE_BPF_DIR (the control plane is this tree's, so the builds must agree on map layouts),
+opens the same flows in each (shuffled, as the bench does), and then, in rounds whose order
+alternates, times each node's program per packet (run_time_ns / run_cnt) forward and return,
+each beside its own state floor. A build's figure in a round is the median of its nodes'.
+Consecutive runs of one build differ by up to 2x on this VM as its host's neighbours come and go
+(docs/performance.md, "Issue 16, continued"); runs a second apart share the phase, so the
+per-round differences between builds, and each build's gap to its floor, are what to read.
+One build differs from itself between nodes, too: where the kernel puts a program's JIT image
+(it picks the offset at random) once cost xdp_fabric 38-41 ns per packet at one flow, on every
+load at that address (docs/performance.md, "Where the program lands"), and at 64k flows the
+nodes' tables sit in memory of their own (an A/A run read one node 29 ns slower). So each build
+gets nodes staged early and late, and the per-node table that follows the comparison shows how
+far a build's nodes disagree: a difference between builds smaller than that is not one.
+Prints medians (min-max) and writes every round with --json ("nodes": each node's own rounds);
+`make bench` does not run it.
 """
 
 from __future__ import annotations
@@ -53,18 +57,28 @@ def _stage(st: contextlib.ExitStack, bpf: Path, n: int, max_flows: int) -> tuple
 
 
 def run(builds: dict[str, Path], n: int, rounds: int, seconds: float, max_flows: int,
-        progress=print) -> dict:
+        progress=print, copies: int = 2) -> dict:
+    """Each build staged `copies` times, in mirrored order (A B B A for two), so that a build's
+    figure is the mean of nodes staged early and late: one build in two nodes differs by itself
+    (up to 13 ns at one flow and 29 at 64k flows, in A/A runs of 2026-11-30), and the mirror
+    takes out what goes with the staging order. Returns {direction: {build: {scenario: [ns per
+    round]}}} and, under "nodes", each node's own figures."""
     pin_cpu0()
     before = os.environ.get("ENIPLANE_BPF_DIR")
-    got: dict[tuple[str, str, str], list[float]] = {}
+    names = list(builds)
+    staging = [names[(i if c % 2 == 0 else len(names) - 1 - i)]
+               for c in range(copies) for i in range(len(names))]
+    per_node: dict[tuple[int, str, str], list[float]] = {}
     try:
         with contextlib.ExitStack() as st:
-            nodes = {name: _stage(st, bpf, n, max_flows) for name, bpf in builds.items()}
+            nodes = [(name, _stage(st, builds[name], n, max_flows)) for name in staging]
             for r in range(-1, rounds):  # round -1 warms every node both ways
                 for d in DIRECTIONS:
-                    order = list(nodes) if r % 2 else list(nodes)[::-1]
-                    for name in order:
-                        t, gens = nodes[name]
+                    order = list(range(len(nodes)))
+                    if r % 2 == 0:
+                        order.reverse()
+                    for i in order:
+                        t, gens = nodes[i][1]
                         for scen in ("eniplane", "state-floor"):
                             t.use(scen, d)
                             gen = gens[(scen, d)]
@@ -72,21 +86,29 @@ def run(builds: dict[str, Path], n: int, rounds: int, seconds: float, max_flows:
                                 t.node_prog_fd(scen, d),
                                 lambda: gen.run(seconds if r >= 0 else 0.3))
                             if r >= 0 and runs > 0:
-                                got.setdefault((name, d, scen), []).append(ns)
+                                per_node.setdefault((i, d, scen), []).append(ns)
                 if r >= 0:
                     progress(f"round {r + 1}/{rounds}: " + ", ".join(
-                        f"{name} {d} {got[(name, d, 'eniplane')][-1]:.0f} "
-                        f"(floor {got[(name, d, 'state-floor')][-1]:.0f})"
-                        for d in DIRECTIONS for name in nodes
-                        if (name, d, "eniplane") in got and (name, d, "state-floor") in got))
+                        f"{name}#{i} {d} {per_node[(i, d, 'eniplane')][-1]:.0f} "
+                        f"(floor {per_node[(i, d, 'state-floor')][-1]:.0f})"
+                        for d in DIRECTIONS for i, (name, _) in enumerate(nodes)
+                        if (i, d, "eniplane") in per_node and (i, d, "state-floor") in per_node))
     finally:
         if before is None:
             os.environ.pop("ENIPLANE_BPF_DIR", None)
         else:
             os.environ["ENIPLANE_BPF_DIR"] = before
-    res: dict = {}
-    for (name, d, scen), v in got.items():
-        res.setdefault(d, {}).setdefault(name, {})[scen] = v
+    res: dict = {"nodes": {}}
+    for (i, d, scen), v in per_node.items():
+        res["nodes"].setdefault(d, {}).setdefault(f"{staging[i]}#{i}", {})[scen] = v
+    for d in DIRECTIONS:
+        for name in names:
+            for scen in ("eniplane", "state-floor"):
+                runs = [per_node[(i, d, scen)] for i, b in enumerate(staging)
+                        if b == name and (i, d, scen) in per_node]
+                if runs:  # per round, the median of the build's nodes (with two, the mean)
+                    res.setdefault(d, {}).setdefault(name, {})[scen] = \
+                        [statistics.median(x) for x in zip(*runs)]
     return res
 
 
@@ -97,7 +119,8 @@ def _med(v: list[float]) -> str:
 def table(res: dict, old: str = "old", new: str = "new") -> str:
     lines = ["| direction | build | eniplane | state floor | gap to the floor | new - old |",
              "|---|---|---|---|---|---|"]
-    for d, by in res.items():
+    for d in DIRECTIONS:
+        by = res.get(d, {})
         for name, cases in by.items():
             e, f = cases.get("eniplane"), cases.get("state-floor")
             if not (e and f):
@@ -109,6 +132,16 @@ def table(res: dict, old: str = "old", new: str = "new") -> str:
                 diff = f"{statistics.median(per):+.0f} ({min(per):+.0f} to {max(per):+.0f})"
             lines.append(f"| {d} | {name} | {_med(e)} | {_med(f)} | "
                          f"{statistics.median(gaps):+.0f} | {diff} |")
+    nodes = res.get("nodes", {})
+    if nodes:
+        lines += ["", "Each node by itself (a build's nodes differ by this much on their own):",
+                  "", "| direction | node | eniplane | state floor |", "|---|---|---|---|"]
+        for d in DIRECTIONS:
+            for node, cases in sorted(nodes.get(d, {}).items(),
+                                      key=lambda kv: int(kv[0].rsplit("#", 1)[1])):
+                e, f = cases.get("eniplane"), cases.get("state-floor")
+                if e and f:
+                    lines.append(f"| {d} | {node} | {_med(e)} | {_med(f)} |")
     return "\n".join(lines)
 
 
@@ -121,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--max-flows", type=int, default=T.DEFAULT_MAX_FLOWS)
+    ap.add_argument("--copies", type=int, default=2,
+                    help="nodes per build, staged in mirrored order (default 2: A B B A)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
+    if a.copies < 1:
+        ap.error("--copies must be at least 1")
     for c in (a.old, a.new):
         if not (c / "bpf" / "eniplane.c").is_file():
             ap.error(f"{c} is not a checkout of eniplane (no bpf/eniplane.c)")
     res = run({"old": a.old / "bpf", "new": a.new / "bpf"}, a.flows, a.rounds, a.seconds,
-              a.max_flows, progress=report.progress)
+              a.max_flows, progress=report.progress, copies=a.copies)
     return report.finish(table(res), res, a.json)
 
 

@@ -117,8 +117,8 @@ def test_floor_ab_smoke(tmp_path):
 
 
 def test_build_ab_smoke(tmp_path):
-    """bench.build_ab: two nodes of the same tree staged side by side, each timed both ways
-    beside its own floor, and the table that compares them."""
+    """bench.build_ab: the same tree as both builds, each staged in two nodes (A B B A), each
+    node timed both ways beside its own floor, and the tables that compare builds and nodes."""
     out = tmp_path / "build_ab.json"
     p = subprocess.run([sys.executable, "-m", "bench.build_ab", "--old", str(REPO), "--flows",
                         "16", "--rounds", "1", "--seconds", "0.05", "--max-flows", "4096",
@@ -130,4 +130,9 @@ def test_build_ab_smoke(tmp_path):
         for build in ("old", "new"):
             assert all(v[0] > 0 for v in got[d][build].values()), got
             assert set(got[d][build]) == {"eniplane", "state-floor"}
+        # a build's figure per round is the median of its nodes: A B B A staging
+        assert sorted(got["nodes"][d]) == ["new#1", "new#2", "old#0", "old#3"], got["nodes"]
+        for node in got["nodes"][d].values():
+            assert set(node) == {"eniplane", "state-floor"} and node["eniplane"][0] > 0
     assert "| forward | new |" in p.stdout
+    assert "| forward | old#3 |" in p.stdout  # the per-node table
