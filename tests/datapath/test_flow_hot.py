@@ -120,57 +120,86 @@ def test_counters_near_their_width_are_folded_into_the_entry(env):
     assert (h["tx_packets"], h["rx_packets"], h["last_seen_ns"]) == (0, 0, e["last_seen_ns"])
 
 
-def _two_sets_and_one_more(env) -> tuple[int, list[tuple[int, str]]]:
-    """A flow c (an environment port of VNI_A to SERVER) and 2 * HOT_WAYS flows (environment
-    port, destination) whose first sets are c's two sets, HOT_WAYS each: sent before c, they
-    fill both."""
+def _first_port_and_sets(env):
+    """(environment port, destination) -> (its flow's first probe port, that key's two sets)."""
     secret = env.dp.config()["port_secret"]
     sets = env.dp.map("flow_hot").max_entries // probe.HOT_WAYS
     eni = env.dp.map("enis").lookup(VNI_A)
     flows = env.dp.map("flows")
 
-    def first_port_and_sets(sport: int, dst: str) -> tuple[int, tuple[int, int]]:
+    def of(sport: int, dst: str) -> tuple[int, tuple[int, int]]:
         port = probe.probe_ports(secret, 1024, 65535, WORKER, VNI_A, ENV_IP, sport, dst, 7,
                                  17)[0]
         raw = flows._key({"vpc_idx": eni["vpc_idx"], "proto": 17, "eni_addr": eni["addr"],
                           "remote": dst, "eni_port": port, "remote_port": 7})
         return port, probe.hot_sets(secret, raw, sets)
+    return of
 
-    c, c_port = next((sp, p) for sp in range(1024, 1100)
-                     for p, s in [first_port_and_sets(sp, SERVER)] if s[0] != s[1])
-    a_set, b_set = first_port_and_sets(c, SERVER)[1]
-    by_set: dict[int, list[tuple[int, str]]] = {a_set: [], b_set: []}
-    keys = {(c_port, SERVER)}
-    # destinations across the VPC's /16 (its rules allow them all): about sets * HOT_WAYS
-    # candidates give each of two sets its HOT_WAYS
+
+def _flows_for_sets(env, wanted: list[int], taken: set[tuple[int, str]],
+                    sports: tuple[int, ...]) -> dict[int, list[tuple[int, str]]]:
+    """HOT_WAYS flows (environment port, destination) whose first set is each of `wanted`, none
+    with a key in `taken` (which gains theirs). Destinations across the VPC's /16 (its rules
+    allow them all): about sets * HOT_WAYS candidates give a set its HOT_WAYS."""
+    of = _first_port_and_sets(env)
+    by_set: dict[int, list[tuple[int, str]]] = {s: [] for s in wanted}
     for n in range(1, 65536):
         dst = f"10.0.{n >> 8}.{n & 0xFF}"
         if dst in ("10.0.1.4", "10.0.2.4"):  # the ENIs' own
             continue
-        for sport in (31100, 31101):
-            port, (first, _) = first_port_and_sets(sport, dst)
+        for sport in sports:
+            port, (first, _) = of(sport, dst)
             group = by_set.get(first)
-            if group is None or len(group) == probe.HOT_WAYS or (port, dst) in keys:
+            if group is None or len(group) == probe.HOT_WAYS or (port, dst) in taken:
                 continue
-            keys.add((port, dst))
+            taken.add((port, dst))
             group.append((sport, dst))
         if all(len(g) == probe.HOT_WAYS for g in by_set.values()):
-            return c, by_set[a_set] + by_set[b_set]
-    raise AssertionError("no two sets with a flow more than they have slots")
+            return by_set
+    raise AssertionError(f"not {probe.HOT_WAYS} flows for each of the sets {wanted}")
+
+
+def _two_sets_and_one_more(env, cs: range = range(1024, 1100),
+                           sports: tuple[int, ...] = (31100, 31101)
+                           ) -> tuple[int, list[tuple[int, str]]]:
+    """A flow c (an environment port of VNI_A to SERVER, from `cs`) and 2 * HOT_WAYS flows
+    (environment port from `sports`, destination) whose first sets are c's two sets, HOT_WAYS
+    each: sent before c, they fill both. (A flush leaves the slots where they are, of an old
+    generation: a test that moves flows about uses ports of its own, so that the slots it
+    leaves do not place another test's flows.)"""
+    of = _first_port_and_sets(env)
+    c, c_port = next((sp, p) for sp in cs for p, s in [of(sp, SERVER)] if s[0] != s[1])
+    a_set, b_set = of(c, SERVER)[1]
+    by_set = _flows_for_sets(env, [a_set, b_set], {(c_port, SERVER)}, sports)
+    return c, by_set[a_set] + by_set[b_set]
+
+
+def _other_sets(env, held: list[tuple[int, str]]) -> list[int]:
+    """The set each of `held` would move to (hot_movable): its second (all sit in their first)."""
+    of = _first_port_and_sets(env)
+    return list(dict.fromkeys(of(*f)[1][1] for f in held))
 
 
 def test_two_full_sets_give_an_idle_slot_to_a_sending_flow_after_folding_it(env):
     c, held = _two_sets_and_one_more(env)
     a, rest = held[0], held[1:]
+    # the sets that the sixteen could move to, full as well: no move makes room for c
+    of = _first_port_and_sets(env)
+    taken = {(of(*f)[0], f[1]) for f in (*held, (c, SERVER))}
+    c_sets = set(of(c, SERVER)[1])
+    fillers = [f for s, g in _flows_for_sets(
+        env, [s for s in _other_sets(env, held) if s not in c_sets], taken,
+        (31102, 31103, 31104)).items() for f in g]
     outs = {}
-    for sport, dst in (*held, (c, SERVER)):
+    for sport, dst in (*held, *fillers, (c, SERVER)):
         _, outs[sport, dst], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"), dst=dst)
         assert d.get("fwd_new_flow") == 1, d
-    assert all(slot_of(env, key_of(outs[f])) is not None for f in held)  # both sets, full
+    assert all(slot_of(env, key_of(outs[f])) is not None for f in (*held, *fillers))  # full
     send(env, UDP(sport=a[0], dport=7) / Raw(b"a"), dst=a[1])  # a's slot: a packet of its own
     cf = (c, SERVER)
-    got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
-    assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    for _ in range(4):  # each tries a move: none can be made
+        got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
+        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
     assert slot_of(env, key_of(outs[cf])) is None  # every slot of both sets sends: c waits
     advance(env, 1_500_000_000)
     for sport, dst in rest:  # they send, a is idle
@@ -180,7 +209,50 @@ def test_two_full_sets_give_an_idle_slot_to_a_sending_flow_after_folding_it(env)
     assert slot_of(env, key_of(outs[cf])) is not None  # a's slot went to c
     assert all(slot_of(env, key_of(outs[f])) is not None for f in rest)
     assert entry(env, key_of(outs[a]))["tx_packets"] == 2  # a's slot folded first
-    assert entry(env, key_of(outs[cf]))["tx_packets"] == 3
+    assert entry(env, key_of(outs[cf]))["tx_packets"] == 6
+
+
+def test_a_flow_without_a_slot_makes_room_by_moving_one_to_its_other_set(env):
+    """Both sets of c full of sending flows whose other sets have room: a packet of c on the
+    long way takes the slot of one of them (hot_movable), after folding its counters into its
+    entry; that flow's next packet finds its other set. Listings lose no packet of either."""
+    c, held = _two_sets_and_one_more(env, range(1100, 1200), (31105, 31106))
+    of = _first_port_and_sets(env)
+    c_sets = of(c, SERVER)[1]
+    outs = {}
+    for sport, dst in (*held, (c, SERVER)):
+        _, outs[sport, dst], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"), dst=dst)
+        assert d.get("fwd_new_flow") == 1, d
+    for sport, dst in held:  # one more each, on the short way: counted in their slots
+        send(env, UDP(sport=sport, dport=7) / Raw(b"s"), dst=dst)
+    cf = (c, SERVER)
+    assert slot_of(env, key_of(outs[cf])) is None
+    sent_c = 1
+    for _ in range(3):  # a victim whose other set is one of c's own cannot move: try again
+        got, _, d = send(env, UDP(sport=c, dport=7) / Raw(b"c"))
+        sent_c += 1
+        assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+        if slot_of(env, key_of(outs[cf])) is not None:
+            break
+    i, _ = slot_of(env, key_of(outs[cf]))
+    assert i // probe.HOT_WAYS in c_sets
+    moved = [f for f in held if slot_of(env, key_of(outs[f])) is None]
+    assert len(moved) == 1, moved  # one gave its slot up, the rest kept theirs
+    v = moved[0]
+    assert entry(env, key_of(outs[v]))["tx_packets"] == 2  # its slot folded into its entry
+    got, _, d = send(env, UDP(sport=v[0], dport=7) / Raw(b"v"), dst=v[1])  # the long way
+    assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    j, h = slot_of(env, key_of(outs[v]))
+    secret = env.dp.config()["port_secret"]
+    sets = env.dp.map("flow_hot").max_entries // probe.HOT_WAYS
+    v_sets = probe.hot_sets(secret, env.dp.map("flows")._key(key_of(outs[v])), sets)
+    assert j // probe.HOT_WAYS == v_sets[1] not in c_sets  # its other set
+    got, _, d = send(env, UDP(sport=v[0], dport=7) / Raw(b"v"), dst=v[1])
+    assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    assert slot_of(env, key_of(outs[v]))[1]["tx_packets"] == 1  # the short way, in its new slot
+    for f, n in ((v, 4), (cf, sent_c), *((f, 2) for f in held if f != v)):
+        got = env.dp.find_flow(WORKER, VNI_A, ENV_IP, f[0], f[1], 7, 17)
+        assert got["tx_packets"] == n, (f, got)
 
 
 def test_a_flow_whose_first_set_is_full_takes_its_second(env):
