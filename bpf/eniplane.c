@@ -647,6 +647,7 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     h->last_seen_ns = 0;
     asm volatile("" ::: "memory");
     h->key = *fk;
+    asm volatile("" ::: "memory"); /* the key before the owner: xdp_vpc reads them the other way */
     __builtin_memcpy(&h->worker, &f->worker, sizeof(struct flow_owner));
     h->gen = gen;
     h->tx_packets = 0;
@@ -2568,7 +2569,16 @@ int xdp_vpc(struct xdp_md *ctx)
     __u64 seen = hseen;
     if (h) {
         __builtin_memcpy(&o, &h->worker, sizeof(o));
-        goto live;
+        /* The key again, after the owner: the scan matched it before the time was read, so a
+         * slot that changed hands in between (another flow published whole, time last: an
+         * idle slot taken, a flow moved out, hot_movable) would pass the time's checks and
+         * hand this reply the new flow's owner. Stores are published key first, owner, time
+         * last, and x86 keeps both stores and loads in order, so an owner that is the new
+         * flow's comes with its key. */
+        asm volatile("" ::: "memory");
+        if (hot_key_is(h, &fk))
+            goto live;
+        h = NULL;
     }
     f = flows.lookup(&fk);
     if (!f) {
