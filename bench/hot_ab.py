@@ -8,6 +8,11 @@ kernel's run-time accounting (run_time_ns / run_cnt, BPF_ENABLE_STATS on for the
 forward (xdp_fabric) and return (xdp_vpc), with flow_hot on and with it off (NODE_F_NO_HOT:
 every packet goes the long way, through `flows`, as before flow_hot existed), and the state
 floor beside them. Same build, same maps, same packets: the one difference is the short way.
+Before the rounds the flows are sent forward for `seconds` and counted: how many have a slot
+their next packet may take (Datapath.flow_summary's short_way, the metric
+eniplane_flows_short_way), since a flow without one goes the long way with flow_hot on too.
+(Turning flow_hot off and on stops every slot, and flows then take them back in another order:
+count before, as the bench's runs meet them.)
 It prints medians (min-max) and writes every round with --json; `make bench` does not run it.
 """
 
@@ -47,6 +52,12 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                                           TP.reply_ports(t, "linux", ports)))
                 gens = {"forward": made[0], "return": made[1]}
                 floor_gens = {"forward": made[0], "return": made[2]}
+                # the slots as the bench's runs meet them: opened, then sent for a while (a
+                # flow without a slot tries to make room on each of its packets)
+                t.use("eniplane", "forward")
+                gens["forward"].run(seconds)
+                summary = dp.flow_summary()
+                slots = {"flows": summary["entries"], "with_slot": summary["short_way"]}
                 got: dict[str, list[float]] = {}
                 for direction in ("forward", "return"):
                     cases = ["hot on", "hot off", "state floor"]
@@ -73,6 +84,7 @@ def run(flow_counts: list[int], rounds: int, seconds: float, max_flows: int,
                 dp.set_hot(True)
                 res[n] = {c: {"ns": statistics.median(v), "min": min(v), "max": max(v),
                               "runs": v} for c, v in got.items()}
+                res[n]["slots"] = slots
             finally:
                 for g in made:
                     g.close()
@@ -90,6 +102,12 @@ def table(res: dict) -> str:
             cell = [f"{x['ns']:.0f} ({x['min']:.0f}-{x['max']:.0f})" for x in (f, off, on)]
             lines.append(f"| {n:,} | {d} | " + " | ".join(cell) +
                          f" | {on['ns'] - off['ns']:+.0f} | {on['ns'] - f['ns']:+.0f} |")
+    lines += ["", "| flows | entries | with a slot their next packet may take |", "|---|---|---|"]
+    for n, cases in res.items():
+        sl = cases.get("slots")
+        if sl:
+            share = sl["with_slot"] / sl["flows"] if sl["flows"] else 0.0
+            lines.append(f"| {n:,} | {sl['flows']:,} | {sl['with_slot']:,} ({share:.1%}) |")
     return "\n".join(lines)
 
 

@@ -107,7 +107,7 @@
  * sends: 65,000 flows in 65,536 slots find their set full for 27% of them in sets of two, 19% in
  * sets of four, 14% in sets of eight, and each of those goes the long way (three dependent
  * misses) on every packet; a second set takes that to 7.3% (9.3% of flows sit in their second
- * set and read both), and moving a flow to its other set to make room (hot_movable) to 2.4%.
+ * set and read both), and moving a flow to its other set to make room (hot_movable) to 1.6%.
  * A lookup reads the keys of a set's slots, whose addresses need nothing
  * from memory: their lines are fetched in parallel. Sixteen in one set (10% without a slot)
  * gained 10-11 ns at 64k flows but cost new flows 4% and took xdp_fabric_open, which fills slots

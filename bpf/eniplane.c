@@ -567,8 +567,8 @@ static __always_inline struct flow_hot *hot_free(__u32 s0, __u32 s1, __u32 gen, 
  * (folding it into its flow's entry first), with its set in `*set`; or NULL. The flow that
  * gives it up finds the free slot on its next packet's long way: one step of cuckoo hashing,
  * each packet of a flow without a slot trying one. At as many sending flows as slots (the
- * default table at 64k flows, the bench's) 2.4% are left on the long way after a second of
- * traffic instead of 8.1% (docs/performance.md, "A move"). The flow is not copied across:
+ * default table at 64k flows, the bench's) 1.6% are left on the long way after a second of
+ * traffic instead of 7.4% (docs/performance.md, "A move"). The flow is not copied across:
  * a copy could miss a change the long way of another CPU made to the slot meanwhile (a state
  * that a RST closed) and serve it; a slot that changes hands never leaves one behind. */
 static __always_inline struct flow_hot *hot_movable(__u32 s0, __u32 s1, __u32 secret,
