@@ -140,7 +140,8 @@ def _flows_for_sets(env, wanted: list[int], taken: set[tuple[int, str]],
                     sports: tuple[int, ...]) -> dict[int, list[tuple[int, str]]]:
     """HOT_WAYS flows (environment port, destination) whose first set is each of `wanted`, none
     with a key in `taken` (which gains theirs). Destinations across the VPC's /16 (its rules
-    allow them all): about sets * HOT_WAYS candidates give a set its HOT_WAYS."""
+    allow them all): about sets * HOT_WAYS candidates give a set its HOT_WAYS, so 65,535
+    destinations for each of four ports leave a set short of them about once in 10^8."""
     of = _first_port_and_sets(env)
     by_set: dict[int, list[tuple[int, str]]] = {s: [] for s in wanted}
     for n in range(1, 65536):
@@ -160,7 +161,7 @@ def _flows_for_sets(env, wanted: list[int], taken: set[tuple[int, str]],
 
 
 def _two_sets_and_one_more(env, cs: range = range(1024, 1100),
-                           sports: tuple[int, ...] = (31100, 31101)
+                           sports: tuple[int, ...] = (31100, 31101, 31110, 31111)
                            ) -> tuple[int, list[tuple[int, str]]]:
     """A flow c (an environment port of VNI_A to SERVER, from `cs`) and 2 * HOT_WAYS flows
     (environment port from `sports`, destination) whose first sets are c's two sets, HOT_WAYS
@@ -189,7 +190,7 @@ def test_two_full_sets_give_an_idle_slot_to_a_sending_flow_after_folding_it(env)
     c_sets = set(of(c, SERVER)[1])
     fillers = [f for s, g in _flows_for_sets(
         env, [s for s in _other_sets(env, held) if s not in c_sets], taken,
-        (31102, 31103, 31104)).items() for f in g]
+        (31102, 31103, 31104, 31109)).items() for f in g]
     outs = {}
     for sport, dst in (*held, *fillers, (c, SERVER)):
         _, outs[sport, dst], d = send(env, UDP(sport=sport, dport=7) / Raw(b"n"), dst=dst)
@@ -216,7 +217,7 @@ def test_a_flow_without_a_slot_makes_room_by_moving_one_to_its_other_set(env):
     """Both sets of c full of sending flows whose other sets have room: a packet of c on the
     long way takes the slot of one of them (hot_movable), after folding its counters into its
     entry; that flow's next packet finds its other set. Listings lose no packet of either."""
-    c, held = _two_sets_and_one_more(env, range(1100, 1200), (31105, 31106))
+    c, held = _two_sets_and_one_more(env, range(1100, 1200), (31105, 31106, 31107, 31108))
     of = _first_port_and_sets(env)
     c_sets = of(c, SERVER)[1]
     outs = {}
