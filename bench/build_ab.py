@@ -59,9 +59,9 @@ def _stage(st: contextlib.ExitStack, bpf: Path, n: int, max_flows: int) -> tuple
 def run(builds: dict[str, Path], n: int, rounds: int, seconds: float, max_flows: int,
         progress=print, copies: int = 2) -> dict:
     """Each build staged `copies` times, in mirrored order (A B B A for two), so that a build's
-    figure is the mean of nodes staged early and late: one build in two nodes differs by itself
-    (up to 13 ns at one flow and 29 at 64k flows, in A/A runs of 2026-11-30), and the mirror
-    takes out what goes with the staging order. Returns {direction: {build: {scenario: [ns per
+    figure is the median of nodes staged early and late (with two, their mean): one build in two
+    nodes differs by itself (up to 13 ns at one flow and 29 at 64k flows, in A/A runs of
+    2026-11-30), and the mirror takes out what goes with the staging order. Returns {direction: {build: {scenario: [ns per
     round]}}} and, under "nodes", each node's own figures."""
     pin_cpu0()
     before = os.environ.get("ENIPLANE_BPF_DIR")
