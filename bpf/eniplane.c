@@ -22,6 +22,7 @@
 #include "parse.h"
 #include "csum.h"
 #include "bucket.h"
+#include "order.h"
 
 static __always_inline void count(struct stats *s, __u32 id)
 {
@@ -279,7 +280,8 @@ static __always_inline int flow_owned_by(struct flow *f, ipv4_t worker, __u32 vn
  * what nobody took. An entry changes hands by a compare-and-swap of last_seen_ns from the value
  * read to 0: one CPU wins, and 0 reads as "not live" to everyone until the winner has rewritten
  * the entry and stores the new time last (xchg). Readers load last_seen_ns before the fields
- * that name the owner: on x86 (TSO) a reader that sees the new time sees the new owner. */
+ * that name the owner (order_after_load, order.h): a reader that sees the new time sees the new
+ * owner. */
 
 /* All ones when cond is non-zero, without a branch (the verifier walks the flow walk's tail
  * once per exit, and branches here would double that). */
@@ -342,14 +344,11 @@ static __always_inline __u8 state_bits_in(__u8 fl)
     return synack * FLOW_S_SYNACK | (fl & TH_FIN) * FLOW_S_FIN_IN | ((fl >> 2) & 1) * FLOW_S_RST;
 }
 
-/* An entry's last_seen_ns, read before any of its other fields (see the lifecycle's comment):
- * the empty asm takes the pointer as changed by the time just read, so the compiler cannot move
- * a load through it above the read, and costs no instruction (a "memory" clobber would make it
- * reload everything it holds). */
+/* An entry's last_seen_ns, read before any of its other fields (see the lifecycle's comment). */
 static __always_inline __u64 flow_seen(struct flow **f)
 {
     __u64 seen = *(volatile __u64 *)&(*f)->last_seen_ns;
-    asm volatile("" : "+r"(*f) : "r"(seen));
+    order_after_load(*f, seen);
     return seen;
 }
 
@@ -453,7 +452,7 @@ static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u3
 static __always_inline __u64 hot_time(struct flow_hot **h)
 {
     __u64 seen = *(volatile __u64 *)&(*h)->last_seen_ns;
-    asm volatile("" : "+r"(*h) : "r"(seen));
+    order_after_load(*h, seen);
     return seen;
 }
 
@@ -616,7 +615,7 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
             hot_fold(h, f);
         if (!fill) { /* emptied: what it held is in the entry now, or was a gone flow's */
             h->last_seen_ns = 0;
-            asm volatile("" ::: "memory");
+            order_fence();
             __builtin_memset(h, 0, sizeof(*h));
             return;
         }
@@ -645,9 +644,9 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
     /* Published as flow_publish does: the time at 0 first (no packet uses the slot while it
      * changes hands), the time last. */
     h->last_seen_ns = 0;
-    asm volatile("" ::: "memory");
+    order_fence();
     h->key = *fk;
-    asm volatile("" ::: "memory"); /* the key before the owner: xdp_vpc reads them the other way */
+    order_fence(); /* the key before the owner: xdp_vpc reads them the other way */
     __builtin_memcpy(&h->worker, &f->worker, sizeof(struct flow_owner));
     h->gen = gen;
     h->tx_packets = 0;
@@ -936,6 +935,7 @@ static __always_inline struct eni *eni_of(struct node_cfg *cfg, __u32 vni)
     if (cs && cs->gen && cs->gen == gen && cs->vni == vni)
         return &cs->eni;
     eni_race_point(cfg, vni);
+    order_fence(); /* and before the ENI it copies (the slot is this CPU's alone) */
     struct eni *eni = enis.lookup(&vni);
     if (eni && cs && gen) {
         cs->vni = vni;
@@ -2573,9 +2573,9 @@ int xdp_vpc(struct xdp_md *ctx)
          * slot that changed hands in between (another flow published whole, time last: an
          * idle slot taken, a flow moved out, hot_movable) would pass the time's checks and
          * hand this reply the new flow's owner. Stores are published key first, owner, time
-         * last, and x86 keeps both stores and loads in order, so an owner that is the new
-         * flow's comes with its key. */
-        asm volatile("" ::: "memory");
+         * last, and the owner is loaded before the key again (order.h), so an owner that is
+         * the new flow's comes with its key. */
+        order_fence();
         if (hot_key_is(h, &fk))
             goto live;
         h = NULL;

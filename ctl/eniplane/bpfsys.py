@@ -228,6 +228,17 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
+def prog_xlated(fd: int) -> bytes:
+    """A loaded program's instructions as the verifier left them (8 bytes each)."""
+    n = prog_info(fd).xlated_prog_len
+    buf = ctypes.create_string_buffer(n)
+    ask = ProgInfo(xlated_prog_len=n, xlated_prog_insns=ctypes.addressof(buf))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD,
+         _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(ask), info=ctypes.addressof(ask)),
+         "program instructions")
+    return buf.raw[:n]
+
+
 def prog_jited_lines(fd: int) -> tuple[int, int, int, list[tuple[int, int, int, int]]]:
     """A program's JIT image and its line records: (start address, length, BTF id, [(JIT
     address, file name offset, line text offset, line << 10 | column)]), the offsets into the

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from conftest import (ENV_IP, ENV_MAC, GW_A, SERVER, VNI_A, VNI_TINY, WORKER, env_frame,
+from conftest import (ENV_IP, ENV_MAC, GW_A, ORDERS, SERVER, VNI_A, VNI_TINY, WORKER, env_frame,
                       node_env, tunnel)
 from eniplane import probe
 from eniplane.sgcompile import Rule
@@ -20,9 +20,10 @@ from eniplane.sgcompile import Rule
 DEST = "10.0.0.20"
 
 
-@pytest.fixture(scope="module")
-def hot(lab):
-    with node_env(lab, "hot", {"ENIPLANE_TEST_HOOKS": 1}) as e:
+@pytest.fixture(scope="module", params=list(ORDERS))
+def hot(lab, request):
+    with node_env(lab, f"hot-{request.param}",
+                  {"ENIPLANE_TEST_HOOKS": 1, **ORDERS[request.param]}) as e:
         yield e
 
 

@@ -13,8 +13,8 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 from scapy.contrib.geneve import GENEVE
 
-from conftest import (ENV_IP, ENV_MAC, FABRIC_IP, FABRIC_MAC_SEEN, GATEWAY_MAC, GW_A, SERVER,
-                      VNI_A, VNI_TINY, WORKER, WORKER_MAC, env_frame, node_env, tunnel)
+from conftest import (ENV_IP, ENV_MAC, FABRIC_IP, FABRIC_MAC_SEEN, GATEWAY_MAC, GW_A, ORDERS,
+                      SERVER, VNI_A, VNI_TINY, WORKER, WORKER_MAC, env_frame, node_env, tunnel)
 from eniplane import lifecycle
 from eniplane.sgcompile import Rule
 
@@ -23,9 +23,10 @@ GRACE = lifecycle.TAKEOVER_GRACE_NS
 DEST = "10.0.0.20"  # VNI_TINY's destination: its two ports fill quickly
 
 
-@pytest.fixture(scope="module")
-def life(lab):
-    with node_env(lab, "life", {"ENIPLANE_TEST_HOOKS": 1}) as e:
+@pytest.fixture(scope="module", params=list(ORDERS))
+def life(lab, request):
+    with node_env(lab, f"life-{request.param}",
+                  {"ENIPLANE_TEST_HOOKS": 1, **ORDERS[request.param]}) as e:
         yield e
 
 

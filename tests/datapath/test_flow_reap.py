@@ -15,7 +15,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from conftest import ENV_IP, GW_A, SERVER, VNI_A, VNI_TINY, WORKER, env_frame, node_env, tunnel
+from conftest import (ENV_IP, GW_A, ORDERS, SERVER, VNI_A, VNI_TINY, WORKER, env_frame, node_env,
+                      tunnel)
 from eniplane import bpfsys, lifecycle, lock, paths
 from eniplane.datapath import (REAP_CHANGED, REAP_GONE, REAP_LIVE, REAP_LOCK, REAP_REMOVED,
                                REAPER, Datapath)
@@ -26,9 +27,10 @@ GRACE = lifecycle.TAKEOVER_GRACE_NS
 DEST = "10.0.0.20"  # VNI_TINY's destination: its two ports (2000, 2001) fill at once
 
 
-@pytest.fixture(scope="module")
-def reaping(lab):
-    with node_env(lab, "reap", {"ENIPLANE_TEST_HOOKS": 1}) as e:
+@pytest.fixture(scope="module", params=list(ORDERS))
+def reaping(lab, request):
+    with node_env(lab, f"reap-{request.param}",
+                  {"ENIPLANE_TEST_HOOKS": 1, **ORDERS[request.param]}) as e:
         yield e
 
 

@@ -1,0 +1,56 @@
+"""bpf/order.h: the memory order of the publication protocols (a flows entry or a flow_hot slot
+handed to another flow: time 0, fields, time last; readers load the time first). On x86-64 the
+CPU keeps that order itself and the programs carry no fence; where it does not (arm64, or any
+build with ENIPLANE_WEAK_ORDER) each ordering point is an atomic fetch on the program's stack,
+which every JIT makes a full fence. The flow tests that hand entries and slots from flow to flow
+(test_flow_hot, test_flow_lifecycle, test_flow_reap) run against both builds (conftest.ORDERS);
+this file checks that the fences are where the build says, in the code the verifier kept."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+
+from conftest import ORDERS, node_env
+from eniplane import bpfsys, paths
+
+BPF_STX_ATOMIC_DW = 0xDB
+BPF_FETCH = 0x01
+FP = 10  # the frame pointer: the program's own stack
+
+# The programs that read or publish what changes hands, and their fewest ordering points: a
+# slot's or an entry's time loaded before its fields (the short ways, the long way, the open
+# path's takeover, the reaper), and the return path's second look at the key.
+FENCED = {"xdp_fabric": 1, "xdp_fabric_long": 2, "xdp_fabric_open": 2, "xdp_vpc": 2,
+          "xdp_flow_reap": 1}
+
+
+def fences(node: str) -> dict[str, int]:
+    out = {}
+    for prog in FENCED:
+        fd = bpfsys.obj_get(str(paths.progs_dir(node) / prog))
+        try:
+            code = bpfsys.prog_xlated(fd)
+        finally:
+            os.close(fd)
+        out[prog] = sum(1 for i in range(0, len(code), 8)
+                        if code[i] == BPF_STX_ATOMIC_DW and code[i + 1] & 0x0F == FP
+                        and int.from_bytes(code[i + 4:i + 8], "little") & BPF_FETCH)
+    return out
+
+
+@pytest.fixture(scope="module", params=list(ORDERS))
+def built(lab, request):
+    with node_env(lab, f"order-{request.param}", ORDERS[request.param]) as e:
+        yield request.param, e.dp.node
+
+
+def test_the_fences_are_where_the_build_needs_them(built):
+    order, node = built
+    got = fences(node)
+    if order == "native" and platform.machine() == "x86_64":
+        assert got == {p: 0 for p in FENCED}  # TSO: not one instruction for ordering
+    else:
+        assert all(got[p] >= n for p, n in FENCED.items()), got
