@@ -63,6 +63,30 @@ def _program_ns(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["direction", "flows"] + scen + ["gap to the floor"] + phase_col, rows
 
 
+GOAL_SHARE = 0.9  # issue 16: eniplane's rate at least 90% of the state floor's
+
+
+def _budget(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per direction and flow count, what a packet costs the whole set-up (generator, node and
+    sink share a CPU, so ns = 1000 / Mpps) through the state floor and through eniplane, and
+    how much more eniplane may take for its rate to stay at GOAL_SHARE of the floor's: the
+    floor's ns times (1 / GOAL_SHARE - 1), a ninth of it for 90%."""
+    by = {(r["direction"], r["scenario"], r["flows"]): r["mpps"] for r in results}
+    rows = []
+    for d in ("forward", "return"):
+        for n in sorted({r["flows"] for r in results if r["direction"] == d}):
+            sf, eni = by.get((d, "state-floor", n)), by.get((d, "eniplane", n))
+            if not sf or not eni:
+                continue
+            f_ns, e_ns = 1000 / sf, 1000 / eni
+            allowed = f_ns * (1 / GOAL_SHARE - 1)
+            rows.append([d, f"{n:,}", f"{f_ns:.0f}", f"{e_ns:.0f}", f"{e_ns - f_ns:+.0f}",
+                         f"{allowed:.0f}", "yes" if e_ns - f_ns <= allowed else "no"])
+    return ["direction", "flows", "floor ns per packet", "eniplane ns per packet",
+            "eniplane - floor", f"allowed at {GOAL_SHARE:.0%} of the floor's rate",
+            "within"], rows
+
+
 def tables(doc: dict) -> None:
     from eniplane.output import table
 
@@ -83,6 +107,10 @@ def tables(doc: dict) -> None:
         if rows:
             table("ns per packet of the node's program (run-time accounting, a pass of its own)",
                   cols, rows)
+        cols, rows = _budget(doc["throughput"]["results"])
+        if rows:
+            table("ns per packet of the whole set-up (1000 / Mpps): what 90% of the floor's rate "
+                  "allows", cols, rows)
     if "cost" in doc:
         c = doc["cost"]
         rows = [("empty XDP (floor)", f"{c['floor_ns']:.0f}", "1.0"),
@@ -205,6 +233,9 @@ def markdown_tables(doc: dict) -> dict[str, str]:
         cols, prow = _program_ns(res)
         if prow:
             out["program_ns"] = _md([c.replace("-", " ") for c in cols], prow)
+        cols, brow = _budget(res)
+        if brow:
+            out["budget"] = _md(cols, brow)
     if "cost" in doc:
         c = doc["cost"]
         f = c["floor_ns"]

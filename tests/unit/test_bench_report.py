@@ -32,6 +32,17 @@ def test_program_ns_leaves_out_the_linux_stack_and_gives_the_gap_to_the_floor():
     assert "| return | 65,536 | 50 | 190 | 260 | +70 |" in md
 
 
+def test_budget_gives_the_time_per_packet_and_what_the_90_percent_goal_allows():
+    md = report.markdown_tables(_doc())["budget"]
+    # floor 2.5 Mpps: 400 ns a packet; eniplane 2.0 Mpps: 500 ns; 90% allows a ninth of 400
+    assert "| forward | 65,536 | 400 | 500 | +100 | 44 | no |" in md
+    doc = _doc()
+    for r in doc["throughput"]["results"]:
+        if r["scenario"] == "eniplane":
+            r["mpps"] = 2.3  # 435 ns: 35 over the floor, within the 44 that 90% allows
+    assert "| return | 65,536 | 400 | 435 | +35 | 44 | yes |" in report.markdown_tables(doc)["budget"]
+
+
 def test_update_doc_fills_empty_and_filled_blocks_alike(tmp_path):
     page = tmp_path / "p.md"
     page.write_text("intro\n<!-- bench:program_ns -->\n<!-- /bench:program_ns -->\nmiddle\n"
