@@ -1,19 +1,21 @@
 """Where a packet's nanoseconds go: eniplane's programs profiled by source line and by function.
 
 Contract: `python -m bench.profile [--flows 1,65536] [--direction forward|return|both]
-[--seconds 3] [--top 20] [--json F]` stages the benchmark topology (sinks on both far ends),
-opens the flows as the bench does (throughput.open_flows: shuffled), and for each flow count and
-direction runs the generator for `seconds` while `perf record -g` samples CPU 0, where the
-generator, the node's programs and the sink all run. A sample counts for the program when its
-call chain passes through the program's JIT image: the innermost address inside the image names
-the source line (the kernel's jited_line_info, BTF's line records), so time spent in a helper
-(a map lookup the verifier did not inline, bpf_xdp_adjust_head) counts for the line that called
-it. Shares become nanoseconds by the program's own run time per packet over the same window
-(run_time_ns / run_cnt, BPF_ENABLE_STATS). Lines are also summed per enclosing C function, read
-from the source files (inlined helpers are where the time is, so a function here is a stage).
-It needs perf (Debian: linux-perf) and prints tables; nothing else depends on it, and `make
-bench` does not run it.
-"""
+[--seconds 3] [--top 20] [--json F] [--asm DIR]` stages the benchmark topology (sinks on both far
+ends), opens the flows as the bench does (throughput.open_flows: shuffled), and for each flow count
+and direction runs the generator for `seconds` while `perf record -g` samples CPU 0, where the
+generator, the node's programs and the sink all run. A sample counts for the program when its call
+chain passes through the program's JIT image: the innermost address inside the image names the
+source line (the kernel's jited_line_info, BTF's line records), so time spent in a helper (a map
+lookup the verifier did not inline, bpf_xdp_adjust_head) counts for the line that called it. Shares
+become nanoseconds by the program's own run time per packet over the same window (run_time_ns /
+run_cnt, BPF_ENABLE_STATS). Lines are also summed per enclosing C function, read from the source
+files (inlined helpers are where the time is, so a function here is a stage). With `--asm DIR` it
+also writes each program's JIT image, disassembled by objdump (binutils, which gcc brings), with
+every instruction's ns per packet and the source line above each run of instructions: where a
+helper's cost lands (the instruction after its call) and which instructions of a line wait. It
+needs perf (Debian: linux-perf) and prints tables; nothing else depends on it, and `make bench`
+does not run it."""
 
 from __future__ import annotations
 
@@ -196,20 +198,60 @@ def _perf_samples(data: Path) -> list[list[int]]:
     return chains
 
 
-def attribute(chains: list[list[int]], jit: JitLines) -> Counter:
-    """Samples per source line: the innermost address of each chain inside the image."""
+def by_address(chains: list[list[int]], jit: JitLines) -> Counter:
+    """Samples per offset into the image: the innermost address of each chain inside it (a
+    sample in a helper counts for the instruction after the call)."""
     got: Counter = Counter()
     for chain in chains:
         for ip in chain:
             if jit.holds(ip):
-                ln = jit.line_of(ip)
-                if ln:
-                    got[ln] += 1
+                got[ip - jit.start] += 1
                 break
     return got
 
 
-def profile_one(t: T.Topo, gen, direction: str, seconds: float, workdir: Path) -> dict:
+_OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\s+(.*)$")
+
+
+def annotated(jit: JitLines, image: bytes, samples: Counter, ns: float) -> str:
+    """The image disassembled, each instruction with its ns per packet (its share of `samples`
+    times `ns`), a "----" line naming the source line before each run of its instructions."""
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(image)
+        f.flush()
+        dis = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64",
+                              f"--adjust-vma={jit.start:#x}", f.name],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    total = sum(samples.values()) or 1
+    out, last = [f"# ns per packet, offset: instruction ({ns:.1f} ns per packet, "
+                 f"{sum(samples.values())} samples)"], None
+    for text in dis.splitlines():
+        m = _OBJDUMP_LINE.match(text)
+        if not m:
+            continue
+        ip = int(m.group(1), 16)
+        ln = jit.line_of(ip)
+        if ln != last:
+            out.append(f"---- {Path(ln.file).name}:{ln.line} {ln.text}" if ln else "---- ?")
+            last = ln
+        off = ip - jit.start
+        out.append(f"{ns * samples[off] / total:6.1f}  {off:5x}: {m.group(2)}")
+    return "\n".join(out) + "\n"
+
+
+def attribute(chains: list[list[int]], jit: JitLines) -> Counter:
+    """Samples per source line: the innermost address of each chain inside the image."""
+    got: Counter = Counter()
+    for off, n in by_address(chains, jit).items():
+        ln = jit.line_of(jit.start + off)
+        if ln:
+            got[ln] += n
+    return got
+
+
+def profile_one(t: T.Topo, gen, direction: str, seconds: float, workdir: Path,
+                asm: Path | None = None) -> dict:
+    """Profile one direction; with `asm`, write its program's annotated image there too."""
     fd = t.node_prog_fd("eniplane", direction)
     jit = JitLines(fd)
     data = workdir / f"perf-{direction}.data"
@@ -224,7 +266,11 @@ def profile_one(t: T.Topo, gen, direction: str, seconds: float, workdir: Path) -
             rec.wait(timeout=seconds + 60)
 
     runs, ns = TP.program_runs(fd, recorded)
-    per_line = attribute(_perf_samples(data), jit)
+    chains = _perf_samples(data)
+    per_line = attribute(chains, jit)
+    if asm:
+        image = bpfsys.prog_code(fd, jited=True)
+        asm.write_text(annotated(jit, image, by_address(chains, jit), ns))
     total = sum(per_line.values())
     funcs: dict[str, dict[int, str]] = {}
     by_func: Counter = Counter()
@@ -249,9 +295,13 @@ def _functions_for(file: str) -> dict[int, str]:
 
 
 def run(flow_counts: list[int], directions: list[str], seconds: float, max_flows: int,
-        progress=print) -> dict:
+        progress=print, asm_dir: Path | None = None) -> dict:
     if not shutil.which("perf"):
         raise SystemExit("bench.profile needs perf (Debian: apt install linux-perf)")
+    if asm_dir and not shutil.which("objdump"):
+        raise SystemExit("bench.profile --asm needs objdump (Debian: apt install binutils)")
+    if asm_dir:
+        asm_dir.mkdir(parents=True, exist_ok=True)
     pin_cpu0()
     res: dict = {}
     with TP.staged_for_timing(max_flows) as (t, dp), \
@@ -269,7 +319,8 @@ def run(flow_counts: list[int], directions: list[str], seconds: float, max_flows
                 for d in directions:
                     t.use("eniplane", d)
                     gens[d].run(0.3)  # warm
-                    r = profile_one(t, gens[d], d, seconds, Path(tmp))
+                    asm = asm_dir / f"{PROGRAM[d]}-{n}-flows.s" if asm_dir else None
+                    r = profile_one(t, gens[d], d, seconds, Path(tmp), asm)
                     res.setdefault(n, {})[d] = r
                     progress(f"{n} flows, {d}: {r['ns_per_packet']:.0f} ns per packet, "
                              f"{r['samples']} samples in {r['program']}")
@@ -307,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--max-flows", type=int, default=T.DEFAULT_MAX_FLOWS)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--asm", type=Path, metavar="DIR",
+                    help="write each program's JIT image, annotated per instruction, here")
     a = ap.parse_args(argv)
     dirs = ["forward", "return"] if a.direction == "both" else [a.direction]
     res = run([int(x) for x in a.flows.split(",")], dirs, a.seconds, a.max_flows,
-              progress=report.progress)
+              progress=report.progress, asm_dir=a.asm)
     return report.finish(table(res, a.top), res, a.json)
 
 

@@ -228,14 +228,17 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
-def prog_xlated(fd: int) -> bytes:
-    """A loaded program's instructions as the verifier left them (8 bytes each)."""
-    n = prog_info(fd).xlated_prog_len
+def prog_code(fd: int, jited: bool = False) -> bytes:
+    """A loaded program's code: its instructions as the verifier left them (8 bytes each), or,
+    `jited`, the JIT image the CPU runs."""
+    info = prog_info(fd)
+    n = info.jited_prog_len if jited else info.xlated_prog_len
     buf = ctypes.create_string_buffer(n)
-    ask = ProgInfo(xlated_prog_len=n, xlated_prog_insns=ctypes.addressof(buf))
+    ask = (ProgInfo(jited_prog_len=n, jited_prog_insns=ctypes.addressof(buf)) if jited else
+           ProgInfo(xlated_prog_len=n, xlated_prog_insns=ctypes.addressof(buf)))
     _bpf(BPF_OBJ_GET_INFO_BY_FD,
          _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(ask), info=ctypes.addressof(ask)),
-         "program instructions")
+         "program code")
     return buf.raw[:n]
 
 

@@ -32,7 +32,7 @@ def fences(node: str) -> dict[str, int]:
     for prog in FENCED:
         fd = bpfsys.obj_get(str(paths.progs_dir(node) / prog))
         try:
-            code = bpfsys.prog_xlated(fd)
+            code = bpfsys.prog_code(fd)
         finally:
             os.close(fd)
         out[prog] = sum(1 for i in range(0, len(code), 8)

@@ -4,9 +4,11 @@ innermost line of its call chain inside the image."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from bench import profile
+from eniplane import bpfsys
 from eniplane.loader import bpf_dir
 
 SRC = (bpf_dir() / "eniplane.c").read_text().splitlines()
@@ -43,3 +45,20 @@ def test_a_sample_counts_for_its_innermost_line_in_the_image(env):
     got = profile.attribute([[addr], [outside, addr + 1], [outside], [outside, outside + 8]],
                             jit)
     assert got == {jit.line_of(addr): 2}
+
+
+def test_the_annotated_image_gives_each_instruction_its_share_under_its_line(env):
+    fd = env.fds["xdp_fabric"]
+    jit = profile.JitLines(fd)
+    addr, ln = _source_line(jit, "egress, XDP_DROP")
+    off = addr - jit.start
+    image = bpfsys.prog_code(fd, jited=True)
+    text = profile.annotated(jit, image, Counter({off: 3, off + 10**6: 1}), 40.0)
+    lines = text.splitlines()
+    at = next(i for i, t in enumerate(lines) if t.split()[1:2] == [f"{off:x}:"])
+    # 3 of 4 samples: 30 of the 40 ns, on the redirect line's first instruction
+    assert lines[at].split()[0] == "30.0", lines[at]
+    header = next(t for t in reversed(lines[:at]) if t.startswith("----"))
+    assert header == f"---- eniplane.c:{ln.line} {ln.text}"
+    body = [t for t in lines[1:] if not t.startswith("----")]
+    assert len(body) > 1000 and all(t.split()[1].endswith(":") for t in body)
