@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3600)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--max-seq", type=int, default=200)
+    ap.add_argument("--fenced", action="store_true",
+                    help="build the datapath with a fence at every ordering point (bpf/order.h), "
+                         "as a CPU that reorders (arm64) gets it")
     a = ap.parse_args(argv)
     from eniplane.signals import exit_on_sigterm
 
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab.create(servers=False)
     node = f"{lab.prefix}-fuzz"
     try:
-        for fd in loader.compile_and_pin(node, DEFINES).values():
+        defines = {**DEFINES, **({"ENIPLANE_WEAK_ORDER": 1} if a.fenced else {})}
+        for fd in loader.compile_and_pin(node, defines).values():
             os.close(fd)
         h = Harness(lab, node)
         vpc_of = {v["ifindex"]: idx for idx, v in h.vpc_ifs.items()}
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         h.close()
         el = time.monotonic() - t0
         print(f"fuzz: {sent:,} packets in {seqs:,} sequences, {bad} disagreements, "
-              f"{blurred} inconclusive, {el:.0f} s, seed {a.seed}")
+              f"{blurred} inconclusive, {el:.0f} s, seed {a.seed}"
+              f"{', fenced build' if a.fenced else ''}")
         print("paths drawn: " + ", ".join(f"{k} {v:,}" for k, v in sorted(h.drawn.items())))
         return 1 if bad else 0
     finally:
