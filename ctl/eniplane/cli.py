@@ -10,6 +10,7 @@ Heavy modules (bcc, pyroute2, rich) are imported inside the commands that need t
 from __future__ import annotations
 
 import enum
+import inspect
 import re
 import sys
 from typing import Optional
@@ -28,7 +29,15 @@ OUT_OPT = typer.Option(Format.table, "--output", "-o", help="table for people, j
 
 class _PlainHelp:
     """Help shows what a user types. Typer 0.2x prints a flag's type (`<bool>`, even for --help)
-    and braces round required arguments in the usage line (`{ID}`); neither is ever typed."""
+    and braces round required arguments in the usage line (`{ID}`); neither is ever typed. And a
+    group's list of commands shows each one's first paragraph as one line: Typer keeps the
+    docstring's line breaks there, which cut its sentences at the source's margin."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        if self.help and not self.short_help:  # type: ignore[attr-defined]
+            first = inspect.cleandoc(self.help).partition("\n\n")[0]  # type: ignore[attr-defined]
+            self.short_help = " ".join(first.split())
 
     def get_params(self, ctx):  # type: ignore[no-untyped-def]
         params = super().get_params(ctx)  # type: ignore[misc]

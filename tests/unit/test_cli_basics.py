@@ -20,6 +20,25 @@ def test_help_lists_commands():
         assert cmd in r.output
 
 
+def test_command_lists_show_each_first_paragraph_as_one_line():
+    """A group's list of commands would keep the docstring's line breaks (cut at the source's
+    margin, mid-sentence); each command gives it its first paragraph joined instead."""
+    import typer.main
+
+    def walk(cmd):
+        for sub in getattr(cmd, "commands", {}).values():
+            yield sub
+            yield from walk(sub)
+
+    cmds = list(walk(typer.main.get_command(app)))
+    up = next(c for c in cmds if c.name == "up")
+    assert up.short_help.startswith("Compile and load the datapath, pin it and attach it to the "
+                                    "fabric interface; the store keeps these parameters")
+    wrapped = [c.name for c in cmds if c.help and "\n" in c.help.partition("\n\n")[0].strip()]
+    assert len(wrapped) >= 5  # docstrings do wrap at the margin
+    assert all(c.short_help and "\n" not in c.short_help for c in cmds if c.help)
+
+
 def test_unknown_command_is_a_usage_error():
     assert runner.invoke(app, ["frobnicate"]).exit_code == 2
 
