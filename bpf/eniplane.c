@@ -201,6 +201,7 @@ static __always_inline void guard_before_insert(struct flow_guard *g)
          * (hot_gen), and none is filled again until user space's recount clears the holes. */
         __u32 k = 0;
         __u32 *hg = hot_gen.lookup(&k);
+        order_fence(); /* holes before the new gen: hot_install reads them the other way */
         if (hg)
             __sync_fetch_and_add(hg, 1);
     }
@@ -451,6 +452,7 @@ static __always_inline struct flow_hot *hot_find(const struct flow_key *fk, __u3
 /* A slot's last_seen_ns, read before any of its other fields, as flow_seen reads an entry's. */
 static __always_inline __u64 hot_time(struct flow_hot **h)
 {
+    order_loads(); /* after the key the scan matched: a new key must not come with an old time */
     __u64 seen = *(volatile __u64 *)&(*h)->last_seen_ns;
     order_after_load(*h, seen);
     return seen;
@@ -515,9 +517,33 @@ static __always_inline void hot_fold(struct flow_hot *h, struct flow *f)
     f->tx_bytes += h->tx_bytes;
     f->rx_packets += h->rx_packets;
     f->rx_bytes += h->rx_bytes;
+    /* The time by compare-and-swap: a plain store could land on the 0 of a takeover that
+     * claimed the entry meanwhile (flow_claim) and make it live while it is rewritten. */
     __u64 hs = h->last_seen_ns;
-    if (hs > f->last_seen_ns)
-        f->last_seen_ns = hs;
+    __u64 fs = *(volatile __u64 *)&f->last_seen_ns;
+    if (fs && hs > fs)
+        __sync_val_compare_and_swap(&f->last_seen_ns, fs, hs);
+}
+
+/* Take slot `h` for writing: its gen from what it was to HOT_GEN_BUSY (types.h) by a
+ * compare-and-swap. Of two CPUs that chose the same slot, one writes it and the other leaves
+ * it (its flow stays on the long way for that packet): two writers at once could leave one
+ * flow's key with the other's owner, and a reply would go to that owner. No packet uses a busy
+ * slot (hot_usable wants the current gen). 0 when the slot is another CPU's now. BPF has no
+ * 32-bit compare-and-swap before alu32, so the swap is of the word gen shares with tx_bytes; a
+ * counter that moved in between fails it, as a busy slot does. */
+static __always_inline int hot_claim(struct flow_hot *h)
+{
+    __u64 *w = (__u64 *)&h->gen;
+    __u64 old = *(volatile __u64 *)w;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    __u32 g = (__u32)old;
+    __u64 busy = (old & 0xFFFFFFFF00000000ull) | HOT_GEN_BUSY;
+#else
+    __u32 g = (__u32)(old >> 32);
+    __u64 busy = (old & 0xFFFFFFFFull) | ((__u64)HOT_GEN_BUSY << 32);
+#endif
+    return g != HOT_GEN_BUSY && __sync_val_compare_and_swap(w, old, busy) == old;
 }
 
 /* A slot of set `set` that a flow without one may take: an empty one or one of an old
@@ -605,18 +631,24 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
 {
     __u32 k0 = 0;
     struct flow_guard *g = flow_guard.lookup(&k0);
+    order_loads(); /* holes after the gen the caller read: guard_before_insert sets it first */
     if (!g || g->holes) /* the LRU may evict, unseen by slots: flows stay on the long way */
         fill = 0;
     __u32 s0, s1;
     hot_sets(fk, secret, &s0, &s1);
     struct flow_hot *h = hot_find_at(fk, s0, s1);
     if (h) {
+        if (!hot_claim(h))
+            return;
         if (!fresh && hot_owner_is(h, f->worker, f->vni, f->env_addr, f->env_port))
             hot_fold(h, f);
         if (!fill) { /* emptied: what it held is in the entry now, or was a gone flow's */
+            order_fence(); /* the entry's time before the slot's 0 (flow_live_hot reads both) */
             h->last_seen_ns = 0;
             order_fence();
-            __builtin_memset(h, 0, sizeof(*h));
+            __builtin_memset(&h->key, 0, sizeof(h->key)); /* the key first: xdp_vpc's second look */
+            order_fence();
+            __builtin_memset(h, 0, sizeof(*h)); /* gen 0: the slot is free again */
             return;
         }
     } else {
@@ -626,7 +658,7 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
         h = hot_free(s0, s1, gen, now, idle, &set);
         if (!h && idle) /* the flow's packets come this way while it has no slot */
             h = hot_movable(s0, s1, secret, gen, now, &set);
-        if (!h)
+        if (!h || !hot_claim(h))
             return;
         /* Another flow's slot: its counters go to its own entry. Not a slot that was placed
          * under another port secret (a test node's), whose flow is gone. */
@@ -641,19 +673,20 @@ static __always_inline void hot_install(const struct flow_key *fk, struct flow *
             }
         }
     }
-    /* Published as flow_publish does: the time at 0 first (no packet uses the slot while it
-     * changes hands), the time last. */
+    /* Published as flow_publish does: the time at 0 first, the time last; the gen after it
+     * (the exchange orders every store before it) makes the slot usable again. */
+    order_fence(); /* a folded entry's time before the slot's 0 (flow_live_hot reads both) */
     h->last_seen_ns = 0;
     order_fence();
     h->key = *fk;
     order_fence(); /* the key before the owner: xdp_vpc reads them the other way */
     __builtin_memcpy(&h->worker, &f->worker, sizeof(struct flow_owner));
-    h->gen = gen;
     h->tx_packets = 0;
     h->rx_packets = 0;
     h->tx_bytes = 0;
     h->rx_bytes = 0;
     __sync_lock_test_and_set(&h->last_seen_ns, f->last_seen_ns);
+    h->gen = gen;
 }
 
 /* The flows an ENI holds against its limit (types.h: eni_flows_added). */

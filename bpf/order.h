@@ -29,6 +29,16 @@ static __always_inline void order_fence(void)
 #endif
 }
 
+/* Loads after it are made after loads before it: nothing on x86-64, where the CPU keeps loads
+ * in order (the compiler keeps the loads it is placed between in order by their dependencies:
+ * a volatile load after the branch on the value loaded before it). */
+static __always_inline void order_loads(void)
+{
+#ifndef ENIPLANE_TSO
+    order_fence();
+#endif
+}
+
 /* `p` is read through after `val` was loaded: the compiler may not move a load through `p`
  * above that load, and, on a CPU that reorders loads, neither may the CPU. The empty asm takes
  * `p` as changed by `val` and costs no instruction (a "memory" clobber would make the compiler

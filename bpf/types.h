@@ -260,6 +260,9 @@ struct flow_hot {
     __u16 tx_packets;
     __u16 rx_packets;
 };
+/* The gen of a slot that a CPU is writing (hot_claim): never a generation of hot_gen (user
+ * space skips it), so no packet uses the slot and no other CPU writes it meanwhile. */
+#define HOT_GEN_BUSY 0xFFFFFFFFu
 /* A flow's owner as flows and flow_hot both hold it (the same 24 bytes in the same order): the
  * return path copies it from whichever it found the flow in. In no map. */
 struct flow_owner {

@@ -45,6 +45,7 @@ TX_SLOT_FABRIC = 0
 NODE_F_NO_MSS_CLAMP = 1  # types.h: node_cfg.flags
 NODE_F_EVENT_DROPS, NODE_F_EVENT_FLOWS = 2, 4
 NODE_F_NO_HOT = 8  # established packets the long way, no slot touched (bench.hot_ab's switch)
+HOT_GEN_BUSY = 0xFFFFFFFF  # types.h: the gen of a slot being written, never hot_gen's
 
 # The kernel reaper (eniplane.c: xdp_flow_reap), its modes and results (types.h: REAP_*), and
 # the lock file that lets one sweep or flush at a time remove entries (and use its batch map)
@@ -669,7 +670,8 @@ class Datapath:
         """Stop every flow_hot slot at once (hot_gen): after flows were flushed, no packet may
         take the short way on a slot of theirs. Flows that remain go the long way once."""
         g = self.map("hot_gen")
-        g.update(0, (g.lookup(0) + 1) & 0xFFFFFFFF)
+        n = (g.lookup(0) + 1) & 0xFFFFFFFF
+        g.update(0, 0 if n == HOT_GEN_BUSY else n)  # wraps to 0, never onto the busy mark
 
     def set_hot(self, on: bool) -> None:
         """flow_hot on (the default) or off (NODE_F_NO_HOT: established packets go the long way

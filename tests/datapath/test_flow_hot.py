@@ -14,7 +14,7 @@ from scapy.packet import Raw
 
 from conftest import (ENV_IP, ENV_MAC, GW_A, ORDERS, SERVER, VNI_A, VNI_TINY, WORKER, env_frame,
                       node_env, tunnel)
-from eniplane import probe
+from eniplane import datapath, probe
 from eniplane.sgcompile import Rule
 
 DEST = "10.0.0.20"
@@ -206,12 +206,17 @@ def test_two_full_sets_give_an_idle_slot_to_a_sending_flow_after_folding_it(env)
     advance(env, 1_500_000_000)
     for sport, dst in rest:  # they send, a is idle
         send(env, UDP(sport=sport, dport=7) / Raw(b"b"), dst=dst)
+    flows, ka = env.dp.map("flows"), key_of(outs[a])
+    a_seen = flows.lookup(ka)["last_seen_ns"]
+    flows.update(ka, {**flows.lookup(ka), "last_seen_ns": 0})  # as a takeover's claim leaves it
     send(env, UDP(sport=c, dport=7) / Raw(b"c"))
     assert slot_of(env, key_of(outs[a])) is None
     assert slot_of(env, key_of(outs[cf])) is not None  # a's slot went to c
     assert all(slot_of(env, key_of(outs[f])) is not None for f in rest)
-    assert entry(env, key_of(outs[a]))["tx_packets"] == 2  # a's slot folded first
+    assert entry(env, ka)["tx_packets"] == 2  # a's slot folded first
+    assert entry(env, ka)["last_seen_ns"] == 0  # its time too, but never over a claim's 0
     assert entry(env, key_of(outs[cf]))["tx_packets"] == 6
+    flows.update(ka, {**flows.lookup(ka), "last_seen_ns": a_seen})  # no claim ever completes it
 
 
 def test_a_flow_without_a_slot_makes_room_by_moving_one_to_its_other_set(env):
@@ -331,6 +336,39 @@ def test_state_changes_and_a_moved_mac_go_the_long_way(env):
     assert entry(env, k)["env_mac"] == moved  # replies follow it from this packet on
     got, back, d = reply(env, out, TCP(sport=80, dport=k["eni_port"], flags="A"))
     assert Ether(back)[VXLAN].payload[Ether].dst == moved
+
+
+def test_a_slot_being_written_serves_no_packet_and_no_other_writer(env):
+    """A CPU writing a slot marks it busy first (hot_claim: its gen HOT_GEN_BUSY, by a
+    compare-and-swap): another CPU's packets of its flow go the long way meanwhile and leave the
+    slot alone, instead of writing it at the same time (one flow's key with another's owner)."""
+    _, out, _ = send(env, UDP(sport=31003, dport=7) / Raw(b"a"))
+    k = key_of(out)
+    send(env, UDP(sport=31003, dport=7) / Raw(b"a"))
+    i, h = slot_of(env, k)
+    assert (h["tx_packets"], entry(env, k)["tx_packets"]) == (1, 1)
+    slots = env.dp.map("flow_hot")
+    slots.update(i, {**h, "gen": datapath.HOT_GEN_BUSY})
+    got, _, d = send(env, UDP(sport=31003, dport=7) / Raw(b"a"))
+    assert (got, d.get("fwd_established")) == ("REDIRECT", 1), d
+    got, _, d = reply(env, out, UDP(sport=7, dport=k["eni_port"]) / Raw(b"r"))
+    assert (got, d.get("rev_established")) == ("REDIRECT", 1), d
+    assert slots.lookup(i) == {**h, "gen": datapath.HOT_GEN_BUSY}  # not used, not rewritten
+    assert (entry(env, k)["tx_packets"], entry(env, k)["rx_packets"]) == (2, 1)  # the long way
+    slots.update(i, h)  # the writer done
+    send(env, UDP(sport=31003, dport=7) / Raw(b"a"))
+    assert (slot_of(env, k)[1]["tx_packets"], entry(env, k)["tx_packets"]) == (2, 2)
+
+
+def test_a_flush_never_makes_the_busy_mark_a_generation(env):
+    g = env.dp.map("hot_gen")
+    before = g.lookup(0)
+    try:
+        g.update(0, datapath.HOT_GEN_BUSY - 1)
+        env.dp.hot_invalidate()
+        assert g.lookup(0) == 0
+    finally:
+        g.update(0, before + 1)
 
 
 def test_a_flush_stops_the_slots_at_once(env):

@@ -69,6 +69,10 @@ def test_hot_ways_is_the_datapaths():
     assert probe.HOT_WAYS == define("HOT_WAYS")
 
 
+def test_the_busy_slot_mark_is_the_datapaths():
+    assert datapath.HOT_GEN_BUSY == define("HOT_GEN_BUSY")
+
+
 def test_default_max_flows_is_the_datapaths():
     assert loader.DEFAULT_MAX_FLOWS == define("MAX_FLOWS")
 
