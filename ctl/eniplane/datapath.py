@@ -330,7 +330,7 @@ class Datapath:
         slots = self.map("worker_slots")
         slot = _worker_slot(ip, slots.max_entries)
         if slots.lookup(slot)["addr"] in ("0.0.0.0", ip):
-            slots.update(slot, {"addr": ip, "w": w})
+            publish_slot(slots, slot, "addr", {"addr": ip, "w": w})
 
     def relearn_worker(self, ip: str) -> None:
         """Adopt the next MAC the worker's address arrives from (`worker relearn`)."""
@@ -363,13 +363,13 @@ class Datapath:
         for ip in ips:
             slot = _worker_slot(ip, slots.max_entries)
             if slots.lookup(slot)["addr"] == ip:
-                slots.update(slot, b"")
+                publish_slot(slots, slot, "addr", None)
             self.map("workers").delete(ip)
         if ips:
             for ip, w in self.map("workers").items():
                 slot = _worker_slot(ip, slots.max_entries)
                 if slots.lookup(slot)["addr"] == "0.0.0.0":
-                    slots.update(slot, {"addr": ip, "w": w})
+                    publish_slot(slots, slot, "addr", {"addr": ip, "w": w})
             self.flush_flows(workers=ips)
 
     # ---- placement -------------------------------------------------------------------------
@@ -467,7 +467,7 @@ class Datapath:
         slots = self.map("vpc_if_slots")
         slot = ifindex % slots.max_entries
         if slots.lookup(slot)["ifindex"] in (0, ifindex):
-            slots.update(slot, {"ifindex": ifindex, "vpc_idx": vpc_idx})
+            publish_slot(slots, slot, "ifindex", {"ifindex": ifindex, "vpc_idx": vpc_idx})
 
     def _unmap_if(self, ifindex: int) -> None:
         """The slot goes first (a packet in between finds vpc_ifs); an interface that shares the
@@ -475,10 +475,10 @@ class Datapath:
         slots = self.map("vpc_if_slots")
         slot = ifindex % slots.max_entries
         if slots.lookup(slot)["ifindex"] == ifindex:
-            slots.update(slot, b"")
+            publish_slot(slots, slot, "ifindex", None)
             for other, idx in self.map("vpc_ifs").items():
                 if other != ifindex and other % slots.max_entries == slot:
-                    slots.update(slot, {"ifindex": other, "vpc_idx": idx})
+                    publish_slot(slots, slot, "ifindex", {"ifindex": other, "vpc_idx": idx})
                     break
         self.map("vpc_ifs").delete(ifindex)
 
@@ -1085,6 +1085,25 @@ class Datapath:
             if vni is None or v == vni:
                 out[v] = sum_percpu(m.lookup(e["eni_idx"]))
         return out
+
+
+def publish_slot(slots: Any, slot: int, owner: str, value: dict | None) -> None:
+    """Write a direct-mapped slot (worker_slots, vpc_if_slots) that the datapath takes whole
+    when its `owner` field names what it looks for, and otherwise passes over to the hash map
+    behind it. A map update copies the value in place, so a packet may read one half written:
+    the new owner with the old or a half-copied rest (a worker's MAC and flags, an interface's
+    VPC). So the owner goes to none first, the rest changes under none, and the owner comes
+    last, with a rest that is already whole; `value` None leaves the slot empty."""
+    cur = slots.lookup(slot)
+    none = "0.0.0.0" if owner == "addr" else 0
+    if cur[owner] != none:
+        slots.update(slot, {**cur, owner: none})
+    if value is None:
+        slots.update(slot, b"")
+        return
+    if {**cur, owner: none} != {**value, owner: none}:
+        slots.update(slot, {**value, owner: none})
+    slots.update(slot, value)
 
 
 def _worker_slot(ip: str, slots: int) -> int:
