@@ -353,6 +353,19 @@ static __always_inline __u64 flow_seen(struct flow **f)
     return seen;
 }
 
+/* Has the element `f` that `fk` named, and whose owner the caller just copied, gone to another
+ * key? An LRU hash hands an evicted or deleted element to the next insert at once, even while a
+ * reader holds it, so the owner copied could be another flow's. Elements go only while
+ * flow_guard.holes is set (the LRU may evict; a sweep or flush deletes), so only then does it
+ * cost the second lookup. */
+static __always_inline int flow_vanished(struct flow_key *fk, struct flow *f)
+{
+    __u32 k0 = 0;
+    struct flow_guard *g = flow_guard.lookup(&k0);
+    order_loads(); /* holes after the owner: a delete that follows its setting follows the copy */
+    return (!g || *(volatile __u32 *)&g->holes) && flows.lookup(fk) != f;
+}
+
 /* Take an entry whose last_seen_ns read `seen`: only one CPU's swap from that value succeeds. */
 static __always_inline int flow_claim(struct flow *f, __u64 seen)
 {
@@ -938,6 +951,12 @@ static __always_inline __u32 frag_find(struct frag_key *k, struct iphdr *ip, __u
     if ((bpf_ntohs(ip->frag_off) & IP_OFFMASK_) * 8 < fr->first_end)
         return STAT_drop_frag_overlap;
     *fk = fr->fk;
+    /* An LRU hash hands a replaced or evicted element to the next insert at once, even while
+     * a reader holds it: the flow copied must still be this datagram's, or it could be another
+     * datagram's (another scope's) half written over it. */
+    order_loads();
+    if (frags.lookup(k) != fr)
+        return STAT_drop_frag_no_first;
     return 0;
 }
 
@@ -2629,6 +2648,11 @@ int xdp_vpc(struct xdp_md *ctx)
     action = XDP_DROP;
     seen = flow_seen(&f); /* before the owner (flow lifecycle) */
     __builtin_memcpy(&o, &f->worker, sizeof(o));
+    if (flow_vanished(&fk, f)) {
+        reason = is_err ? STAT_drop_icmp_error_no_flow
+                        : later ? STAT_drop_frag_no_first : STAT_drop_no_flow;
+        goto out;
+    }
     if (!flow_live_hot(cfg, &fk, f, o.state, seen, now)) {
         /* its owner may be gone, its port another's soon */
         reason = is_err ? STAT_drop_icmp_error_no_flow

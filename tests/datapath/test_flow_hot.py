@@ -360,6 +360,25 @@ def test_a_slot_being_written_serves_no_packet_and_no_other_writer(env):
     assert (slot_of(env, k)[1]["tx_packets"], entry(env, k)["tx_packets"]) == (2, 2)
 
 
+def test_a_reply_while_entries_may_go_looks_its_entry_up_again_and_is_delivered(env):
+    """While flow_guard.holes says entries may go (the LRU may evict, a sweep deletes), the
+    return path looks its entry up again after copying the owner (flow_vanished): an element
+    the LRU handed to another key would carry another flow's owner. An entry that stayed is
+    the same element, and its reply goes through."""
+    _, out, _ = send(env, UDP(sport=31004, dport=7) / Raw(b"a"))
+    k = key_of(out)
+    env.dp.hot_invalidate()  # the long way, where the entry is read
+    guard = env.dp.map("flow_guard")
+    g = guard.lookup(0)
+    guard.update(0, {**g, "holes": 1})
+    try:
+        got, back, d = reply(env, out, UDP(sport=7, dport=k["eni_port"]) / Raw(b"r"))
+        assert (got, d.get("rev_established")) == ("REDIRECT", 1), d
+        assert Ether(back)[VXLAN].payload[UDP].dport == 31004
+    finally:
+        guard.update(0, g)
+
+
 def test_a_flush_never_makes_the_busy_mark_a_generation(env):
     g = env.dp.map("hot_gen")
     before = g.lookup(0)

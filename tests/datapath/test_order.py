@@ -20,13 +20,15 @@ BPF_STX_ATOMIC_DW = 0xDB
 BPF_FETCH = 0x01
 FP = 10  # the frame pointer: the program's own stack
 
-# The fences a fenced build has, program by program, in the code the verifier kept: each
-# ordering point of bpf/order.h that the program inlines (the short ways: the time after the
-# matched key and before the fields; the long way and the open path: a slot's claim, fold and
-# publish, the entries' times; xdp_vpc: the owner before the key's second look). An ordering
-# point added or removed changes these, on purpose: a fence that goes missing fails here.
-FENCED = {"xdp_fabric": 3, "xdp_fabric_long": 9, "xdp_fabric_open": 10, "xdp_vpc": 11,
-          "xdp_flow_reap": 1}
+# The fences a fenced build has, program by program, in the code the verifier kept: each ordering
+# point of bpf/order.h that the program inlines (the short ways: the time after the matched key
+# and before the fields; the long way and the open path: a slot's claim, fold and publish, the
+# entries' times; xdp_vpc: the owner before the key's second look, and before the guard that says
+# whether the entry could have gone; a later fragment: its flow before the second look at its
+# datagram). An ordering point added or removed changes these, on purpose: a fence that goes
+# missing fails here.
+FENCED = {"xdp_fabric": 3, "xdp_fabric_long": 9, "xdp_fabric_open": 10, "xdp_vpc": 13,
+          "xdp_fabric_frag": 2, "xdp_flow_reap": 1}
 
 
 def fences(node: str) -> dict[str, int]:
