@@ -61,8 +61,9 @@ def run(builds: dict[str, Path], n: int, rounds: int, seconds: float, max_flows:
     """Each build staged `copies` times, in mirrored order (A B B A for two), so that a build's
     figure is the median of nodes staged early and late (with two, their mean): one build in two
     nodes differs by itself (up to 13 ns at one flow and 29 at 64k flows, in A/A runs of
-    2026-11-30), and the mirror takes out what goes with the staging order. Returns {direction: {build: {scenario: [ns per
-    round]}}} and, under "nodes", each node's own figures."""
+    2026-11-30), and the mirror takes out what goes with the staging order. Returns
+    {direction: {build: {scenario: [ns per round]}}} and, under "nodes", each node's own
+    figures."""
     pin_cpu0()
     before = os.environ.get("ENIPLANE_BPF_DIR")
     names = list(builds)
